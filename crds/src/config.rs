@@ -1,0 +1,628 @@
+//! The dataplane config: a versioned, self-contained document with everything an array
+//! member needs to serve, and nothing secret.
+//!
+//! Certificates and keys are referenced by the name of the Secret that holds them
+//! (`CertificateRef`, `SessionConfig::keyring_secret`); the bytes travel in the array's
+//! Secret (or local files), never in this document, which lands in a ConfigMap.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::Duration;
+pub use crate::v1alpha1::{
+    AffinityMode, CookieProtection, ListenerProtocol, LoadBalancing, SameSite, UpstreamProtocol,
+};
+
+/// The config schema version this crate writes and reads.
+pub const CONFIG_VERSION: u32 = 1;
+
+/// The name of the ConfigMap key (and local file) holding the JSON document.
+pub const CONFIG_KEY: &str = "config.json";
+
+/// The name of the ConfigMap key holding the content hash.
+pub const CONFIG_HASH_KEY: &str = "config.sha256";
+
+/// Everything an array member needs to serve.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DataplaneConfig {
+    /// Always [`CONFIG_VERSION`]; a member refuses a version it does not know.
+    pub version: u32,
+    /// The array this config belongs to.
+    pub array: ArrayMeta,
+    /// The ports to listen on.
+    pub listeners: Vec<ListenerConfig>,
+    /// Routes, in precedence order: exact hosts before wildcards, longer path prefixes
+    /// before shorter ones. The first match wins.
+    pub routes: Vec<RouteConfig>,
+    /// Farms by id (`namespace/name`).
+    pub farms: BTreeMap<String, FarmConfig>,
+    /// Endpoints known when the config was rendered, by identity key. DNS servers add
+    /// more at run time.
+    pub endpoints: BTreeMap<String, EndpointConfig>,
+    /// Session and keyring settings.
+    pub session: SessionConfig,
+    /// Limits on client connections.
+    pub limits: LimitsConfig,
+    /// How long a stopping member finishes in-flight requests.
+    pub drain_timeout: Duration,
+}
+
+/// The array's identity.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ArrayMeta {
+    /// Namespace of the GatewayArray.
+    pub namespace: String,
+    /// Name of the GatewayArray.
+    pub name: String,
+}
+
+/// A listening port.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ListenerConfig {
+    /// Listener name.
+    pub name: String,
+    /// TCP port.
+    pub port: u16,
+    /// HTTP or HTTPS.
+    pub protocol: ListenerProtocol,
+    /// Default certificate for HTTPS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_certificate: Option<CertificateRef>,
+    /// SNI host patterns (exact or `*.` wildcard) and their certificates, from the farms.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sni: Vec<SniCertificate>,
+}
+
+/// A certificate chosen for some SNI host names.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SniCertificate {
+    /// Host pattern: exact or `*.suffix`.
+    pub host: String,
+    /// The certificate.
+    pub certificate: CertificateRef,
+}
+
+/// A reference to TLS material by the name of the Secret that holds it.
+///
+/// In cluster mode the controller copies the Secret's `tls.crt`/`tls.key` into the
+/// array's Secret under `<secret>.crt`/`<secret>.key`; in local mode the files are
+/// `certs/<secret>/tls.crt` and `tls.key`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CertificateRef {
+    /// Secret name.
+    pub secret: String,
+}
+
+/// One route: a host pattern and a path prefix leading to a farm.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Exact host (`shop.example.com`) or wildcard (`*.example.com`), lower case, no port.
+    pub host: String,
+    /// Path prefix, starting with `/`. Matches on segment boundaries: `/api` matches
+    /// `/api` and `/api/x`, not `/apix`.
+    pub path_prefix: String,
+    /// The farm id.
+    pub farm: String,
+}
+
+impl RouteConfig {
+    /// Whether the host is a wildcard pattern.
+    pub fn is_wildcard(&self) -> bool {
+        self.host.starts_with("*.")
+    }
+}
+
+/// One farm, ready to serve.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct FarmConfig {
+    /// Farm id, `namespace/name`.
+    pub id: String,
+    /// The Host header sent upstream; `None` passes the client's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend_host: Option<String>,
+    /// Load-balancing algorithm.
+    pub load_balancing: LoadBalancing,
+    /// For consistent hashing: header to hash (client address when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hash_header: Option<String>,
+    /// The farm's members.
+    pub members: Vec<MemberConfig>,
+    /// Upstream policy (TLS, protocol, keep-alive, timeouts, retries).
+    pub upstream: UpstreamConfig,
+    /// Session affinity.
+    pub affinity: AffinityConfig,
+    /// Active health check.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verifier: Option<VerifierConfig>,
+    /// Passive ejection.
+    pub passive: PassiveConfig,
+    /// Cookie name sealing.
+    pub cookie_protection: CookieProtection,
+}
+
+/// A farm member: one server as the operator wrote it, and where it leads.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MemberConfig {
+    /// How the operator named it (`host prod.admin.web1:80`, `address 10.0.0.1:80`,
+    /// `service web:80`), for logs and status.
+    pub server: String,
+    /// Relative weight; 0 takes no new requests.
+    pub weight: u32,
+    /// Where it leads.
+    pub target: MemberTarget,
+}
+
+/// Where a farm member leads.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", tag = "kind", deny_unknown_fields)]
+pub enum MemberTarget {
+    /// Endpoints resolved when the config was rendered, by identity key into
+    /// [`DataplaneConfig::endpoints`].
+    Endpoints {
+        /// Identity keys.
+        identities: Vec<String>,
+    },
+    /// A DNS name the dataplane resolves and re-resolves; each address is one endpoint,
+    /// with the identity [`EndpointIdentity::new`] gives it and the farm's upstream TLS.
+    Dns {
+        /// The name to resolve.
+        host: String,
+        /// The port.
+        port: u16,
+    },
+}
+
+/// Endpoint identity: what makes two upstream connections interchangeable.
+///
+/// Two farms whose servers resolve to the same address, with the same upstream TLS
+/// parameters and protocol, have the same identity and therefore share one connection
+/// pool, one connection limit and one set of passive-health facts, whatever names they
+/// used. Host names, farm names and Host headers are request attributes, never part of
+/// the identity.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EndpointIdentity {
+    /// The resolved socket address.
+    pub address: SocketAddr,
+    /// Upstream TLS, when the connection is TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<UpstreamTlsIdentity>,
+    /// The HTTP version spoken.
+    pub protocol: UpstreamProtocol,
+}
+
+/// The parts of upstream TLS that make two connections different.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UpstreamTlsIdentity {
+    /// SNI sent and name verified.
+    pub sni: String,
+    /// Which roots verify the server.
+    pub trust: UpstreamTrust,
+}
+
+/// Roots that verify an upstream certificate.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "camelCase", tag = "kind", deny_unknown_fields)]
+pub enum UpstreamTrust {
+    /// The platform's roots.
+    System,
+    /// `ca.crt` from this Secret.
+    Ca {
+        /// Secret name.
+        secret: String,
+    },
+    /// No verification (testing only).
+    Insecure,
+}
+
+impl EndpointIdentity {
+    /// The identity of a connection to `address` with `tls` and `protocol`.
+    pub fn new(
+        address: SocketAddr,
+        tls: Option<UpstreamTlsIdentity>,
+        protocol: UpstreamProtocol,
+    ) -> Self {
+        // An IPv4-mapped IPv6 address is the same endpoint as the IPv4 one.
+        let address = match address {
+            SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+                Some(v4) => SocketAddr::new(v4.into(), v6.port()),
+                None => address,
+            },
+            SocketAddr::V4(_) => address,
+        };
+        EndpointIdentity {
+            address,
+            tls,
+            protocol,
+        }
+    }
+
+    /// The stable string key: `http1://172.16.0.1:80`,
+    /// `h2+tls://[2001:db8::1]:443?sni=api.internal&trust=ca:upstream-ca`.
+    pub fn key(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl fmt::Display for EndpointIdentity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let proto = match self.protocol {
+            UpstreamProtocol::Http1 => "http1",
+            UpstreamProtocol::Http2 => "h2",
+        };
+        match &self.tls {
+            None => write!(f, "{proto}://{}", self.address),
+            Some(tls) => {
+                let trust = match &tls.trust {
+                    UpstreamTrust::System => "system".to_owned(),
+                    UpstreamTrust::Ca { secret } => format!("ca:{secret}"),
+                    UpstreamTrust::Insecure => "insecure".to_owned(),
+                };
+                write!(
+                    f,
+                    "{proto}+tls://{}?sni={}&trust={trust}",
+                    self.address, tls.sni
+                )
+            }
+        }
+    }
+}
+
+/// One endpoint known at render time.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EndpointConfig {
+    /// Its identity.
+    pub identity: EndpointIdentity,
+    /// Terminating (from an EndpointSlice): finishes in-flight work, takes no new
+    /// requests.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub draining: bool,
+}
+
+/// Upstream policy of a farm.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// TLS parameters, when the farm speaks TLS to its servers. For DNS members whose
+    /// farm sets no SNI, the member's host name is the SNI.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<UpstreamTlsConfig>,
+    /// HTTP version.
+    pub protocol: UpstreamProtocol,
+    /// Idle connections kept per endpoint identity.
+    pub max_idle_per_endpoint: u32,
+    /// Open connections allowed per endpoint identity, when limited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_connections_per_endpoint: Option<u32>,
+    /// Idle upstream connections close after this.
+    pub pool_idle_timeout: Duration,
+    /// TCP+TLS connect timeout.
+    pub connect_timeout: Duration,
+    /// Time to the first response byte.
+    pub first_byte_timeout: Duration,
+    /// Longest stall inside a response body.
+    pub idle_timeout: Duration,
+    /// Retries on another endpoint.
+    pub retries: u32,
+}
+
+/// Farm-level upstream TLS settings.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UpstreamTlsConfig {
+    /// SNI, when fixed by the farm.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sni: Option<String>,
+    /// Trust roots.
+    pub trust: UpstreamTrust,
+}
+
+/// Session affinity of a farm.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AffinityConfig {
+    /// None, Cookie or SourceIP.
+    pub mode: AffinityMode,
+    /// Cookie name.
+    pub cookie_name: String,
+    /// Longest session.
+    pub max_session_time: Duration,
+    /// Longest idle gap in a session.
+    pub idle_timeout: Duration,
+    /// SameSite attribute.
+    pub same_site: SameSite,
+}
+
+/// Active health check of a farm.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VerifierConfig {
+    /// GET path.
+    pub path: String,
+    /// Host header of the probe.
+    pub host: String,
+    /// Healthy status ranges, inclusive.
+    pub expected_statuses: Vec<StatusRange>,
+    /// Between probes.
+    pub interval: Duration,
+    /// Probe timeout.
+    pub timeout: Duration,
+    /// Passes to return to service.
+    pub healthy_threshold: u32,
+    /// Failures to leave service.
+    pub unhealthy_threshold: u32,
+}
+
+/// An inclusive range of HTTP status codes.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct StatusRange {
+    /// Lowest accepted code.
+    pub from: u16,
+    /// Highest accepted code.
+    pub to: u16,
+}
+
+impl StatusRange {
+    /// Whether `code` is inside.
+    pub fn contains(&self, code: u16) -> bool {
+        (self.from..=self.to).contains(&code)
+    }
+}
+
+impl std::str::FromStr for StatusRange {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let parse = |p: &str| -> Result<u16, String> {
+            let code: u16 = p
+                .trim()
+                .parse()
+                .map_err(|_| format!("{s:?} is not a status code or range like 200-399"))?;
+            if (100..=599).contains(&code) {
+                Ok(code)
+            } else {
+                Err(format!("{code} is not an HTTP status code (100-599)"))
+            }
+        };
+        let range = match s.split_once('-') {
+            Some((a, b)) => StatusRange {
+                from: parse(a)?,
+                to: parse(b)?,
+            },
+            None => {
+                let c = parse(s)?;
+                StatusRange { from: c, to: c }
+            }
+        };
+        if range.from > range.to {
+            return Err(format!("{s:?} is an empty range"));
+        }
+        Ok(range)
+    }
+}
+
+/// Passive ejection of a farm.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PassiveConfig {
+    /// Consecutive failures that eject; 0 disables.
+    pub consecutive_failures: u32,
+    /// Whether 5xx counts.
+    pub count_5xx: bool,
+    /// Without a verifier, how long an ejected endpoint stays out before it is tried
+    /// again.
+    pub base_ejection_time: Duration,
+}
+
+/// Session and keyring settings of the array.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SessionConfig {
+    /// The Secret holding the keyring (in local mode: `--keyring FILE`).
+    pub keyring_secret: String,
+    /// Longest session of any farm.
+    pub max_session_time: Duration,
+    /// How long retired keys still open cookies.
+    pub accept_retired_for: Duration,
+    /// How often the controller rotates keys.
+    pub rotation_interval: Duration,
+}
+
+/// Limits on client connections.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Concurrent client connections per member.
+    pub max_connections: u32,
+    /// Request header block size (431 beyond).
+    pub max_header_bytes: u32,
+    /// Request header count (431 beyond).
+    pub max_headers: u32,
+    /// Time to send the request header (408 beyond).
+    pub header_read_timeout: Duration,
+    /// Keep-alive idle timeout for client connections.
+    pub client_idle_timeout: Duration,
+}
+
+/// Why a config document was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// Not JSON of the expected shape.
+    #[error("failed to parse dataplane config: {0}")]
+    Parse(#[from] serde_json::Error),
+    /// A version this build does not know.
+    #[error(
+        "failed to load dataplane config: version {found} is not supported (this build reads {CONFIG_VERSION})"
+    )]
+    Version {
+        /// The version found.
+        found: u32,
+    },
+    /// Internally inconsistent.
+    #[error("failed to load dataplane config: {0}")]
+    Invalid(String),
+}
+
+impl DataplaneConfig {
+    /// The stable content hash: `sha256:` and the hex digest of the canonical JSON.
+    ///
+    /// Maps are ordered (`BTreeMap`) and the struct has a fixed field order, so equal
+    /// configs always hash equal.
+    pub fn content_hash(&self) -> String {
+        let bytes = serde_json::to_vec(self).expect("a config always serializes");
+        format!("sha256:{}", hex::encode(Sha256::digest(&bytes)))
+    }
+
+    /// The canonical JSON text.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a config always serializes")
+    }
+
+    /// Parses and checks a document: known version, and every route, member and
+    /// endpoint reference resolves. A config that fails is refused whole.
+    pub fn from_json(text: &str) -> Result<Self, ConfigError> {
+        #[derive(Deserialize)]
+        struct Versioned {
+            version: u32,
+        }
+        let v: Versioned = serde_json::from_str(text)?;
+        if v.version != CONFIG_VERSION {
+            return Err(ConfigError::Version { found: v.version });
+        }
+        let config: DataplaneConfig = serde_json::from_str(text)?;
+        config.check()?;
+        Ok(config)
+    }
+
+    /// Checks internal references.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if self.version != CONFIG_VERSION {
+            return Err(ConfigError::Version {
+                found: self.version,
+            });
+        }
+        let mut ports = std::collections::BTreeSet::new();
+        for l in &self.listeners {
+            if !ports.insert(l.port) {
+                return invalid(format!("listener port {} appears twice", l.port));
+            }
+            if l.protocol == ListenerProtocol::Https && l.default_certificate.is_none() {
+                return invalid(format!(
+                    "HTTPS listener {} has no default certificate",
+                    l.name
+                ));
+            }
+        }
+        for r in &self.routes {
+            if !self.farms.contains_key(&r.farm) {
+                return invalid(format!(
+                    "route {}{} names unknown farm {}",
+                    r.host, r.path_prefix, r.farm
+                ));
+            }
+            if !r.path_prefix.starts_with('/') {
+                return invalid(format!(
+                    "route {}{} has a path prefix without a leading /",
+                    r.host, r.path_prefix
+                ));
+            }
+        }
+        for (id, farm) in &self.farms {
+            if id != &farm.id {
+                return invalid(format!("farm key {id} differs from its id {}", farm.id));
+            }
+            for m in &farm.members {
+                if let MemberTarget::Endpoints { identities } = &m.target {
+                    for key in identities {
+                        if !self.endpoints.contains_key(key) {
+                            return invalid(format!(
+                                "farm {id} member {} names unknown endpoint {key}",
+                                m.server
+                            ));
+                        }
+                    }
+                }
+            }
+            if let Some(v) = &farm.verifier {
+                if v.expected_statuses.is_empty() {
+                    return invalid(format!("farm {id} verifier accepts no status"));
+                }
+            }
+        }
+        for (key, ep) in &self.endpoints {
+            if key != &ep.identity.key() {
+                return invalid(format!(
+                    "endpoint key {key} differs from its identity {}",
+                    ep.identity
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_key_names_address_tls_and_protocol_only() {
+        let a = EndpointIdentity::new(
+            "172.16.0.1:80".parse().unwrap(),
+            None,
+            UpstreamProtocol::Http1,
+        );
+        assert_eq!(a.key(), "http1://172.16.0.1:80");
+        let b = EndpointIdentity::new(
+            "[::ffff:172.16.0.1]:80".parse().unwrap(),
+            None,
+            UpstreamProtocol::Http1,
+        );
+        assert_eq!(a, b, "an IPv4-mapped address is the same endpoint");
+        let t = EndpointIdentity::new(
+            "[2001:db8::1]:443".parse().unwrap(),
+            Some(UpstreamTlsIdentity {
+                sni: "api.internal".into(),
+                trust: UpstreamTrust::Ca {
+                    secret: "upstream-ca".into(),
+                },
+            }),
+            UpstreamProtocol::Http2,
+        );
+        assert_eq!(
+            t.key(),
+            "h2+tls://[2001:db8::1]:443?sni=api.internal&trust=ca:upstream-ca"
+        );
+    }
+
+    #[test]
+    fn status_ranges_parse_and_refuse() {
+        assert_eq!(
+            "200-399".parse::<StatusRange>().unwrap(),
+            StatusRange { from: 200, to: 399 }
+        );
+        assert_eq!(
+            "204".parse::<StatusRange>().unwrap(),
+            StatusRange { from: 204, to: 204 }
+        );
+        assert!("399-200".parse::<StatusRange>().is_err());
+        assert!("99".parse::<StatusRange>().is_err());
+        assert!("2xx".parse::<StatusRange>().is_err());
+    }
+}

@@ -1,0 +1,273 @@
+//! `GatewayArray`: a set of identical dataplane pods that publish farms and share keys.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::Duration;
+
+/// The annotation that asks the controller to start a key rotation now. Its value is
+/// free text (a timestamp is a good choice); each new value starts one rotation.
+pub const ROTATE_KEYS_ANNOTATION: &str = "portcullis.io/rotate-keys";
+
+/// A set of identical proxy pods ("array members") that publish ServerFarms, load the
+/// same configuration and share a keyring, so that any member can continue a session
+/// another member started.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "portcullis.io",
+    version = "v1alpha1",
+    kind = "GatewayArray",
+    plural = "gatewayarrays",
+    shortname = "ga",
+    category = "portcullis",
+    namespaced,
+    status = "GatewayArrayStatus",
+    derive = "PartialEq",
+    cel,
+    scale = r#"{"specReplicasPath":".spec.replicas", "statusReplicasPath":".status.readyMembers"}"#,
+    printcolumn(name = "Desired", type_ = "integer", json_path = ".spec.replicas"),
+    printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyMembers"),
+    printcolumn(
+        name = "Config",
+        type_ = "string",
+        json_path = ".status.configHash",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Active key",
+        type_ = "string",
+        json_path = ".status.activeKeyId"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.sessionKeys) || !has(self.sessionKeys.acceptRetiredFor) || duration(self.sessionKeys.acceptRetiredFor) >= duration(has(self.maxSessionTime) ? self.maxSessionTime : '24h')").message("sessionKeys.acceptRetiredFor must be at least maxSessionTime, or sessions would outlive their key"))]
+pub struct GatewayArraySpec {
+    /// Number of array members (dataplane pods). Defaults to 2.
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub replicas: i32,
+
+    /// The ports the members listen on.
+    #[x_kube(validation = Rule::new("self.size() > 0").message("an array needs at least one listener"))]
+    #[x_kube(validation = Rule::new("self.all(l, self.exists_one(m, m.name == l.name))").message("listener names must be unique"))]
+    #[x_kube(validation = Rule::new("self.all(l, self.exists_one(m, m.port == l.port))").message("listener ports must be unique"))]
+    pub listeners: Vec<Listener>,
+
+    /// Scheduling and resource knobs for the member pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodOptions>,
+
+    /// The Service in front of the members.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service: Option<ServiceOptions>,
+
+    /// The keyring shared by all members, used for affinity cookies and cookie
+    /// protection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_keys: Option<SessionKeys>,
+
+    /// How long a stopping member keeps serving in-flight requests after it stops
+    /// accepting new ones. Defaults to `30s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_timeout: Option<Duration>,
+
+    /// The longest a session (an affinity cookie) may live, whatever the farm asks.
+    /// Defaults to `24h`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_session_time: Option<Duration>,
+
+    /// Limits that protect members from slow or abusive clients.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<ClientLimits>,
+}
+
+fn default_replicas() -> i32 {
+    2
+}
+
+/// One listening port of the array.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.protocol != 'HTTPS' || has(self.tls)").message("an HTTPS listener needs tls.secretName (the default certificate)"))]
+#[x_kube(validation = Rule::new("self.protocol != 'HTTP' || !has(self.tls)").message("an HTTP listener takes no tls"))]
+pub struct Listener {
+    /// A name unique in the array; it names the Service port too.
+    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"), length(max = 15))]
+    pub name: String,
+    /// The TCP port.
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: u16,
+    /// `HTTP` or `HTTPS`.
+    pub protocol: ListenerProtocol,
+    /// The default certificate of an HTTPS listener, used when no farm's certificate
+    /// matches the client's SNI.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ListenerTls>,
+}
+
+/// A listener's protocol.
+#[derive(
+    JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord,
+)]
+pub enum ListenerProtocol {
+    /// Plain HTTP/1.1 (and HTTP/2 with prior knowledge).
+    #[serde(rename = "HTTP")]
+    Http,
+    /// TLS 1.2/1.3 with ALPN `h2` and `http/1.1`.
+    #[serde(rename = "HTTPS")]
+    Https,
+}
+
+/// The default certificate of an HTTPS listener.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ListenerTls {
+    /// A `kubernetes.io/tls` Secret in the array's namespace (in local mode,
+    /// `certs/<secretName>/tls.crt` and `tls.key` under the manifests directory).
+    pub secret_name: String,
+}
+
+/// Scheduling and resource knobs for member pods.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PodOptions {
+    /// CPU and memory requests and limits of the dataplane container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+    /// Node labels a member pod requires.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// Taints the member pods tolerate.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    /// Extra annotations on member pods.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    /// The dataplane image. Defaults to the image the controller was installed with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+}
+
+/// The Service in front of the members.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceOptions {
+    /// `ClusterIP`, `NodePort` or `LoadBalancer` (default).
+    #[serde(default, rename = "type")]
+    pub type_: ServiceType,
+    /// Extra annotations on the Service (for example, cloud load-balancer settings).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// Kubernetes Service types.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ServiceType {
+    /// Reachable inside the cluster only.
+    #[serde(rename = "ClusterIP")]
+    ClusterIp,
+    /// A port on every node.
+    NodePort,
+    /// A cloud load balancer.
+    #[default]
+    LoadBalancer,
+}
+
+/// The shared keyring's settings.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionKeys {
+    /// The Secret holding the keyring, in the array's namespace. Generated and managed
+    /// by the controller when absent; defaults to `<array>-keyring`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_name: Option<String>,
+    /// How often a new key is rotated in. Defaults to `168h` (7 days).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotation_interval: Option<Duration>,
+    /// How long a retired key still opens cookies. Must be at least `maxSessionTime`.
+    /// Defaults to `maxSessionTime`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accept_retired_for: Option<Duration>,
+}
+
+/// Limits on client connections.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientLimits {
+    /// Concurrent client connections per member. Defaults to 20000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_connections: Option<u32>,
+    /// Total size of a request's header block; larger gets 431. Defaults to 32768.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1024, max = 1048576))]
+    pub max_header_bytes: Option<u32>,
+    /// Number of request headers; more gets 431. Defaults to 100.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 8, max = 1000))]
+    pub max_headers: Option<u32>,
+    /// Time a client has to send the whole request header; slower gets 408. Defaults to
+    /// `10s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header_read_timeout: Option<Duration>,
+    /// A keep-alive client connection idle this long is closed. Defaults to `60s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_idle_timeout: Option<Duration>,
+}
+
+/// The observed state of a GatewayArray.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayArrayStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Members that are ready to serve.
+    #[serde(default)]
+    pub ready_members: i32,
+    /// Content hash of the dataplane config the controller last wrote.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_hash: Option<String>,
+    /// The config hash every ready member has loaded, when they all agree.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loaded_config_hash: Option<String>,
+    /// The id of the key members encrypt with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub active_key_id: Option<String>,
+    /// Ids of every key in the ring (active and accepted). Never the keys themselves.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub key_ids: Vec<String>,
+    /// What each member reports having loaded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<MemberStatus>,
+    /// `Ready`, `ConfigApplied` and `KeysRotating` conditions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+/// What one member has loaded.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberStatus {
+    /// The member pod's name.
+    pub name: String,
+    /// Whether the pod is ready.
+    #[serde(default)]
+    pub ready: bool,
+    /// Hash of the config it serves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_hash: Option<String>,
+    /// Ids of the keys in its loaded keyring.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub key_ids: Vec<String>,
+}
