@@ -1,0 +1,4 @@
+//! The Portcullis dataplane: a reverse proxy that pools upstream connections by
+//! endpoint identity.
+
+pub mod session;

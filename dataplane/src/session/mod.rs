@@ -1,0 +1,1 @@
+//! Array sessions: the shared keyring, sealed affinity cookies and cookie protection.
