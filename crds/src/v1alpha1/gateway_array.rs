@@ -50,7 +50,7 @@ pub const ROTATE_KEYS_ANNOTATION: &str = "portcullis.io/rotate-keys";
     )
 )]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("!has(self.sessionKeys) || !has(self.sessionKeys.acceptRetiredFor) || duration(self.sessionKeys.acceptRetiredFor) >= duration(has(self.maxSessionTime) ? self.maxSessionTime : '24h')").message("sessionKeys.acceptRetiredFor must be at least maxSessionTime, or sessions would outlive their key"))]
+#[x_kube(validation = Rule::new("!has(self.sessionKeys) || !has(self.sessionKeys.acceptRetiredFor) || duration(self.sessionKeys.acceptRetiredFor) >= duration(has(self.maxSessionTime) ? self.maxSessionTime : '24h')").message("sessionKeys.acceptRetiredFor must be at least maxSessionTime, or sessions would outlive their key").field_path(".sessionKeys.acceptRetiredFor"))]
 pub struct GatewayArraySpec {
     /// Number of array members (dataplane pods). Defaults to 2.
     #[serde(default = "default_replicas")]
@@ -59,6 +59,7 @@ pub struct GatewayArraySpec {
 
     /// The ports the members listen on.
     #[x_kube(validation = Rule::new("self.size() > 0").message("an array needs at least one listener"))]
+    #[schemars(length(max = 32))]
     #[x_kube(validation = Rule::new("self.all(l, self.exists_one(m, m.name == l.name))").message("listener names must be unique"))]
     #[x_kube(validation = Rule::new("self.all(l, self.exists_one(m, m.port == l.port))").message("listener ports must be unique"))]
     pub listeners: Vec<Listener>,
@@ -98,8 +99,8 @@ fn default_replicas() -> i32 {
 /// One listening port of the array.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("self.protocol != 'HTTPS' || has(self.tls)").message("an HTTPS listener needs tls.secretName (the default certificate)"))]
-#[x_kube(validation = Rule::new("self.protocol != 'HTTP' || !has(self.tls)").message("an HTTP listener takes no tls"))]
+#[x_kube(validation = Rule::new("self.protocol != 'HTTPS' || has(self.tls)").message("an HTTPS listener needs tls.secretName (the default certificate)").field_path(".tls"))]
+#[x_kube(validation = Rule::new("self.protocol != 'HTTP' || !has(self.tls)").message("an HTTP listener takes no tls").field_path(".tls"))]
 pub struct Listener {
     /// A name unique in the array; it names the Service port too.
     #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"), length(max = 15))]

@@ -55,6 +55,7 @@ pub struct ServerFarmSpec {
     /// re-resolved while running), `address` (an IP address) or `service` (a Service
     /// port, resolved through its EndpointSlices).
     #[x_kube(validation = Rule::new("self.size() > 0").message("a farm needs at least one server"))]
+    #[schemars(length(max = 256))]
     pub servers: Vec<Server>,
 
     /// The Host header sent to the servers. When unset, the client's Host header is sent
@@ -112,12 +113,13 @@ pub struct Publish {
     /// wildcards (`*.example.com`, which does not match `example.com` itself). An exact
     /// match always wins over a wildcard.
     #[x_kube(validation = Rule::new("self.size() > 0").message("publish.hosts needs at least one host name"))]
+    #[schemars(length(max = 64), inner(length(max = 253)))]
     pub hosts: Vec<String>,
 
     /// Path prefixes this farm answers, each starting with `/`. The longest matching
     /// prefix wins across all farms of the same host. Defaults to `["/"]`.
     #[serde(default = "default_paths")]
-    #[x_kube(validation = Rule::new("self.all(p, p.startsWith('/'))").message("every path prefix starts with /"))]
+    #[schemars(length(max = 64), inner(regex(pattern = r"^/"), length(max = 1024)))]
     pub paths: Vec<String>,
 
     /// The TLS certificate for these hosts on HTTPS listeners, chosen by SNI.
@@ -143,8 +145,8 @@ pub struct TlsCertificateRef {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("[has(self.host), has(self.address), has(self.service)].filter(x, x).size() == 1").message("a server sets exactly one of host, address or service"))]
-#[x_kube(validation = Rule::new("has(self.service) || has(self.port)").message("port is required for host and address servers"))]
-#[x_kube(validation = Rule::new("!has(self.service) || !has(self.port)").message("a service server takes its port from service.port; remove port"))]
+#[x_kube(validation = Rule::new("has(self.service) || has(self.port)").message("port is required for host and address servers").field_path(".port"))]
+#[x_kube(validation = Rule::new("!has(self.service) || !has(self.port)").message("a service server takes its port from service.port; remove port").field_path(".port"))]
 pub struct Server {
     /// A DNS name, resolved by the dataplane and re-resolved while running. Every
     /// address it resolves to is one endpoint.
@@ -153,6 +155,8 @@ pub struct Server {
 
     /// An IPv4 or IPv6 address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64))]
+    #[x_kube(validation = Rule::new("isIP(self)").message("address must be an IPv4 or IPv6 address"))]
     pub address: Option<String>,
 
     /// A Service in the farm's namespace; its ready endpoints (from EndpointSlices) are
@@ -268,7 +272,7 @@ pub enum CookieProtection {
 /// An active health check, run by every array member against every server of the farm.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("!has(self.interval) || !has(self.timeout) || duration(self.timeout) <= duration(self.interval)").message("timeout must not exceed interval"))]
+#[x_kube(validation = Rule::new("!has(self.interval) || !has(self.timeout) || duration(self.timeout) <= duration(self.interval)").message("timeout must not exceed interval").field_path(".timeout"))]
 pub struct ConnectivityVerifier {
     /// The path requested with GET. Defaults to `/`.
     #[serde(default = "default_verifier_path")]
