@@ -51,6 +51,7 @@ class Settings:
         self.h2_streams = env_int("BENCH_H2_STREAMS", 32)
         self.proxy_cpu = os.environ.get("BENCH_PROXY_CPU", "0")
         self.load_cpu = os.environ.get("BENCH_LOAD_CPU", "1")
+        self.load_threads = env_int("BENCH_LOAD_THREADS", 1)
         self.port_base = env_int("BENCH_PORT_BASE", 18000)
         self.out = os.path.abspath(os.environ.get("BENCH_OUT", os.path.join(BENCH_DIR, "out")))
         self.proxies = [
@@ -414,7 +415,9 @@ def measured(proc, name, fn):
     before = cpu_seconds(proc.pid)
     result = fn()
     result["proxy_cpu_s"] = cpu_seconds(proc.pid) - before
-    if result.get("requests"):
+    if result.get("elapsed_s"):
+        result["proxy_core_busy_pct"] = 100.0 * result["proxy_cpu_s"] / result["elapsed_s"]
+    if result.get("requests") and "target_rps" not in result:  # h2load's warm-up is not counted
         result["cpu_s_per_100k"] = result["proxy_cpu_s"] / result["requests"] * 1e5
     if not proc.alive():
         raise RuntimeError(f"{proc.name} exited during {name}:\n{proc.tail()}")
@@ -423,7 +426,7 @@ def measured(proc, name, fn):
 
 
 def wrk(proxy, name, url, headers=(), seconds=None, conns=None):
-    argv = ["wrk", "-t1", f"-c{conns or S.conns}", f"-d{seconds or S.seconds}s", "--latency"]
+    argv = ["wrk", f"-t{S.load_threads}", f"-c{conns or S.conns}", f"-d{seconds or S.seconds}s", "--latency"]
     for h in headers:
         argv += ["-H", h]
     argv.append(url)
@@ -438,7 +441,7 @@ def latency_at_rate(proxy, url):
     log_file = os.path.join(S.out, f"{proxy}.latency.tsv")
     per_client = S.rate // S.rate_conns
     res = h2load(proxy, "latency", [
-        "--h1", "-t1", f"-c{S.rate_conns}", f"--rps={per_client}", f"-D{S.seconds}",
+        "--h1", f"-t{S.load_threads}", f"-c{S.rate_conns}", f"--rps={per_client}", f"-D{S.seconds}",
         "--warm-up-time=1", f"--log-file={log_file}", url,
     ], S.seconds * 4 + 60)
     times = []
@@ -547,7 +550,7 @@ def bench_proxy(proxy):
             proc, "handshakes",
             lambda: wrk(proxy, "handshakes", https_url, headers=["Connection: close"]))
         results["h2"] = measured(proc, "h2", lambda: h2load(proxy, "h2", [
-            "-t1", f"-c{S.h2_conns}", f"-m{S.h2_streams}", f"-D{S.seconds}", https_url,
+            f"-t{S.load_threads}", f"-c{S.h2_conns}", f"-m{S.h2_streams}", f"-D{S.seconds}", https_url,
         ], S.seconds * 4 + 60))
         if results["h2"].get("protocol") != "h2":
             results["h2"]["note"] = f"negotiated {results['h2'].get('protocol')}, not h2"
@@ -695,6 +698,11 @@ def notes(results):
                 f"{mem['upstream_connections_established']} origin connections, RSS "
                 f"{mem['rss_before_kib']} -> {mem['rss_after_kib']} KiB"
                 + (f"; {mem['note']}" if mem.get("note") else "") + ".")
+        busy = [f"{key} {r[key]['proxy_core_busy_pct']:.0f}%"
+                for key in ("h1", "latency", "https", "handshakes", "h2", "affinity")
+                if isinstance(r.get(key), dict) and "proxy_core_busy_pct" in r[key]]
+        if busy:
+            out.append(f"- {p}: proxy core busy: " + ", ".join(busy) + ".")
         for key in ("h1", "https", "handshakes", "h2", "affinity"):
             run = r.get(key) or {}
             bad = run.get("non_2xx", 0) + run.get("socket_errors", 0) + run.get(
