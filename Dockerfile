@@ -1,0 +1,44 @@
+# syntax=docker/dockerfile:1
+#
+# One image, two binaries: /usr/local/bin/portcullis-controller (the chart's Deployment)
+# and /usr/local/bin/portcullis-dataplane (the array members the controller creates).
+#
+#   docker build -t portcullis:dev .
+#
+# Stages: `chef` installs cargo-chef; `planner` turns the manifests into a recipe;
+# `builder` compiles the dependencies from the recipe alone (a layer that stays cached
+# until Cargo.toml/Cargo.lock change), then the workspace; `runtime` is distroless and
+# non-root.
+
+ARG RUST_IMAGE=rust:1-bookworm
+ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot
+
+FROM ${RUST_IMAGE} AS chef
+RUN cargo install cargo-chef --locked --version ^0.1
+WORKDIR /src
+
+FROM chef AS planner
+COPY . .
+RUN cargo chef prepare --recipe-path recipe.json
+
+FROM chef AS builder
+# Dependencies only: cached across source edits.
+COPY --from=planner /src/recipe.json recipe.json
+RUN cargo chef cook --release --locked --recipe-path recipe.json
+# The workspace itself.
+COPY . .
+RUN cargo build --release --locked -p portcullis-controller -p portcullis-dataplane \
+ && install -D -m 0755 target/release/portcullis-controller /out/portcullis-controller \
+ && install -D -m 0755 target/release/portcullis-dataplane /out/portcullis-dataplane
+
+FROM ${RUNTIME_IMAGE} AS runtime
+LABEL org.opencontainers.image.title="portcullis" \
+      org.opencontainers.image.description="Portcullis ingress controller and dataplane" \
+      org.opencontainers.image.source="https://github.com/portcullis-io/portcullis" \
+      org.opencontainers.image.licenses="Apache-2.0"
+COPY --from=builder /out/portcullis-controller /usr/local/bin/portcullis-controller
+COPY --from=builder /out/portcullis-dataplane /usr/local/bin/portcullis-dataplane
+# distroless `nonroot`: uid/gid 65532, matching the chart's podSecurityContext.
+USER 65532:65532
+EXPOSE 9902
+ENTRYPOINT ["/usr/local/bin/portcullis-controller"]
