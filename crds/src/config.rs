@@ -559,10 +559,10 @@ impl DataplaneConfig {
                     }
                 }
             }
-            if let Some(v) = &farm.verifier {
-                if v.expected_statuses.is_empty() {
-                    return invalid(format!("farm {id} verifier accepts no status"));
-                }
+            if let Some(v) = &farm.verifier
+                && v.expected_statuses.is_empty()
+            {
+                return invalid(format!("farm {id} verifier accepts no status"));
             }
         }
         for (key, ep) in &self.endpoints {

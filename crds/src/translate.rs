@@ -200,16 +200,14 @@ pub fn translate(
                     ));
                 }
             }
-            if let (Some(tls), Some((secret, owner))) = (&farm.spec.publish.tls, sni.get(host)) {
-                if &tls.secret_name != secret {
-                    errors.push(farm_error(
-                        farm,
-                        "spec.publish.tls.secretName".into(),
-                        format!(
-                            "host {host} already has certificate {secret} from ServerFarm {owner}"
-                        ),
-                    ));
-                }
+            if let (Some(tls), Some((secret, owner))) = (&farm.spec.publish.tls, sni.get(host))
+                && &tls.secret_name != secret
+            {
+                errors.push(farm_error(
+                    farm,
+                    "spec.publish.tls.secretName".into(),
+                    format!("host {host} already has certificate {secret} from ServerFarm {owner}"),
+                ));
             }
         }
         if !errors.is_empty() {
@@ -247,9 +245,7 @@ pub fn translate(
         config.farms.insert(id, built.farm);
     }
 
-    config
-        .routes
-        .sort_by(|a, b| route_precedence(a).cmp(&route_precedence(b)));
+    config.routes.sort_by_key(route_precedence);
     let mut sni: Vec<SniCertificate> = sni
         .into_iter()
         .map(|(host, (secret, _))| SniCertificate {
@@ -557,16 +553,16 @@ fn build_farm(
             Err(m) => err(format!("spec.publish.paths[{i}]"), m),
         }
     }
-    if let Some(bh) = &spec.backend_host {
-        if let Err(m) = normalize_host(bh).and_then(|h| {
+    if let Some(bh) = &spec.backend_host
+        && let Err(m) = normalize_host(bh).and_then(|h| {
             if h.starts_with("*.") {
                 Err(format!("{bh:?} is a wildcard"))
             } else {
                 Ok(h)
             }
-        }) {
-            err("spec.backendHost".into(), m);
-        }
+        })
+    {
+        err("spec.backendHost".into(), m);
     }
     if spec.hash_header.is_some() && spec.load_balancing != v1alpha1::LoadBalancing::ConsistentHash
     {
@@ -575,13 +571,13 @@ fn build_farm(
             "is only used with loadBalancing: ConsistentHash".into(),
         );
     }
-    if let Some(h) = &spec.hash_header {
-        if http_token(h).is_err() {
-            err(
-                "spec.hashHeader".into(),
-                format!("{h:?} is not a header name"),
-            );
-        }
+    if let Some(h) = &spec.hash_header
+        && http_token(h).is_err()
+    {
+        err(
+            "spec.hashHeader".into(),
+            format!("{h:?} is not a header name"),
+        );
     }
 
     // Upstream policy.
@@ -606,10 +602,10 @@ fn build_farm(
                 "caSecretName and insecureSkipVerify exclude each other".into(),
             );
         }
-        if let Some(sni) = &t.sni {
-            if let Err(m) = normalize_host(sni) {
-                err("spec.upstream.tls.sni".into(), m);
-            }
+        if let Some(sni) = &t.sni
+            && let Err(m) = normalize_host(sni)
+        {
+            err("spec.upstream.tls.sni".into(), m);
         }
     }
     let upstream = UpstreamConfig {
@@ -929,10 +925,10 @@ fn build_farm(
             if let Err(m) = normalize_path(&v.path) {
                 err("spec.connectivityVerifier.path".into(), m);
             }
-            if let Some(h) = &v.host {
-                if let Err(m) = normalize_host(h) {
-                    err("spec.connectivityVerifier.host".into(), m);
-                }
+            if let Some(h) = &v.host
+                && let Err(m) = normalize_host(h)
+            {
+                err("spec.connectivityVerifier.host".into(), m);
             }
             let interval = v.interval.unwrap_or(Duration::from_secs(10));
             let timeout = v.timeout.unwrap_or(Duration::from_secs(2));

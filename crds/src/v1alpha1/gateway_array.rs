@@ -17,6 +17,8 @@ pub const ROTATE_KEYS_ANNOTATION: &str = "portcullis.io/rotate-keys";
 /// A set of identical proxy pods ("array members") that publish ServerFarms, load the
 /// same configuration and share a keyring, so that any member can continue a session
 /// another member started.
+// Each `printcolumn(...)` repeats `type_`; clippy mistakes that for a duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "portcullis.io",

@@ -12,6 +12,8 @@ use crate::Duration;
 /// A ServerFarm is published by exactly one GatewayArray (`arrayRef`). Servers are
 /// pooled by endpoint identity (resolved address + upstream TLS + protocol), so two farms
 /// that reach the same server through different names share one connection pool.
+// Each `printcolumn(...)` repeats `type_`; clippy mistakes that for a duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "portcullis.io",
