@@ -120,6 +120,26 @@ impl RouteConfig {
     pub fn is_wildcard(&self) -> bool {
         self.host.starts_with("*.")
     }
+
+    /// Whether this route's host pattern covers `host` (lower case, no port, no final
+    /// dot). `*.example.com` covers `a.example.com` and `a.b.example.com`, never
+    /// `example.com` itself.
+    pub fn matches_host(&self, host: &str) -> bool {
+        match self.host.strip_prefix('*') {
+            Some(suffix) => host.len() > suffix.len() && host.ends_with(suffix),
+            None => self.host == host,
+        }
+    }
+
+    /// Whether the path prefix covers `path` on a segment boundary: `/api` covers `/api`
+    /// and `/api/x`, not `/apix`; `/` covers every path.
+    pub fn matches_path(&self, path: &str) -> bool {
+        let prefix = self.path_prefix.as_str();
+        prefix == "/"
+            || path
+                .strip_prefix(prefix)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    }
 }
 
 /// One farm, ready to serve.
@@ -479,6 +499,15 @@ pub enum ConfigError {
 }
 
 impl DataplaneConfig {
+    /// The route a request takes: the first of [`routes`](Self::routes) whose host and
+    /// path prefix cover it. `host` is lower case, without port or final dot. This is
+    /// the reference for the precedence the dataplane implements.
+    pub fn route(&self, host: &str, path: &str) -> Option<&RouteConfig> {
+        self.routes
+            .iter()
+            .find(|r| r.matches_host(host) && r.matches_path(path))
+    }
+
     /// The stable content hash: `sha256:` and the hex digest of the canonical JSON.
     ///
     /// Maps are ordered (`BTreeMap`) and the struct has a fixed field order, so equal
@@ -529,7 +558,11 @@ impl DataplaneConfig {
                 ));
             }
         }
+        let mut claims = std::collections::BTreeSet::new();
         for r in &self.routes {
+            if !claims.insert((&r.host, &r.path_prefix)) {
+                return invalid(format!("route {}{} appears twice", r.host, r.path_prefix));
+            }
             if !self.farms.contains_key(&r.farm) {
                 return invalid(format!(
                     "route {}{} names unknown farm {}",

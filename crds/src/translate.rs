@@ -903,8 +903,9 @@ fn build_farm(
         Some(v) => {
             let host = v
                 .host
-                .clone()
-                .or_else(|| spec.backend_host.clone())
+                .as_ref()
+                .or(spec.backend_host.as_ref())
+                .map(|h| h.trim_end_matches('.').to_ascii_lowercase())
                 .or_else(|| hosts.iter().find(|h| !h.starts_with("*.")).cloned());
             let mut statuses = Vec::new();
             for (i, s) in v.expected_statuses.iter().enumerate() {
@@ -925,10 +926,15 @@ fn build_farm(
             if let Err(m) = normalize_path(&v.path) {
                 err("spec.connectivityVerifier.path".into(), m);
             }
-            if let Some(h) = &v.host
-                && let Err(m) = normalize_host(h)
-            {
-                err("spec.connectivityVerifier.host".into(), m);
+            if let Some(h) = &v.host {
+                match normalize_host(h) {
+                    Ok(n) if n.starts_with("*.") => err(
+                        "spec.connectivityVerifier.host".into(),
+                        format!("{h:?} is a wildcard, not a Host header"),
+                    ),
+                    Ok(_) => {}
+                    Err(m) => err("spec.connectivityVerifier.host".into(), m),
+                }
             }
             let interval = v.interval.unwrap_or(Duration::from_secs(10));
             let timeout = v.timeout.unwrap_or(Duration::from_secs(2));
