@@ -180,8 +180,25 @@ pub fn translate(
     let mut claimed: BTreeMap<(String, String), String> = BTreeMap::new();
     let mut sni: BTreeMap<String, (String, String)> = BTreeMap::new();
 
+    // Two farms with one id cannot both be kept (routes name farms by id), and keeping
+    // either would depend on input order: refuse every copy. Only local mode can get here.
+    let mut seen = BTreeMap::<String, usize>::new();
+    for farm in &ours {
+        *seen.entry(farm_id(farm)).or_default() += 1;
+    }
     for farm in ours {
         let id = farm_id(farm);
+        if seen[&id] > 1 {
+            outcomes.insert(
+                id.clone(),
+                FarmOutcome::Rejected(vec![farm_error(
+                    farm,
+                    "metadata.name".into(),
+                    format!("ServerFarm {id} is defined {} times", seen[&id]),
+                )]),
+            );
+            continue;
+        }
         let built = match build_farm(farm, &array_defaults, resolutions) {
             Ok(b) => b,
             Err(errors) => {
@@ -335,6 +352,23 @@ fn validate_array(array: &GatewayArray) -> Result<ArrayDefaults, Vec<TranslateEr
     let mut names = BTreeSet::new();
     let mut ports = BTreeSet::new();
     for (i, l) in spec.listeners.iter().enumerate() {
+        let dns_label = !l.name.is_empty()
+            && l.name.len() <= 15
+            && l.name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !l.name.starts_with('-')
+            && !l.name.ends_with('-');
+        if !dns_label {
+            errors.push(array_error(
+                array,
+                format!("spec.listeners[{i}].name"),
+                format!(
+                    "{:?} is not a port name (1-15 lower-case letters, digits and '-')",
+                    l.name
+                ),
+            ));
+        }
         if !names.insert(&l.name) {
             errors.push(array_error(
                 array,
@@ -923,7 +957,9 @@ fn build_farm(
                     "needs at least one status or range".into(),
                 );
             }
-            if let Err(m) = normalize_path(&v.path) {
+            // A probe may carry a query (`/health?deep=1`); its path obeys the route rules.
+            let probe_path = v.path.split_once('?').map_or(v.path.as_str(), |(p, _)| p);
+            if let Err(m) = normalize_path(probe_path) {
                 err("spec.connectivityVerifier.path".into(), m);
             }
             if let Some(h) = &v.host {

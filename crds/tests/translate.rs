@@ -672,3 +672,68 @@ fn the_config_names_secrets_and_never_holds_them() {
     assert!(!json.contains("BEGIN"), "no PEM in the config");
     assert_eq!(config.session.keyring_secret, "edge-keys");
 }
+
+#[test]
+fn a_farm_defined_twice_is_refused_whole_whatever_the_order() {
+    // Only local mode can see this (two files, one name); neither copy may win by order.
+    let first = site("twin", &["a.example.com"], &["/"]);
+    let second = site("twin", &["b.example.com"], &["/"]);
+    let other = site("other", &["c.example.com"], &["/"]);
+    let t1 = ok(translate(
+        &edge(),
+        &[first.clone(), second.clone(), other.clone()],
+        &Resolutions::default(),
+    ));
+    let t2 = ok(translate(
+        &edge(),
+        &[second, other, first],
+        &Resolutions::default(),
+    ));
+    assert_eq!(t1, t2);
+    let errors = rejected(&t1, "default/twin");
+    assert_eq!(errors[0].field, "metadata.name");
+    assert!(errors[0].message.contains("2 times"), "{}", errors[0]);
+    accepted(&t1, "default/other");
+    assert_eq!(t1.config.routes.len(), 1);
+}
+
+#[test]
+fn listener_names_must_be_service_port_names() {
+    let errors = translate(
+        &array("listeners:\n- name: Public_HTTP\n  port: 8080\n  protocol: HTTP\n"),
+        &[],
+        &Resolutions::default(),
+    )
+    .unwrap_err();
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0].field, "spec.listeners[0].name");
+}
+
+#[test]
+fn a_probe_path_may_carry_a_query_but_not_a_fragment() {
+    let with = |path: &str| {
+        farm(
+            "probe",
+            &format!(
+                "publish:\n  hosts: [p.example.com]\nservers:\n- address: 10.0.0.1\n  port: 80\nconnectivityVerifier:\n  path: {path:?}\n"
+            ),
+        )
+    };
+    let t = ok(translate(
+        &edge(),
+        &[with("/health?deep=1")],
+        &Resolutions::default(),
+    ));
+    let v = t.config.farms["default/probe"].verifier.clone().unwrap();
+    assert_eq!(v.path, "/health?deep=1");
+    assert_eq!(v.host, "p.example.com", "defaults to the first exact host");
+    let t = ok(translate(
+        &edge(),
+        &[with("/health#x")],
+        &Resolutions::default(),
+    ));
+    assert_eq!(
+        rejected(&t, "default/probe")[0].field,
+        "spec.connectivityVerifier.path"
+    );
+}

@@ -45,6 +45,7 @@ use crate::Duration;
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.hashHeader) || (has(self.loadBalancing) && self.loadBalancing == 'ConsistentHash')").message("hashHeader is only used with loadBalancing: ConsistentHash").field_path(".hashHeader"))]
 pub struct ServerFarmSpec {
     /// The GatewayArray, in the same namespace, that publishes this farm.
     pub array_ref: ArrayRef,
@@ -89,7 +90,8 @@ pub struct ServerFarmSpec {
 
     /// `Encrypt` seals the names of cookies set by this farm's servers with the array
     /// keyring, so applications published on the same host name never see each other's
-    /// cookies. `Off` (the default) passes cookies unchanged.
+    /// cookies. `Off` (the default) passes cookies unchanged; write it quoted (`"Off"`),
+    /// since kubectl reads YAML 1.1, where a bare `Off` is the boolean false.
     #[serde(default)]
     pub cookie_protection: CookieProtection,
 
@@ -274,7 +276,7 @@ pub enum CookieProtection {
 /// An active health check, run by every array member against every server of the farm.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("!has(self.interval) || !has(self.timeout) || duration(self.timeout) <= duration(self.interval)").message("timeout must not exceed interval").field_path(".timeout"))]
+#[x_kube(validation = Rule::new("duration(has(self.timeout) ? self.timeout : '2s') <= duration(has(self.interval) ? self.interval : '10s')").message("timeout must not exceed interval (defaults: timeout 2s, interval 10s)").field_path(".timeout"))]
 pub struct ConnectivityVerifier {
     /// The path requested with GET. Defaults to `/`.
     #[serde(default = "default_verifier_path")]
