@@ -1,0 +1,487 @@
+//! Pure builders: a validated array, its translated config and its keyring into the exact
+//! Kubernetes objects the controller applies. No I/O; every object carries the array's
+//! labels and a controller owner reference, so deleting the array deletes them all.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+};
+use k8s_openapi::api::core::v1::{
+    Capabilities, ConfigMap, Container, ContainerPort, EnvVar, EnvVarSource, ExecAction,
+    HTTPGetAction, Lifecycle, LifecycleHandler, ObjectFieldSelector, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, SeccompProfile, Secret, SecurityContext, Service, ServiceAccount,
+    ServicePort, ServiceSpec,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{Resource, ResourceExt};
+use portcullis_crds::config::{CONFIG_HASH_KEY, CONFIG_KEY, DataplaneConfig};
+use portcullis_crds::keyring::{KEYRING_SECRET_KEY, KeyringDoc};
+use portcullis_crds::v1alpha1::{GatewayArray, ServiceType};
+
+/// The field manager of every server-side apply the controller sends.
+pub const FIELD_MANAGER: &str = "portcullis-controller";
+/// The port members serve `/healthz`, `/readyz` and `/status` on.
+pub const MEMBER_ADMIN_PORT: u16 = 9901;
+/// Annotation on the keys Secret: the last `portcullis.io/rotate-keys` value handled.
+pub const ROTATION_HANDLED_ANNOTATION: &str = "portcullis.io/rotate-keys-handled";
+/// Annotation on the Deployment (not the pod template: members hot-reload, a hash in
+/// the template would restart them on every config change) with the config hash.
+pub const CONFIG_HASH_ANNOTATION: &str = "portcullis.io/config-hash";
+/// Label naming the array on everything the controller creates.
+pub const ARRAY_LABEL: &str = "portcullis.io/array";
+/// Extra seconds of termination grace beyond the drain timeout (covers the preStop
+/// sleep and process exit).
+pub const GRACE_MARGIN_SECS: i64 = 10;
+/// Seconds a stopping member waits before draining, so endpoints controllers and load
+/// balancers stop sending it new connections first.
+pub const PRE_STOP_SLEEP_SECS: i64 = 5;
+
+/// TLS material copied from one referenced Secret. Debug never shows the bytes.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct TlsMaterial {
+    /// `tls.crt`.
+    pub cert: Option<ByteString>,
+    /// `tls.key`.
+    pub key: Option<ByteString>,
+    /// `ca.crt`.
+    pub ca: Option<ByteString>,
+}
+
+impl std::fmt::Debug for TlsMaterial {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsMaterial")
+            .field("cert", &self.cert.is_some())
+            .field("key", &self.key.is_some())
+            .field("ca", &self.ca.is_some())
+            .finish()
+    }
+}
+
+/// Everything the builders need, already fetched and validated.
+#[derive(Clone, Debug)]
+pub struct BuildInputs<'a> {
+    /// The array (with namespace and uid).
+    pub array: &'a GatewayArray,
+    /// The translated config.
+    pub config: &'a DataplaneConfig,
+    /// The keyring to store.
+    pub keyring: &'a KeyringDoc,
+    /// The TLS material of referenced Secrets, by Secret name.
+    pub tls: &'a BTreeMap<String, TlsMaterial>,
+    /// The last handled rotation request, remembered on the keys Secret.
+    pub rotation_handled: Option<&'a str>,
+    /// The image when `spec.pod.image` is unset.
+    pub default_image: &'a str,
+}
+
+/// The objects of one array.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Desired {
+    /// `<name>-config`.
+    pub config_map: ConfigMap,
+    /// `<name>-keys`.
+    pub secret: Secret,
+    /// `<name>`.
+    pub deployment: Deployment,
+    /// `<name>`.
+    pub service: Service,
+    /// `<name>`.
+    pub pdb: PodDisruptionBudget,
+    /// `<name>-dataplane`.
+    pub service_account: ServiceAccount,
+    /// `<name>-dataplane`.
+    pub role: Role,
+    /// `<name>-dataplane`.
+    pub role_binding: RoleBinding,
+}
+
+/// Why objects could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The array has no namespace or uid (it did not come from the API server).
+    #[error("failed to build objects: GatewayArray {0} has no namespace or uid")]
+    MissingMetadata(String),
+}
+
+/// Names of the objects of array `name`.
+pub mod names {
+    /// ConfigMap.
+    pub fn config_map(array: &str) -> String {
+        format!("{array}-config")
+    }
+    /// Secret with keyring and TLS.
+    pub fn secret(array: &str) -> String {
+        format!("{array}-keys")
+    }
+    /// ServiceAccount, Role and RoleBinding.
+    pub fn dataplane(array: &str) -> String {
+        format!("{array}-dataplane")
+    }
+}
+
+/// The labels on everything of array `name`.
+pub fn labels(name: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (
+            "app.kubernetes.io/name".to_owned(),
+            "portcullis-dataplane".to_owned(),
+        ),
+        ("app.kubernetes.io/instance".to_owned(), name.to_owned()),
+        (
+            "app.kubernetes.io/managed-by".to_owned(),
+            FIELD_MANAGER.to_owned(),
+        ),
+        (ARRAY_LABEL.to_owned(), name.to_owned()),
+    ])
+}
+
+/// The label selector of member pods.
+pub fn selector(name: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (
+            "app.kubernetes.io/name".to_owned(),
+            "portcullis-dataplane".to_owned(),
+        ),
+        (ARRAY_LABEL.to_owned(), name.to_owned()),
+    ])
+}
+
+/// The `labelSelector` query string for member pods.
+pub fn selector_query(name: &str) -> String {
+    selector(name)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Secret data key names for the TLS material of Secret `secret`.
+pub fn tls_keys(secret: &str) -> [String; 3] {
+    [
+        format!("{secret}.crt"),
+        format!("{secret}.key"),
+        format!("{secret}.ca.crt"),
+    ]
+}
+
+/// Builds every object of the array.
+pub fn build(inputs: &BuildInputs<'_>) -> Result<Desired, BuildError> {
+    let array = inputs.array;
+    let name = array.name_any();
+    let namespace = array
+        .namespace()
+        .ok_or_else(|| BuildError::MissingMetadata(name.clone()))?;
+    let owner = array
+        .controller_owner_ref(&())
+        .ok_or_else(|| BuildError::MissingMetadata(name.clone()))?;
+    let meta = |object_name: String| ObjectMeta {
+        name: Some(object_name),
+        namespace: Some(namespace.clone()),
+        labels: Some(labels(&name)),
+        owner_references: Some(vec![owner.clone()]),
+        ..ObjectMeta::default()
+    };
+    Ok(Desired {
+        config_map: config_map(inputs, meta(names::config_map(&name))),
+        secret: secret(inputs, meta(names::secret(&name))),
+        deployment: deployment(inputs, &name, &namespace, meta(name.clone())),
+        service: service(inputs, &name, meta(name.clone())),
+        pdb: pdb(&name, meta(name.clone())),
+        service_account: ServiceAccount {
+            metadata: meta(names::dataplane(&name)),
+            automount_service_account_token: Some(true),
+            ..ServiceAccount::default()
+        },
+        role: role(&name, meta(names::dataplane(&name))),
+        role_binding: role_binding(&name, &namespace, meta(names::dataplane(&name))),
+    })
+}
+
+fn config_map(inputs: &BuildInputs<'_>, metadata: ObjectMeta) -> ConfigMap {
+    ConfigMap {
+        metadata,
+        data: Some(BTreeMap::from([
+            (CONFIG_KEY.to_owned(), inputs.config.to_json()),
+            (CONFIG_HASH_KEY.to_owned(), inputs.config.content_hash()),
+        ])),
+        ..ConfigMap::default()
+    }
+}
+
+fn secret(inputs: &BuildInputs<'_>, mut metadata: ObjectMeta) -> Secret {
+    let mut data = BTreeMap::from([(
+        KEYRING_SECRET_KEY.to_owned(),
+        ByteString(inputs.keyring.to_yaml().into_bytes()),
+    )]);
+    for (secret, material) in inputs.tls {
+        let [crt, key, ca] = tls_keys(secret);
+        for (k, v) in [
+            (crt, &material.cert),
+            (key, &material.key),
+            (ca, &material.ca),
+        ] {
+            if let Some(v) = v {
+                data.insert(k, v.clone());
+            }
+        }
+    }
+    if let Some(handled) = inputs.rotation_handled {
+        metadata.annotations = Some(BTreeMap::from([(
+            ROTATION_HANDLED_ANNOTATION.to_owned(),
+            handled.to_owned(),
+        )]));
+    }
+    Secret {
+        metadata,
+        type_: Some("Opaque".to_owned()),
+        data: Some(data),
+        ..Secret::default()
+    }
+}
+
+fn deployment(
+    inputs: &BuildInputs<'_>,
+    name: &str,
+    namespace: &str,
+    mut metadata: ObjectMeta,
+) -> Deployment {
+    let spec = &inputs.array.spec;
+    let pod = spec.pod.clone().unwrap_or_default();
+    metadata.annotations = Some(BTreeMap::from([(
+        CONFIG_HASH_ANNOTATION.to_owned(),
+        inputs.config.content_hash(),
+    )]));
+    let drain = i64::try_from(inputs.config.drain_timeout.as_secs()).unwrap_or(i64::MAX / 2);
+    let mut ports: Vec<ContainerPort> = spec
+        .listeners
+        .iter()
+        .map(|l| ContainerPort {
+            name: Some(l.name.clone()),
+            container_port: i32::from(l.port),
+            protocol: Some("TCP".to_owned()),
+            ..ContainerPort::default()
+        })
+        .collect();
+    ports.push(ContainerPort {
+        name: Some("admin".to_owned()),
+        container_port: i32::from(MEMBER_ADMIN_PORT),
+        protocol: Some("TCP".to_owned()),
+        ..ContainerPort::default()
+    });
+    let probe = |path: &str, period: i32, failures: i32| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.to_owned()),
+            port: IntOrString::String("admin".to_owned()),
+            scheme: Some("HTTP".to_owned()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        timeout_seconds: Some(2),
+        ..Probe::default()
+    };
+    let container = Container {
+        name: "dataplane".to_owned(),
+        image: Some(
+            pod.image
+                .clone()
+                .unwrap_or_else(|| inputs.default_image.to_owned()),
+        ),
+        command: Some(vec!["portcullis-dataplane".to_owned()]),
+        args: Some(vec![
+            "--array".to_owned(),
+            name.to_owned(),
+            "--namespace".to_owned(),
+            namespace.to_owned(),
+            "--admin".to_owned(),
+            format!("0.0.0.0:{MEMBER_ADMIN_PORT}"),
+            "--bind".to_owned(),
+            "0.0.0.0".to_owned(),
+        ]),
+        env: Some(vec![EnvVar {
+            name: "POD_NAME".to_owned(),
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "metadata.name".to_owned(),
+                    ..ObjectFieldSelector::default()
+                }),
+                ..EnvVarSource::default()
+            }),
+            ..EnvVar::default()
+        }]),
+        ports: Some(ports),
+        readiness_probe: Some(probe("/readyz", 5, 2)),
+        liveness_probe: Some(probe("/healthz", 10, 3)),
+        lifecycle: Some(Lifecycle {
+            pre_stop: Some(LifecycleHandler {
+                exec: Some(ExecAction {
+                    command: Some(vec!["sleep".to_owned(), PRE_STOP_SLEEP_SECS.to_string()]),
+                }),
+                ..LifecycleHandler::default()
+            }),
+            ..Lifecycle::default()
+        }),
+        resources: pod.resources.clone(),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            privileged: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".to_owned()]),
+                ..Capabilities::default()
+            }),
+            ..SecurityContext::default()
+        }),
+        ..Container::default()
+    };
+    let pod_annotations = (!pod.annotations.is_empty()).then(|| pod.annotations.clone());
+    Deployment {
+        metadata,
+        spec: DeploymentSpec {
+            replicas: Some(spec.replicas),
+            selector: LabelSelector {
+                match_labels: Some(selector(name)),
+                ..LabelSelector::default()
+            },
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".to_owned()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_surge: Some(IntOrString::Int(1)),
+                    max_unavailable: Some(IntOrString::Int(0)),
+                }),
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels(name)),
+                    annotations: pod_annotations,
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    service_account_name: Some(names::dataplane(name)),
+                    termination_grace_period_seconds: Some(drain + GRACE_MARGIN_SECS),
+                    node_selector: (!pod.node_selector.is_empty())
+                        .then(|| pod.node_selector.clone()),
+                    tolerations: (!pod.tolerations.is_empty()).then(|| pod.tolerations.clone()),
+                    security_context: Some(PodSecurityContext {
+                        run_as_non_root: Some(true),
+                        run_as_user: Some(65532),
+                        run_as_group: Some(65532),
+                        seccomp_profile: Some(SeccompProfile {
+                            type_: "RuntimeDefault".to_owned(),
+                            ..SeccompProfile::default()
+                        }),
+                        ..PodSecurityContext::default()
+                    }),
+                    containers: vec![container],
+                    ..PodSpec::default()
+                }),
+            },
+            ..DeploymentSpec::default()
+        },
+        ..Deployment::default()
+    }
+}
+
+fn service(inputs: &BuildInputs<'_>, name: &str, mut metadata: ObjectMeta) -> Service {
+    let options = inputs.array.spec.service.clone().unwrap_or_default();
+    if !options.annotations.is_empty() {
+        metadata.annotations = Some(options.annotations.clone());
+    }
+    let type_ = match options.type_ {
+        ServiceType::ClusterIp => "ClusterIP",
+        ServiceType::NodePort => "NodePort",
+        ServiceType::LoadBalancer => "LoadBalancer",
+    };
+    Service {
+        metadata,
+        spec: Some(ServiceSpec {
+            type_: Some(type_.to_owned()),
+            selector: Some(selector(name)),
+            ports: Some(
+                inputs
+                    .array
+                    .spec
+                    .listeners
+                    .iter()
+                    .map(|l| ServicePort {
+                        name: Some(l.name.clone()),
+                        port: i32::from(l.port),
+                        target_port: Some(IntOrString::String(l.name.clone())),
+                        protocol: Some("TCP".to_owned()),
+                        ..ServicePort::default()
+                    })
+                    .collect(),
+            ),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
+    }
+}
+
+fn pdb(name: &str, metadata: ObjectMeta) -> PodDisruptionBudget {
+    PodDisruptionBudget {
+        metadata,
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            // Unready members may always be evicted: they serve nothing.
+            unhealthy_pod_eviction_policy: Some("AlwaysAllow".to_owned()),
+            selector: Some(LabelSelector {
+                match_labels: Some(selector(name)),
+                ..LabelSelector::default()
+            }),
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        ..PodDisruptionBudget::default()
+    }
+}
+
+fn role(name: &str, metadata: ObjectMeta) -> Role {
+    let verbs = vec!["get".to_owned(), "list".to_owned(), "watch".to_owned()];
+    Role {
+        metadata,
+        rules: Some(vec![
+            PolicyRule {
+                api_groups: Some(vec![String::new()]),
+                resources: Some(vec!["configmaps".to_owned()]),
+                resource_names: Some(vec![names::config_map(name)]),
+                verbs: verbs.clone(),
+                ..PolicyRule::default()
+            },
+            PolicyRule {
+                api_groups: Some(vec![String::new()]),
+                resources: Some(vec!["secrets".to_owned()]),
+                resource_names: Some(vec![names::secret(name)]),
+                verbs,
+                ..PolicyRule::default()
+            },
+        ]),
+    }
+}
+
+fn role_binding(name: &str, namespace: &str, metadata: ObjectMeta) -> RoleBinding {
+    RoleBinding {
+        metadata,
+        role_ref: RoleRef {
+            api_group: Some("rbac.authorization.k8s.io".to_owned()),
+            kind: "Role".to_owned(),
+            name: names::dataplane(name),
+        },
+        subjects: Some(vec![Subject {
+            kind: "ServiceAccount".to_owned(),
+            name: names::dataplane(name),
+            namespace: Some(namespace.to_owned()),
+            ..Subject::default()
+        }]),
+    }
+}
+
+/// The owner reference every object carries (for tests and callers).
+pub fn owner_reference(array: &GatewayArray) -> Option<OwnerReference> {
+    array.controller_owner_ref(&())
+}

@@ -1,0 +1,385 @@
+//! Pure status builders: conditions a person can act on, for farms and arrays.
+//! `lastTransitionTime` only moves when a condition's status changes, so an unchanged
+//! world yields an identical status and no write.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::ResourceExt;
+use portcullis_crds::keyring::KeyringDoc;
+use portcullis_crds::translate::{FarmOutcome, TranslateError};
+use portcullis_crds::v1alpha1::{
+    GatewayArray, GatewayArrayStatus, MemberStatus, ServerFarm, ServerFarmStatus,
+};
+
+use crate::keyring::{Member, RotationStep};
+
+/// What became of one farm in this reconcile.
+#[derive(Clone, Debug, PartialEq)]
+pub enum FarmVerdict {
+    /// The translation's outcome.
+    Translated(FarmOutcome),
+    /// Left out because Secrets it names are missing or incomplete.
+    MissingRefs(Vec<String>),
+    /// Left out because the array itself is invalid.
+    ArrayInvalid(String),
+}
+
+/// Builds a condition, keeping the previous transition time when the status is unchanged.
+pub fn condition(
+    previous: &[Condition],
+    type_: &str,
+    status: &str,
+    reason: &str,
+    message: String,
+    generation: Option<i64>,
+    now: Timestamp,
+) -> Condition {
+    let last_transition_time = previous
+        .iter()
+        .find(|c| c.type_ == type_ && c.status == status)
+        .map_or(Time(now), |c| c.last_transition_time.clone());
+    Condition {
+        type_: type_.to_owned(),
+        status: status.to_owned(),
+        reason: reason.to_owned(),
+        message,
+        observed_generation: generation,
+        last_transition_time,
+    }
+}
+
+/// Renders farm errors as `field: problem; field: problem`.
+pub fn error_message(errors: &[TranslateError]) -> String {
+    errors
+        .iter()
+        .map(|e| format!("{}: {}", e.field, e.message))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// The status of a farm.
+pub fn farm_status(
+    farm: &ServerFarm,
+    array: &GatewayArray,
+    verdict: &FarmVerdict,
+    ready_members: i32,
+    now: Timestamp,
+) -> ServerFarmStatus {
+    let previous = farm
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    let generation = farm.metadata.generation;
+    let c = |t: &str, s: &str, r: &str, m: String| condition(previous, t, s, r, m, generation, now);
+    let array_name = format!(
+        "{}/{}",
+        array.namespace().unwrap_or_default(),
+        array.name_any()
+    );
+    let (conditions, endpoints) = match verdict {
+        FarmVerdict::Translated(FarmOutcome::Accepted {
+            unresolved,
+            endpoints,
+        }) => {
+            let refs = if unresolved.is_empty() {
+                c(
+                    "ResolvedRefs",
+                    "True",
+                    "ResolvedRefs",
+                    "every Service and Secret it names exists".into(),
+                )
+            } else {
+                c(
+                    "ResolvedRefs",
+                    "False",
+                    "BackendNotFound",
+                    unresolved.join("; "),
+                )
+            };
+            let has_targets =
+                !endpoints.is_empty() || farm.spec.servers.iter().any(|s| s.host.is_some());
+            let ready = if ready_members == 0 {
+                c(
+                    "Ready",
+                    "False",
+                    "NoReadyMembers",
+                    format!("GatewayArray {array_name} has no ready members"),
+                )
+            } else if !has_targets {
+                c(
+                    "Ready",
+                    "False",
+                    "NoEndpoints",
+                    "no server resolved to a ready endpoint".into(),
+                )
+            } else {
+                c(
+                    "Ready",
+                    "True",
+                    "Ready",
+                    format!(
+                        "served by {ready_members} ready member(s) of GatewayArray {array_name}"
+                    ),
+                )
+            };
+            (
+                vec![
+                    c(
+                        "Accepted",
+                        "True",
+                        "Accepted",
+                        format!("published by GatewayArray {array_name}"),
+                    ),
+                    refs,
+                    ready,
+                ],
+                endpoints.clone(),
+            )
+        }
+        FarmVerdict::Translated(FarmOutcome::Rejected(errors)) => (
+            vec![
+                c("Accepted", "False", "Invalid", error_message(errors)),
+                c(
+                    "ResolvedRefs",
+                    "Unknown",
+                    "NotAccepted",
+                    "not checked while the farm is invalid".into(),
+                ),
+                c(
+                    "Ready",
+                    "False",
+                    "NotAccepted",
+                    "not published; fix the Accepted condition".into(),
+                ),
+            ],
+            Vec::new(),
+        ),
+        FarmVerdict::MissingRefs(problems) => (
+            vec![
+                c(
+                    "Accepted",
+                    "False",
+                    "UnresolvedRefs",
+                    "not published until the Secrets it names exist".into(),
+                ),
+                c(
+                    "ResolvedRefs",
+                    "False",
+                    "SecretNotFound",
+                    problems.join("; "),
+                ),
+                c(
+                    "Ready",
+                    "False",
+                    "NotAccepted",
+                    "not published; fix the ResolvedRefs condition".into(),
+                ),
+            ],
+            Vec::new(),
+        ),
+        FarmVerdict::ArrayInvalid(message) => (
+            vec![
+                c(
+                    "Accepted",
+                    "False",
+                    "ArrayInvalid",
+                    format!("GatewayArray {array_name} is invalid: {message}"),
+                ),
+                c(
+                    "ResolvedRefs",
+                    "Unknown",
+                    "NotAccepted",
+                    "not checked while the array is invalid".into(),
+                ),
+                c(
+                    "Ready",
+                    "False",
+                    "NotAccepted",
+                    "not published; fix the GatewayArray".into(),
+                ),
+            ],
+            Vec::new(),
+        ),
+    };
+    ServerFarmStatus {
+        observed_generation: generation,
+        conditions,
+        endpoints,
+    }
+}
+
+/// Inputs of the array status.
+#[derive(Clone, Debug)]
+pub struct ArrayStatusInputs<'a> {
+    /// The array.
+    pub array: &'a GatewayArray,
+    /// The array's own errors, when it is invalid.
+    pub errors: &'a [TranslateError],
+    /// Problems with Secrets the listeners name.
+    pub missing_refs: &'a [String],
+    /// The hash of the config in the ConfigMap.
+    pub config_hash: Option<&'a str>,
+    /// The keyring in the Secret.
+    pub keyring: Option<&'a KeyringDoc>,
+    /// The rotation step taken.
+    pub rotation: Option<&'a RotationStep>,
+    /// The members.
+    pub members: &'a [Member],
+    /// Now.
+    pub now: Timestamp,
+}
+
+/// The status of an array.
+pub fn array_status(i: &ArrayStatusInputs<'_>) -> GatewayArrayStatus {
+    let previous = i
+        .array
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    let generation = i.array.metadata.generation;
+    let c =
+        |t: &str, s: &str, r: &str, m: String| condition(previous, t, s, r, m, generation, i.now);
+    let ready: Vec<&Member> = i.members.iter().filter(|m| m.ready).collect();
+    let ready_members = i32::try_from(ready.len()).unwrap_or(i32::MAX);
+    let loaded: Vec<Option<&str>> = ready
+        .iter()
+        .map(|m| m.report.as_ref().and_then(|r| r.config_hash.as_deref()))
+        .collect();
+    let loaded_config_hash = match loaded.first() {
+        Some(Some(first)) if loaded.iter().all(|h| h == &Some(*first)) => Some((*first).to_owned()),
+        _ => None,
+    };
+    let mut conditions = Vec::new();
+    conditions.push(if i.errors.is_empty() {
+        c("Accepted", "True", "Accepted", "the spec is valid".into())
+    } else {
+        c("Accepted", "False", "Invalid", error_message(i.errors))
+    });
+    conditions.push(if i.missing_refs.is_empty() {
+        c(
+            "ResolvedRefs",
+            "True",
+            "ResolvedRefs",
+            "every listener Secret exists".into(),
+        )
+    } else {
+        c(
+            "ResolvedRefs",
+            "False",
+            "SecretNotFound",
+            format!(
+                "{}; the last good config keeps serving",
+                i.missing_refs.join("; ")
+            ),
+        )
+    });
+    let desired = i.array.spec.replicas;
+    let stale: Vec<&str> = ready
+        .iter()
+        .filter(|m| m.report.as_ref().and_then(|r| r.config_hash.as_deref()) != i.config_hash)
+        .map(|m| m.name.as_str())
+        .collect();
+    conditions.push(if !i.errors.is_empty() || !i.missing_refs.is_empty() {
+        c(
+            "Ready",
+            "False",
+            "NotAccepted",
+            "the controller cannot write a config; see Accepted and ResolvedRefs".into(),
+        )
+    } else if ready_members < desired {
+        c(
+            "Ready",
+            "False",
+            "MembersNotReady",
+            format!("{ready_members} of {desired} members are ready"),
+        )
+    } else if !stale.is_empty() {
+        c(
+            "Ready",
+            "False",
+            "ConfigNotLoaded",
+            format!(
+                "members {} have not loaded config {}",
+                stale.join(", "),
+                i.config_hash.unwrap_or("-")
+            ),
+        )
+    } else {
+        c(
+            "Ready",
+            "True",
+            "Ready",
+            format!(
+                "{ready_members} members serve config {}",
+                i.config_hash.unwrap_or("-")
+            ),
+        )
+    });
+    let rotating = match i.rotation {
+        Some(RotationStep::Added { id }) => Some(format!(
+            "key {id} added; waiting for every member to load it"
+        )),
+        Some(RotationStep::Waiting { id, missing }) => {
+            Some(format!("key {id} not yet loaded by {}", missing.join(", ")))
+        }
+        _ => None,
+    };
+    conditions.push(match rotating {
+        Some(m) => c("KeysRotating", "True", "WaitingForMembers", m),
+        None => c(
+            "KeysRotating",
+            "False",
+            "Idle",
+            "no rotation in progress".into(),
+        ),
+    });
+    GatewayArrayStatus {
+        observed_generation: generation,
+        ready_members,
+        config_hash: i.config_hash.map(str::to_owned),
+        loaded_config_hash,
+        active_key_id: i.keyring.and_then(|k| k.active_id().map(str::to_owned)),
+        key_ids: i.keyring.map(KeyringDoc::ids).unwrap_or_default(),
+        members: i
+            .members
+            .iter()
+            .map(|m| MemberStatus {
+                name: m.name.clone(),
+                ready: m.ready,
+                config_hash: m.report.as_ref().and_then(|r| r.config_hash.clone()),
+                key_ids: m
+                    .report
+                    .as_ref()
+                    .map(|r| r.key_ids.clone())
+                    .unwrap_or_default(),
+            })
+            .collect(),
+        conditions,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transition_time_moves_only_on_status_change() {
+        let t0 = Timestamp::from_second(1_000).unwrap();
+        let t1 = Timestamp::from_second(2_000).unwrap();
+        let first = condition(&[], "Ready", "True", "Ready", "a".into(), Some(1), t0);
+        let same = condition(
+            std::slice::from_ref(&first),
+            "Ready",
+            "True",
+            "Ready",
+            "b".into(),
+            Some(2),
+            t1,
+        );
+        assert_eq!(same.last_transition_time, Time(t0));
+        let flipped = condition(&[first], "Ready", "False", "X", "c".into(), Some(2), t1);
+        assert_eq!(flipped.last_transition_time, Time(t1));
+    }
+}
