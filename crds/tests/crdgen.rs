@@ -67,3 +67,76 @@ fn no_plain_scalar_reads_as_a_boolean_in_yaml_1_1() {
         );
     }
 }
+
+#[test]
+fn every_cel_rule_compiles_and_stays_within_the_cost_budget() {
+    // The API server refuses a CRD whose rules do not compile or whose estimated cost is
+    // too high (unbounded lists and strings inflate it). kube-cel's estimate is coarse,
+    // but it catches the common mistake: a comprehension over a list without maxItems.
+    use kube::core::cel::{ScopeContext, WarningKind, analyze_rule, compile_schema};
+
+    fn walk(node: &serde_json::Value, path: &str, rules: &mut usize, problems: &mut Vec<String>) {
+        let Some(map) = node.as_object() else { return };
+        if let Some(list) = map
+            .get("x-kubernetes-validations")
+            .and_then(|v| v.as_array())
+        {
+            let compiled = compile_schema(node);
+            for e in compiled.compilation_errors() {
+                problems.push(format!("{path}: {e}"));
+            }
+            for rule in list {
+                *rules += 1;
+                let text = rule["rule"].as_str().expect("a rule has rule text");
+                // Only cost: kube-cel's scope check mistakes comprehension variables
+                // (`self.all(l, ...)`) for unknown globals.
+                for w in analyze_rule(text, &compiled, ScopeContext::CrdValidation) {
+                    if matches!(
+                        w.kind,
+                        WarningKind::CostExceeded | WarningKind::MissingBounds
+                    ) {
+                        problems.push(format!("{path}: {text}: {}", w.message));
+                    }
+                }
+            }
+        }
+        if let Some(props) = map.get("properties").and_then(|p| p.as_object()) {
+            for (name, sub) in props {
+                walk(sub, &format!("{path}.{name}"), rules, problems);
+            }
+        }
+        for key in ["items", "additionalProperties"] {
+            if let Some(sub) = map.get(key) {
+                walk(sub, &format!("{path}[]"), rules, problems);
+            }
+        }
+    }
+
+    // The guard itself: the listener rule on an unbounded list is flagged.
+    let mut problems = Vec::new();
+    let unbounded = serde_json::json!({
+        "type": "array",
+        "items": {"type": "object", "properties": {"port": {"type": "integer"}}},
+        "x-kubernetes-validations": [
+            {"rule": "self.all(l, self.exists_one(m, m.port == l.port))"}
+        ]
+    });
+    walk(&unbounded, "unbounded", &mut 0, &mut problems);
+    assert!(!problems.is_empty(), "the cost guard flags nothing");
+
+    let mut rules = 0;
+    let mut problems = Vec::new();
+    for crd in portcullis_crds::crds() {
+        let schema = serde_json::to_value(
+            crd.spec.versions[0]
+                .schema
+                .as_ref()
+                .and_then(|s| s.open_api_v3_schema.as_ref())
+                .unwrap(),
+        )
+        .unwrap();
+        walk(&schema, &crd.spec.names.kind, &mut rules, &mut problems);
+    }
+    assert!(rules >= 10, "only {rules} rules found: the walk is broken");
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
