@@ -547,7 +547,11 @@ impl DataplaneConfig {
             });
         }
         let mut ports = std::collections::BTreeSet::new();
+        let mut names = std::collections::BTreeSet::new();
         for l in &self.listeners {
+            if !names.insert(&l.name) {
+                return invalid(format!("listener name {} appears twice", l.name));
+            }
             if !ports.insert(l.port) {
                 return invalid(format!("listener port {} appears twice", l.port));
             }

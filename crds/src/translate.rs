@@ -24,8 +24,9 @@ pub const DEFAULT_COOKIE_NAME: &str = "portcullis-affinity";
 /// EndpointSlices, local mode from DNS, tests from fixtures).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Resolutions {
-    /// DNS name → addresses. A host server whose name is absent here is passed to the
-    /// dataplane as a DNS member, which resolves it itself.
+    /// DNS name (lower case, without a final dot) → addresses. A host server whose name
+    /// is absent here is passed to the dataplane as a DNS member, which resolves it
+    /// itself.
     pub hosts: BTreeMap<String, Vec<IpAddr>>,
     /// Service port → its endpoints. A Service absent here has no EndpointSlices.
     pub services: BTreeMap<ServiceKey, Vec<ServiceEndpoint>>,

@@ -520,3 +520,20 @@ fn field_paths_read_like_kubectl_explain() {
         "metadata.annotations.a/b"
     );
 }
+
+#[test]
+fn multi_document_files_are_split_and_comment_only_documents_skipped() {
+    let dir = std::env::temp_dir().join(format!("portcullis-examples-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("two.yaml");
+    std::fs::write(
+        &file,
+        "# header only\n---\nkind: GatewayArray\nmetadata: {name: a}\n---\n# nothing\n--- \nkind: ServerFarm\nmetadata: {name: b}\n",
+    )
+    .unwrap();
+    let docs = load_docs(&file);
+    std::fs::remove_dir_all(&dir).unwrap();
+    let kinds: Vec<&str> = docs.iter().map(|d| d.kind.as_str()).collect();
+    assert_eq!(kinds, ["GatewayArray", "ServerFarm"]);
+    assert_eq!(docs[1].value["metadata"]["name"], "b");
+}
