@@ -1,1 +1,122 @@
-fn main() {}
+//! `portcullis-controller`: parse flags, start telemetry, call `run()`.
+
+use std::net::SocketAddr;
+
+use clap::builder::BoolishValueParser;
+use clap::{ArgAction, Parser, ValueEnum};
+use portcullis_controller::reconcile::Settings;
+use portcullis_controller::{RunConfig, run};
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Json,
+    Text,
+}
+
+/// Reconciles Portcullis GatewayArrays and ServerFarms into dataplane arrays.
+#[derive(Debug, Parser)]
+#[command(name = "portcullis-controller", version)]
+struct Cli {
+    /// Address of the admin endpoint (/healthz, /readyz, /metrics).
+    #[arg(long, env = "PORTCULLIS_ADMIN", default_value = "0.0.0.0:9902")]
+    admin: SocketAddr,
+    /// Image of dataplane members when a GatewayArray sets no spec.pod.image.
+    #[arg(long, env = "PORTCULLIS_DATAPLANE_IMAGE")]
+    dataplane_image: String,
+    /// Only this namespace is watched; all namespaces when unset.
+    #[arg(long, env = "PORTCULLIS_WATCH_NAMESPACE")]
+    watch_namespace: Option<String>,
+    /// Run only while holding the lease, so several replicas can run safely.
+    #[arg(long, env = "PORTCULLIS_LEADER_ELECTION", default_value_t = true,
+          action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true",
+          value_parser = BoolishValueParser::new())]
+    leader_election: bool,
+    /// Name of the leader-election Lease.
+    #[arg(
+        long,
+        env = "PORTCULLIS_LEASE_NAME",
+        default_value = "portcullis-controller"
+    )]
+    lease_name: String,
+    /// Namespace of the leader-election Lease (the controller's own namespace).
+    #[arg(long, env = "POD_NAMESPACE")]
+    lease_namespace: Option<String>,
+    /// List and watch Secrets (cluster-wide or in --watch-namespace). Off: referenced
+    /// Secrets are read by name during reconcile and re-read every 60s (least privilege).
+    #[arg(long, env = "PORTCULLIS_WATCH_SECRETS", default_value_t = false,
+          action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true",
+          value_parser = BoolishValueParser::new())]
+    watch_secrets: bool,
+    /// Allow servers that are loopback, link-local or the cloud metadata address.
+    #[arg(long, env = "PORTCULLIS_ALLOW_PRIVATE_TARGETS", default_value_t = false,
+          action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true",
+          value_parser = BoolishValueParser::new())]
+    allow_private_targets: bool,
+    /// Log format.
+    #[arg(
+        long,
+        env = "PORTCULLIS_LOG_FORMAT",
+        value_enum,
+        default_value = "json"
+    )]
+    log_format: LogFormat,
+}
+
+/// Exit code for bad flags (EX_USAGE).
+const EXIT_USAGE: i32 = 64;
+
+fn usage_error(cmd_error: clap::Error) -> ! {
+    use clap::error::ErrorKind;
+    if matches!(
+        cmd_error.kind(),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+    ) {
+        cmd_error.exit();
+    }
+    let _ = cmd_error.print();
+    std::process::exit(EXIT_USAGE);
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::try_parse().unwrap_or_else(|e| usage_error(e));
+    let leader_election = if cli.leader_election {
+        match cli.lease_namespace.clone() {
+            Some(ns) => Some((cli.lease_name.clone(), ns)),
+            None => {
+                use clap::CommandFactory;
+                usage_error(Cli::command().error(
+                    clap::error::ErrorKind::MissingRequiredArgument,
+                    "--lease-namespace (or POD_NAMESPACE) is required with --leader-election",
+                ));
+            }
+        }
+    } else {
+        None
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    match cli.log_format {
+        LogFormat::Json => tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .init(),
+        LogFormat::Text => tracing_subscriber::fmt().with_env_filter(filter).init(),
+    }
+    let identity = std::env::var("POD_NAME")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_else(|_| format!("portcullis-controller-{}", std::process::id()));
+    run(RunConfig {
+        admin: cli.admin,
+        settings: Settings {
+            dataplane_image: cli.dataplane_image,
+            watch_secrets: cli.watch_secrets,
+            allow_private_targets: cli.allow_private_targets,
+        },
+        watch_namespace: cli.watch_namespace,
+        leader_election,
+        identity,
+    })
+    .await?;
+    Ok(())
+}

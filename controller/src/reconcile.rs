@@ -1,0 +1,782 @@
+//! The reconcile pipeline for one GatewayArray: fetch → validate → build (pure) → apply
+//! (server-side apply, owner references) → status. Only [`fetch`] and the apply/status
+//! steps touch the API.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Client, Resource, ResourceExt};
+use parking_lot::Mutex;
+use portcullis_crds::keyring::{KEYRING_SECRET_KEY, KeyringDoc};
+use portcullis_crds::translate::{self, FarmOutcome, Resolutions, ServiceKey, TranslateError};
+use portcullis_crds::v1alpha1::{GatewayArray, ROTATE_KEYS_ANNOTATION, ServerFarm};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::builders::{self, BuildInputs, FIELD_MANAGER, TlsMaterial, names};
+use crate::keyring::{self, Member, RotationInputs, RotationStep};
+use crate::mapping::{array_secrets, farm_secrets};
+use crate::members::MemberStatusSource;
+use crate::metrics::Metrics;
+use crate::resolve::{SERVICE_NAME_LABEL, private_target_errors, service_endpoints};
+use crate::status::{self, ArrayStatusInputs, FarmVerdict};
+
+/// How the controller runs, from flags.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Image of member pods when `spec.pod.image` is unset.
+    pub dataplane_image: String,
+    /// Whether Secrets are watched (else re-read every [`SECRET_POLL`]).
+    pub watch_secrets: bool,
+    /// Whether loopback, link-local and metadata targets are allowed.
+    pub allow_private_targets: bool,
+}
+
+/// How often referenced Secrets are re-read when they are not watched.
+pub const SECRET_POLL: Duration = Duration::from_secs(60);
+/// The longest wait between two reconciles of an array.
+pub const MAX_REQUEUE: Duration = Duration::from_secs(300);
+/// Re-check interval while members catch up with the config.
+pub const CONVERGE_POLL: Duration = Duration::from_secs(15);
+
+/// Everything a reconcile needs besides the array.
+pub struct Context {
+    /// The API client.
+    pub client: Client,
+    /// Flags.
+    pub settings: Settings,
+    /// Member `/status` reader.
+    pub members: Arc<dyn MemberStatusSource>,
+    /// Event recorder.
+    pub recorder: Recorder,
+    /// Metrics.
+    pub metrics: Metrics,
+    /// The clock (fixed in tests).
+    pub clock: Arc<dyn Fn() -> Timestamp + Send + Sync>,
+    /// Fresh key material (fixed in tests).
+    pub random_key: Arc<dyn Fn() -> [u8; 32] + Send + Sync>,
+    failures: Mutex<HashMap<ObjectRef<GatewayArray>, u32>>,
+}
+
+impl Context {
+    /// A context with the real clock and randomness.
+    pub fn new(
+        client: Client,
+        settings: Settings,
+        members: Arc<dyn MemberStatusSource>,
+        recorder: Recorder,
+        metrics: Metrics,
+    ) -> Self {
+        Context {
+            client,
+            settings,
+            members,
+            recorder,
+            metrics,
+            clock: Arc::new(Timestamp::now),
+            random_key: Arc::new(rand::random),
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Replaces the clock and the key source (tests).
+    pub fn with_determinism(
+        mut self,
+        clock: Arc<dyn Fn() -> Timestamp + Send + Sync>,
+        random_key: Arc<dyn Fn() -> [u8; 32] + Send + Sync>,
+    ) -> Self {
+        self.clock = clock;
+        self.random_key = random_key;
+        self
+    }
+}
+
+/// Why a reconcile failed. Messages name resources, never Secret contents.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Reading from the API failed.
+    #[error("failed to fetch {what}: {source}")]
+    Fetch {
+        /// What was read.
+        what: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// A server-side apply failed.
+    #[error("failed to apply {what}: {source}")]
+    Apply {
+        /// What was applied.
+        what: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// A status write failed.
+    #[error("failed to write status of {what}: {source}")]
+    Status {
+        /// Whose status.
+        what: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// The objects could not be built.
+    #[error(transparent)]
+    Build(#[from] builders::BuildError),
+    /// The array came without a namespace.
+    #[error("failed to reconcile GatewayArray {0}: it has no namespace")]
+    NoNamespace(String),
+}
+
+impl Error {
+    /// A stable label for metrics and logs.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Error::Fetch { .. } => "fetch",
+            Error::Apply { .. } => "apply",
+            Error::Status { .. } => "status",
+            Error::Build(_) => "build",
+            Error::NoNamespace(_) => "no_namespace",
+        }
+    }
+}
+
+/// What was read from the API for one array.
+#[derive(Clone, Debug, Default)]
+pub struct Fetched {
+    /// Farms naming the array.
+    pub farms: Vec<ServerFarm>,
+    /// Referenced Secrets, `None` when absent.
+    pub secrets: BTreeMap<String, Option<Secret>>,
+    /// The array's keys Secret.
+    pub keys: Option<Secret>,
+    /// Resolutions of Service servers.
+    pub resolutions: Resolutions,
+    /// Members.
+    pub members: Vec<Member>,
+}
+
+async fn fetch(array: &GatewayArray, ns: &str, ctx: &Context) -> Result<Fetched, Error> {
+    let client = ctx.client.clone();
+    let fetch_err = |what: String| move |source| Error::Fetch { what, source };
+    let farms: Api<ServerFarm> = Api::namespaced(client.clone(), ns);
+    let mut farms: Vec<ServerFarm> = farms
+        .list(&ListParams::default())
+        .await
+        .map_err(fetch_err(format!("ServerFarms in {ns}")))?
+        .items
+        .into_iter()
+        .filter(|f| translate::farm_targets_array(f, array))
+        .collect();
+    farms.sort_by_key(translate::farm_id);
+
+    let secrets_api: Api<Secret> = Api::namespaced(client.clone(), ns);
+    let mut wanted: BTreeSet<String> = array_secrets(array).into_iter().collect();
+    for f in &farms {
+        wanted.extend(farm_secrets(f));
+    }
+    let mut secrets = BTreeMap::new();
+    for name in wanted {
+        let s = secrets_api
+            .get_opt(&name)
+            .await
+            .map_err(fetch_err(format!("Secret {ns}/{name}")))?;
+        secrets.insert(name, s);
+    }
+    let keys_name = names::secret(&array.name_any());
+    let keys = secrets_api
+        .get_opt(&keys_name)
+        .await
+        .map_err(fetch_err(format!("Secret {ns}/{keys_name}")))?;
+
+    let services: BTreeSet<(String, u16)> = farms
+        .iter()
+        .flat_map(|f| f.spec.servers.iter())
+        .filter_map(|s| s.service.as_ref().map(|r| (r.name.clone(), r.port)))
+        .collect();
+    let svc_api: Api<Service> = Api::namespaced(client.clone(), ns);
+    let slice_api: Api<EndpointSlice> = Api::namespaced(client.clone(), ns);
+    let mut resolutions = Resolutions::default();
+    let mut by_name: BTreeMap<String, Option<(Service, Vec<EndpointSlice>)>> = BTreeMap::new();
+    for (name, port) in services {
+        if !by_name.contains_key(&name) {
+            let found = match svc_api
+                .get_opt(&name)
+                .await
+                .map_err(fetch_err(format!("Service {ns}/{name}")))?
+            {
+                None => None,
+                Some(svc) => {
+                    let slices = slice_api
+                        .list(
+                            &ListParams::default().labels(&format!("{SERVICE_NAME_LABEL}={name}")),
+                        )
+                        .await
+                        .map_err(fetch_err(format!("EndpointSlices of Service {ns}/{name}")))?
+                        .items;
+                    Some((svc, slices))
+                }
+            };
+            by_name.insert(name.clone(), found);
+        }
+        if let Some(Some((svc, slices))) = by_name.get(&name)
+            && let Some(eps) =
+                service_endpoints(svc, port, slices, ctx.settings.allow_private_targets)
+        {
+            resolutions.services.insert(
+                ServiceKey {
+                    namespace: ns.to_owned(),
+                    name: name.clone(),
+                    port,
+                },
+                eps,
+            );
+        }
+    }
+
+    let pods: Api<Pod> = Api::namespaced(client, ns);
+    let pods = pods
+        .list(&ListParams::default().labels(&builders::selector_query(&array.name_any())))
+        .await
+        .map_err(fetch_err(format!(
+            "member Pods of {ns}/{}",
+            array.name_any()
+        )))?
+        .items;
+    let members = futures::future::join_all(pods.iter().map(|pod| async move {
+        let name = pod.name_any();
+        let status = pod.status.clone().unwrap_or_default();
+        let ready = pod.metadata.deletion_timestamp.is_none()
+            && status
+                .conditions
+                .iter()
+                .flatten()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+        let report = match &status.pod_ip {
+            Some(ip) => ctx.members.fetch(&name, ip).await,
+            None => None,
+        };
+        Member {
+            name,
+            ready,
+            report,
+        }
+    }))
+    .await;
+    let mut members = members;
+    members.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(Fetched {
+        farms,
+        secrets,
+        keys,
+        resolutions,
+        members,
+    })
+}
+
+/// TLS material and problems, from the fetched Secrets.
+fn tls_material(fetched: &Fetched) -> (BTreeMap<String, TlsMaterial>, BTreeMap<String, String>) {
+    let mut material = BTreeMap::new();
+    let mut problems = BTreeMap::new();
+    for (name, secret) in &fetched.secrets {
+        match secret {
+            None => {
+                problems.insert(name.clone(), format!("Secret {name} not found"));
+            }
+            Some(s) => {
+                let data = s.data.clone().unwrap_or_default();
+                material.insert(
+                    name.clone(),
+                    TlsMaterial {
+                        cert: data.get("tls.crt").cloned(),
+                        key: data.get("tls.key").cloned(),
+                        ca: data.get("ca.crt").cloned(),
+                    },
+                );
+            }
+        }
+    }
+    (material, problems)
+}
+
+fn cert_problem(
+    name: &str,
+    material: &BTreeMap<String, TlsMaterial>,
+    missing: &BTreeMap<String, String>,
+) -> Option<String> {
+    if let Some(p) = missing.get(name) {
+        return Some(p.clone());
+    }
+    let m = material.get(name)?;
+    (m.cert.is_none() || m.key.is_none())
+        .then(|| format!("Secret {name} has no tls.crt and tls.key"))
+}
+
+fn ca_problem(
+    name: &str,
+    material: &BTreeMap<String, TlsMaterial>,
+    missing: &BTreeMap<String, String>,
+) -> Option<String> {
+    if let Some(p) = missing.get(name) {
+        return Some(p.clone());
+    }
+    let m = material.get(name)?;
+    m.ca.is_none()
+        .then(|| format!("Secret {name} has no ca.crt"))
+}
+
+/// The result of validation and translation, before anything is built.
+#[derive(Clone, Debug)]
+pub struct Validated {
+    /// The translation, when the array itself is valid and its listener Secrets exist.
+    pub translation: Option<translate::Translation>,
+    /// The array's own errors.
+    pub array_errors: Vec<TranslateError>,
+    /// Problems with listener Secrets.
+    pub array_missing: Vec<String>,
+    /// Verdict per farm id.
+    pub verdicts: BTreeMap<String, FarmVerdict>,
+    /// The TLS material of Secrets the config uses.
+    pub tls: BTreeMap<String, TlsMaterial>,
+}
+
+/// Validates and translates (pure).
+pub fn validate(array: &GatewayArray, fetched: &Fetched, settings: &Settings) -> Validated {
+    let (material, missing) = tls_material(fetched);
+    let array_missing: Vec<String> = array_secrets(array)
+        .iter()
+        .filter_map(|s| cert_problem(s, &material, &missing))
+        .collect();
+    let mut verdicts = BTreeMap::new();
+    let mut eligible = Vec::new();
+    for farm in &fetched.farms {
+        let id = translate::farm_id(farm);
+        if !settings.allow_private_targets {
+            let errors = private_target_errors(farm);
+            if !errors.is_empty() {
+                verdicts.insert(id, FarmVerdict::Translated(FarmOutcome::Rejected(errors)));
+                continue;
+            }
+        }
+        let mut problems: Vec<String> = Vec::new();
+        if let Some(tls) = &farm.spec.publish.tls {
+            problems.extend(cert_problem(&tls.secret_name, &material, &missing));
+        }
+        if let Some(ca) = farm
+            .spec
+            .upstream
+            .as_ref()
+            .and_then(|u| u.tls.as_ref())
+            .and_then(|t| t.ca_secret_name.as_ref())
+        {
+            problems.extend(ca_problem(ca, &material, &missing));
+        }
+        if !problems.is_empty() {
+            verdicts.insert(id, FarmVerdict::MissingRefs(problems));
+            continue;
+        }
+        eligible.push(farm.clone());
+    }
+    let (translation, array_errors) =
+        match translate::translate(array, &eligible, &fetched.resolutions) {
+            Ok(t) => (Some(t), Vec::new()),
+            Err(errors) => (None, errors),
+        };
+    match &translation {
+        Some(t) => {
+            for (id, outcome) in &t.farms {
+                verdicts.insert(id.clone(), FarmVerdict::Translated(outcome.clone()));
+            }
+        }
+        None => {
+            let message = status::error_message(&array_errors);
+            for farm in &fetched.farms {
+                verdicts.insert(
+                    translate::farm_id(farm),
+                    FarmVerdict::ArrayInvalid(message.clone()),
+                );
+            }
+        }
+    }
+    // Only Secrets the config actually names travel into the array's Secret.
+    let mut used = BTreeSet::new();
+    if let Some(t) = &translation {
+        for l in &t.config.listeners {
+            used.extend(l.default_certificate.iter().map(|c| c.secret.clone()));
+            used.extend(l.sni.iter().map(|s| s.certificate.secret.clone()));
+        }
+        for f in t.config.farms.values() {
+            if let Some(portcullis_crds::config::UpstreamTrust::Ca { secret }) =
+                f.upstream.tls.as_ref().map(|t| &t.trust)
+            {
+                used.insert(secret.clone());
+            }
+        }
+    }
+    let tls = material
+        .into_iter()
+        .filter(|(name, _)| used.contains(name))
+        .collect();
+    Validated {
+        translation: translation.filter(|_| array_missing.is_empty()),
+        array_errors,
+        array_missing,
+        verdicts,
+        tls,
+    }
+}
+
+fn api<K>(client: &Client, ns: &str) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    Api::namespaced(client.clone(), ns)
+}
+
+async fn apply<K>(client: &Client, ns: &str, obj: &K) -> Result<(), Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Serialize
+        + std::fmt::Debug,
+{
+    let name = obj.name_any();
+    api::<K>(client, ns)
+        .patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(obj),
+        )
+        .await
+        .map_err(|source| Error::Apply {
+            what: format!("{} {ns}/{name}", K::kind(&())),
+            source,
+        })?;
+    Ok(())
+}
+
+async fn apply_status<K>(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    status: &impl Serialize,
+) -> Result<(), Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let body = serde_json::json!({
+        "apiVersion": K::api_version(&()),
+        "kind": K::kind(&()),
+        "metadata": {"name": name},
+        "status": status,
+    });
+    api::<K>(client, ns)
+        .patch_status(
+            name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(&body),
+        )
+        .await
+        .map_err(|source| Error::Status {
+            what: format!("{} {ns}/{name}", K::kind(&())),
+            source,
+        })?;
+    Ok(())
+}
+
+async fn publish(
+    ctx: &Context,
+    reference: &k8s_openapi::api::core::v1::ObjectReference,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) {
+    let event = Event {
+        type_,
+        reason: reason.to_owned(),
+        note: Some(note),
+        action: action.to_owned(),
+        secondary: None,
+    };
+    // An event that cannot be written is not worth failing the reconcile for.
+    if let Err(e) = ctx.recorder.publish(&event, reference).await {
+        tracing::warn!(error = %e, reason, "failed to publish event");
+    }
+}
+
+fn step_event(step: &RotationStep) -> Option<(&'static str, &'static str, String)> {
+    match step {
+        RotationStep::Generated { id } => Some((
+            "KeyringGenerated",
+            "generated",
+            format!("generated keyring with active key {id}"),
+        )),
+        RotationStep::Added { id } => Some((
+            "KeyAdded",
+            "added",
+            format!(
+                "added key {id} as accept-only; it becomes active once every ready member has loaded it"
+            ),
+        )),
+        RotationStep::Promoted { id, retired } => Some((
+            "KeyPromoted",
+            "promoted",
+            format!("key {id} is now active; {retired} is retired and still accepted"),
+        )),
+        RotationStep::Removed { ids } => Some((
+            "KeysRemoved",
+            "removed",
+            format!(
+                "removed retired keys {} after their acceptance window",
+                ids.join(", ")
+            ),
+        )),
+        RotationStep::Waiting { .. } | RotationStep::Idle => None,
+    }
+}
+
+/// Reconciles one array.
+#[tracing::instrument(skip_all, fields(array = %array.name_any(), namespace = array.namespace().unwrap_or_default()))]
+pub async fn reconcile(array: Arc<GatewayArray>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    ctx.metrics.reconciles.inc();
+    let result = reconcile_inner(&array, &ctx).await;
+    ctx.metrics.observe(started.elapsed());
+    if result.is_ok() {
+        ctx.failures.lock().remove(&ObjectRef::from(array.as_ref()));
+    }
+    result
+}
+
+async fn reconcile_inner(array: &GatewayArray, ctx: &Context) -> Result<Action, Error> {
+    let name = array.name_any();
+    let ns = array
+        .namespace()
+        .ok_or_else(|| Error::NoNamespace(name.clone()))?;
+    let now = (ctx.clock)();
+
+    // Fetch.
+    let fetched = fetch(array, &ns, ctx).await?;
+
+    // Validate.
+    let validated = validate(array, &fetched, &ctx.settings);
+
+    // Keyring step (pure), only when a config is going to be written.
+    let keys_data = fetched
+        .keys
+        .as_ref()
+        .and_then(|s| s.data.as_ref())
+        .and_then(|d| d.get(KEYRING_SECRET_KEY))
+        .and_then(|b| std::str::from_utf8(&b.0).ok())
+        .and_then(|t| KeyringDoc::parse(t).ok());
+    let handled = fetched.keys.as_ref().and_then(|s| {
+        s.annotations()
+            .get(builders::ROTATION_HANDLED_ANNOTATION)
+            .cloned()
+    });
+    let mut requeue = MAX_REQUEUE;
+    if !ctx.settings.watch_secrets {
+        requeue = requeue.min(SECRET_POLL);
+    }
+    let array_ref = array.object_ref(&());
+
+    let mut plan = None;
+    if let Some(t) = &validated.translation {
+        let p = keyring::step(&RotationInputs {
+            current: keys_data.as_ref(),
+            now,
+            rotation_interval: t.config.session.rotation_interval.get(),
+            accept_retired_for: t.config.session.accept_retired_for.get(),
+            requested: array
+                .annotations()
+                .get(ROTATE_KEYS_ANNOTATION)
+                .map(String::as_str),
+            handled: handled.as_deref(),
+            members: &fetched.members,
+            fresh_secret: (ctx.random_key)(),
+        });
+        requeue = requeue.min(p.requeue_after);
+
+        // Build (pure).
+        let desired = builders::build(&BuildInputs {
+            array,
+            config: &t.config,
+            keyring: &p.keyring,
+            tls: &validated.tls,
+            rotation_handled: p.handled.as_deref(),
+            default_image: &ctx.settings.dataplane_image,
+        })?;
+
+        // Apply: identity and permissions first, then data, then the workload.
+        let c = &ctx.client;
+        apply::<ServiceAccount>(c, &ns, &desired.service_account).await?;
+        apply::<Role>(c, &ns, &desired.role).await?;
+        apply::<RoleBinding>(c, &ns, &desired.role_binding).await?;
+        apply::<Secret>(c, &ns, &desired.secret).await?;
+        apply::<ConfigMap>(c, &ns, &desired.config_map).await?;
+        apply::<Deployment>(c, &ns, &desired.deployment).await?;
+        apply::<Service>(c, &ns, &desired.service).await?;
+        apply::<PodDisruptionBudget>(c, &ns, &desired.pdb).await?;
+
+        let hash = t.config.content_hash();
+        let previous_hash = array.status.as_ref().and_then(|s| s.config_hash.as_deref());
+        if previous_hash != Some(hash.as_str()) {
+            publish(
+                ctx,
+                &array_ref,
+                EventType::Normal,
+                "ConfigApplied",
+                "Apply",
+                format!(
+                    "wrote config {hash} with {} farm(s) and {} endpoint(s)",
+                    t.config.farms.len(),
+                    t.config.endpoints.len()
+                ),
+            )
+            .await;
+        }
+        if let Some((reason, label, note)) = step_event(&p.step) {
+            ctx.metrics.key_step(label);
+            tracing::info!(step = label, "keyring step");
+            publish(
+                ctx,
+                &array_ref,
+                EventType::Normal,
+                reason,
+                "RotateKeys",
+                note,
+            )
+            .await;
+        }
+        plan = Some(p);
+    }
+
+    // Status.
+    let config_hash = validated
+        .translation
+        .as_ref()
+        .map(|t| t.config.content_hash())
+        .or_else(|| array.status.as_ref().and_then(|s| s.config_hash.clone()));
+    let keyring_for_status = plan.as_ref().map(|p| &p.keyring).or(keys_data.as_ref());
+    let array_status = status::array_status(&ArrayStatusInputs {
+        array,
+        errors: &validated.array_errors,
+        missing_refs: &validated.array_missing,
+        config_hash: config_hash.as_deref(),
+        keyring: keyring_for_status,
+        rotation: plan.as_ref().map(|p| &p.step),
+        members: &fetched.members,
+        now,
+    });
+    let ready = array_status.ready_members;
+    let converged = array_status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == "Ready" && c.status == "True");
+    if !converged && validated.translation.is_some() {
+        requeue = requeue.min(CONVERGE_POLL);
+    }
+
+    for farm in &fetched.farms {
+        let id = translate::farm_id(farm);
+        let Some(verdict) = validated.verdicts.get(&id) else {
+            continue;
+        };
+        let new = status::farm_status(farm, array, verdict, ready, now);
+        if farm.status.as_ref() == Some(&new) {
+            continue;
+        }
+        apply_status::<ServerFarm>(&ctx.client, &ns, &farm.name_any(), &new).await?;
+        let accepted = new.conditions.iter().find(|c| c.type_ == "Accepted");
+        if let Some(c) = accepted.filter(|c| c.status == "False") {
+            let was = farm
+                .status
+                .as_ref()
+                .and_then(|s| s.conditions.iter().find(|c| c.type_ == "Accepted"));
+            if was.map(|w| (&w.status, &w.message)) != Some((&c.status, &c.message)) {
+                publish(
+                    ctx,
+                    &farm.object_ref(&()),
+                    EventType::Warning,
+                    "FarmRejected",
+                    "Validate",
+                    c.message.clone(),
+                )
+                .await;
+            }
+        }
+    }
+    if array.status.as_ref() != Some(&array_status) {
+        let was_invalid = array.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ != "Ready" && c.type_ != "KeysRotating" && c.status == "False")
+        });
+        apply_status::<GatewayArray>(&ctx.client, &ns, &name, &array_status).await?;
+        let problems: Vec<String> = status::error_message(&validated.array_errors)
+            .split("; ")
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .chain(validated.array_missing.iter().cloned())
+            .collect();
+        if !problems.is_empty() && !was_invalid {
+            publish(
+                ctx,
+                &array_ref,
+                EventType::Warning,
+                "ArrayNotApplied",
+                "Validate",
+                format!("config not written: {}", problems.join("; ")),
+            )
+            .await;
+        }
+    }
+    Ok(Action::requeue(requeue))
+}
+
+/// The requeue after a failed reconcile: 5s doubling per consecutive failure, at most
+/// five minutes. Counts the failure by its stable label.
+pub fn error_policy(array: Arc<GatewayArray>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.error(error.label());
+    tracing::warn!(error = %error, reason = error.label(), "reconcile failed");
+    let mut failures = ctx.failures.lock();
+    let n = failures.entry(ObjectRef::from(array.as_ref())).or_insert(0);
+    *n = n.saturating_add(1);
+    Action::requeue(backoff(*n))
+}
+
+/// The backoff after `failures` consecutive failures.
+pub fn backoff(failures: u32) -> Duration {
+    let secs = 5u64.saturating_mul(1u64 << failures.saturating_sub(1).min(10));
+    Duration::from_secs(secs).min(MAX_REQUEUE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        assert_eq!(backoff(1), Duration::from_secs(5));
+        assert_eq!(backoff(2), Duration::from_secs(10));
+        assert_eq!(backoff(4), Duration::from_secs(40));
+        assert_eq!(backoff(30), MAX_REQUEUE);
+    }
+}

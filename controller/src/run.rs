@@ -1,0 +1,238 @@
+//! Wiring: the API client, the admin port, leader election, the watches and the
+//! controller loop.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector;
+use kube::runtime::watcher;
+use kube::runtime::{Controller, WatchStreamExt};
+use kube::{Api, Client};
+use portcullis_crds::v1alpha1::{GatewayArray, ServerFarm};
+
+use crate::admin::{self, Admin};
+use crate::builders::FIELD_MANAGER;
+use crate::mapping;
+use crate::members::HttpMemberStatus;
+use crate::metrics::Metrics;
+use crate::reconcile::{self, Context, Settings};
+
+/// Everything `run` needs, from flags.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    /// Admin listen address.
+    pub admin: SocketAddr,
+    /// Controller settings.
+    pub settings: Settings,
+    /// Namespace to watch; all when `None`.
+    pub watch_namespace: Option<String>,
+    /// Lease name and namespace when leader election is on.
+    pub leader_election: Option<(String, String)>,
+    /// This replica's identity (pod name).
+    pub identity: String,
+}
+
+/// Why the controller stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// No Kubernetes client could be built.
+    #[error("failed to create a Kubernetes client: {0}")]
+    Client(#[source] kube::Error),
+    /// The admin port could not be bound.
+    #[error("failed to bind the admin address {addr}: {source}")]
+    Admin {
+        /// The address.
+        addr: SocketAddr,
+        /// The bind error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Leader election failed.
+    #[error("failed to run leader election: {0}")]
+    Lease(#[source] kube_lease_manager::LeaseManagerError),
+    /// Leadership was lost; the process exits so a fresh one can compete again.
+    #[error("lost leadership of the lease; exiting")]
+    LostLease,
+}
+
+fn api<K>(client: &Client, ns: Option<&str>) -> Api<K>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match ns {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// Runs the controller until SIGTERM/ctrl-c, or until leadership is lost.
+pub async fn run(config: RunConfig) -> Result<(), RunError> {
+    let client = Client::try_default().await.map_err(RunError::Client)?;
+    let metrics = Metrics::default();
+    let admin = Arc::new(Admin {
+        registry: metrics.registry(),
+        ready: AtomicBool::new(false),
+    });
+    let _admin_task = admin::serve(config.admin, admin.clone())
+        .await
+        .map_err(|source| RunError::Admin {
+            addr: config.admin,
+            source,
+        })?;
+
+    let (lost_tx, lost_rx) = tokio::sync::oneshot::channel::<()>();
+    let mut lease_task = None;
+    if let Some((lease_name, lease_ns)) = &config.leader_election {
+        let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), lease_name)
+            .with_namespace(lease_ns)
+            .with_identity(&config.identity)
+            .with_field_manager(FIELD_MANAGER)
+            .build()
+            .await
+            .map_err(RunError::Lease)?;
+        let (mut leader, task) = manager.watch().await;
+        // Ready as a standby too: readiness says the process works, not that it leads.
+        admin.ready.store(true, Ordering::Relaxed);
+        tracing::info!(lease = %lease_name, namespace = %lease_ns, "waiting for leadership");
+        while !*leader.borrow_and_update() {
+            if leader.changed().await.is_err() {
+                return Err(RunError::LostLease);
+            }
+        }
+        tracing::info!("acquired leadership");
+        lease_task = Some(task);
+        tokio::spawn(async move {
+            while *leader.borrow_and_update() {
+                if leader.changed().await.is_err() {
+                    break;
+                }
+            }
+            let _ = lost_tx.send(());
+        });
+    } else {
+        drop(lost_tx);
+    }
+
+    let lost = Arc::new(AtomicBool::new(false));
+    let lost_flag = lost.clone();
+    let leader_election = config.leader_election.is_some();
+    let shutdown = async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => tracing::info!("shutting down"),
+            r = lost_rx, if leader_election => {
+                if r.is_ok() {
+                    lost_flag.store(true, Ordering::Relaxed);
+                    tracing::error!("lost leadership; stopping");
+                }
+            }
+        }
+    };
+    let shutdown = terminate_or(shutdown);
+
+    let ns = config.watch_namespace.as_deref();
+    let arrays: Api<GatewayArray> = api(&client, ns);
+    let farms: Api<ServerFarm> = api(&client, ns);
+    let managed =
+        watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={FIELD_MANAGER}"));
+
+    // Farms are kept in a store so Service, EndpointSlice and Secret changes can be
+    // mapped to the arrays whose farms name them.
+    let (farm_store, farm_writer) = reflector::store::<ServerFarm>();
+    let farm_reflector = reflector::reflector(
+        farm_writer,
+        watcher(farms.clone(), watcher::Config::default()).default_backoff(),
+    )
+    .touched_objects()
+    .for_each(|_| futures::future::ready(()));
+    tokio::spawn(farm_reflector);
+
+    let mut controller = Controller::new(arrays, watcher::Config::default())
+        .owns(api::<Deployment>(&client, ns), managed.clone())
+        .owns(api::<ConfigMap>(&client, ns), managed.clone())
+        .owns(api::<Service>(&client, ns), managed.clone())
+        .watches(farms, watcher::Config::default(), |farm| {
+            mapping::arrays_for_farm(&farm)
+        });
+    let array_store = controller.store();
+    let fs = farm_store.clone();
+    controller = controller.watches(
+        api::<EndpointSlice>(&client, ns),
+        watcher::Config::default(),
+        move |slice| mapping::arrays_for_endpoint_slice(&slice, &fs.state()),
+    );
+    let fs = farm_store.clone();
+    controller = controller.watches(
+        api::<Service>(&client, ns),
+        watcher::Config::default(),
+        move |svc| mapping::arrays_for_service(&svc, &fs.state()),
+    );
+    if config.settings.watch_secrets {
+        let fs = farm_store.clone();
+        let arrays = array_store.clone();
+        controller = controller.watches(
+            api::<Secret>(&client, ns),
+            watcher::Config::default(),
+            move |secret| mapping::arrays_for_secret(&secret, &fs.state(), &arrays.state()),
+        );
+    }
+
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: FIELD_MANAGER.to_owned(),
+            instance: Some(config.identity.clone()),
+        },
+    );
+    let ctx = Arc::new(Context::new(
+        client,
+        config.settings.clone(),
+        Arc::new(HttpMemberStatus::new(Duration::from_secs(2))),
+        recorder,
+        metrics,
+    ));
+    admin.ready.store(true, Ordering::Relaxed);
+    tracing::info!(
+        namespace = ns.unwrap_or("<all>"),
+        watch_secrets = config.settings.watch_secrets,
+        "controller started"
+    );
+    controller
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile::reconcile, reconcile::error_policy, ctx)
+        .for_each(|result| {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "controller event");
+            }
+            futures::future::ready(())
+        })
+        .await;
+    if let Some(task) = lease_task {
+        task.abort();
+    }
+    if lost.load(Ordering::Relaxed) {
+        return Err(RunError::LostLease);
+    }
+    Ok(())
+}
+
+/// Completes on SIGTERM or when `other` completes.
+async fn terminate_or(other: impl std::future::Future<Output = ()>) {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM; shutting down"),
+            () = other => {}
+        }
+    }
+    #[cfg(not(unix))]
+    other.await;
+}
