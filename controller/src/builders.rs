@@ -176,9 +176,7 @@ pub fn build(inputs: &BuildInputs<'_>) -> Result<Desired, BuildError> {
     let namespace = array
         .namespace()
         .ok_or_else(|| BuildError::MissingMetadata(name.clone()))?;
-    let owner = array
-        .controller_owner_ref(&())
-        .ok_or_else(|| BuildError::MissingMetadata(name.clone()))?;
+    let owner = owner_reference(array).ok_or_else(|| BuildError::MissingMetadata(name.clone()))?;
     let meta = |object_name: String| ObjectMeta {
         name: Some(object_name),
         namespace: Some(namespace.clone()),
@@ -481,7 +479,10 @@ fn role_binding(name: &str, namespace: &str, metadata: ObjectMeta) -> RoleBindin
     }
 }
 
-/// The owner reference every object carries (for tests and callers).
+/// The owner reference every object carries: the array, as controller, blocking
+/// foreground deletion of the array until the object is gone.
 pub fn owner_reference(array: &GatewayArray) -> Option<OwnerReference> {
-    array.controller_owner_ref(&())
+    let mut owner = array.controller_owner_ref(&())?;
+    owner.block_owner_deletion = Some(true);
+    Some(owner)
 }
