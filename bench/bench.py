@@ -291,7 +291,7 @@ def portcullis_help():
 
 def start_portcullis():
     if not S.portcullis_bin or not os.access(S.portcullis_bin, os.X_OK):
-        sys.exit(f"bench: no Portcullis binary at {S.portcullis_bin!r} (set PORTCULLIS_BIN)")
+        raise RuntimeError(f"no Portcullis binary at {S.portcullis_bin!r} (set PORTCULLIS_BIN)")
     manifests = os.path.join(S.out, "portcullis-manifests")
     certs = os.path.join(manifests, "certs", "bench-tls")
     os.makedirs(certs, exist_ok=True)
@@ -344,11 +344,14 @@ def start_proxy(proxy):
                 time.sleep(0.2)
     if not ok or not proc.alive():
         proc.stop()
-        sys.exit(f"bench: {proxy} did not become ready:\n{proc.tail()}")
-    status, _, body = http_get(http_port)
+        raise RuntimeError(f"{proxy} did not become ready: {proc.tail(5)}")
+    try:
+        status, _, body = http_get(http_port)
+    except OSError as e:
+        status, body = str(e), b""
     if status != 200 or body != b"ok\n":
         proc.stop()
-        sys.exit(f"bench: {proxy} answers {status} {body!r} through to the origin")
+        raise RuntimeError(f"{proxy} answers {status} {body!r} instead of the origin's 200")
     return proc, note
 
 
@@ -536,29 +539,43 @@ def bench_proxy(proxy):
     http_port, https_port = S.ports(proxy)
     proc, note = start_proxy(proxy)
     results = {"start_note": note}
+    http_url = f"http://localhost:{http_port}/"
+    https_url = f"https://localhost:{https_port}/"
+
+    def step(key, fn):
+        """One scenario; a failure is recorded and the next scenario still runs."""
+        if not proc.alive():
+            results[key] = {"error": f"{proxy} is no longer running"}
+            return
+        try:
+            results[key] = fn()
+        except (RuntimeError, OSError, ValueError, subprocess.TimeoutExpired) as e:
+            log(f"{proxy} {key} failed: {e}")
+            results[key] = {"error": str(e).splitlines()[0] if str(e) else type(e).__name__}
+
     try:
-        http_url = f"http://localhost:{http_port}/"
-        https_url = f"https://localhost:{https_port}/"
         # Warm-up: opens the upstream pool and faults in the code paths.
-        wrk(proxy, "warmup", http_url, seconds=2)
-        results["idle_memory"] = idle_memory(proc, http_port)
-        results["h1"] = measured(proc, "h1", lambda: wrk(proxy, "h1", http_url))
-        results["latency"] = measured(proc, "latency", lambda: latency_at_rate(proxy, http_url))
-        results["https"] = measured(proc, "https", lambda: wrk(proxy, "https", https_url))
+        step("warmup", lambda: wrk(proxy, "warmup", http_url, seconds=2))
+        step("idle_memory", lambda: idle_memory(proc, http_port))
+        step("h1", lambda: measured(proc, "h1", lambda: wrk(proxy, "h1", http_url)))
+        step("latency", lambda: measured(
+            proc, "latency", lambda: latency_at_rate(proxy, http_url)))
+        step("https", lambda: measured(proc, "https", lambda: wrk(proxy, "https", https_url)))
         results["handshake_closes"] = closes_on_request(https_port)
-        results["handshakes"] = measured(
+        step("handshakes", lambda: measured(
             proc, "handshakes",
-            lambda: wrk(proxy, "handshakes", https_url, headers=["Connection: close"]))
-        results["h2"] = measured(proc, "h2", lambda: h2load(proxy, "h2", [
-            f"-t{S.load_threads}", f"-c{S.h2_conns}", f"-m{S.h2_streams}", f"-D{S.seconds}", https_url,
-        ], S.seconds * 4 + 60))
-        if results["h2"].get("protocol") != "h2":
-            results["h2"]["note"] = f"negotiated {results['h2'].get('protocol')}, not h2"
+            lambda: wrk(proxy, "handshakes", https_url, headers=["Connection: close"])))
+        step("h2", lambda: measured(proc, "h2", lambda: h2load(proxy, "h2", [
+            f"-t{S.load_threads}", f"-c{S.h2_conns}", f"-m{S.h2_streams}",
+            f"-D{S.seconds}", https_url,
+        ], S.seconds * 4 + 60)))
+        if "protocol" in results["h2"] and results["h2"]["protocol"] != "h2":
+            results["h2"]["note"] = f"negotiated {results['h2']['protocol']}, not h2"
         if proxy in ("haproxy", "portcullis"):
             results["affinity_sets_cookie"] = affinity_sets_cookie(http_port)
-            results["affinity"] = measured(
+            step("affinity", lambda: measured(
                 proc, "affinity",
-                lambda: wrk(proxy, "affinity", http_url, headers=["Host: affinity.localhost"]))
+                lambda: wrk(proxy, "affinity", http_url, headers=["Host: affinity.localhost"])))
         results["rss_end_kib"] = rss_kib(proc.pid)
     finally:
         proc.stop()
@@ -691,7 +708,7 @@ def notes(results):
         if r.get("start_note"):
             out.append(f"- {p}: single-threaded runtime via {r['start_note']}.")
         mem = r.get("idle_memory") or {}
-        if mem:
+        if "connections_opened" in mem:
             out.append(
                 f"- {p}: idle test opened {mem['connections_opened']} connections "
                 f"({mem['connections_failed']} failed), the proxy held "
@@ -711,6 +728,11 @@ def notes(results):
                 out.append(f"- {p} {key}: {bad} failed/non-2xx requests or socket errors.")
             if run.get("note"):
                 out.append(f"- {p} {key}: {run['note']}.")
+        for key in ("warmup", "idle_memory", "h1", "latency", "https", "handshakes", "h2",
+                    "affinity"):
+            run = r.get(key)
+            if isinstance(run, dict) and run.get("error"):
+                out.append(f"- {p} {key}: FAILED: {run['error']}")
         if r.get("handshake_closes") is False:
             out.append(f"- {p}: did not close after `Connection: close`; the handshake row "
                        "is not a handshake rate.")
