@@ -1,4 +1,23 @@
 //! The Portcullis dataplane: a reverse proxy that pools upstream connections by
 //! endpoint identity.
+//!
+//! `main.rs` parses flags into [`Options`] and calls [`run`]; tests call [`start`] to get
+//! a [`Handle`] with the bound addresses and stop it with [`Handle::shutdown`].
 
+mod admin;
+mod balance;
+mod health;
+mod hygiene;
+mod listener;
+mod metrics;
+mod pool;
+mod proxy;
+mod routes;
+mod runtime;
 pub mod session;
+mod snapshot;
+mod source;
+mod tls;
+
+pub use runtime::{Handle, Options, RunError, run, start};
+pub use source::SourceError;

@@ -1,1 +1,89 @@
-fn main() {}
+//! `portcullis-dataplane`: parses flags, starts logging, runs the library.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{ArgGroup, Parser, ValueEnum};
+
+/// The Portcullis dataplane: a reverse proxy that pools upstream connections by
+/// endpoint identity.
+#[derive(Parser, Debug)]
+#[command(name = "portcullis-dataplane", version)]
+#[command(group(ArgGroup::new("source").required(true).args(["manifests", "config"])))]
+struct Args {
+    /// Local mode: serve the GatewayArray and ServerFarm manifests in DIR; reload on change.
+    #[arg(long, value_name = "DIR", env = "PORTCULLIS_MANIFESTS")]
+    manifests: Option<PathBuf>,
+    /// Serve a rendered dataplane config (JSON); reload on change.
+    #[arg(long, value_name = "FILE", env = "PORTCULLIS_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address the listeners bind to.
+    #[arg(long, value_name = "IP", default_value = "0.0.0.0", env = "PORTCULLIS_BIND")]
+    bind: IpAddr,
+    /// Admin server address (/healthz, /readyz, /metrics, /status).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9901", env = "PORTCULLIS_ADMIN")]
+    admin: SocketAddr,
+    /// The session keyring file.
+    #[arg(long, value_name = "FILE", env = "PORTCULLIS_KEYRING")]
+    keyring: Option<PathBuf>,
+    /// Directory with `<secret>/tls.crt`, `tls.key` and `ca.crt` (default: `certs` next to
+    /// the manifests or the config file).
+    #[arg(long, value_name = "DIR", env = "PORTCULLIS_CERTS")]
+    certs: Option<PathBuf>,
+    /// How often DNS server names are re-resolved.
+    #[arg(long, value_name = "DURATION", default_value = "30s", env = "PORTCULLIS_DNS_REFRESH")]
+    dns_refresh: portcullis_crds::Duration,
+    /// Log format.
+    #[arg(long, value_enum, default_value = "json", env = "PORTCULLIS_LOG_FORMAT")]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Json,
+    Text,
+}
+
+fn main() -> ExitCode {
+    let args = match Args::try_parse() {
+        Ok(a) => a,
+        Err(e) => {
+            let code = if e.use_stderr() { 64 } else { 0 };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match args.log_format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+    let opts = portcullis_dataplane::Options {
+        manifests: args.manifests,
+        config: args.config,
+        bind: args.bind,
+        admin: args.admin,
+        keyring: args.keyring,
+        certs: args.certs,
+        dns_refresh: args.dns_refresh.get().max(std::time::Duration::from_secs(1)),
+        poll_interval: std::time::Duration::from_millis(500),
+    };
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("failed to start the runtime: {e}");
+            return ExitCode::from(70);
+        }
+    };
+    match rt.block_on(portcullis_dataplane::run(opts)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "dataplane failed");
+            eprintln!("{e}");
+            ExitCode::from(1)
+        }
+    }
+}

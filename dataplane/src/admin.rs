@@ -1,0 +1,82 @@
+//! The admin server: health, readiness, metrics and status.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+use http::{Response, StatusCode};
+use http_body_util::Full;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpListener;
+
+use crate::runtime::Shared;
+
+/// Serves the admin endpoints until shutdown completes.
+pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            continue;
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                let shared = shared.clone();
+                async move { Ok::<_, std::convert::Infallible>(answer(&shared, req.uri().path())) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(tcp), svc)
+                .await;
+        });
+    }
+}
+
+fn answer(shared: &Shared, path: &str) -> Response<Full<Bytes>> {
+    let text = |status: StatusCode, ct: &'static str, body: String| {
+        let mut r = Response::new(Full::new(Bytes::from(body)));
+        *r.status_mut() = status;
+        r.headers_mut()
+            .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(ct));
+        r
+    };
+    match path {
+        "/healthz" => text(StatusCode::OK, "text/plain", "ok\n".into()),
+        "/readyz" => {
+            if shared.is_ready() {
+                text(StatusCode::OK, "text/plain", "ready\n".into())
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n".into())
+            }
+        }
+        "/metrics" => {
+            let mut out = String::new();
+            let _ = prometheus_client::encoding::text::encode(&mut out, &shared.registry);
+            text(
+                StatusCode::OK,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                out,
+            )
+        }
+        "/status" => {
+            let hash = shared
+                .snapshot
+                .load()
+                .as_ref()
+                .map(|s| s.hash.clone())
+                .unwrap_or_default();
+            let body = serde_json::json!({
+                "configHash": hash,
+                "keyIds": shared.key_ids(),
+                "ready": shared.is_ready(),
+                "connections": shared.connections.load(Ordering::Relaxed),
+            });
+            text(StatusCode::OK, "application/json", body.to_string())
+        }
+        _ => text(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+    }
+}
+
+/// Binds the admin address.
+pub(crate) async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}

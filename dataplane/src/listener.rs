@@ -1,0 +1,210 @@
+//! Client-facing listeners: accept, TLS, HTTP/1.1 and HTTP/2, limits, drain.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use portcullis_crds::config::{ListenerConfig, ListenerProtocol};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+use crate::proxy::{self, ConnInfo};
+use crate::runtime::Shared;
+use crate::tls::{ListenerCerts, server_config};
+
+/// A bound listener.
+pub(crate) struct Bound {
+    pub(crate) addr: SocketAddr,
+    pub(crate) protocol: ListenerProtocol,
+    pub(crate) certs: Arc<ArcSwap<ListenerCerts>>,
+    pub(crate) stop: CancellationToken,
+}
+
+/// Binds a listener and starts accepting.
+pub(crate) async fn bind(shared: Arc<Shared>, cfg: &ListenerConfig, ip: IpAddr) -> io::Result<Bound> {
+    let sock = if ip.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    sock.set_reuseaddr(true)?;
+    sock.bind(SocketAddr::new(ip, cfg.port))?;
+    let listener = sock.listen(1024)?;
+    let addr = listener.local_addr()?;
+    let certs = Arc::new(ArcSwap::from_pointee(ListenerCerts::default()));
+    let stop = shared.shutdown.child_token();
+    let tls = (cfg.protocol == ListenerProtocol::Https)
+        .then(|| tokio_rustls::TlsAcceptor::from(server_config(certs.clone())));
+    tokio::spawn(accept_loop(shared, listener, tls, stop.clone()));
+    Ok(Bound {
+        addr,
+        protocol: cfg.protocol,
+        certs,
+        stop,
+    })
+}
+
+async fn accept_loop(
+    shared: Arc<Shared>,
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    stop: CancellationToken,
+) {
+    loop {
+        let (tcp, client) = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "failed to accept a connection");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+        };
+        let max = shared
+            .snapshot
+            .load()
+            .as_ref()
+            .map_or(20_000, |s| s.config.limits.max_connections as usize);
+        if shared.connections.load(Ordering::Relaxed) >= max {
+            // Over the cap: close at once rather than queue.
+            drop(tcp);
+            continue;
+        }
+        let _ = tcp.set_nodelay(true);
+        let shared2 = shared.clone();
+        let tls = tls.clone();
+        shared.connections.fetch_add(1, Ordering::Relaxed);
+        shared.tracker.spawn(async move {
+            serve_connection(shared2.clone(), tcp, client, tls).await;
+            shared2.connections.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+}
+
+async fn serve_connection(
+    shared: Arc<Shared>,
+    tcp: TcpStream,
+    client: SocketAddr,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
+    let limits = shared
+        .snapshot
+        .load()
+        .as_ref()
+        .map(|s| s.config.limits.clone());
+    let (header_timeout, max_headers, max_header_bytes) = limits.map_or(
+        (Duration::from_secs(10), 100, 32 * 1024),
+        |l| (l.header_read_timeout.get(), l.max_headers as usize, l.max_header_bytes as usize),
+    );
+    let armed = Arc::new(AtomicBool::new(true));
+    let info = ConnInfo {
+        client,
+        tls: tls.is_some(),
+    };
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout + Duration::from_secs(1))
+        .max_headers(max_headers)
+        .max_buf_size(max_header_bytes.max(8192));
+    builder.http2().timer(TokioTimer::new()).max_header_list_size(max_header_bytes as u32);
+    let shared_c = shared.clone();
+    let armed3 = armed.clone();
+    let service = hyper::service::service_fn(move |req| {
+        armed3.store(false, Ordering::Relaxed);
+        proxy::handle(shared_c.clone(), info, req)
+    });
+    let io: Pin<Box<dyn crate::pool::Io>> = match tls {
+        None => Box::pin(tcp),
+        Some(acceptor) => match tokio::time::timeout(header_timeout, acceptor.accept(tcp)).await {
+            Ok(Ok(s)) => {
+                if s.get_ref().1.alpn_protocol() == Some(b"h2") {
+                    builder = builder.http2_only();
+                }
+                Box::pin(s)
+            }
+            _ => return,
+        },
+    };
+    let io = HeadTimeout {
+        inner: io,
+        sleep: Box::pin(tokio::time::sleep(header_timeout)),
+        armed,
+        fired: false,
+    };
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    tokio::select! {
+        _ = conn.as_mut() => {}
+        _ = shared.shutdown.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = conn.await;
+        }
+    }
+}
+
+const TIMEOUT_408: &[u8] =
+    b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain\r\nx-portcullis-error: header-read-timeout\r\ncontent-length: 16\r\nconnection: close\r\n\r\nrequest timeout\n";
+
+/// Answers 408 and closes when the first request head does not arrive in time.
+struct HeadTimeout {
+    inner: Pin<Box<dyn crate::pool::Io>>,
+    sleep: Pin<Box<tokio::time::Sleep>>,
+    armed: Arc<AtomicBool>,
+    fired: bool,
+}
+
+impl AsyncRead for HeadTimeout {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.armed.load(Ordering::Relaxed) && !self.fired && self.sleep.as_mut().poll(cx).is_ready() {
+            self.fired = true;
+            // Best effort: a client this slow has an empty send buffer towards it.
+            let _ = self.inner.as_mut().poll_write(cx, TIMEOUT_408);
+            let _ = self.inner.as_mut().poll_flush(cx);
+            let _ = self.inner.as_mut().poll_shutdown(cx);
+            return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "header read timeout")));
+        }
+        if self.fired {
+            return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "header read timeout")));
+        }
+        self.inner.as_mut().poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for HeadTimeout {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        self.inner.as_mut().poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.inner.as_mut().poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.inner.as_mut().poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        self.inner.as_mut().poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+

@@ -1,0 +1,379 @@
+//! Upstream connection pools, one per endpoint identity, shared by every farm.
+//!
+//! Pools live in the [`Endpoints`] registry, outside config snapshots, so a reload that
+//! keeps an identity keeps its connections and its health facts. Host names never key
+//! anything here: two farms that reach the same address with the same TLS parameters and
+//! protocol share one pool and one connection limit.
+//!
+//! Limits when farms disagree about one identity: the largest `maxIdle` and the smallest
+//! `maxConnections` win (keep enough warm connections for the busiest farm, never open
+//! more than the strictest farm allows).
+
+use std::collections::{HashMap, VecDeque};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use parking_lot::Mutex;
+use portcullis_crds::config::{EndpointIdentity, UpstreamProtocol};
+use rustls::ClientConfig;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::metrics::{EndpointLabel, Metrics};
+
+/// Any byte stream a connection runs on.
+pub(crate) trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
+
+/// Pool limits of one identity, merged over every farm that uses it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct PoolLimits {
+    pub(crate) max_idle: usize,
+    pub(crate) max_connections: Option<u32>,
+    pub(crate) idle_timeout: Duration,
+}
+
+impl PoolLimits {
+    /// Merges two farms' limits: max of idle, min of connection limits.
+    pub(crate) fn merge(self, other: PoolLimits) -> PoolLimits {
+        PoolLimits {
+            max_idle: self.max_idle.max(other.max_idle),
+            max_connections: match (self.max_connections, other.max_connections) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            },
+            idle_timeout: self.idle_timeout.max(other.idle_timeout),
+        }
+    }
+}
+
+/// Why no connection could be had.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ConnectError {
+    #[error("failed to connect: refused")]
+    Refused,
+    #[error("failed to connect: {0}")]
+    Io(std::io::Error),
+    #[error("failed to connect: timed out")]
+    Timeout,
+    #[error("failed to connect: TLS handshake failed")]
+    Tls,
+    #[error("failed to connect: HTTP handshake failed")]
+    Handshake,
+    #[error("failed to connect: the pool is saturated")]
+    Saturated,
+}
+
+impl ConnectError {
+    pub(crate) fn reason(&self) -> &'static str {
+        match self {
+            ConnectError::Refused => "connect-refused",
+            ConnectError::Io(_) => "connect-failed",
+            ConnectError::Timeout => "connect-timeout",
+            ConnectError::Tls => "upstream-tls-failed",
+            ConnectError::Handshake => "upstream-handshake-failed",
+            ConnectError::Saturated => "pool-saturated",
+        }
+    }
+}
+
+/// A request sender on one upstream connection.
+pub(crate) enum Sender {
+    H1(http1::SendRequest<Incoming>),
+    H2(http2::SendRequest<Incoming>),
+}
+
+struct Idle {
+    sender: http1::SendRequest<Incoming>,
+    since: Instant,
+}
+
+/// Connection pool of one identity.
+pub(crate) struct Pool {
+    limits: Mutex<PoolLimits>,
+    idle: Mutex<VecDeque<Idle>>,
+    h2: Mutex<Vec<http2::SendRequest<Incoming>>>,
+    limit: Mutex<Option<(u32, Arc<Semaphore>)>>,
+    open: Arc<AtomicUsize>,
+}
+
+/// One endpoint identity: its pool and the facts about it that outlive reloads.
+pub(crate) struct Endpoint {
+    pub(crate) identity: EndpointIdentity,
+    pub(crate) key: String,
+    pub(crate) label: EndpointLabel,
+    pub(crate) pool: Pool,
+    pub(crate) in_flight: AtomicUsize,
+    /// Exponentially weighted response-head latency, microseconds.
+    pub(crate) ewma_us: AtomicU64,
+    /// Consecutive passive failures.
+    pub(crate) failures: AtomicU32,
+    /// When passive health ejected it, if it is out.
+    pub(crate) ejected_at: Mutex<Option<Instant>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Endpoint {
+    fn new(identity: EndpointIdentity, limits: PoolLimits, metrics: Arc<Metrics>) -> Self {
+        let key = identity.key();
+        Endpoint {
+            label: EndpointLabel {
+                endpoint: key.clone(),
+            },
+            key,
+            identity,
+            pool: Pool {
+                limits: Mutex::new(limits),
+                idle: Mutex::new(VecDeque::new()),
+                h2: Mutex::new(Vec::new()),
+                limit: Mutex::new(None),
+                open: Arc::new(AtomicUsize::new(0)),
+            },
+            in_flight: AtomicUsize::new(0),
+            ewma_us: AtomicU64::new(0),
+            failures: AtomicU32::new(0),
+            ejected_at: Mutex::new(None),
+            metrics,
+        }
+    }
+
+    /// Open upstream connections.
+    pub(crate) fn open_connections(&self) -> usize {
+        self.pool.open.load(Ordering::Relaxed)
+    }
+
+    fn set_limits(&self, limits: PoolLimits) {
+        *self.pool.limits.lock() = limits;
+        let mut l = self.pool.limit.lock();
+        match (limits.max_connections, l.as_ref()) {
+            (None, _) => *l = None,
+            (Some(n), Some((old, _))) if *old == n => {}
+            // A changed limit gets a fresh semaphore; connections holding permits of the
+            // old one count against nothing until they close.
+            (Some(n), _) => *l = Some((n, Arc::new(Semaphore::new(n as usize)))),
+        }
+    }
+
+    /// Records a response-head latency sample.
+    pub(crate) fn observe_latency(&self, d: Duration) {
+        let sample = d.as_micros().min(u64::MAX as u128) as u64;
+        let old = self.ewma_us.load(Ordering::Relaxed);
+        let new = if old == 0 {
+            sample
+        } else {
+            (old * 7 + sample) / 8
+        };
+        self.ewma_us.store(new, Ordering::Relaxed);
+    }
+
+    /// Takes an idle connection or opens one.
+    pub(crate) async fn checkout(
+        self: &Arc<Self>,
+        tls: Option<Arc<ClientConfig>>,
+        connect_timeout: Duration,
+    ) -> Result<Sender, ConnectError> {
+        if let Some(s) = self.take_idle() {
+            self.metrics.pool_reused.get_or_create(&self.label).inc();
+            return Ok(s);
+        }
+        let permit = self.permit(connect_timeout).await?;
+        // Another request may have returned a connection while we waited.
+        if let Some(s) = self.take_idle() {
+            self.metrics.pool_reused.get_or_create(&self.label).inc();
+            return Ok(s);
+        }
+        let sender = tokio::time::timeout(connect_timeout, self.connect(tls, permit))
+            .await
+            .map_err(|_| ConnectError::Timeout)??;
+        self.metrics.pool_opened.get_or_create(&self.label).inc();
+        Ok(sender)
+    }
+
+    fn take_idle(&self) -> Option<Sender> {
+        if self.identity.protocol == UpstreamProtocol::Http2 {
+            let mut h2 = self.pool.h2.lock();
+            h2.retain(|s| !s.is_closed());
+            return h2.first().cloned().map(Sender::H2);
+        }
+        let timeout = self.pool.limits.lock().idle_timeout;
+        let mut idle = self.pool.idle.lock();
+        let mut taken = None;
+        while let Some(c) = idle.pop_back() {
+            if c.since.elapsed() < timeout && c.sender.is_ready() {
+                taken = Some(Sender::H1(c.sender));
+                break;
+            }
+        }
+        self.metrics
+            .pool_idle
+            .get_or_create(&self.label)
+            .set(idle.len() as i64);
+        taken
+    }
+
+    async fn permit(&self, wait: Duration) -> Result<Option<OwnedSemaphorePermit>, ConnectError> {
+        let sem = self.pool.limit.lock().as_ref().map(|(_, s)| s.clone());
+        let Some(sem) = sem else { return Ok(None) };
+        if self.identity.protocol == UpstreamProtocol::Http2 {
+            // One h2 connection carries many streams; a second waiter reuses it.
+            if let Ok(p) = sem.clone().try_acquire_owned() {
+                return Ok(Some(p));
+            }
+        }
+        match tokio::time::timeout(wait, sem.acquire_owned()).await {
+            Ok(Ok(p)) => Ok(Some(p)),
+            _ => Err(ConnectError::Saturated),
+        }
+    }
+
+    async fn connect(
+        self: &Arc<Self>,
+        tls: Option<Arc<ClientConfig>>,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> Result<Sender, ConnectError> {
+        let io = connect_io(&self.identity, tls).await?;
+        let open = self.pool.open.clone();
+        match self.identity.protocol {
+            UpstreamProtocol::Http1 => {
+                let (sender, conn) = http1::Builder::new()
+                    .handshake::<_, Incoming>(TokioIo::new(io))
+                    .await
+                    .map_err(|_| ConnectError::Handshake)?;
+                open.fetch_add(1, Ordering::Relaxed);
+                tokio::spawn(async move {
+                    let _ = conn.with_upgrades().await;
+                    open.fetch_sub(1, Ordering::Relaxed);
+                    drop(permit);
+                });
+                Ok(Sender::H1(sender))
+            }
+            UpstreamProtocol::Http2 => {
+                let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+                    .handshake::<_, Incoming>(TokioIo::new(io))
+                    .await
+                    .map_err(|_| ConnectError::Handshake)?;
+                open.fetch_add(1, Ordering::Relaxed);
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                    open.fetch_sub(1, Ordering::Relaxed);
+                    drop(permit);
+                });
+                self.pool.h2.lock().push(sender.clone());
+                Ok(Sender::H2(sender))
+            }
+        }
+    }
+
+    /// Gives an HTTP/1 connection back once its response is fully read.
+    pub(crate) fn give_back(self: &Arc<Self>, mut sender: http1::SendRequest<Incoming>) {
+        let ep = self.clone();
+        let put = move |sender: http1::SendRequest<Incoming>| {
+            let max_idle = ep.pool.limits.lock().max_idle;
+            let mut idle = ep.pool.idle.lock();
+            if idle.len() < max_idle {
+                idle.push_back(Idle {
+                    sender,
+                    since: Instant::now(),
+                });
+            }
+            ep.metrics
+                .pool_idle
+                .get_or_create(&ep.label)
+                .set(idle.len() as i64);
+        };
+        if sender.is_ready() {
+            put(sender);
+            return;
+        }
+        tokio::spawn(async move {
+            if tokio::time::timeout(Duration::from_secs(1), sender.ready())
+                .await
+                .is_ok_and(|r| r.is_ok())
+            {
+                put(sender);
+            }
+        });
+    }
+
+    /// Drops idle connections past their idle timeout.
+    pub(crate) fn expire_idle(&self) {
+        let timeout = self.pool.limits.lock().idle_timeout;
+        let mut idle = self.pool.idle.lock();
+        idle.retain(|c| c.since.elapsed() < timeout && !c.sender.is_closed());
+        self.metrics
+            .pool_idle
+            .get_or_create(&self.label)
+            .set(idle.len() as i64);
+        drop(idle);
+        self.pool.h2.lock().retain(|s| !s.is_closed());
+    }
+}
+
+/// Opens TCP (and TLS) to an identity, on a dedicated socket.
+pub(crate) async fn connect_io(
+    identity: &EndpointIdentity,
+    tls: Option<Arc<ClientConfig>>,
+) -> Result<Pin<Box<dyn Io>>, ConnectError> {
+    let tcp = TcpStream::connect(identity.address)
+        .await
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::ConnectionRefused => ConnectError::Refused,
+            _ => ConnectError::Io(e),
+        })?;
+    let _ = tcp.set_nodelay(true);
+    match (&identity.tls, tls) {
+        (Some(t), Some(cfg)) => {
+            let name = rustls::pki_types::ServerName::try_from(t.sni.clone())
+                .map_err(|_| ConnectError::Tls)?;
+            let s = tokio_rustls::TlsConnector::from(cfg)
+                .connect(name, tcp)
+                .await
+                .map_err(|_| ConnectError::Tls)?;
+            Ok(Box::pin(s))
+        }
+        (Some(_), None) => Err(ConnectError::Tls),
+        (None, _) => Ok(Box::pin(tcp)),
+    }
+}
+
+/// Every endpoint identity in use, surviving reloads.
+pub(crate) struct Endpoints {
+    map: Mutex<HashMap<EndpointIdentity, Arc<Endpoint>>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Endpoints {
+    pub(crate) fn new(metrics: Arc<Metrics>) -> Self {
+        Endpoints {
+            map: Mutex::new(HashMap::new()),
+            metrics,
+        }
+    }
+
+    /// Makes the registry hold exactly `wanted`, keeping the state of identities that
+    /// stay. Removed ones are dropped once in-flight requests and old snapshots let go.
+    pub(crate) fn sync(
+        &self,
+        wanted: &HashMap<EndpointIdentity, PoolLimits>,
+    ) -> HashMap<EndpointIdentity, Arc<Endpoint>> {
+        let mut map = self.map.lock();
+        map.retain(|id, _| wanted.contains_key(id));
+        for (id, limits) in wanted {
+            let ep = map.entry(id.clone()).or_insert_with(|| {
+                Arc::new(Endpoint::new(id.clone(), *limits, self.metrics.clone()))
+            });
+            ep.set_limits(*limits);
+        }
+        map.clone()
+    }
+
+    pub(crate) fn all(&self) -> Vec<Arc<Endpoint>> {
+        self.map.lock().values().cloned().collect()
+    }
+}

@@ -1,0 +1,558 @@
+//! The request path: hygiene, routing, endpoint choice, forwarding, errors.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use http_body_util::combinators::UnsyncBoxBody;
+use hyper::body::Incoming;
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
+use portcullis_crds::config::{AffinityMode, UpstreamProtocol};
+
+use crate::balance::FarmRt;
+use crate::hygiene;
+use crate::metrics::{FarmLabel, FarmStatus};
+use crate::pool::{ConnectError, Endpoint, Sender};
+use crate::runtime::Shared;
+
+/// Errors inside a proxied body.
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body of every response the dataplane sends.
+pub(crate) type RespBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// What the listener knows about a client connection.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ConnInfo {
+    pub(crate) client: SocketAddr,
+    pub(crate) tls: bool,
+}
+
+fn full(text: &'static str) -> RespBody {
+    http_body_util::Full::new(Bytes::from_static(text.as_bytes()))
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// A short plain error response naming its reason, never an address.
+pub(crate) fn error_response(status: StatusCode, reason: &'static str) -> Response<RespBody> {
+    let body: &'static str = match status {
+        StatusCode::BAD_REQUEST => "bad request\n",
+        StatusCode::NOT_FOUND => "no route\n",
+        StatusCode::BAD_GATEWAY => "bad gateway\n",
+        StatusCode::SERVICE_UNAVAILABLE => "service unavailable\n",
+        StatusCode::GATEWAY_TIMEOUT => "gateway timeout\n",
+        _ => "error\n",
+    };
+    let mut r = Response::new(full(body));
+    *r.status_mut() = status;
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    h.insert("x-portcullis-error", HeaderValue::from_static(reason));
+    r
+}
+
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Removes hop-by-hop headers, including those `Connection` names.
+fn strip_hop_by_hop(h: &mut HeaderMap) {
+    let listed: Vec<HeaderName> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for n in listed {
+        h.remove(n);
+    }
+    for n in &HOP_BY_HOP {
+        h.remove(n);
+    }
+}
+
+fn is_upgrade(req: &Request<Incoming>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && req
+            .headers()
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+fn request_host(req: &Request<Incoming>) -> Option<String> {
+    let raw = match req.headers().get(header::HOST) {
+        Some(h) => h.to_str().ok()?.to_owned(),
+        None => req.uri().authority()?.as_str().to_owned(),
+    };
+    let host = match raw.rsplit_once(':') {
+        Some((h, port)) if !h.ends_with(']') || raw.starts_with('[') => {
+            if port.bytes().all(|b| b.is_ascii_digit()) { h.to_owned() } else { raw.clone() }
+        }
+        _ => raw.clone(),
+    };
+    Some(host.trim_end_matches('.').to_ascii_lowercase())
+}
+
+/// Serves one request.
+pub(crate) async fn handle(
+    shared: Arc<Shared>,
+    conn: ConnInfo,
+    req: Request<Incoming>,
+) -> Result<Response<RespBody>, Infallible> {
+    let start = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let mut resp = serve(&shared, conn, req, start).await;
+    if shared.draining.load(Ordering::Relaxed) {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    if let Some(reason) = resp.headers().get("x-portcullis-error") {
+        tracing::info!(
+            target: "access",
+            farm = "",
+            endpoint = "",
+            status = resp.status().as_u16(),
+            error = reason.to_str().unwrap_or(""),
+            total_ms = start.elapsed().as_secs_f64() * 1000.0,
+            method = %method,
+            path = %path,
+            client = %conn.client,
+        );
+    }
+    Ok(resp)
+}
+
+async fn serve(
+    shared: &Arc<Shared>,
+    conn: ConnInfo,
+    mut req: Request<Incoming>,
+    start: Instant,
+) -> Response<RespBody> {
+    let upgrade = is_upgrade(&req);
+    if let Err(reason) = hygiene::check(&req, upgrade) {
+        return error_response(StatusCode::BAD_REQUEST, reason);
+    }
+    let Some(snapshot) = shared.snapshot.load_full() else {
+        return error_response(StatusCode::SERVICE_UNAVAILABLE, "not-ready");
+    };
+    let Some(host) = request_host(&req) else {
+        return error_response(StatusCode::BAD_REQUEST, "missing-host");
+    };
+    let Some(route) = snapshot.routes.find(&host, req.uri().path()) else {
+        return error_response(StatusCode::NOT_FOUND, "no-route");
+    };
+    let route_prefix = route.prefix.to_owned();
+    let Some(farm) = snapshot.farms.get(route.farm).cloned() else {
+        return error_response(StatusCode::NOT_FOUND, "no-route");
+    };
+    let farm_label = FarmLabel {
+        farm: farm.cfg.id.clone(),
+    };
+
+    // Rewrite the head for the upstream.
+    let original_host = req
+        .headers()
+        .get(header::HOST)
+        .cloned()
+        .or_else(|| req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+    let upgrade_value = if upgrade { req.headers().get(header::UPGRADE).cloned() } else { None };
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let headers = req.headers_mut();
+    strip_hop_by_hop(headers);
+    let ip = conn.client.ip().to_string();
+    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {ip}"),
+        None => ip,
+    };
+    if let Ok(v) = HeaderValue::from_str(&xff) {
+        headers.insert("x-forwarded-for", v);
+    }
+    headers.insert(
+        "x-forwarded-proto",
+        HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
+    );
+    if let Some(h) = &original_host {
+        headers.insert("x-forwarded-host", h.clone());
+    }
+    let upstream_host = match &farm.cfg.backend_host {
+        Some(b) => HeaderValue::from_str(b).ok(),
+        None => original_host.clone(),
+    };
+    if let Some(v) = &upstream_host {
+        headers.insert(header::HOST, v.clone());
+    }
+    if let Some(u) = upgrade_value {
+        headers.insert(header::UPGRADE, u);
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    let h2_upstream = farm.cfg.upstream.protocol == UpstreamProtocol::Http2;
+    let pq = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "/".into());
+    *req.uri_mut() = if h2_upstream {
+        let scheme = if farm.cfg.upstream.tls.is_some() { "https" } else { "http" };
+        let auth = upstream_host
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("localhost")
+            .to_owned();
+        req.headers_mut().remove(header::HOST);
+        Uri::try_from(format!("{scheme}://{auth}{pq}")).unwrap_or_default()
+    } else {
+        Uri::try_from(pq).unwrap_or_default()
+    };
+    *req.version_mut() = if h2_upstream { Version::HTTP_2 } else { Version::HTTP_11 };
+
+    // TODO(session): the session library lands in `crate::session`; until it does,
+    // cookie affinity falls back to the farm's algorithm. Call site:
+    //   let session = shared.session.on_request(&farm.cfg, req.headers_mut(), SystemTime::now());
+    //   and prefer `session.sticky` when `farm.find_usable(key)` says it is in service.
+    let sticky: Option<usize> = None;
+    let hash_key: Option<Vec<u8>> = match farm.cfg.affinity.mode {
+        AffinityMode::SourceIp => Some(conn.client.ip().to_string().into_bytes()),
+        _ if farm.cfg.load_balancing == portcullis_crds::config::LoadBalancing::ConsistentHash => {
+            match &farm.cfg.hash_header {
+                Some(h) => req
+                    .headers()
+                    .get(h.as_str())
+                    .map(|v| v.as_bytes().to_vec())
+                    .or_else(|| Some(conn.client.ip().to_string().into_bytes())),
+                None => Some(conn.client.ip().to_string().into_bytes()),
+            }
+        }
+        _ => None,
+    };
+
+    let bytes_in: u64 = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let attempts = 1 + farm.cfg.upstream.retries.min(3);
+    let mut tried: Option<usize> = None;
+    let mut last_error = (StatusCode::SERVICE_UNAVAILABLE, "no-healthy-endpoint");
+    let mut req = Some(req);
+    for attempt in 0..attempts {
+        let pick = if attempt == 0 {
+            sticky.or_else(|| farm.pick(hash_key.as_deref(), None))
+        } else {
+            farm.pick(hash_key.as_deref(), tried)
+        };
+        let Some(i) = pick else { break };
+        tried = Some(i);
+        let endpoint = farm.endpoints[i].endpoint.clone();
+        let sender = match endpoint
+            .checkout(farm.tls.clone(), farm.cfg.upstream.connect_timeout.get())
+            .await
+        {
+            Ok(s) => s,
+            Err(e) => {
+                last_error = connect_status(&e);
+                if !matches!(e, ConnectError::Saturated) {
+                    farm.record(i, true);
+                }
+                continue;
+            }
+        };
+        let upstream_start = Instant::now();
+        endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
+        let guard = InFlight(endpoint.clone());
+        let r = req.take().expect("request present until sent");
+        let (result, h1_sender) = send(sender, r, farm.cfg.upstream.first_byte_timeout.get()).await;
+        match result {
+            SendResult::NotSent(back) => {
+                // Nothing reached the server: always safe to retry.
+                req = Some(back);
+                last_error = (StatusCode::BAD_GATEWAY, "upstream-closed");
+                drop(guard);
+                continue;
+            }
+            SendResult::Failed => {
+                farm.record(i, true);
+                return finish_error(shared, &farm, StatusCode::BAD_GATEWAY, "upstream-reset");
+            }
+            SendResult::Timeout => {
+                farm.record(i, true);
+                return finish_error(shared, &farm, StatusCode::GATEWAY_TIMEOUT, "first-byte-timeout");
+            }
+            SendResult::Ok(mut resp) => {
+                let first_byte = upstream_start.elapsed();
+                endpoint.observe_latency(first_byte);
+                shared
+                    .metrics
+                    .upstream_latency
+                    .get_or_create(&farm_label)
+                    .observe(first_byte.as_secs_f64());
+                let status = resp.status();
+                farm.record(i, status.is_server_error() && farm.cfg.passive.count_5xx);
+                shared
+                    .metrics
+                    .requests
+                    .get_or_create(&FarmStatus {
+                        farm: farm.cfg.id.clone(),
+                        status: status.as_u16(),
+                    })
+                    .inc();
+                let _ = &route_prefix; // used by the session call site on the response.
+                if status == StatusCode::SWITCHING_PROTOCOLS {
+                    if let Some(client_up) = client_upgrade {
+                        let upstream_up = hyper::upgrade::on(&mut resp);
+                        tokio::spawn(async move {
+                            let _guard = guard;
+                            if let (Ok(c), Ok(u)) = (client_up.await, upstream_up.await) {
+                                let mut c = TokioIo::new(c);
+                                let mut u = TokioIo::new(u);
+                                let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
+                            }
+                        });
+                        let (parts, _) = resp.into_parts();
+                        return Response::from_parts(parts, http_body_util::Empty::new().map_err(|n| match n {}).boxed_unsync());
+                    }
+                }
+                let (mut parts, body) = resp.into_parts();
+                strip_hop_by_hop(&mut parts.headers);
+                let tracked = Tracked {
+                    inner: body,
+                    idle: tokio::time::sleep(farm.cfg.upstream.idle_timeout.get()),
+                    idle_timeout: farm.cfg.upstream.idle_timeout.get(),
+                    done: Some(Done {
+                        endpoint,
+                        sender: h1_sender,
+                        _guard: guard,
+                        farm: farm.cfg.id.clone(),
+                        status: status.as_u16(),
+                        method: method.to_string(),
+                        path: path.clone(),
+                        client: conn.client,
+                        start,
+                        first_byte,
+                        bytes_in,
+                        bytes_out: 0,
+                        clean: false,
+                    }),
+                };
+                return Response::from_parts(parts, tracked.boxed_unsync());
+            }
+        }
+    }
+    finish_error(shared, &farm, last_error.0, last_error.1)
+}
+
+fn finish_error(
+    shared: &Shared,
+    farm: &FarmRt,
+    status: StatusCode,
+    reason: &'static str,
+) -> Response<RespBody> {
+    shared
+        .metrics
+        .requests
+        .get_or_create(&FarmStatus {
+            farm: farm.cfg.id.clone(),
+            status: status.as_u16(),
+        })
+        .inc();
+    error_response(status, reason)
+}
+
+fn connect_status(e: &ConnectError) -> (StatusCode, &'static str) {
+    match e {
+        ConnectError::Timeout => (StatusCode::GATEWAY_TIMEOUT, e.reason()),
+        ConnectError::Saturated => (StatusCode::SERVICE_UNAVAILABLE, e.reason()),
+        _ => (StatusCode::BAD_GATEWAY, e.reason()),
+    }
+}
+
+enum SendResult {
+    Ok(Response<Incoming>),
+    NotSent(Request<Incoming>),
+    Failed,
+    Timeout,
+}
+
+async fn send(
+    sender: Sender,
+    req: Request<Incoming>,
+    first_byte: Duration,
+) -> (SendResult, Option<http1::SendRequest<Incoming>>) {
+    match sender {
+        Sender::H1(mut s) => {
+            let fut = s.try_send_request(req);
+            let r = tokio::time::timeout(first_byte, fut).await;
+            match r {
+                Err(_) => (SendResult::Timeout, None),
+                Ok(Ok(resp)) => (SendResult::Ok(resp), Some(s)),
+                Ok(Err(mut e)) => match e.take_message() {
+                    Some(back) => (SendResult::NotSent(back), None),
+                    None => (SendResult::Failed, None),
+                },
+            }
+        }
+        Sender::H2(mut s) => {
+            let fut = s.try_send_request(req);
+            match tokio::time::timeout(first_byte, fut).await {
+                Err(_) => (SendResult::Timeout, None),
+                Ok(Ok(resp)) => (SendResult::Ok(resp), None),
+                Ok(Err(mut e)) => match e.take_message() {
+                    Some(back) => (SendResult::NotSent(back), None),
+                    None => (SendResult::Failed, None),
+                },
+            }
+        }
+    }
+}
+
+/// Decrements the endpoint's in-flight count when the exchange ends.
+struct InFlight(Arc<Endpoint>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+struct Done {
+    endpoint: Arc<Endpoint>,
+    sender: Option<http1::SendRequest<Incoming>>,
+    _guard: InFlight,
+    farm: String,
+    status: u16,
+    method: String,
+    path: String,
+    client: SocketAddr,
+    start: Instant,
+    first_byte: Duration,
+    bytes_in: u64,
+    bytes_out: u64,
+    clean: bool,
+}
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        if self.clean {
+            if let Some(s) = self.sender.take() {
+                self.endpoint.give_back(s);
+            }
+        }
+        tracing::info!(
+            target: "access",
+            farm = %self.farm,
+            endpoint = %self.endpoint.key,
+            status = self.status,
+            total_ms = self.start.elapsed().as_secs_f64() * 1000.0,
+            upstream_first_byte_ms = self.first_byte.as_secs_f64() * 1000.0,
+            bytes_in = self.bytes_in,
+            bytes_out = self.bytes_out,
+            complete = self.clean,
+            method = %self.method,
+            path = %self.path,
+            client = %self.client,
+        );
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// An upstream response body: idle timeout, byte count, connection return, access log.
+    struct Tracked {
+        #[pin]
+        inner: Incoming,
+        #[pin]
+        idle: tokio::time::Sleep,
+        idle_timeout: Duration,
+        done: Option<Done>,
+    }
+    impl PinnedDrop for Tracked {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if this.inner.is_end_stream() {
+                if let Some(d) = this.done.as_mut() {
+                    d.clean = true;
+                }
+            }
+        }
+    }
+}
+
+/// The upstream body stalled longer than the idle timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("failed to read the upstream body: idle timeout")]
+struct IdleTimeout;
+
+impl Body for Tracked {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut this = self.project();
+        match this.inner.as_mut().poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(d), Some(data)) = (this.done.as_mut(), frame.data_ref()) {
+                    d.bytes_out += data.len() as u64;
+                }
+                let deadline = tokio::time::Instant::now() + *this.idle_timeout;
+                this.idle.as_mut().reset(deadline);
+                if this.inner.is_end_stream() {
+                    if let Some(mut d) = this.done.take() {
+                        d.clean = true;
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.done.take();
+                Poll::Ready(Some(Err(Box::new(e))))
+            }
+            Poll::Ready(None) => {
+                if let Some(mut d) = this.done.take() {
+                    d.clean = true;
+                }
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                if this.idle.poll(cx).is_ready() {
+                    this.done.take();
+                    return Poll::Ready(Some(Err(Box::new(IdleTimeout))));
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

@@ -1,0 +1,392 @@
+//! Start-up, reloads, DNS refresh and drain.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use parking_lot::Mutex;
+use portcullis_crds::config::DataplaneConfig;
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::health::Verifiers;
+use crate::listener::{self, Bound};
+use crate::metrics::{Metrics, OutcomeLabel};
+use crate::pool::Endpoints;
+use crate::snapshot::{self, DnsResults, Snapshot};
+use crate::source::{Source, SourceError, fingerprint};
+
+/// What the command line decides.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Local mode: a directory of GatewayArray and ServerFarm manifests.
+    pub manifests: Option<PathBuf>,
+    /// A rendered dataplane config file.
+    pub config: Option<PathBuf>,
+    /// Address listeners bind to.
+    pub bind: IpAddr,
+    /// Admin server address.
+    pub admin: SocketAddr,
+    /// The session keyring file.
+    pub keyring: Option<PathBuf>,
+    /// Where `<secret>/tls.crt`, `tls.key` and `ca.crt` live.
+    pub certs: Option<PathBuf>,
+    /// How often DNS members are re-resolved.
+    pub dns_refresh: Duration,
+    /// How often watched files are checked for changes.
+    pub poll_interval: Duration,
+}
+
+/// Why the dataplane could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Neither or both of manifests and config.
+    #[error("failed to start: give exactly one of --manifests DIR or --config FILE")]
+    Source,
+    /// The admin address could not be bound.
+    #[error("failed to bind the admin server on {addr}: {source}")]
+    Admin {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// State shared by listeners, requests and the admin server.
+pub(crate) struct Shared {
+    pub(crate) snapshot: ArcSwapOption<Snapshot>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) registry: Registry,
+    pub(crate) endpoints: Endpoints,
+    pub(crate) verifiers: Verifiers,
+    pub(crate) draining: AtomicBool,
+    pub(crate) listening: AtomicBool,
+    pub(crate) connections: AtomicUsize,
+    pub(crate) shutdown: CancellationToken,
+    pub(crate) tracker: TaskTracker,
+    pub(crate) listeners: Mutex<BTreeMap<u16, Bound>>,
+}
+
+impl Shared {
+    pub(crate) fn is_ready(&self) -> bool {
+        !self.draining.load(Ordering::Relaxed)
+            && self.listening.load(Ordering::Relaxed)
+            && self.snapshot.load().is_some()
+    }
+
+    pub(crate) fn key_ids(&self) -> Vec<String> {
+        // TODO(session): `SessionManager::key_ids()` once the session library lands.
+        Vec::new()
+    }
+}
+
+/// A running dataplane.
+pub struct Handle {
+    shared: Arc<Shared>,
+    admin: SocketAddr,
+    control: tokio::task::JoinHandle<()>,
+}
+
+impl Handle {
+    /// The admin server's bound address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin
+    }
+
+    /// The bound address of the listener configured with `port` (0 in a config file
+    /// binds an ephemeral port; this tells which).
+    pub fn listener_addr(&self, port: u16) -> Option<SocketAddr> {
+        self.shared.listeners.lock().get(&port).map(|b| b.addr)
+    }
+
+    /// Whether the dataplane is ready (config loaded, listeners bound, not draining).
+    pub fn is_ready(&self) -> bool {
+        self.shared.is_ready()
+    }
+
+    /// The hash of the config being served.
+    pub fn config_hash(&self) -> Option<String> {
+        self.shared.snapshot.load().as_ref().map(|s| s.hash.clone())
+    }
+
+    /// Drains: stops accepting, marks not ready, lets in-flight requests finish within
+    /// the config's drain timeout, then stops.
+    pub async fn shutdown(self) {
+        let timeout = self
+            .shared
+            .snapshot
+            .load()
+            .as_ref()
+            .map_or(Duration::from_secs(30), |s| s.config.drain_timeout.get());
+        self.shared.draining.store(true, Ordering::Relaxed);
+        self.shared.shutdown.cancel();
+        self.shared.tracker.close();
+        if tokio::time::timeout(timeout, self.shared.tracker.wait()).await.is_err() {
+            tracing::warn!("drain timeout reached with requests in flight");
+        }
+        self.control.abort();
+    }
+}
+
+/// Starts the dataplane and returns once the admin server is bound and the first config
+/// has been tried.
+pub async fn start(opts: Options) -> Result<Handle, RunError> {
+    let source = match (&opts.manifests, &opts.config) {
+        (Some(d), None) => Source::Manifests(d.clone()),
+        (None, Some(f)) => Source::Config(f.clone()),
+        _ => return Err(RunError::Source),
+    };
+    let certs_dir = opts.certs.clone().unwrap_or_else(|| match &source {
+        Source::Manifests(d) => d.join("certs"),
+        Source::Config(f) => f.parent().map(|p| p.join("certs")).unwrap_or_else(|| "certs".into()),
+    });
+    let mut registry = Registry::with_prefix("portcullis");
+    let metrics = Arc::new(Metrics::register(&mut registry));
+    // TODO(session): `SessionManager::new(&mut registry)` here, and watch `opts.keyring`.
+    let shared = Arc::new(Shared {
+        snapshot: ArcSwapOption::empty(),
+        endpoints: Endpoints::new(metrics.clone()),
+        verifiers: Verifiers::new(metrics.clone()),
+        metrics,
+        registry,
+        draining: AtomicBool::new(false),
+        listening: AtomicBool::new(false),
+        connections: AtomicUsize::new(0),
+        shutdown: CancellationToken::new(),
+        tracker: TaskTracker::new(),
+        listeners: Mutex::new(BTreeMap::new()),
+    });
+    let admin_listener = crate::admin::bind(opts.admin)
+        .await
+        .map_err(|source| RunError::Admin {
+            addr: opts.admin,
+            source,
+        })?;
+    let admin = admin_listener.local_addr().map_err(|source| RunError::Admin {
+        addr: opts.admin,
+        source,
+    })?;
+    tokio::spawn(crate::admin::serve(shared.clone(), admin_listener));
+
+    let mut ctl = Control {
+        shared: shared.clone(),
+        source,
+        certs_dir,
+        bind: opts.bind,
+        dns: BTreeMap::new(),
+        config: None,
+        seen: Vec::new(),
+    };
+    ctl.reload().await;
+    let control = tokio::spawn(ctl.run(opts.poll_interval, opts.dns_refresh));
+    Ok(Handle {
+        shared,
+        admin,
+        control,
+    })
+}
+
+/// Runs until SIGTERM or SIGINT, then drains.
+pub async fn run(opts: Options) -> Result<(), RunError> {
+    let handle = start(opts).await?;
+    tracing::info!(admin = %handle.admin_addr(), "dataplane started");
+    wait_for_signal().await;
+    tracing::info!("draining");
+    handle.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+/// The single task that owns reloads.
+struct Control {
+    shared: Arc<Shared>,
+    source: Source,
+    certs_dir: PathBuf,
+    bind: IpAddr,
+    dns: DnsResults,
+    config: Option<Arc<DataplaneConfig>>,
+    seen: Vec<(PathBuf, u64, Option<std::time::SystemTime>)>,
+}
+
+impl Control {
+    async fn run(mut self, poll: Duration, dns_refresh: Duration) {
+        let mut tick = tokio::time::interval(poll);
+        let mut dns_tick = tokio::time::interval(dns_refresh);
+        dns_tick.tick().await;
+        let mut reaper = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {
+                    let now = self.fingerprint();
+                    if now != self.seen {
+                        self.reload().await;
+                    }
+                }
+                _ = dns_tick.tick() => {
+                    if let Some(cfg) = self.config.clone() {
+                        let dns = resolve_all(&cfg).await;
+                        if dns != self.dns {
+                            tracing::info!("DNS results changed; rebuilding");
+                            self.dns = dns;
+                            if let Err(e) = self.apply(cfg).await {
+                                tracing::error!(error = %e, "failed to apply DNS change");
+                            }
+                        }
+                    }
+                }
+                _ = reaper.tick() => {
+                    for ep in self.shared.endpoints.all() {
+                        ep.expire_idle();
+                    }
+                }
+            }
+        }
+    }
+
+    fn fingerprint(&self) -> Vec<(PathBuf, u64, Option<std::time::SystemTime>)> {
+        let mut paths = self.source.watched();
+        paths.push(self.certs_dir.clone());
+        fingerprint(&paths)
+    }
+
+    async fn reload(&mut self) {
+        self.seen = self.fingerprint();
+        let outcome = match self.source.load() {
+            Ok(cfg) => {
+                let cfg = Arc::new(cfg);
+                self.dns = resolve_all(&cfg).await;
+                self.apply(cfg).await
+            }
+            Err(e) => Err(e),
+        };
+        let label = match &outcome {
+            Ok(()) => "success",
+            Err(e) => {
+                tracing::error!(error = %e, "config refused; the last good config keeps serving");
+                "failure"
+            }
+        };
+        self.shared
+            .metrics
+            .reloads
+            .get_or_create(&OutcomeLabel { outcome: label })
+            .inc();
+    }
+
+    async fn apply(&mut self, cfg: Arc<DataplaneConfig>) -> Result<(), SourceError> {
+        let (certs, clients) = snapshot::load_tls(&cfg, &self.certs_dir)?;
+        // Bind new listeners first so a port conflict refuses the config whole.
+        let mut new_bound = Vec::new();
+        {
+            let have: Vec<u16> = self.shared.listeners.lock().keys().copied().collect();
+            for l in &cfg.listeners {
+                let same = self
+                    .shared
+                    .listeners
+                    .lock()
+                    .get(&l.port)
+                    .is_some_and(|b| b.protocol == l.protocol);
+                if have.contains(&l.port) && same {
+                    continue;
+                }
+                match listener::bind(self.shared.clone(), l, self.bind).await {
+                    Ok(b) => new_bound.push((l.port, b)),
+                    Err(e) => {
+                        for (_, b) in new_bound {
+                            b.stop.cancel();
+                        }
+                        return Err(SourceError::Read {
+                            path: format!("listener {} port {}", l.name, l.port).into(),
+                            source: e,
+                        });
+                    }
+                }
+            }
+        }
+        let snap = snapshot::build(
+            cfg.clone(),
+            &self.dns,
+            certs.clone(),
+            &clients,
+            &self.shared.endpoints,
+            &self.shared.verifiers,
+        );
+        {
+            let mut listeners = self.shared.listeners.lock();
+            for (port, b) in new_bound {
+                if let Some(old) = listeners.insert(port, b) {
+                    old.stop.cancel();
+                }
+            }
+            let ports: Vec<u16> = cfg.listeners.iter().map(|l| l.port).collect();
+            listeners.retain(|p, b| {
+                let keep = ports.contains(p);
+                if !keep {
+                    b.stop.cancel();
+                }
+                keep
+            });
+            for (port, b) in listeners.iter() {
+                if let Some(c) = certs.get(port) {
+                    b.certs.store(c.clone());
+                }
+            }
+        }
+        tracing::info!(hash = %snap.hash, farms = snap.farms.len(), "config loaded");
+        self.shared.snapshot.store(Some(Arc::new(snap)));
+        self.shared.listening.store(true, Ordering::Relaxed);
+        self.config = Some(cfg);
+        Ok(())
+    }
+}
+
+async fn resolve_all(cfg: &DataplaneConfig) -> DnsResults {
+    let mut out: DnsResults = BTreeMap::new();
+    let mut seen: HashMap<(String, u16), ()> = HashMap::new();
+    for (host, port) in snapshot::dns_names(cfg) {
+        if seen.insert((host.clone(), port), ()).is_some() {
+            continue;
+        }
+        let lookup = tokio::net::lookup_host(format!("{host}:{port}"));
+        match tokio::time::timeout(Duration::from_secs(5), lookup).await {
+            Ok(Ok(addrs)) => {
+                let mut v: Vec<SocketAddr> = addrs
+                    .map(|a| match a {
+                        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+                            Some(v4) => SocketAddr::new(v4.into(), v6.port()),
+                            None => a,
+                        },
+                        SocketAddr::V4(_) => a,
+                    })
+                    .collect();
+                v.sort();
+                v.dedup();
+                out.insert((host, port), v);
+            }
+            _ => {
+                tracing::warn!(host = %host, "failed to resolve a DNS member");
+                out.insert((host, port), Vec::new());
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,336 @@
+//! Shared harness: backends built with hyper, the dataplane started in-process or as the
+//! real binary, raw and hyper clients.
+#![allow(dead_code, missing_docs)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use parking_lot::Mutex;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A request as a backend saw it.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+    pub headers: http::HeaderMap,
+}
+
+/// A backend on 127.0.0.1 that answers every request, counts accepted connections and
+/// records what it saw.
+///
+/// Paths: `/slow/<ms>` waits, `/status/<code>` answers that code, `/ws` echoes a
+/// WebSocket-style upgrade as a raw byte echo; anything else answers 200 `name`.
+pub struct Backend {
+    pub addr: SocketAddr,
+    pub name: String,
+    pub accepted: Arc<AtomicUsize>,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    /// When set, every request answers 500 (to fail verifiers).
+    pub failing: Arc<AtomicBool>,
+    stop: tokio_util::sync::CancellationToken,
+}
+
+impl Backend {
+    pub async fn start(name: &str) -> Backend {
+        Self::start_on(name, "127.0.0.1:0".parse().unwrap()).await
+    }
+
+    pub async fn start_on(name: &str, addr: SocketAddr) -> Backend {
+        let listener = TcpListener::bind(addr).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let failing = Arc::new(AtomicBool::new(false));
+        let stop = tokio_util::sync::CancellationToken::new();
+        let b = Backend {
+            addr,
+            name: name.to_owned(),
+            accepted: accepted.clone(),
+            seen: seen.clone(),
+            failing: failing.clone(),
+            stop: stop.clone(),
+        };
+        let name = name.to_owned();
+        tokio::spawn(async move {
+            let conns = tokio_util::task::TaskTracker::new();
+            loop {
+                let (tcp, _) = tokio::select! {
+                    _ = stop.cancelled() => break,
+                    r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
+                };
+                accepted.fetch_add(1, Ordering::SeqCst);
+                let seen = seen.clone();
+                let failing = failing.clone();
+                let name = name.clone();
+                let stop = stop.clone();
+                conns.spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
+                        let seen = seen.clone();
+                        let failing = failing.clone();
+                        let name = name.clone();
+                        async move { Ok::<_, Infallible>(answer(req, &name, &seen, &failing).await) }
+                    });
+                    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    let conn = builder.serve_connection_with_upgrades(TokioIo::new(tcp), svc);
+                    tokio::select! {
+                        _ = conn => {}
+                        _ = stop.cancelled() => {}
+                    }
+                });
+            }
+        });
+        b
+    }
+
+    /// Stops accepting and drops every open connection (like a killed process).
+    pub fn kill(&self) {
+        self.stop.cancel();
+    }
+
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().clone()
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+type Out = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+async fn answer(
+    mut req: http::Request<Incoming>,
+    name: &str,
+    seen: &Mutex<Vec<Seen>>,
+    failing: &AtomicBool,
+) -> http::Response<Out> {
+    seen.lock().push(Seen {
+        method: req.method().to_string(),
+        path: req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str().to_owned())
+            .unwrap_or_default(),
+        headers: req.headers().clone(),
+    });
+    let path = req.uri().path().to_owned();
+    let text = |code: u16, body: String| {
+        http::Response::builder()
+            .status(code)
+            .header("x-backend", name)
+            .body(Full::new(Bytes::from(body)).boxed())
+            .unwrap()
+    };
+    if failing.load(Ordering::SeqCst) {
+        return text(500, "failing".into());
+    }
+    if path == "/ws" {
+        let up = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(u) = up.await {
+                let mut io = TokioIo::new(u);
+                let mut buf = [0u8; 1024];
+                loop {
+                    match io.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if io.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+        });
+        return http::Response::builder()
+            .status(101)
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .body(Empty::new().boxed())
+            .unwrap();
+    }
+    if let Some(ms) = path.strip_prefix("/slow/") {
+        let ms: u64 = ms.parse().unwrap_or(100);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    if let Some(code) = path.strip_prefix("/status/") {
+        return text(code.parse().unwrap_or(500), format!("{name}\n"));
+    }
+    // Drain the request body so keep-alive works.
+    let _ = req.into_body().collect().await;
+    text(200, name.to_owned())
+}
+
+/// A port that was free a moment ago (manifests cannot say port 0).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn array_yaml(listeners: &[(&str, u16, &str, Option<&str>)]) -> String {
+    let mut s = String::from(
+        "apiVersion: portcullis.io/v1alpha1\nkind: GatewayArray\nmetadata: {name: edge, namespace: default}\nspec:\n  drainTimeout: 10s\n  limits: {headerReadTimeout: 1s}\n  listeners:\n",
+    );
+    for (name, port, proto, secret) in listeners {
+        s.push_str(&format!("  - name: {name}\n    port: {port}\n    protocol: {proto}\n"));
+        if let Some(secret) = secret {
+            s.push_str(&format!("    tls: {{secretName: {secret}}}\n"));
+        }
+    }
+    s
+}
+
+/// A ServerFarm manifest; `extra` is more YAML under `spec` (indented two spaces).
+pub fn farm_yaml(name: &str, hosts: &[&str], paths: &[&str], servers: &[String], extra: &str) -> String {
+    let hosts = hosts.iter().map(|h| format!("\"{h}\"")).collect::<Vec<_>>().join(", ");
+    let paths = paths.iter().map(|h| format!("\"{h}\"")).collect::<Vec<_>>().join(", ");
+    let mut s = format!(
+        "apiVersion: portcullis.io/v1alpha1\nkind: ServerFarm\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  arrayRef: {{name: edge}}\n  publish: {{hosts: [{hosts}], paths: [{paths}]}}\n  servers:\n"
+    );
+    for srv in servers {
+        s.push_str(&format!("  - {srv}\n"));
+    }
+    s.push_str(extra);
+    s
+}
+
+pub fn addr_server(addr: SocketAddr) -> String {
+    format!("{{address: \"{}\", port: {}}}", addr.ip(), addr.port())
+}
+
+pub fn host_server(host: &str, port: u16) -> String {
+    format!("{{host: \"{host}\", port: {port}}}")
+}
+
+/// A temp directory removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "portcullis-dp-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        TempDir(p)
+    }
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+    pub fn write(&self, name: &str, text: &str) {
+        let tmp = self.0.join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, self.0.join(name)).unwrap();
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn options(manifests: &Path) -> portcullis_dataplane::Options {
+    portcullis_dataplane::Options {
+        manifests: Some(manifests.to_owned()),
+        config: None,
+        bind: "127.0.0.1".parse().unwrap(),
+        admin: "127.0.0.1:0".parse().unwrap(),
+        keyring: None,
+        certs: None,
+        dns_refresh: Duration::from_secs(30),
+        poll_interval: Duration::from_millis(100),
+    }
+}
+
+/// Starts the dataplane in-process on `dir` and waits until it is ready.
+pub async fn start(dir: &Path) -> portcullis_dataplane::Handle {
+    let h = portcullis_dataplane::start(options(dir)).await.unwrap();
+    wait_until(Duration::from_secs(10), || h.is_ready()).await;
+    h
+}
+
+pub async fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !f() {
+        assert!(tokio::time::Instant::now() < deadline, "condition not met in {limit:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Sends raw bytes and reads until the peer closes or 3 s pass.
+pub async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(bytes).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A keep-alive HTTP/1.1 client on one connection.
+pub struct Client {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+}
+
+impl Client {
+    pub async fn connect(addr: SocketAddr) -> Client {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
+        tokio::spawn(conn);
+        Client { sender }
+    }
+
+    /// GET `path` with `host`; returns (status, headers, body).
+    pub async fn get(&mut self, host: &str, path: &str) -> Result<(u16, http::HeaderMap, String), String> {
+        self.sender.ready().await.map_err(|e| e.to_string())?;
+        let req = http::Request::get(path)
+            .header("host", host)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = self.sender.send_request(req).await.map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+        Ok((status, headers, String::from_utf8_lossy(&body).into_owned()))
+    }
+}
+
+/// One GET on a fresh connection.
+pub async fn get(addr: SocketAddr, host: &str, path: &str) -> (u16, http::HeaderMap, String) {
+    Client::connect(addr).await.get(host, path).await.unwrap()
+}
+
+/// Reads the admin server's metrics text.
+pub async fn metrics(admin: SocketAddr) -> String {
+    get(admin, "admin", "/metrics").await.2
+}
+
+/// Sums a metric's samples whose line contains every `parts`.
+pub fn metric_sum(text: &str, name: &str, parts: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && parts.iter().all(|p| l.contains(p)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}

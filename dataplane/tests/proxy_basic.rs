@@ -1,0 +1,118 @@
+//! Routing precedence, header rewriting and the error paths.
+
+mod common;
+
+use common::*;
+
+#[tokio::test]
+async fn routes_by_exact_host_wildcard_and_longest_prefix() {
+    let a = Backend::start("a").await;
+    let api = Backend::start("api").await;
+    let wild = Backend::start("wild").await;
+    let dir = TempDir::new("routing");
+    let port = free_port();
+    dir.write("array.yaml", &array_yaml(&[("web", port, "HTTP", None)]));
+    dir.write(
+        "farms.yaml",
+        &[
+            farm_yaml("a", &["a.example.com"], &["/"], &[addr_server(a.addr)], "  backendHost: internal.a\n"),
+            farm_yaml("api", &["a.example.com"], &["/api"], &[addr_server(api.addr)], ""),
+            farm_yaml("wild", &["*.example.com"], &["/"], &[addr_server(wild.addr)], ""),
+        ]
+        .join("---\n"),
+    );
+    let h = start(dir.path()).await;
+    let addr = h.listener_addr(port).unwrap();
+    let body = |r: (u16, http::HeaderMap, String)| r.2;
+    assert_eq!(body(get(addr, "a.example.com", "/x").await), "a");
+    assert_eq!(body(get(addr, "a.example.com", "/api/v1?q=1").await), "api");
+    assert_eq!(body(get(addr, "a.example.com", "/api").await), "api");
+    assert_eq!(body(get(addr, "a.example.com", "/apix").await), "a");
+    assert_eq!(body(get(addr, "A.Example.COM:80", "/").await), "a");
+    assert_eq!(body(get(addr, "b.example.com", "/api").await), "wild");
+    let (status, headers, body) = get(addr, "nothing.org", "/").await;
+    assert_eq!(status, 404);
+    assert_eq!(headers["x-portcullis-error"], "no-route");
+    assert!(body.len() < 64);
+
+    // Header rewriting as the backend saw it.
+    let seen = a.seen();
+    let first = &seen[0];
+    assert_eq!(first.headers["host"], "internal.a");
+    assert_eq!(first.headers["x-forwarded-host"], "a.example.com");
+    assert_eq!(first.headers["x-forwarded-proto"], "http");
+    assert_eq!(first.headers["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(api.seen()[0].path, "/api/v1?q=1");
+    assert_eq!(api.seen()[0].headers["host"], "a.example.com");
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn hop_by_hop_removed_and_forwarded_for_appended() {
+    let a = Backend::start("a").await;
+    let dir = TempDir::new("hop");
+    let port = free_port();
+    dir.write("array.yaml", &array_yaml(&[("web", port, "HTTP", None)]));
+    dir.write("farm.yaml", &farm_yaml("a", &["a.test"], &["/"], &[addr_server(a.addr)], ""));
+    let h = start(dir.path()).await;
+    let addr = h.listener_addr(port).unwrap();
+    let resp = raw(
+        addr,
+        b"GET /p HTTP/1.1\r\nHost: a.test\r\nConnection: close, x-secret-hop\r\nx-secret-hop: 1\r\nKeep-Alive: 5\r\nTE: trailers\r\nProxy-Connection: keep-alive\r\nX-Forwarded-For: 10.0.0.1\r\n\r\n",
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    let seen = a.seen();
+    let hd = &seen[0].headers;
+    for name in ["x-secret-hop", "keep-alive", "te", "proxy-connection"] {
+        assert!(!hd.contains_key(name), "{name} was forwarded");
+    }
+    assert_eq!(hd["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn errors_are_distinguished_and_name_no_address() {
+    let slow = Backend::start("slow").await;
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let dir = TempDir::new("errors");
+    let port = free_port();
+    dir.write("array.yaml", &array_yaml(&[("web", port, "HTTP", None)]));
+    dir.write(
+        "farms.yaml",
+        &[
+            farm_yaml("refused", &["refused.test"], &["/"], &[addr_server(dead)], "  upstream: {retries: {attempts: 0}}\n"),
+            farm_yaml("slow", &["slow.test"], &["/"], &[addr_server(slow.addr)], "  upstream: {firstByteTimeout: 200ms}\n"),
+            farm_yaml(
+                "empty",
+                &["empty.test"],
+                &["/"],
+                &[addr_server(slow.addr)],
+                "  connectivityVerifier: {path: /status/500, interval: 100ms, timeout: 100ms, unhealthyThreshold: 1}\n",
+            ),
+        ]
+        .join("---\n"),
+    );
+    let h = start(dir.path()).await;
+    let addr = h.listener_addr(port).unwrap();
+    let (s, hd, body) = get(addr, "refused.test", "/").await;
+    assert_eq!(s, 502);
+    assert_eq!(hd["x-portcullis-error"], "connect-refused");
+    assert!(!body.contains("127.0.0.1") && !hd["x-portcullis-error"].to_str().unwrap().contains("127"));
+    let (s, hd, _) = get(addr, "slow.test", "/slow/1000").await;
+    assert_eq!(s, 504);
+    assert_eq!(hd["x-portcullis-error"], "first-byte-timeout");
+    // The verifier takes the only endpoint out: 503 at once.
+    let mut status = 0;
+    for _ in 0..100 {
+        let (s, hd, _) = get(addr, "empty.test", "/").await;
+        status = s;
+        if s == 503 {
+            assert_eq!(hd["x-portcullis-error"], "no-healthy-endpoint");
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(status, 503);
+    h.shutdown().await;
+}
