@@ -1,0 +1,918 @@
+//! Reconcile scenarios against a mocked API server (tower-test `mock::pair` behind a kube
+//! `Client`). The fake serves GETs and lists from an in-memory object map, stores what is
+//! applied, and records every request, so each test checks exactly what the controller
+//! sent: server-side apply patches, status patches and events.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use futures::future::BoxFuture;
+use http::{Request, Response};
+use k8s_openapi::jiff::Timestamp;
+use kube::Client;
+use kube::client::Body;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Recorder, Reporter};
+use parking_lot::Mutex;
+use portcullis_controller::keyring::MemberReport;
+use portcullis_controller::members::MemberStatusSource;
+use portcullis_controller::metrics::Metrics;
+use portcullis_controller::reconcile::{Context, Settings, reconcile};
+use portcullis_crds::keyring::{KeyState, KeyringDoc};
+use portcullis_crds::v1alpha1::GatewayArray;
+use serde_json::{Value, json};
+
+const NS: &str = "shop";
+const ARRAY: &str = "/apis/portcullis.io/v1alpha1/namespaces/shop/gatewayarrays/edge";
+const FARMS: &str = "/apis/portcullis.io/v1alpha1/namespaces/shop/serverfarms";
+const SECRETS: &str = "/api/v1/namespaces/shop/secrets";
+const SLICES: &str = "/apis/discovery.k8s.io/v1/namespaces/shop/endpointslices";
+const PODS: &str = "/api/v1/namespaces/shop/pods";
+const EVENTS: &str = "/apis/events.k8s.io/v1/namespaces/shop/events";
+const T0: i64 = 1_800_000_000;
+
+#[derive(Clone, Debug)]
+struct Req {
+    method: String,
+    path: String,
+    query: String,
+    body: Value,
+}
+
+#[derive(Default)]
+struct Fake {
+    objects: Mutex<BTreeMap<String, Value>>,
+    log: Mutex<Vec<Req>>,
+    next_rv: Mutex<u64>,
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let h = u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap();
+            out.push(h);
+            i += 3;
+        } else {
+            out.push(if bytes[i] == b'+' { b' ' } else { bytes[i] });
+            i += 1;
+        }
+    }
+    String::from_utf8(out).unwrap()
+}
+
+fn query_param(query: &str, key: &str) -> Option<String> {
+    query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == key)
+        .map(|(_, v)| percent_decode(v))
+}
+
+fn labels_match(obj: &Value, selector: &str) -> bool {
+    selector.split(',').filter(|s| !s.is_empty()).all(|term| {
+        let (k, v) = term.split_once('=').unwrap();
+        obj["metadata"]["labels"][k].as_str() == Some(v)
+    })
+}
+
+fn json_response(code: u16, body: &Value) -> Response<Body> {
+    Response::builder()
+        .status(code)
+        .header("content-type", "application/json")
+        .body(Body::from(serde_json::to_vec(body).unwrap()))
+        .unwrap()
+}
+
+impl Fake {
+    fn put(&self, path: &str, mut obj: Value) {
+        let mut rv = self.next_rv.lock();
+        *rv += 1;
+        obj["metadata"]["resourceVersion"] = json!(rv.to_string());
+        self.objects.lock().insert(path.to_owned(), obj);
+    }
+
+    fn get(&self, path: &str) -> Option<Value> {
+        self.objects.lock().get(path).cloned()
+    }
+
+    fn handle(&self, method: &str, path: &str, query: &str, body: Value) -> Response<Body> {
+        self.log.lock().push(Req {
+            method: method.to_owned(),
+            path: path.to_owned(),
+            query: query.to_owned(),
+            body: body.clone(),
+        });
+        let not_found = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                               "reason": "NotFound", "code": 404, "message": format!("{path} not found")});
+        match method {
+            "GET" => {
+                if let Some(obj) = self.get(path) {
+                    return json_response(200, &obj);
+                }
+                let prefix = format!("{path}/");
+                let selector = query_param(query, "labelSelector").unwrap_or_default();
+                let items: Vec<Value> = self
+                    .objects
+                    .lock()
+                    .iter()
+                    .filter(|(k, _)| k.starts_with(&prefix) && !k[prefix.len()..].contains('/'))
+                    .filter(|(_, v)| labels_match(v, &selector))
+                    .map(|(_, v)| v.clone())
+                    .collect();
+                let is_collection = path.rsplit('/').nth(1) == Some(NS);
+                if is_collection {
+                    json_response(
+                        200,
+                        &json!({"apiVersion": "v1", "kind": "List",
+                                               "metadata": {"resourceVersion": "1"}, "items": items}),
+                    )
+                } else {
+                    json_response(404, &not_found)
+                }
+            }
+            "PATCH" => {
+                if let Some(object_path) = path.strip_suffix("/status") {
+                    let Some(mut obj) = self.get(object_path) else {
+                        return json_response(404, &not_found);
+                    };
+                    obj["status"] = body["status"].clone();
+                    self.put(object_path, obj.clone());
+                    json_response(200, &obj)
+                } else {
+                    let mut obj = body.clone();
+                    if let Some(old) = self.get(path) {
+                        obj["metadata"]["uid"] = old["metadata"]["uid"].clone();
+                    }
+                    self.put(path, obj.clone());
+                    json_response(200, &obj)
+                }
+            }
+            "POST" => {
+                let name = body["metadata"]["name"].as_str().unwrap_or("x").to_owned();
+                self.put(&format!("{path}/{name}"), body.clone());
+                json_response(201, &body)
+            }
+            _ => json_response(405, &json!({"kind": "Status", "code": 405})),
+        }
+    }
+}
+
+#[derive(Default)]
+struct FixedMembers(Mutex<BTreeMap<String, MemberReport>>);
+
+impl MemberStatusSource for FixedMembers {
+    fn fetch<'a>(&'a self, pod: &'a str, _ip: &'a str) -> BoxFuture<'a, Option<MemberReport>> {
+        let r = self.0.lock().get(pod).cloned();
+        Box::pin(async move { r })
+    }
+}
+
+struct World {
+    fake: Arc<Fake>,
+    members: Arc<FixedMembers>,
+    clock: Arc<Mutex<i64>>,
+    ctx: Arc<Context>,
+    _server: tokio::task::JoinHandle<()>,
+}
+
+fn world(settings: Settings) -> World {
+    let fake = Arc::new(Fake::default());
+    let (svc, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let f = fake.clone();
+    let server = tokio::spawn(async move {
+        while let Some((req, send)) = handle.next_request().await {
+            let (parts, body) = req.into_parts();
+            let bytes = body.collect_bytes().await.unwrap();
+            let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+            let resp = f.handle(
+                parts.method.as_str(),
+                parts.uri.path(),
+                parts.uri.query().unwrap_or(""),
+                body,
+            );
+            send.send_response(resp);
+        }
+    });
+    let client = Client::new(svc, "default");
+    let members = Arc::new(FixedMembers::default());
+    let clock = Arc::new(Mutex::new(T0));
+    let c = clock.clone();
+    let recorder = Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: "portcullis-controller".into(),
+            instance: Some("controller-0".into()),
+        },
+    );
+    let counter = Arc::new(Mutex::new(0u8));
+    let ctx = Context::new(
+        client,
+        settings,
+        members.clone(),
+        recorder,
+        Metrics::default(),
+    )
+    .with_determinism(
+        Arc::new(move || Timestamp::from_second(*c.lock()).unwrap()),
+        Arc::new(move || {
+            let mut n = counter.lock();
+            *n += 1;
+            [*n; 32]
+        }),
+    );
+    let w = World {
+        fake,
+        members,
+        clock,
+        ctx: Arc::new(ctx),
+        _server: server,
+    };
+    w.fake.put(
+        ARRAY,
+        json!({
+            "apiVersion": "portcullis.io/v1alpha1", "kind": "GatewayArray",
+            "metadata": {"name": "edge", "namespace": NS, "uid": "uid-edge", "generation": 1},
+            "spec": {"replicas": 2, "listeners": [{"name": "http", "port": 8080, "protocol": "HTTP"}]}
+        }),
+    );
+    w.fake.put(
+        "/api/v1/namespaces/shop/services/web",
+        json!({"apiVersion": "v1", "kind": "Service",
+               "metadata": {"name": "web", "namespace": NS},
+               "spec": {"ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}),
+    );
+    w.set_slice(&[("10.1.0.1", true, false)]);
+    for (pod, ip) in [("edge-a", "10.9.0.1"), ("edge-b", "10.9.0.2")] {
+        w.fake.put(
+            &format!("{PODS}/{pod}"),
+            json!({"apiVersion": "v1", "kind": "Pod",
+                   "metadata": {"name": pod, "namespace": NS,
+                                "labels": {"app.kubernetes.io/name": "portcullis-dataplane",
+                                           "portcullis.io/array": "edge"}},
+                   "status": {"podIP": ip, "conditions": [{"type": "Ready", "status": "True"}]}}),
+        );
+    }
+    w.add_farm(
+        "web",
+        100,
+        json!([{"service": {"name": "web", "port": 80}}]),
+        json!(null),
+    );
+    w
+}
+
+fn default_settings() -> Settings {
+    Settings {
+        dataplane_image: "ghcr.io/portcullis-io/dataplane:test".into(),
+        watch_secrets: false,
+        allow_private_targets: false,
+    }
+}
+
+impl World {
+    fn add_farm(&self, name: &str, created: i64, servers: Value, tls: Value) {
+        let mut publish = json!({"hosts": [format!("{name}.example.com")]});
+        if !tls.is_null() {
+            publish["tls"] = tls;
+        }
+        let ts = Timestamp::from_second(T0 + created).unwrap().to_string();
+        let mut farm = json!({
+            "apiVersion": "portcullis.io/v1alpha1", "kind": "ServerFarm",
+            "metadata": {"name": name, "namespace": NS, "generation": 1, "creationTimestamp": ts},
+            "spec": {"arrayRef": {"name": "edge"}, "publish": publish, "servers": servers}
+        });
+        if let Some(old) = self.fake.get(&format!("{FARMS}/{name}")) {
+            farm["status"] = old["status"].clone();
+            farm["metadata"]["generation"] =
+                json!(old["metadata"]["generation"].as_i64().unwrap() + 1);
+        }
+        self.fake.put(&format!("{FARMS}/{name}"), farm);
+    }
+
+    fn set_slice(&self, eps: &[(&str, bool, bool)]) {
+        let endpoints: Vec<Value> = eps
+            .iter()
+            .map(|(ip, ready, term)| json!({"addresses": [ip], "conditions": {"ready": ready, "terminating": term}}))
+            .collect();
+        self.fake.put(
+            &format!("{SLICES}/web-abcde"),
+            json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+                   "metadata": {"name": "web-abcde", "namespace": NS,
+                                "labels": {"kubernetes.io/service-name": "web"}},
+                   "addressType": "IPv4",
+                   "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+                   "endpoints": endpoints}),
+        );
+    }
+
+    /// Members report `keys` and the current config hash.
+    fn members_report(&self, per_pod: &[(&str, &[&str])]) {
+        let hash = self
+            .fake
+            .get("/api/v1/namespaces/shop/configmaps/edge-config")
+            .and_then(|cm| cm["data"]["config.sha256"].as_str().map(str::to_owned));
+        let mut m = self.members.0.lock();
+        for (pod, keys) in per_pod {
+            m.insert(
+                pod.to_string(),
+                MemberReport {
+                    config_hash: hash.clone(),
+                    key_ids: keys.iter().map(|s| s.to_string()).collect(),
+                    ready: true,
+                },
+            );
+        }
+    }
+
+    async fn reconcile(&self) -> (Action, Vec<Req>) {
+        self.fake.log.lock().clear();
+        let array: GatewayArray = serde_json::from_value(self.fake.get(ARRAY).unwrap()).unwrap();
+        let action = reconcile(Arc::new(array), self.ctx.clone()).await.unwrap();
+        (action, self.fake.log.lock().clone())
+    }
+
+    fn keyring(&self) -> KeyringDoc {
+        let s = self.fake.get(&format!("{SECRETS}/edge-keys")).unwrap();
+        let b64 = s["data"]["keyring.yaml"].as_str().unwrap();
+        let text = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .unwrap();
+        KeyringDoc::parse(std::str::from_utf8(&text).unwrap()).unwrap()
+    }
+
+    fn config(&self) -> Value {
+        let cm = self
+            .fake
+            .get("/api/v1/namespaces/shop/configmaps/edge-config")
+            .unwrap();
+        serde_json::from_str(cm["data"]["config.json"].as_str().unwrap()).unwrap()
+    }
+}
+
+fn summary(reqs: &[Req]) -> Vec<String> {
+    reqs.iter()
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect()
+}
+
+fn events(reqs: &[Req]) -> Vec<(String, String, String)> {
+    reqs.iter()
+        // The recorder creates an event, then patches its series when it repeats.
+        .filter(|r| {
+            (r.path == EVENTS && r.method == "POST")
+                || (r.path.starts_with(&format!("{EVENTS}/")) && r.method == "PATCH")
+        })
+        .map(|r| {
+            (
+                r.body["type"].as_str().unwrap().to_owned(),
+                r.body["reason"].as_str().unwrap().to_owned(),
+                r.body["note"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect()
+}
+
+fn status_patch<'a>(reqs: &'a [Req], path: &str) -> Option<&'a Value> {
+    reqs.iter()
+        .find(|r| r.method == "PATCH" && r.path == format!("{path}/status"))
+        .map(|r| &r.body["status"])
+}
+
+fn condition<'a>(status: &'a Value, type_: &str) -> &'a Value {
+    status["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == type_)
+        .unwrap()
+}
+
+const APPLIES: [&str; 8] = [
+    "PATCH /api/v1/namespaces/shop/serviceaccounts/edge-dataplane",
+    "PATCH /apis/rbac.authorization.k8s.io/v1/namespaces/shop/roles/edge-dataplane",
+    "PATCH /apis/rbac.authorization.k8s.io/v1/namespaces/shop/rolebindings/edge-dataplane",
+    "PATCH /api/v1/namespaces/shop/secrets/edge-keys",
+    "PATCH /api/v1/namespaces/shop/configmaps/edge-config",
+    "PATCH /apis/apps/v1/namespaces/shop/deployments/edge",
+    "PATCH /api/v1/namespaces/shop/services/edge",
+    "PATCH /apis/policy/v1/namespaces/shop/poddisruptionbudgets/edge",
+];
+
+fn fetches() -> Vec<String> {
+    vec![
+        format!("GET {FARMS}"),
+        format!("GET {SECRETS}/edge-keys"),
+        "GET /api/v1/namespaces/shop/services/web".into(),
+        format!("GET {SLICES}"),
+        format!("GET {PODS}"),
+    ]
+}
+
+#[tokio::test]
+async fn first_install_applies_everything_with_owner_refs_and_reports_status() {
+    let w = world(default_settings());
+    let (action, reqs) = w.reconcile().await;
+    let mut want = fetches();
+    want.extend(APPLIES.iter().map(|s| s.to_string()));
+    want.extend([
+        format!("POST {EVENTS}"),
+        format!("POST {EVENTS}"),
+        format!("PATCH {FARMS}/web/status"),
+        format!("PATCH {ARRAY}/status"),
+    ]);
+    assert_eq!(summary(&reqs), want);
+
+    // Every apply is server-side apply, forced, by our field manager, and every object is
+    // owned by the array (deleting the array garbage-collects them: nothing to delete by
+    // hand, which is also why there is no finalizer).
+    for r in reqs.iter().filter(|r| r.method == "PATCH") {
+        assert_eq!(
+            query_param(&r.query, "fieldManager").as_deref(),
+            Some("portcullis-controller"),
+            "{}",
+            r.path
+        );
+        assert_eq!(
+            query_param(&r.query, "force").as_deref(),
+            Some("true"),
+            "{}",
+            r.path
+        );
+        if r.path.ends_with("/status") {
+            continue;
+        }
+        let owner = &r.body["metadata"]["ownerReferences"][0];
+        assert_eq!(owner["uid"], "uid-edge", "{}", r.path);
+        assert_eq!(owner["controller"], true, "{}", r.path);
+        assert_eq!(owner["blockOwnerDeletion"], true, "{}", r.path);
+        assert_eq!(owner["kind"], "GatewayArray", "{}", r.path);
+    }
+    assert_eq!(reqs[6].body["kind"], "Role");
+    assert_eq!(
+        reqs[6].body["rules"][1]["resourceNames"],
+        json!(["edge-keys"])
+    );
+
+    // Config, keyring, events.
+    let config = w.config();
+    assert_eq!(
+        config["endpoints"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .collect::<Vec<_>>(),
+        ["http1://10.1.0.1:8080"]
+    );
+    let kr = w.keyring();
+    assert_eq!(kr.ids(), [format!("k{T0}")]);
+    kr.validate().unwrap();
+    let ev = events(&reqs);
+    assert_eq!(ev[0].1, "ConfigApplied");
+    assert_eq!(
+        ev[1],
+        (
+            "Normal".into(),
+            "KeyringGenerated".into(),
+            format!("generated keyring with active key k{T0}")
+        )
+    );
+
+    // Status.
+    let farm = status_patch(&reqs, &format!("{FARMS}/web")).unwrap();
+    assert_eq!(farm["observedGeneration"], 1);
+    assert_eq!(condition(farm, "Accepted")["status"], "True");
+    assert_eq!(condition(farm, "ResolvedRefs")["status"], "True");
+    assert_eq!(condition(farm, "Ready")["status"], "True");
+    assert_eq!(farm["endpoints"][0]["identity"], "http1://10.1.0.1:8080");
+    assert_eq!(farm["endpoints"][0]["servers"], json!(["service web:80"]));
+    let array = status_patch(&reqs, ARRAY).unwrap();
+    assert_eq!(array["readyMembers"], 2);
+    assert_eq!(array["activeKeyId"], format!("k{T0}"));
+    assert_eq!(array["configHash"], json!(w.config_hash()));
+    // Members have not loaded anything yet: not Ready, re-checked soon.
+    assert_eq!(condition(array, "Ready")["reason"], "ConfigNotLoaded");
+    assert_eq!(action, Action::requeue(Duration::from_secs(15)));
+
+    // Nothing secret outside the Secret: not in events, statuses or the ConfigMap.
+    let key_b64 = &kr.keys[0].secret;
+    for r in &reqs {
+        if r.path.ends_with("/secrets/edge-keys") {
+            continue;
+        }
+        assert!(!r.body.to_string().contains(key_b64.as_str()), "{}", r.path);
+    }
+
+    // Members load it: converged, and a second pass writes no status and sends no event.
+    w.members_report(&[
+        ("edge-a", &[&format!("k{T0}")]),
+        ("edge-b", &[&format!("k{T0}")]),
+    ]);
+    let (_, reqs) = w.reconcile().await;
+    let array = status_patch(&reqs, ARRAY).unwrap();
+    assert_eq!(condition(array, "Ready")["status"], "True");
+    assert_eq!(array["loadedConfigHash"], json!(w.config_hash()));
+    let (action, reqs) = w.reconcile().await;
+    let mut want = fetches();
+    want.extend(APPLIES.iter().map(|s| s.to_string()));
+    assert_eq!(
+        summary(&reqs),
+        want,
+        "a converged array writes no status and no event"
+    );
+    assert_eq!(
+        action,
+        Action::requeue(Duration::from_secs(60)),
+        "Secrets are re-read every 60s"
+    );
+}
+
+impl World {
+    fn put_tls_secret(&self, name: &str, body: &str) -> (String, String) {
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let pem = b64.encode(format!(
+            "-----BEGIN CERTIFICATE-----\n{body}\n-----END CERTIFICATE-----\n"
+        ));
+        let key = b64.encode(format!(
+            "-----BEGIN PRIVATE KEY-----\n{body}\n-----END PRIVATE KEY-----\n"
+        ));
+        self.fake.put(
+            &format!("{SECRETS}/{name}"),
+            json!({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+                   "metadata": {"name": name, "namespace": NS},
+                   "data": {"tls.crt": pem, "tls.key": key}}),
+        );
+        (pem, key)
+    }
+
+    fn config_hash(&self) -> String {
+        let cm = self
+            .fake
+            .get("/api/v1/namespaces/shop/configmaps/edge-config")
+            .unwrap();
+        cm["data"]["config.sha256"].as_str().unwrap().to_owned()
+    }
+
+    async fn install(&self) {
+        self.reconcile().await;
+        self.members_report(&[
+            ("edge-a", &[&format!("k{T0}")]),
+            ("edge-b", &[&format!("k{T0}")]),
+        ]);
+        self.reconcile().await;
+    }
+}
+
+#[tokio::test]
+async fn farm_added_is_published_without_touching_the_other_farm_status() {
+    let w = world(default_settings());
+    w.install().await;
+    w.add_farm(
+        "api",
+        200,
+        json!([{"address": "10.2.0.1", "port": 9000}]),
+        json!(null),
+    );
+    let (_, reqs) = w.reconcile().await;
+    let config = w.config();
+    assert_eq!(
+        config["farms"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .collect::<Vec<_>>(),
+        ["shop/api", "shop/web"]
+    );
+    assert!(
+        status_patch(&reqs, &format!("{FARMS}/web")).is_none(),
+        "unchanged farm status is not rewritten"
+    );
+    let api = status_patch(&reqs, &format!("{FARMS}/api")).unwrap();
+    assert_eq!(condition(api, "Accepted")["status"], "True");
+    assert_eq!(
+        events(&reqs)
+            .iter()
+            .map(|e| e.1.as_str())
+            .collect::<Vec<_>>(),
+        ["ConfigApplied"]
+    );
+    // Members still serve the old hash: the array says so.
+    let array = status_patch(&reqs, ARRAY).unwrap();
+    assert_eq!(condition(array, "Ready")["reason"], "ConfigNotLoaded");
+}
+
+#[tokio::test]
+async fn invalid_farm_is_rejected_with_field_and_message_and_the_rest_keeps_working() {
+    let w = world(default_settings());
+    w.install().await;
+    w.add_farm(
+        "bad",
+        300,
+        json!([{"address": "not-an-ip", "port": 80}]),
+        json!(null),
+    );
+    w.add_farm(
+        "meta",
+        400,
+        json!([{"address": "169.254.169.254", "port": 80}]),
+        json!(null),
+    );
+    let (_, reqs) = w.reconcile().await;
+    let bad = status_patch(&reqs, &format!("{FARMS}/bad")).unwrap();
+    let accepted = condition(bad, "Accepted");
+    assert_eq!(accepted["status"], "False");
+    assert_eq!(accepted["reason"], "Invalid");
+    let msg = accepted["message"].as_str().unwrap();
+    assert!(msg.starts_with("spec.servers[0].address: "), "{msg}");
+    assert!(msg.contains("not-an-ip"), "{msg}");
+    assert_eq!(condition(bad, "Ready")["status"], "False");
+    let meta = status_patch(&reqs, &format!("{FARMS}/meta")).unwrap();
+    let msg = condition(meta, "Accepted")["message"].as_str().unwrap();
+    assert!(
+        msg.contains("spec.servers[0].address") && msg.contains("cloud metadata"),
+        "{msg}"
+    );
+    // Only the good farm is in the config, which did not change, so no ConfigMap event.
+    assert_eq!(
+        w.config()["farms"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .collect::<Vec<_>>(),
+        ["shop/web"]
+    );
+    let ev = events(&reqs);
+    assert_eq!(ev.len(), 2, "{ev:?}");
+    assert!(ev.iter().all(|e| e.0 == "Warning" && e.1 == "FarmRejected"));
+    let bad_event = reqs
+        .iter()
+        .find(|r| r.path == EVENTS && r.body["regarding"]["name"] == "bad")
+        .unwrap();
+    assert_eq!(bad_event.body["regarding"]["kind"], "ServerFarm");
+    // The same verdict again: no status write, no second event.
+    let (_, reqs) = w.reconcile().await;
+    assert!(status_patch(&reqs, &format!("{FARMS}/bad")).is_none());
+    assert!(events(&reqs).is_empty());
+    // With private targets allowed, the metadata farm is accepted.
+    let w2 = world(Settings {
+        allow_private_targets: true,
+        ..default_settings()
+    });
+    w2.add_farm(
+        "meta",
+        400,
+        json!([{"address": "169.254.169.254", "port": 80}]),
+        json!(null),
+    );
+    let (_, reqs) = w2.reconcile().await;
+    assert_eq!(
+        condition(
+            status_patch(&reqs, &format!("{FARMS}/meta")).unwrap(),
+            "Accepted"
+        )["status"],
+        "True"
+    );
+}
+
+#[tokio::test]
+async fn endpoint_slice_change_rewrites_config_and_farm_endpoints() {
+    let w = world(default_settings());
+    w.install().await;
+    let before = w.config_hash();
+    w.set_slice(&[
+        ("10.1.0.1", false, true),
+        ("10.1.0.2", true, false),
+        ("10.1.0.3", false, false),
+    ]);
+    let (_, reqs) = w.reconcile().await;
+    assert_ne!(w.config_hash(), before);
+    let config = w.config();
+    assert_eq!(
+        config["endpoints"]["http1://10.1.0.1:8080"]["draining"],
+        true
+    );
+    assert!(config["endpoints"]["http1://10.1.0.2:8080"]["draining"].is_null());
+    assert!(
+        config["endpoints"].get("http1://10.1.0.3:8080").is_none(),
+        "starting endpoints are not targets"
+    );
+    let farm = status_patch(&reqs, &format!("{FARMS}/web")).unwrap();
+    let eps: Vec<(&str, &str)> = farm["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["identity"].as_str().unwrap(),
+                e["health"].as_str().unwrap_or("-"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        eps,
+        [
+            ("http1://10.1.0.1:8080", "Draining"),
+            ("http1://10.1.0.2:8080", "-")
+        ]
+    );
+    assert_eq!(events(&reqs)[0].1, "ConfigApplied");
+    // No ready endpoint left at all: ResolvedRefs says so, the farm stays published.
+    w.set_slice(&[("10.1.0.3", false, false)]);
+    let (_, reqs) = w.reconcile().await;
+    let farm = status_patch(&reqs, &format!("{FARMS}/web")).unwrap();
+    assert_eq!(condition(farm, "Accepted")["status"], "True");
+    assert_eq!(condition(farm, "ResolvedRefs")["reason"], "BackendNotFound");
+    assert_eq!(condition(farm, "Ready")["reason"], "NoEndpoints");
+}
+
+#[tokio::test]
+async fn referenced_secret_missing_then_created() {
+    let w = world(default_settings());
+    // An HTTPS listener, so farm certificates are served (SNI) and travel to members.
+    let mut array = w.fake.get(ARRAY).unwrap();
+    array["spec"]["listeners"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "https", "port": 8443, "protocol": "HTTPS", "tls": {"secretName": "default-cert"}}));
+    w.fake.put(ARRAY, array);
+    w.put_tls_secret("default-cert", "AAA");
+    w.install().await;
+    w.add_farm(
+        "tls",
+        500,
+        json!([{"address": "10.3.0.1", "port": 443}]),
+        json!({"secretName": "tls-cert"}),
+    );
+    let (action, reqs) = w.reconcile().await;
+    assert!(
+        summary(&reqs).contains(&format!("GET {SECRETS}/tls-cert")),
+        "read by name, not listed"
+    );
+    assert!(
+        !summary(&reqs)
+            .iter()
+            .any(|r| r == &format!("GET {SECRETS}")),
+        "Secrets are never listed"
+    );
+    let farm = status_patch(&reqs, &format!("{FARMS}/tls")).unwrap();
+    assert_eq!(condition(farm, "Accepted")["reason"], "UnresolvedRefs");
+    assert_eq!(condition(farm, "ResolvedRefs")["status"], "False");
+    assert_eq!(condition(farm, "ResolvedRefs")["reason"], "SecretNotFound");
+    assert_eq!(
+        condition(farm, "ResolvedRefs")["message"],
+        "Secret tls-cert not found"
+    );
+    assert!(w.config()["farms"].get("shop/tls").is_none());
+    assert_eq!(
+        action,
+        Action::requeue(Duration::from_secs(60)),
+        "re-read within a minute"
+    );
+
+    let (pem, key) = w.put_tls_secret("tls-cert", "ZZZ");
+    let (_, reqs) = w.reconcile().await;
+    let farm = status_patch(&reqs, &format!("{FARMS}/tls")).unwrap();
+    assert_eq!(condition(farm, "Accepted")["status"], "True");
+    assert_eq!(condition(farm, "ResolvedRefs")["status"], "True");
+    assert!(w.config()["farms"].get("shop/tls").is_some());
+    let secret_patch = reqs
+        .iter()
+        .find(|r| r.method == "PATCH" && r.path == format!("{SECRETS}/edge-keys"))
+        .unwrap();
+    assert_eq!(secret_patch.body["data"]["tls-cert.crt"], json!(pem));
+    assert_eq!(secret_patch.body["data"]["tls-cert.key"], json!(key));
+    for r in &reqs {
+        if r.path == format!("{SECRETS}/edge-keys") || r.method == "GET" {
+            continue;
+        }
+        let body = r.body.to_string();
+        assert!(
+            !body.contains(&key) && !body.contains("PRIVATE KEY"),
+            "{} leaks key material",
+            r.path
+        );
+    }
+}
+
+#[tokio::test]
+async fn rotation_step_by_step() {
+    let w = world(default_settings());
+    w.install().await;
+    let k0 = format!("k{T0}");
+    let states = |kr: &KeyringDoc| -> Vec<(String, KeyState, bool)> {
+        kr.keys
+            .iter()
+            .map(|k| (k.id.clone(), k.state, k.retired.is_some()))
+            .collect()
+    };
+
+    // An operator asks for a rotation.
+    *w.clock.lock() = T0 + 100;
+    let mut array = w.fake.get(ARRAY).unwrap();
+    array["metadata"]["annotations"] = json!({"portcullis.io/rotate-keys": "2027-01-15T08:00"});
+    w.fake.put(ARRAY, array);
+    let (action, reqs) = w.reconcile().await;
+    let k1 = format!("k{}", T0 + 100);
+    assert_eq!(
+        states(&w.keyring()),
+        [
+            (k0.clone(), KeyState::Active, false),
+            (k1.clone(), KeyState::Accept, false)
+        ]
+    );
+    let secret = w.fake.get(&format!("{SECRETS}/edge-keys")).unwrap();
+    assert_eq!(
+        secret["metadata"]["annotations"]["portcullis.io/rotate-keys-handled"],
+        "2027-01-15T08:00"
+    );
+    assert_eq!(
+        events(&reqs)
+            .iter()
+            .map(|e| e.1.as_str())
+            .collect::<Vec<_>>(),
+        ["KeyAdded"]
+    );
+    assert_eq!(action, Action::requeue(Duration::from_secs(10)));
+    let status = status_patch(&reqs, ARRAY).unwrap();
+    assert_eq!(status["activeKeyId"], k0);
+    assert_eq!(status["keyIds"], json!([k0, k1]));
+
+    // edge-b has not loaded the new key yet: no promotion.
+    w.members_report(&[("edge-a", &[&k0, &k1]), ("edge-b", &[&k0])]);
+    *w.clock.lock() = T0 + 110;
+    let (action, reqs) = w.reconcile().await;
+    assert_eq!(
+        states(&w.keyring())[0],
+        (k0.clone(), KeyState::Active, false)
+    );
+    assert!(events(&reqs).is_empty());
+    assert_eq!(action, Action::requeue(Duration::from_secs(10)));
+    let status = status_patch(&reqs, ARRAY).unwrap();
+    assert_eq!(
+        condition(status, "KeysRotating")["message"],
+        format!("key {k1} not yet loaded by edge-b")
+    );
+    assert_eq!(status["members"][1]["keyIds"], json!([k0]));
+
+    // Every ready member has it: promote; the old key is retired and still accepted.
+    w.members_report(&[("edge-a", &[&k0, &k1]), ("edge-b", &[&k0, &k1])]);
+    *w.clock.lock() = T0 + 120;
+    let (_, reqs) = w.reconcile().await;
+    assert_eq!(
+        states(&w.keyring()),
+        [
+            (k0.clone(), KeyState::Accept, true),
+            (k1.clone(), KeyState::Active, false)
+        ]
+    );
+    assert_eq!(events(&reqs)[0].1, "KeyPromoted");
+    assert_eq!(status_patch(&reqs, ARRAY).unwrap()["activeKeyId"], k1);
+
+    // The annotation was handled: nothing more until the acceptance window (24h) ends.
+    *w.clock.lock() = T0 + 3600;
+    let (_, reqs) = w.reconcile().await;
+    assert_eq!(w.keyring().keys.len(), 2);
+    assert!(events(&reqs).is_empty());
+    *w.clock.lock() = T0 + 120 + 24 * 3600;
+    let (_, reqs) = w.reconcile().await;
+    assert_eq!(
+        states(&w.keyring()),
+        [(k1.clone(), KeyState::Active, false)]
+    );
+    assert_eq!(events(&reqs)[0].1, "KeysRemoved");
+}
+
+#[tokio::test]
+async fn array_deleted_leaves_cleanup_to_owner_references() {
+    let w = world(default_settings());
+    w.install().await;
+    let (_, all) = w.reconcile().await;
+    assert!(
+        all.iter().all(|r| r.method != "DELETE"),
+        "the controller never deletes by hand"
+    );
+    // Every object the controller created is owned by the array as its controller, so the
+    // garbage collector removes them all when the array is deleted.
+    let created: Vec<String> = all
+        .iter()
+        .filter(|r| r.method == "PATCH" && !r.path.ends_with("/status"))
+        .map(|r| r.path.clone())
+        .collect();
+    assert_eq!(created.len(), 8, "eight objects per array");
+    w.fake.objects.lock().remove(ARRAY);
+    for path in &created {
+        let obj = w.fake.get(path).unwrap();
+        let owners = obj["metadata"]["ownerReferences"].as_array().unwrap();
+        assert_eq!(owners.len(), 1, "{path}");
+        assert_eq!(
+            owners[0],
+            json!({"apiVersion": "portcullis.io/v1alpha1", "kind": "GatewayArray", "name": "edge",
+                   "uid": "uid-edge", "controller": true, "blockOwnerDeletion": true}),
+            "{path}"
+        );
+    }
+}
