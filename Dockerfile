@@ -7,11 +7,13 @@
 #
 # Stages: `chef` installs cargo-chef; `planner` turns the manifests into a recipe;
 # `builder` compiles the dependencies from the recipe alone (a layer that stays cached
-# until Cargo.toml/Cargo.lock change), then the workspace; `runtime` is distroless and
-# non-root.
+# until Cargo.toml/Cargo.lock change), then the workspace; `runtime` is Debian slim with
+# a non-root user. Not distroless: the member Deployments the controller writes run
+# `sleep` in their preStop hook (so endpoints drop out before draining starts), and
+# distroless has no `sleep`.
 
 ARG RUST_IMAGE=rust:1-bookworm
-ARG RUNTIME_IMAGE=gcr.io/distroless/cc-debian12:nonroot
+ARG RUNTIME_IMAGE=debian:bookworm-slim
 
 FROM ${RUST_IMAGE} AS chef
 RUN cargo install cargo-chef --locked --version ^0.1
@@ -32,13 +34,19 @@ RUN cargo build --release --locked -p portcullis-controller -p portcullis-datapl
  && install -D -m 0755 target/release/portcullis-dataplane /out/portcullis-dataplane
 
 FROM ${RUNTIME_IMAGE} AS runtime
+# CA roots for upstream TLS verified against the system store; a fixed non-root user.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates \
+ && rm -rf /var/lib/apt/lists/* \
+ && groupadd --system --gid 65532 nonroot \
+ && useradd --system --uid 65532 --gid 65532 --no-create-home --shell /usr/sbin/nologin nonroot
 LABEL org.opencontainers.image.title="portcullis" \
       org.opencontainers.image.description="Portcullis ingress controller and dataplane" \
       org.opencontainers.image.source="https://github.com/portcullis-io/portcullis" \
       org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=builder /out/portcullis-controller /usr/local/bin/portcullis-controller
 COPY --from=builder /out/portcullis-dataplane /usr/local/bin/portcullis-dataplane
-# distroless `nonroot`: uid/gid 65532, matching the chart's podSecurityContext.
+# uid/gid 65532, matching the chart's podSecurityContext (runAsNonRoot needs a numeric USER).
 USER 65532:65532
 EXPOSE 9902
 ENTRYPOINT ["/usr/local/bin/portcullis-controller"]

@@ -584,3 +584,21 @@ def test_e2e_manifests_validate(kube_version: str) -> None:
     for doc in docs:
         kubernetes_validate.validate(doc, kube_version, strict=True)
         assert "namespace" not in doc["metadata"], "applied with -n into each test's namespace"
+
+
+def test_quickstart_farm_matches_the_crd_and_the_example_array() -> None:
+    """The cluster quick start's farm is a valid ServerFarm for the `demo` array of examples/."""
+    import jsonschema  # a dependency of kubernetes-validate
+
+    farm = yaml.safe_load((REPO / "e2e" / "manifests" / "quickstart-farm.yaml").read_text())
+    crd = next(c for c in crd_file_docs() if c["spec"]["names"]["kind"] == "ServerFarm")
+    (version,) = [v for v in crd["spec"]["versions"] if v["name"] == "v1alpha1"]
+    schema = version["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    jsonschema.Draft7Validator(schema).validate(farm["spec"])
+    assert farm["apiVersion"] == "portcullis.io/v1alpha1" and "namespace" not in farm["metadata"]
+    array = yaml.safe_load((REPO / "examples" / "gateway-array.yaml").read_text())
+    assert farm["spec"]["arrayRef"]["name"] == array["metadata"]["name"]
+    backend = [d for d in yaml.safe_load_all((REPO / "e2e" / "manifests" / "demo-backend.yaml").read_text()) if d]
+    service = next(d for d in backend if d["kind"] == "Service")
+    (server,) = farm["spec"]["servers"]
+    assert server["service"] == {"name": service["metadata"]["name"], "port": service["spec"]["ports"][0]["port"]}
