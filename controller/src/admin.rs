@@ -47,14 +47,18 @@ fn respond(admin: &Admin, path: &str) -> Response<Full<Bytes>> {
         .expect("a valid response")
 }
 
-/// Binds `addr` and serves until the task is dropped.
+/// Binds `addr` and serves until the task is aborted.
 pub(crate) async fn serve(
     addr: SocketAddr,
     admin: Arc<Admin>,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let listener = TcpListener::bind(addr).await?;
     tracing::info!(%addr, "admin endpoint listening");
-    Ok(tokio::spawn(async move {
+    Ok(serve_on(listener, admin))
+}
+
+fn serve_on(listener: TcpListener, admin: Arc<Admin>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
@@ -70,5 +74,53 @@ pub(crate) async fn serve(
                     .await;
             });
         }
-    }))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn get(addr: SocketAddr, path: &str) -> String {
+        let mut sock = tokio::net::TcpStream::connect(addr).await.unwrap();
+        sock.write_all(
+            format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut out = String::new();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            sock.read_to_string(&mut out),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        out
+    }
+
+    #[tokio::test]
+    async fn serves_health_readiness_and_metrics() {
+        let metrics = crate::metrics::Metrics::default();
+        metrics.reconciles.inc();
+        let admin = Arc::new(Admin {
+            registry: metrics.registry(),
+            ready: AtomicBool::new(false),
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = serve_on(listener, admin.clone());
+        assert!(get(addr, "/healthz").await.starts_with("HTTP/1.1 200"));
+        assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 503"));
+        admin.ready.store(true, Ordering::Relaxed);
+        assert!(get(addr, "/readyz").await.starts_with("HTTP/1.1 200"));
+        let m = get(addr, "/metrics").await;
+        assert!(
+            m.contains("portcullis_controller_reconciles_total 1"),
+            "{m}"
+        );
+        assert!(get(addr, "/nope").await.starts_with("HTTP/1.1 404"));
+        task.abort();
+    }
 }

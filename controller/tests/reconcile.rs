@@ -916,3 +916,54 @@ async fn array_deleted_leaves_cleanup_to_owner_references() {
         );
     }
 }
+
+#[tokio::test]
+async fn missing_listener_secret_writes_nothing_and_says_why() {
+    let w = world(default_settings());
+    let mut array = w.fake.get(ARRAY).unwrap();
+    array["spec"]["listeners"] = json!([{"name": "https", "port": 8443, "protocol": "HTTPS",
+                                         "tls": {"secretName": "default-cert"}}]);
+    w.fake.put(ARRAY, array);
+    let (action, reqs) = w.reconcile().await;
+    let mut want = vec![
+        format!("GET {FARMS}"),
+        format!("GET {SECRETS}/default-cert"),
+        format!("GET {SECRETS}/edge-keys"),
+        "GET /api/v1/namespaces/shop/services/web".into(),
+        format!("GET {SLICES}"),
+        format!("GET {PODS}"),
+    ];
+    want.extend([
+        format!("PATCH {FARMS}/web/status"),
+        format!("PATCH {ARRAY}/status"),
+        format!("POST {EVENTS}"),
+    ]);
+    assert_eq!(
+        summary(&reqs),
+        want,
+        "no object is applied without the listener certificate"
+    );
+    let status = status_patch(&reqs, ARRAY).unwrap();
+    let refs = condition(status, "ResolvedRefs");
+    assert_eq!(refs["status"], "False");
+    assert_eq!(refs["reason"], "SecretNotFound");
+    assert!(
+        refs["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("Secret default-cert not found")
+    );
+    assert_eq!(condition(status, "Ready")["reason"], "NotAccepted");
+    let ev = events(&reqs);
+    assert_eq!(ev[0].0, "Warning");
+    assert_eq!(ev[0].1, "ArrayNotApplied");
+    assert_eq!(action, Action::requeue(Duration::from_secs(60)));
+    // Once the Secret exists, everything is applied.
+    w.put_tls_secret("default-cert", "CCC");
+    let (_, reqs) = w.reconcile().await;
+    assert!(summary(&reqs).contains(&APPLIES[4].to_string()));
+    assert_eq!(
+        condition(status_patch(&reqs, ARRAY).unwrap(), "ResolvedRefs")["status"],
+        "True"
+    );
+}
