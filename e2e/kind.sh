@@ -13,6 +13,8 @@
 #   PORTCULLIS_IMAGE    image tag to build and load (default portcullis:e2e)
 #   SKIP_BUILD=1        do not docker build (the image must already exist locally)
 #   E2E_TEST_FILTER     only run e2e tests whose name contains this
+#   HELM_EXTRA_ARGS     extra `helm upgrade --install` arguments, e.g.
+#                       "--set secrets.watchClusterWide=true"
 #   PORTCULLIS_E2E_KEEP=1  keep a failed test's namespace (implies KEEP_CLUSTER=1)
 set -euo pipefail
 
@@ -102,6 +104,7 @@ helm --kube-context "$CONTEXT" upgrade --install "$RELEASE" charts/portcullis \
   --namespace "$RELEASE_NS" --create-namespace \
   --set image.repository="$IMAGE_REPO" --set image.tag="$IMAGE_TAG" \
   --set image.pullPolicy=Never \
+  ${HELM_EXTRA_ARGS:-} \
   --wait --timeout 5m
 k wait --for condition=established --timeout=60s \
   crd/gatewayarrays.portcullis.io crd/serverfarms.portcullis.io

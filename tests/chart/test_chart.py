@@ -301,6 +301,8 @@ EXPECTED_CONTROLLER_RULES = {
 } | {
     ("portcullis.io", r, v, ()) for r in ("gatewayarrays/status", "serverfarms/status") for v in ("patch", "update")
 } | {
+    ("portcullis.io", "gatewayarrays/finalizers", "update", ())
+} | {
     (g, r, v, ())
     for g, r in [
         ("", "configmaps"),
@@ -398,7 +400,10 @@ def test_without_leader_election_there_is_no_lease_role(chart: helm.Chart) -> No
 
 # The Role the controller gives array members: read their own ConfigMap and Secret. The
 # API server refuses to let anyone create a Role granting more than they hold themselves
-# (RBAC escalation check), so the controller's own rules must cover it.
+# (RBAC escalation check), so the controller's own rules must cover it. By default the
+# controller holds only `get` on Secrets, so a member Role may grant only `get` on the
+# member's Secret; granting members list/watch on it (a single-object watch) needs
+# secrets.watchClusterWide (see controller/RBAC.md and values.yaml).
 MEMBER_ROLE_DEFAULT = [
     ("", "configmaps", v) for v in ("get", "list", "watch")
 ] + [("", "secrets", "get")]

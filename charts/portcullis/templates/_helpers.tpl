@@ -94,6 +94,11 @@ the Role (only `watchNamespace`). Each rule says why the controller needs it.
 - apiGroups: ["portcullis.io"]
   resources: ["gatewayarrays/status", "serverfarms/status"]
   verbs: ["patch", "update"]
+# Owned objects carry blockOwnerDeletion; where the OwnerReferencesPermissionEnforcement
+# admission plugin is on (OpenShift), setting it requires update on the owner's finalizers.
+- apiGroups: ["portcullis.io"]
+  resources: ["gatewayarrays/finalizers"]
+  verbs: ["update"]
 # Per array: the dataplane config (ConfigMap), the Service in front of the members and
 # the members' ServiceAccount, all owned by the GatewayArray.
 - apiGroups: [""]
