@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use anyhow::ensure;
 use kube::ResourceExt;
 use kube::api::{Patch, PatchParams};
-use portcullis_crds::v1alpha1::ServerFarm;
-use portcullis_e2e::{Ctx, fixtures, owned, with_temp_ns};
+use portcullis_crds::v1alpha1::{GatewayArray, ServerFarm};
+use portcullis_e2e::{Ctx, fixtures, owned, wait, with_temp_ns};
 use serde_json::json;
 
 async fn member_identity(ctx: &Ctx) -> anyhow::Result<BTreeMap<String, i32>> {
@@ -48,12 +48,26 @@ async fn farm_edit_applies_without_restarting_members() {
             .patch("site", &PatchParams::default(), &Patch::Merge(&patch))
             .await?;
         fixtures::wait_farm_condition(&ctx, "site", "Ready", "True").await?;
-        let after = fixtures::wait_array_ready(&ctx, "edge", 2).await?;
-        ensure!(
-            after.status.as_ref().and_then(|s| s.config_hash.clone())
-                != before.status.as_ref().and_then(|s| s.config_hash.clone()),
-            "the config hash did not change"
-        );
+        // A farm edit does not change the array's generation: wait for a new config hash
+        // that every member has loaded.
+        let old_hash = before.status.as_ref().and_then(|s| s.config_hash.clone());
+        let api = ctx.api::<GatewayArray>();
+        wait::until(
+            "a new config loaded by every member",
+            ctx.timeout,
+            || async {
+                let a = api.get("edge").await?;
+                let Some(status) = a.status else {
+                    return Ok(None);
+                };
+                let fresh = status.config_hash.is_some()
+                    && status.config_hash != old_hash
+                    && status.loaded_config_hash == status.config_hash
+                    && status.ready_members == 2;
+                Ok(fresh.then_some(()))
+            },
+        )
+        .await?;
         // The same port-forward (the same member) now reaches the new servers.
         fixtures::wait_routed(&ctx, pf.local_port, "site.e2e.test", "demo-b").await?;
         for _ in 0..20 {
