@@ -214,7 +214,7 @@ def test_expected_objects_by_default(chart: helm.Chart) -> None:
 
 def test_notes_tell_the_next_step(chart: helm.Chart) -> None:
     notes = next(v for k, v in render(chart).items() if k.endswith("NOTES.txt"))
-    assert "kubectl -n portcullis-demo apply -f examples/" in notes
+    assert "kubectl apply -f examples/ -f e2e/manifests/quickstart-farm.yaml" in notes
     assert "port-forward" in notes and "curl" in notes
     assert "service/portcullis-metrics 9902:9902" in notes
 
