@@ -1,1 +1,102 @@
 //! Array sessions: the shared keyring, sealed affinity cookies and cookie protection.
+//!
+//! Any member of a GatewayArray can continue a session another member started, because
+//! every member seals and opens cookies with the same keyring (the array's Secret, or
+//! `--keyring FILE` in local mode; format in [`portcullis_crds::keyring`]).
+//!
+//! # Sealing
+//!
+//! - AEAD: XChaCha20-Poly1305 (`chacha20poly1305` 0.10). Each key's 256-bit secret is
+//!   used only to derive two subkeys with SHA-256 under distinct labels: the AEAD key,
+//!   and the key of the synthetic nonces below.
+//! - A sealed text is `v1.<key id>.<base64url(nonce || ciphertext || tag)>` (no padding;
+//!   the decoder refuses non-canonical base64, so any change to the text changes the
+//!   bytes the AEAD checks). The key id is in the clear so a member picks the right key.
+//! - Associated data: the format version, the purpose (`affinity` or `cookie-name`), the
+//!   key id and the cookie name the text travels under, each length-prefixed.
+//! - The farm id is bound too, *inside* the authenticated plaintext rather than in the
+//!   associated data: the binding is as strong (a changed farm id fails the tag like any
+//!   other change), and a member can then tell a cookie sealed for another farm
+//!   (`other_farm`) from a forged one (`tampered`) instead of reporting both alike.
+//! - New cookies are sealed with the active key only; cookies open with any key in the
+//!   ring (`active` or `accept`).
+//!
+//! # Affinity cookie (`affinity: Cookie`)
+//!
+//! Value: a sealed text with a random 192-bit nonce (random nonces of that length are safe
+//! for any number of members writing with one key). Plaintext: farm id, issue time,
+//! expiry (issue + the farm's `maxSessionTime`), last-seen time, and the endpoint
+//! identity key. Expiry and idle timeout are checked here, whatever the browser keeps.
+//! Pod addresses exist only inside the ciphertext. Attributes: `HttpOnly`, `Secure` on
+//! HTTPS listeners, `SameSite` from the farm (default `Lax`), `Path` of the route,
+//! `Max-Age` up to the expiry. The cookie is reissued when the session moves, every
+//! tenth of the idle timeout (to slide the idle timer), and when it was sealed with a
+//! key that is no longer active (so rotation migrates live sessions).
+//!
+//! # Cookie protection (`cookieProtection: Encrypt`)
+//!
+//! `Set-Cookie` names from the farm's servers become `__pc_v1.<key id>.<base64url>`: the
+//! sealed farm id and original name. The nonce is synthetic (SHA-256 of the nonce subkey,
+//! purpose and plaintext), so a name seals to the same text every time under one key and
+//! the browser replaces the cookie instead of keeping copies; equal names reveal only that
+//! they are equal. Values and attributes pass unchanged. On requests every member removes
+//! every `__pc_` cookie, and forwards only those sealed for the farm being requested,
+//! under their original names (which must be cookie tokens). When a name was set again
+//! after a rotation, the copy under the active key wins and the old copy is expired on
+//! that response. A protected cookie lives as long as the key that sealed its name stays
+//! in the ring, unless the server sets it again.
+//!
+//! # Rejections
+//!
+//! A cookie that does not open is treated as absent: removed from the request, counted
+//! in `portcullis_session_cookie_rejected_total{farm,reason}` ([`RejectReason`]), and
+//! logged at debug with its key id and reason only. Keys never appear in logs, errors or
+//! metrics.
+//!
+//! # No keyring
+//!
+//! A member given no keyring makes up one random key at first use and warns: its cookies
+//! open on that member only, and not after a restart. That suits a single local member.
+
+mod affinity;
+mod keyring;
+mod manager;
+mod protection;
+mod seal;
+
+pub use keyring::KeyringLoadError;
+pub use manager::{RequestSession, SessionManager};
+pub use protection::SEALED_NAME_PREFIX;
+
+/// Why a cookie was dropped: the `reason` label of
+/// `portcullis_session_cookie_rejected_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RejectReason {
+    /// Sealed with a key id that is not in the ring (another array, or a removed key).
+    UnknownKey,
+    /// The authentication tag does not verify: changed, truncated, or moved to another
+    /// cookie name.
+    Tampered,
+    /// The session is past its expiry or was idle too long.
+    Expired,
+    /// Sealed for another farm.
+    OtherFarm,
+    /// Not the shape of a sealed cookie.
+    Malformed,
+}
+
+impl RejectReason {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::UnknownKey => "unknown_key",
+            RejectReason::Tampered => "tampered",
+            RejectReason::Expired => "expired",
+            RejectReason::OtherFarm => "other_farm",
+            RejectReason::Malformed => "malformed",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
