@@ -119,29 +119,45 @@ async fn serve_connection(
         .max_headers(max_headers)
         .max_buf_size(max_header_bytes.max(8192));
     builder.http2().timer(TokioTimer::new()).max_header_list_size(max_header_bytes as u32);
-    let shared_c = shared.clone();
-    let armed3 = armed.clone();
-    let service = hyper::service::service_fn(move |req| {
-        armed3.store(false, Ordering::Relaxed);
-        proxy::handle(shared_c.clone(), info, req)
-    });
+    let mut h2 = false;
     let io: Pin<Box<dyn crate::pool::Io>> = match tls {
         None => Box::pin(tcp),
         Some(acceptor) => match tokio::time::timeout(header_timeout, acceptor.accept(tcp)).await {
             Ok(Ok(s)) => {
                 if s.get_ref().1.alpn_protocol() == Some(b"h2") {
                     builder = builder.http2_only();
+                    h2 = true;
                 }
                 Box::pin(s)
             }
             _ => return,
         },
     };
+    let sniffer = Sniffer::new(max_header_bytes.max(8192), !h2);
+    let verdicts = sniffer.verdicts.clone();
+    let shared_c = shared.clone();
+    let armed3 = armed.clone();
+    let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        armed3.store(false, Ordering::Relaxed);
+        let verdict = if req.version() <= http::Version::HTTP_11 {
+            verdicts.lock().pop_front().flatten()
+        } else {
+            None
+        };
+        let shared = shared_c.clone();
+        async move {
+            match verdict {
+                Some(reason) => Ok(proxy::error_response(http::StatusCode::BAD_REQUEST, reason)),
+                None => proxy::handle(shared, info, req).await,
+            }
+        }
+    });
     let io = HeadTimeout {
         inner: io,
         sleep: Box::pin(tokio::time::sleep(header_timeout)),
         armed,
         fired: false,
+        sniffer,
     };
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
@@ -163,6 +179,117 @@ struct HeadTimeout {
     sleep: Pin<Box<tokio::time::Sleep>>,
     armed: Arc<AtomicBool>,
     fired: bool,
+    sniffer: Sniffer,
+}
+
+/// Reads HTTP/1 request heads as they arrive, before hyper normalizes them, to spot
+/// framing that two parsers could read differently (hyper quietly drops a second
+/// `Content-Length`, and `Content-Length` beside `Transfer-Encoding`). Each head's verdict
+/// is queued; the service takes them in order, since HTTP/1 requests are served in order.
+pub(crate) struct Sniffer {
+    state: SniffState,
+    buf: Vec<u8>,
+    max: usize,
+    pub(crate) verdicts: Arc<parking_lot::Mutex<std::collections::VecDeque<Option<&'static str>>>>,
+}
+
+enum SniffState {
+    Head,
+    Body(u64),
+    /// HTTP/2, a chunked body (not followed), or an upgrade: no more sniffing.
+    Off,
+}
+
+impl Sniffer {
+    fn new(max: usize, on: bool) -> Self {
+        Sniffer {
+            state: if on { SniffState::Head } else { SniffState::Off },
+            buf: Vec::new(),
+            max,
+            verdicts: Arc::default(),
+        }
+    }
+
+    fn feed(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            match self.state {
+                SniffState::Off => return,
+                SniffState::Body(n) => {
+                    let take = (n as usize).min(data.len());
+                    data = &data[take..];
+                    let left = n - take as u64;
+                    self.state = if left == 0 { SniffState::Head } else { SniffState::Body(left) };
+                }
+                SniffState::Head => {
+                    if self.buf.is_empty() && data.starts_with(b"PRI * HTTP/2.0") {
+                        self.state = SniffState::Off;
+                        return;
+                    }
+                    let before = self.buf.len();
+                    self.buf.extend_from_slice(data);
+                    let Some(end) = find_head_end(&self.buf) else {
+                        if self.buf.len() > self.max {
+                            self.state = SniffState::Off;
+                        }
+                        return;
+                    };
+                    let consumed = end - before;
+                    data = &data[consumed.min(data.len())..];
+                    let head = std::mem::take(&mut self.buf);
+                    let (verdict, next) = judge(&head[..end]);
+                    self.verdicts.lock().push_back(verdict);
+                    self.state = next;
+                }
+            }
+        }
+    }
+}
+
+fn find_head_end(b: &[u8]) -> Option<usize> {
+    // Leading empty lines before a request line are allowed.
+    let start = b.iter().position(|c| *c != b'\r' && *c != b'\n')?;
+    let rest = &b[start..];
+    rest.windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| start + p + 4)
+        .or_else(|| rest.windows(2).position(|w| w == b"\n\n").map(|p| start + p + 2))
+}
+
+fn judge(head: &[u8]) -> (Option<&'static str>, SniffState) {
+    let mut cl = 0usize;
+    let mut cl_value: Option<u64> = None;
+    let mut te = false;
+    let mut upgrade = false;
+    for line in head.split(|c| *c == b'\n').skip(1) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(colon) = line.iter().position(|c| *c == b':') else { continue };
+        let name = line[..colon].trim_ascii();
+        let value = line[colon + 1..].trim_ascii();
+        if name.eq_ignore_ascii_case(b"content-length") {
+            cl += 1;
+            cl_value = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok());
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            te = true;
+        } else if name.eq_ignore_ascii_case(b"upgrade") {
+            upgrade = true;
+        }
+    }
+    let verdict = if cl > 1 {
+        Some("duplicate-content-length")
+    } else if cl > 0 && te {
+        Some("content-length-and-transfer-encoding")
+    } else {
+        None
+    };
+    let next = if te || upgrade || verdict.is_some() {
+        SniffState::Off
+    } else {
+        match cl_value {
+            Some(n) if n > 0 => SniffState::Body(n),
+            _ => SniffState::Head,
+        }
+    };
+    (verdict, next)
 }
 
 impl AsyncRead for HeadTimeout {
@@ -182,7 +309,13 @@ impl AsyncRead for HeadTimeout {
         if self.fired {
             return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "header read timeout")));
         }
-        self.inner.as_mut().poll_read(cx, buf)
+        let before = buf.filled().len();
+        let r = self.inner.as_mut().poll_read(cx, buf);
+        if r.is_ready() && !matches!(self.sniffer.state, SniffState::Off) {
+            let new = buf.filled()[before..].to_vec();
+            self.sniffer.feed(&new);
+        }
+        r
     }
 }
 

@@ -83,6 +83,11 @@ impl ConnectError {
     }
 }
 
+enum Permit {
+    Open(Option<OwnedSemaphorePermit>),
+    Reuse(Sender),
+}
+
 /// A request sender on one upstream connection.
 pub(crate) enum Sender {
     H1(http1::SendRequest<Incoming>),
@@ -101,6 +106,8 @@ pub(crate) struct Pool {
     h2: Mutex<Vec<http2::SendRequest<Incoming>>>,
     limit: Mutex<Option<(u32, Arc<Semaphore>)>>,
     open: Arc<AtomicUsize>,
+    /// Signalled when a connection goes back to the idle list.
+    returned: tokio::sync::Notify,
 }
 
 /// One endpoint identity: its pool and the facts about it that outlive reloads.
@@ -134,6 +141,7 @@ impl Endpoint {
                 h2: Mutex::new(Vec::new()),
                 limit: Mutex::new(None),
                 open: Arc::new(AtomicUsize::new(0)),
+                returned: tokio::sync::Notify::new(),
             },
             in_flight: AtomicUsize::new(0),
             ewma_us: AtomicU64::new(0),
@@ -182,12 +190,13 @@ impl Endpoint {
             self.metrics.pool_reused.get_or_create(&self.label).inc();
             return Ok(s);
         }
-        let permit = self.permit(connect_timeout).await?;
-        // Another request may have returned a connection while we waited.
-        if let Some(s) = self.take_idle() {
-            self.metrics.pool_reused.get_or_create(&self.label).inc();
-            return Ok(s);
-        }
+        let permit = match self.permit(connect_timeout).await? {
+            Permit::Reuse(s) => {
+                self.metrics.pool_reused.get_or_create(&self.label).inc();
+                return Ok(s);
+            }
+            Permit::Open(p) => p,
+        };
         let sender = tokio::time::timeout(connect_timeout, self.connect(tls, permit))
             .await
             .map_err(|_| ConnectError::Timeout)??;
@@ -217,18 +226,30 @@ impl Endpoint {
         taken
     }
 
-    async fn permit(&self, wait: Duration) -> Result<Option<OwnedSemaphorePermit>, ConnectError> {
+    /// Waits for the right to open a connection, or for a connection to come back.
+    async fn permit(&self, wait: Duration) -> Result<Permit, ConnectError> {
         let sem = self.pool.limit.lock().as_ref().map(|(_, s)| s.clone());
-        let Some(sem) = sem else { return Ok(None) };
-        if self.identity.protocol == UpstreamProtocol::Http2 {
-            // One h2 connection carries many streams; a second waiter reuses it.
+        let Some(sem) = sem else {
+            return Ok(Permit::Open(None));
+        };
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
             if let Ok(p) = sem.clone().try_acquire_owned() {
-                return Ok(Some(p));
+                return Ok(Permit::Open(Some(p)));
             }
-        }
-        match tokio::time::timeout(wait, sem.acquire_owned()).await {
-            Ok(Ok(p)) => Ok(Some(p)),
-            _ => Err(ConnectError::Saturated),
+            if let Some(s) = self.take_idle() {
+                return Ok(Permit::Reuse(s));
+            }
+            let returned = self.pool.returned.notified();
+            tokio::select! {
+                _ = returned => {}
+                p = sem.clone().acquire_owned() => {
+                    if let Ok(p) = p {
+                        return Ok(Permit::Open(Some(p)));
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => return Err(ConnectError::Saturated),
+            }
         }
     }
 
@@ -286,6 +307,8 @@ impl Endpoint {
                 .pool_idle
                 .get_or_create(&ep.label)
                 .set(idle.len() as i64);
+            drop(idle);
+            ep.pool.returned.notify_one();
         };
         if sender.is_ready() {
             put(sender);

@@ -58,6 +58,10 @@ pub(crate) fn error_response(status: StatusCode, reason: &'static str) -> Respon
     let h = r.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     h.insert("x-portcullis-error", HeaderValue::from_static(reason));
+    if status == StatusCode::BAD_REQUEST {
+        // A connection that sent an ambiguous request is not trusted with another.
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     r
 }
 

@@ -1,0 +1,97 @@
+//! Requests two parsers could read differently are refused with 400 and never reach a
+//! backend; slow headers get 408; oversized headers get 431.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[tokio::test]
+async fn ambiguous_requests_are_refused_and_never_forwarded() {
+    let b = Backend::start("b").await;
+    let dir = TempDir::new("hygiene");
+    let port = free_port();
+    dir.write("array.yaml", &array_yaml(&[("web", port, "HTTP", None)]));
+    dir.write("farm.yaml", &farm_yaml("b", &["b.test"], &["/"], &[addr_server(b.addr)], ""));
+    let h = start(dir.path()).await;
+    let addr = h.listener_addr(port).unwrap();
+    let cases: &[(&str, &[u8])] = &[
+        ("CL+TE", b"POST / HTTP/1.1\r\nHost: b.test\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
+        ("dup CL", b"POST / HTTP/1.1\r\nHost: b.test\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx"),
+        ("conflicting CL", b"POST / HTTP/1.1\r\nHost: b.test\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nxy"),
+        ("CL list", b"POST / HTTP/1.1\r\nHost: b.test\r\nContent-Length: 1, 1\r\n\r\nx"),
+        ("obs-fold", b"GET / HTTP/1.1\r\nHost: b.test\r\nX-A: one\r\n two\r\n\r\n"),
+        ("NUL", b"GET / HTTP/1.1\r\nHost: b.test\r\nX-A: a\x00b\r\n\r\n"),
+        ("control", b"GET / HTTP/1.1\r\nHost: b.test\r\nX-A: a\x01b\r\n\r\n"),
+        ("absolute-form", b"GET http://b.test/ HTTP/1.1\r\nHost: b.test\r\n\r\n"),
+        ("asterisk", b"OPTIONS * HTTP/1.1\r\nHost: b.test\r\n\r\n"),
+        ("CONNECT", b"CONNECT b.test:443 HTTP/1.1\r\nHost: b.test:443\r\n\r\n"),
+        ("%2F", b"GET /a%2Fb HTTP/1.1\r\nHost: b.test\r\n\r\n"),
+        ("%2f", b"GET /a%2fb HTTP/1.1\r\nHost: b.test\r\n\r\n"),
+        ("%5C", b"GET /a%5Cb HTTP/1.1\r\nHost: b.test\r\n\r\n"),
+        ("%2e", b"GET /%2e%2e/etc HTTP/1.1\r\nHost: b.test\r\n\r\n"),
+        ("dot", b"GET /a/./b HTTP/1.1\r\nHost: b.test\r\n\r\n"),
+        ("dotdot", b"GET /a/../b HTTP/1.1\r\nHost: b.test\r\n\r\n"),
+        ("double slash", b"GET /a//b HTTP/1.1\r\nHost: b.test\r\n\r\n"),
+        ("backslash", b"GET /a\\b HTTP/1.1\r\nHost: b.test\r\n\r\n"),
+        ("bad percent", b"GET /a%zz HTTP/1.1\r\nHost: b.test\r\n\r\n"),
+        ("short percent", b"GET /a%2 HTTP/1.1\r\nHost: b.test\r\n\r\n"),
+    ];
+    for (name, req) in cases {
+        let resp = raw(addr, req).await;
+        assert!(resp.starts_with("HTTP/1.1 400"), "{name}: {resp:?}");
+    }
+    assert!(b.seen().is_empty(), "the backend saw {:?}", b.seen());
+    assert_eq!(b.accepted(), 0);
+    // A clean request on the same listener still passes.
+    let resp = raw(addr, b"GET /a/b HTTP/1.1\r\nHost: b.test\r\nConnection: close\r\n\r\n").await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn slow_headers_get_408_and_big_headers_431() {
+    let b = Backend::start("b").await;
+    let dir = TempDir::new("slow");
+    let port = free_port();
+    dir.write("array.yaml", &array_yaml(&[("web", port, "HTTP", None)]).replace(
+        "limits: {headerReadTimeout: 1s}",
+        "limits: {headerReadTimeout: 1s, maxHeaders: 20, maxHeaderBytes: 8192}",
+    ));
+    dir.write("farm.yaml", &farm_yaml("b", &["b.test"], &["/"], &[addr_server(b.addr)], ""));
+    let h = start(dir.path()).await;
+    let addr = h.listener_addr(port).unwrap();
+
+    // One byte every 300 ms: cut off after the 1 s header-read timeout.
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut out = Vec::new();
+    for byte in b"GET / HTTP/1.1\r\nHost: b.test\r\n\r\n" {
+        if s.write_all(&[*byte]).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if started.elapsed() > Duration::from_secs(4) {
+            break;
+        }
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text:?}");
+    assert!(started.elapsed() < Duration::from_secs(4));
+
+    let mut many = String::from("GET / HTTP/1.1\r\nHost: b.test\r\n");
+    for i in 0..40 {
+        many.push_str(&format!("x-h{i}: v\r\n"));
+    }
+    many.push_str("\r\n");
+    let resp = raw(addr, many.as_bytes()).await;
+    assert!(resp.starts_with("HTTP/1.1 431"), "{resp:?}");
+    let big = format!("GET / HTTP/1.1\r\nHost: b.test\r\nx-big: {}\r\n\r\n", "a".repeat(20_000));
+    let resp = raw(addr, big.as_bytes()).await;
+    assert!(resp.starts_with("HTTP/1.1 431"), "{resp:?}");
+    assert!(b.seen().is_empty());
+    h.shutdown().await;
+}

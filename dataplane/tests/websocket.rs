@@ -1,0 +1,44 @@
+//! A WebSocket-style upgrade is tunnelled and survives reloads.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[tokio::test]
+async fn upgraded_connection_echoes_through_five_reloads() {
+    let b = Backend::start("b").await;
+    let dir = TempDir::new("ws");
+    let port = free_port();
+    dir.write("array.yaml", &array_yaml(&[("web", port, "HTTP", None)]));
+    let farm = |n: usize| farm_yaml("b", &["ws.test"], &["/"], &[addr_server(b.addr)], &format!("  backendHost: v{n}.internal\n"));
+    dir.write("farm.yaml", &farm(0));
+    let h = start(dir.path()).await;
+    let addr = h.listener_addr(port).unwrap();
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /ws HTTP/1.1\r\nHost: ws.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
+    let mut last = h.config_hash();
+    for n in 1..=5 {
+        dir.write("farm.yaml", &farm(n));
+        wait_until(Duration::from_secs(5), || h.config_hash() != last).await;
+        last = h.config_hash();
+        let msg = format!("message {n}");
+        s.write_all(msg.as_bytes()).await.unwrap();
+        let mut buf = vec![0u8; msg.len()];
+        tokio::time::timeout(Duration::from_secs(3), s.read_exact(&mut buf)).await.unwrap().unwrap();
+        assert_eq!(buf, msg.as_bytes());
+    }
+    assert_eq!(b.seen().len(), 1);
+    h.shutdown().await;
+}
