@@ -429,6 +429,17 @@ pub fn validate(array: &GatewayArray, fetched: &Fetched, settings: &Settings) ->
         .into_iter()
         .filter(|(name, _)| used.contains(name))
         .collect();
+    if !array_missing.is_empty() {
+        // Nothing is written while a listener certificate is missing, so no farm is
+        // published by this reconcile either.
+        let message = array_missing.join("; ");
+        for farm in &fetched.farms {
+            verdicts.insert(
+                translate::farm_id(farm),
+                FarmVerdict::ArrayInvalid(message.clone()),
+            );
+        }
+    }
     Validated {
         translation: translation.filter(|_| array_missing.is_empty()),
         array_errors,
@@ -579,13 +590,23 @@ async fn reconcile_inner(array: &GatewayArray, ctx: &Context) -> Result<Action, 
     let validated = validate(array, &fetched, &ctx.settings);
 
     // Keyring step (pure), only when a config is going to be written.
-    let keys_data = fetched
+    let stored = fetched
         .keys
         .as_ref()
         .and_then(|s| s.data.as_ref())
         .and_then(|d| d.get(KEYRING_SECRET_KEY))
-        .and_then(|b| std::str::from_utf8(&b.0).ok())
-        .and_then(|t| KeyringDoc::parse(t).ok());
+        .map(|b| match std::str::from_utf8(&b.0) {
+            Ok(text) => KeyringDoc::parse(text).and_then(|doc| doc.validate().map(|_| doc)),
+            Err(_) => Err(portcullis_crds::keyring::KeyringError::Parse(
+                "not UTF-8".to_owned(),
+            )),
+        });
+    // Key errors name ids and positions, never key material.
+    let keyring_error = stored
+        .as_ref()
+        .and_then(|r| r.as_ref().err())
+        .map(ToString::to_string);
+    let keys_data = stored.and_then(Result::ok);
     let handled = fetched.keys.as_ref().and_then(|s| {
         s.annotations()
             .get(builders::ROTATION_HANDLED_ANNOTATION)
@@ -649,6 +670,17 @@ async fn reconcile_inner(array: &GatewayArray, ctx: &Context) -> Result<Action, 
                     t.config.farms.len(),
                     t.config.endpoints.len()
                 ),
+            )
+            .await;
+        }
+        if let (Some(error), RotationStep::Generated { id }) = (&keyring_error, &p.step) {
+            publish(
+                ctx,
+                &array_ref,
+                EventType::Warning,
+                "KeyringReplaced",
+                "RotateKeys",
+                format!("the stored keyring was unusable ({error}); generated a new one with key {id}, so existing sessions restart"),
             )
             .await;
         }

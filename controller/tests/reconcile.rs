@@ -935,6 +935,7 @@ async fn missing_listener_secret_writes_nothing_and_says_why() {
     ];
     want.extend([
         format!("PATCH {FARMS}/web/status"),
+        format!("POST {EVENTS}"),
         format!("PATCH {ARRAY}/status"),
         format!("POST {EVENTS}"),
     ]);
@@ -942,6 +943,13 @@ async fn missing_listener_secret_writes_nothing_and_says_why() {
         summary(&reqs),
         want,
         "no object is applied without the listener certificate"
+    );
+    // The farm is told it is not published, and why.
+    let farm = status_patch(&reqs, &format!("{FARMS}/web")).unwrap();
+    assert_eq!(condition(farm, "Accepted")["reason"], "ArrayInvalid");
+    assert_eq!(
+        condition(farm, "Accepted")["message"],
+        "GatewayArray shop/edge is invalid: Secret default-cert not found"
     );
     let status = status_patch(&reqs, ARRAY).unwrap();
     let refs = condition(status, "ResolvedRefs");
@@ -955,8 +963,9 @@ async fn missing_listener_secret_writes_nothing_and_says_why() {
     );
     assert_eq!(condition(status, "Ready")["reason"], "NotAccepted");
     let ev = events(&reqs);
-    assert_eq!(ev[0].0, "Warning");
-    assert_eq!(ev[0].1, "ArrayNotApplied");
+    assert_eq!(ev[0].1, "FarmRejected");
+    assert_eq!(ev[1].0, "Warning");
+    assert_eq!(ev[1].1, "ArrayNotApplied");
     assert_eq!(action, Action::requeue(Duration::from_secs(60)));
     // Once the Secret exists, everything is applied.
     w.put_tls_secret("default-cert", "CCC");
@@ -966,4 +975,24 @@ async fn missing_listener_secret_writes_nothing_and_says_why() {
         condition(status_patch(&reqs, ARRAY).unwrap(), "ResolvedRefs")["status"],
         "True"
     );
+}
+
+#[tokio::test]
+async fn unusable_keyring_is_replaced_with_a_warning_that_quotes_no_secret() {
+    let w = world(default_settings());
+    let garbage = "keys:\n- id: k1\n  secret: TOPSECRETVALUE\n  created: x\n  state: active\n";
+    w.fake.put(
+        &format!("{SECRETS}/edge-keys"),
+        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "edge-keys", "namespace": NS},
+               "data": {"keyring.yaml": base64::engine::general_purpose::STANDARD.encode(garbage)}}),
+    );
+    let (_, reqs) = w.reconcile().await;
+    let ev = events(&reqs);
+    let replaced = ev.iter().find(|e| e.1 == "KeyringReplaced").unwrap();
+    assert_eq!(replaced.0, "Warning");
+    assert!(replaced.2.contains("k1"), "{}", replaced.2);
+    for r in &reqs {
+        assert!(!r.body.to_string().contains("TOPSECRETVALUE"), "{}", r.path);
+    }
+    assert_eq!(w.keyring().ids(), [format!("k{T0}")]);
 }
