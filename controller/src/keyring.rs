@@ -161,7 +161,9 @@ pub fn step(inputs: &RotationInputs<'_>) -> RotationPlan {
     };
     let mut doc = current.clone();
 
-    // Step 2: a pending key (accept, never retired) waits for every ready member.
+    // Step 2: a pending key (accept, never retired) waits for every ready member. With no
+    // ready member nobody can meet a cookie it cannot read, and members that start later
+    // load the whole ring, so an empty set promotes.
     if let Some(pending) = doc
         .keys
         .iter()

@@ -106,7 +106,7 @@ async fn main() -> anyhow::Result<()> {
     let identity = std::env::var("POD_NAME")
         .or_else(|_| std::env::var("HOSTNAME"))
         .unwrap_or_else(|_| format!("portcullis-controller-{}", std::process::id()));
-    run(RunConfig {
+    let result = run(RunConfig {
         admin: cli.admin,
         settings: Settings {
             dataplane_image: cli.dataplane_image,
@@ -117,6 +117,11 @@ async fn main() -> anyhow::Result<()> {
         leader_election,
         identity,
     })
-    .await?;
+    .await;
+    if let Err(e) = result {
+        // One line with the cause chain; no backtrace for an operational failure.
+        tracing::error!(error = %format!("{:#}", anyhow::Error::from(e)), "controller stopped");
+        std::process::exit(1);
+    }
     Ok(())
 }

@@ -43,10 +43,10 @@ pub struct RunConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     /// No Kubernetes client could be built.
-    #[error("failed to create a Kubernetes client: {0}")]
+    #[error("failed to create a Kubernetes client")]
     Client(#[source] kube::Error),
     /// The admin port could not be bound.
-    #[error("failed to bind the admin address {addr}: {source}")]
+    #[error("failed to bind the admin address {addr}")]
     Admin {
         /// The address.
         addr: SocketAddr,
@@ -55,7 +55,7 @@ pub enum RunError {
         source: std::io::Error,
     },
     /// Leader election failed.
-    #[error("failed to run leader election: {0}")]
+    #[error("failed to run leader election")]
     Lease(#[source] kube_lease_manager::LeaseManagerError),
     /// Leadership was lost; the process exits so a fresh one can compete again.
     #[error("lost leadership of the lease; exiting")]
