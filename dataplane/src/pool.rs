@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use hyper::body::Incoming;
+use bytes::Bytes;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use parking_lot::Mutex;
@@ -26,6 +27,9 @@ use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::metrics::{EndpointLabel, Metrics};
+
+/// The body sent upstream: the client's, or empty when a bodiless request is retried.
+pub(crate) type ReqBody = http_body_util::Either<Incoming, http_body_util::Empty<Bytes>>;
 
 /// Any byte stream a connection runs on.
 pub(crate) trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
@@ -90,12 +94,12 @@ enum Permit {
 
 /// A request sender on one upstream connection.
 pub(crate) enum Sender {
-    H1(http1::SendRequest<Incoming>),
-    H2(http2::SendRequest<Incoming>),
+    H1(http1::SendRequest<ReqBody>),
+    H2(http2::SendRequest<ReqBody>),
 }
 
 struct Idle {
-    sender: http1::SendRequest<Incoming>,
+    sender: http1::SendRequest<ReqBody>,
     since: Instant,
 }
 
@@ -103,7 +107,7 @@ struct Idle {
 pub(crate) struct Pool {
     limits: Mutex<PoolLimits>,
     idle: Mutex<VecDeque<Idle>>,
-    h2: Mutex<Vec<http2::SendRequest<Incoming>>>,
+    h2: Mutex<Vec<http2::SendRequest<ReqBody>>>,
     limit: Mutex<Option<(u32, Arc<Semaphore>)>>,
     open: Arc<AtomicUsize>,
     /// Signalled when a connection goes back to the idle list.
@@ -263,7 +267,7 @@ impl Endpoint {
         match self.identity.protocol {
             UpstreamProtocol::Http1 => {
                 let (sender, conn) = http1::Builder::new()
-                    .handshake::<_, Incoming>(TokioIo::new(io))
+                    .handshake::<_, ReqBody>(TokioIo::new(io))
                     .await
                     .map_err(|_| ConnectError::Handshake)?;
                 open.fetch_add(1, Ordering::Relaxed);
@@ -276,7 +280,7 @@ impl Endpoint {
             }
             UpstreamProtocol::Http2 => {
                 let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-                    .handshake::<_, Incoming>(TokioIo::new(io))
+                    .handshake::<_, ReqBody>(TokioIo::new(io))
                     .await
                     .map_err(|_| ConnectError::Handshake)?;
                 open.fetch_add(1, Ordering::Relaxed);
@@ -292,9 +296,9 @@ impl Endpoint {
     }
 
     /// Gives an HTTP/1 connection back once its response is fully read.
-    pub(crate) fn give_back(self: &Arc<Self>, mut sender: http1::SendRequest<Incoming>) {
+    pub(crate) fn give_back(self: &Arc<Self>, mut sender: http1::SendRequest<ReqBody>) {
         let ep = self.clone();
-        let put = move |sender: http1::SendRequest<Incoming>| {
+        let put = move |sender: http1::SendRequest<ReqBody>| {
             let max_idle = ep.pool.limits.lock().max_idle;
             let mut idle = ep.pool.idle.lock();
             if idle.len() < max_idle {

@@ -22,7 +22,7 @@ use portcullis_crds::config::{AffinityMode, UpstreamProtocol};
 use crate::balance::FarmRt;
 use crate::hygiene;
 use crate::metrics::{FarmLabel, FarmStatus};
-use crate::pool::{ConnectError, Endpoint, Sender};
+use crate::pool::{ConnectError, Endpoint, ReqBody, Sender};
 use crate::runtime::Shared;
 
 /// Errors inside a proxied body.
@@ -262,8 +262,34 @@ async fn serve(
     let attempts = 1 + farm.cfg.upstream.retries.min(3);
     let mut tried: Option<usize> = None;
     let mut last_error = (StatusCode::SERVICE_UNAVAILABLE, "no-healthy-endpoint");
-    let mut req = Some(req);
+    // A bodiless idempotent request can be sent again even after it reached a server
+    // (a keep-alive connection the server closed as we wrote is the usual case).
+    let replay = (matches!(method, http::Method::GET | http::Method::HEAD | http::Method::OPTIONS)
+        && req.body().is_end_stream()
+        && !upgrade)
+        .then(|| {
+            let mut r = Request::new(());
+            *r.method_mut() = req.method().clone();
+            *r.uri_mut() = req.uri().clone();
+            *r.version_mut() = req.version();
+            *r.headers_mut() = req.headers().clone();
+            r
+        });
+    let mut req: Option<Request<ReqBody>> = Some(req.map(http_body_util::Either::Left));
     for attempt in 0..attempts {
+        if req.is_none() {
+            match &replay {
+                Some(r) => {
+                    let mut again = Request::new(http_body_util::Either::Right(http_body_util::Empty::new()));
+                    *again.method_mut() = r.method().clone();
+                    *again.uri_mut() = r.uri().clone();
+                    *again.version_mut() = r.version();
+                    *again.headers_mut() = r.headers().clone();
+                    req = Some(again);
+                }
+                None => break,
+            }
+        }
         let pick = if attempt == 0 {
             sticky.or_else(|| farm.pick(hash_key.as_deref(), None))
         } else {
@@ -300,6 +326,10 @@ async fn serve(
             }
             SendResult::Failed => {
                 farm.record(i, true);
+                last_error = (StatusCode::BAD_GATEWAY, "upstream-reset");
+                if replay.is_some() {
+                    continue;
+                }
                 return finish_error(shared, &farm, StatusCode::BAD_GATEWAY, "upstream-reset");
             }
             SendResult::Timeout => {
@@ -396,16 +426,16 @@ fn connect_status(e: &ConnectError) -> (StatusCode, &'static str) {
 
 enum SendResult {
     Ok(Response<Incoming>),
-    NotSent(Request<Incoming>),
+    NotSent(Request<ReqBody>),
     Failed,
     Timeout,
 }
 
 async fn send(
     sender: Sender,
-    req: Request<Incoming>,
+    req: Request<ReqBody>,
     first_byte: Duration,
-) -> (SendResult, Option<http1::SendRequest<Incoming>>) {
+) -> (SendResult, Option<http1::SendRequest<ReqBody>>) {
     match sender {
         Sender::H1(mut s) => {
             let fut = s.try_send_request(req);
@@ -444,7 +474,7 @@ impl Drop for InFlight {
 
 struct Done {
     endpoint: Arc<Endpoint>,
-    sender: Option<http1::SendRequest<Incoming>>,
+    sender: Option<http1::SendRequest<ReqBody>>,
     _guard: InFlight,
     farm: String,
     status: u16,

@@ -1,0 +1,74 @@
+//! SIGTERM to the real binary during slow requests: every one completes, exit 0.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_in_flight_requests_then_exits_zero() {
+    let b = Backend::start("b").await;
+    let dir = TempDir::new("drain");
+    let port = free_port();
+    let admin_port = free_port();
+    dir.write("array.yaml", &array_yaml(&[("web", port, "HTTP", None)]));
+    dir.write("farm.yaml", &farm_yaml("b", &["b.test"], &["/"], &[addr_server(b.addr)], ""));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis-dataplane"))
+        .args(["--manifests", dir.path().to_str().unwrap(), "--bind", "127.0.0.1", "--admin"])
+        .arg(format!("127.0.0.1:{admin_port}"))
+        .args(["--log-format", "text"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(c) = tokio::net::TcpStream::connect(admin).await {
+            drop(c);
+            if get(admin, "admin", "/readyz").await.0 == 200 {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "dataplane never became ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut slow = Vec::new();
+    for _ in 0..5 {
+        slow.push(tokio::spawn(async move { get(addr, "b.test", "/slow/1500").await }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(get(admin, "admin", "/readyz").await.0, 503, "not ready while draining");
+    for t in slow {
+        let (s, hd, body) = t.await.unwrap();
+        assert_eq!((s, body.as_str()), (200, "b"));
+        assert_eq!(hd.get("connection").map(|v| v.to_str().unwrap()), Some("close"));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let code = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "dataplane did not exit");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(code.success(), "exit status {code:?}");
+}
+
+#[test]
+fn bad_flags_exit_64() {
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis-dataplane"))
+        .args(["--bind", "not-an-ip", "--config", "/nonexistent"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis-dataplane")).output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--manifests"));
+}

@@ -1,0 +1,124 @@
+//! Verifiers and failover.
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verifier_takes_a_failing_endpoint_out_and_brings_it_back() {
+    let good = Backend::start("good").await;
+    let bad = Backend::start("bad").await;
+    let dir = TempDir::new("verifier");
+    let port = free_port();
+    dir.write("array.yaml", &array_yaml(&[("web", port, "HTTP", None)]));
+    dir.write(
+        "farm.yaml",
+        &farm_yaml(
+            "v",
+            &["v.test"],
+            &["/"],
+            &[addr_server(good.addr), addr_server(bad.addr)],
+            "  connectivityVerifier: {path: /healthz, host: probe.internal, interval: 100ms, timeout: 100ms, healthyThreshold: 2, unhealthyThreshold: 2}\n",
+        ),
+    );
+    let h = start(dir.path()).await;
+    let addr = h.listener_addr(port).unwrap();
+    // The probe carries the configured Host and path.
+    wait_until(Duration::from_secs(3), || bad.seen().iter().any(|s| s.path == "/healthz")).await;
+    let probe = bad.seen().into_iter().find(|s| s.path == "/healthz").unwrap();
+    assert_eq!(probe.headers["host"], "probe.internal");
+
+    bad.failing.store(true, Ordering::SeqCst);
+    // Two failed probes (~200-300 ms) take it out.
+    let key = format!("http1://{}", bad.addr);
+    let admin = h.admin_addr();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let m = metrics(admin).await;
+        if metric_sum(&m, "portcullis_verifier_healthy", &[&key]) == 0.0 && m.contains(&key) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "endpoint never marked unhealthy");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let before = bad.seen().iter().filter(|s| s.path != "/healthz").count();
+    let mut c = Client::connect(addr).await;
+    for _ in 0..30 {
+        let (s, _, body) = c.get("v.test", "/x").await.unwrap();
+        assert_eq!((s, body.as_str()), (200, "good"));
+    }
+    let after = bad.seen().iter().filter(|s| s.path != "/healthz").count();
+    assert_eq!(before, after, "traffic reached an endpoint that was out");
+
+    bad.failing.store(false, Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        let (_, _, body) = c.get("v.test", "/x").await.unwrap();
+        if body == "bad" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "endpoint never came back");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_a_backend_loses_only_in_flight_requests() {
+    let one = Backend::start("one").await;
+    let two = Backend::start("two").await;
+    let dir = TempDir::new("failover");
+    let port = free_port();
+    dir.write("array.yaml", &array_yaml(&[("web", port, "HTTP", None)]));
+    dir.write(
+        "farm.yaml",
+        &farm_yaml("f", &["f.test"], &["/"], &[addr_server(one.addr), addr_server(two.addr)], ""),
+    );
+    let h = start(dir.path()).await;
+    let addr = h.listener_addr(port).unwrap();
+    let killed = Arc::new(AtomicBool::new(false));
+    let stop = Arc::new(AtomicBool::new(false));
+    let failed_before = Arc::new(AtomicUsize::new(0));
+    let failed_after = Arc::new(AtomicUsize::new(0));
+    let ok = Arc::new(AtomicUsize::new(0));
+    let clients = 8;
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (killed, stop, fb, fa, ok) = (killed.clone(), stop.clone(), failed_before.clone(), failed_after.clone(), ok.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut c = Client::connect(addr).await;
+            while !stop.load(Ordering::Relaxed) {
+                // Requests started after the kill settled must all succeed.
+                let after = killed.load(Ordering::SeqCst);
+                match c.get("f.test", "/slow/10").await {
+                    Ok((200, _, _)) => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    r => {
+                        if after { fa.fetch_add(1, Ordering::Relaxed); } else { fb.fetch_add(1, Ordering::Relaxed); }
+                        eprintln!("failed (after kill: {after}): {r:?}");
+                        c = Client::connect(addr).await;
+                    }
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    one.kill();
+    // Requests in flight on `one` at this moment may fail.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    killed.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert!(failed_before.load(Ordering::Relaxed) <= clients, "lost more than in flight");
+    assert_eq!(failed_after.load(Ordering::Relaxed), 0);
+    assert!(ok.load(Ordering::Relaxed) > 100);
+    h.shutdown().await;
+}
