@@ -1,0 +1,123 @@
+//! HTTPS with SNI for two hosts, TLS 1.2 and 1.3, and HTTP/2 through TLS.
+
+mod common;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use common::*;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+struct Pki {
+    a: CertificateDer<'static>,
+    b: CertificateDer<'static>,
+}
+
+fn write_cert(dir: &TempDir, secret: &str, host: &str) -> CertificateDer<'static> {
+    let ck = rcgen::generate_simple_self_signed(vec![host.to_owned()]).unwrap();
+    let base = dir.path().join("certs").join(secret);
+    std::fs::create_dir_all(&base).unwrap();
+    std::fs::write(base.join("tls.crt"), ck.cert.pem()).unwrap();
+    std::fs::write(base.join("tls.key"), ck.signing_key.serialize_pem()).unwrap();
+    ck.cert.der().clone()
+}
+
+fn client(pki: &Pki, alpn: &[&[u8]], versions: &[&'static rustls::SupportedProtocolVersion]) -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pki.a.clone()).unwrap();
+    roots.add(pki.b.clone()).unwrap();
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sni_picks_each_hosts_certificate_and_h2_works() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let dir = TempDir::new("tls");
+    let pki = Pki {
+        a: write_cert(&dir, "cert-a", "a.test"),
+        b: write_cert(&dir, "cert-b", "b.test"),
+    };
+    let port = free_port();
+    dir.write("array.yaml", &array_yaml(&[("tls", port, "HTTPS", Some("cert-a"))]));
+    dir.write(
+        "farms.yaml",
+        &[
+            farm_yaml("a", &["a.test"], &["/"], &[addr_server(a.addr)], "  backendHost: a.test\n").replace(
+                "publish: {hosts: [\"a.test\"], paths: [\"/\"]}",
+                "publish: {hosts: [\"a.test\"], paths: [\"/\"], tls: {secretName: cert-a}}",
+            ),
+            farm_yaml("b", &["b.test"], &["/"], &[addr_server(b.addr)], "").replace(
+                "publish: {hosts: [\"b.test\"], paths: [\"/\"]}",
+                "publish: {hosts: [\"b.test\"], paths: [\"/\"], tls: {secretName: cert-b}}",
+            ),
+        ]
+        .join("---\n"),
+    );
+    let h = start(dir.path()).await;
+    let addr = h.listener_addr(port).unwrap();
+
+    for (versions, label) in [
+        (&[&rustls::version::TLS13][..], "1.3"),
+        (&[&rustls::version::TLS12][..], "1.2"),
+    ] {
+        for (host, want_cert, want_body) in [("a.test", &pki.a, "a"), ("b.test", &pki.b, "b")] {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let mut tls = client(&pki, &[b"http/1.1"], versions)
+                .connect(ServerName::try_from(host.to_owned()).unwrap(), tcp)
+                .await
+                .unwrap();
+            let presented = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
+            assert_eq!(&presented, want_cert, "TLS {label}: wrong certificate for {host}");
+            tls.write_all(format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes())
+                .await
+                .unwrap();
+            let mut out = Vec::new();
+            let _ = tls.read_to_end(&mut out).await;
+            let text = String::from_utf8_lossy(&out);
+            assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+            assert!(text.ends_with(want_body), "{text}");
+        }
+    }
+    let seen = b.seen();
+    assert_eq!(seen[0].headers["x-forwarded-proto"], "https");
+
+    // HTTP/2 through TLS with ALPN h2, several streams on one connection.
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let tls = client(&pki, &[b"h2"], &[&rustls::version::TLS13])
+        .connect(ServerName::try_from("a.test").unwrap(), tcp)
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (sender, conn) = hyper::client::conn::http2::handshake::<_, _, Empty<Bytes>>(TokioExecutor::new(), TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let mut streams = Vec::new();
+    for i in 0..10 {
+        let mut s = sender.clone();
+        streams.push(tokio::spawn(async move {
+            let req = http::Request::get(format!("https://a.test/h2/{i}")).body(Empty::new()).unwrap();
+            let resp = s.send_request(req).await.unwrap();
+            assert_eq!(resp.version(), http::Version::HTTP_2);
+            let status = resp.status().as_u16();
+            let body = resp.into_body().collect().await.unwrap().to_bytes();
+            (status, body)
+        }));
+    }
+    for s in streams {
+        let (status, body) = s.await.unwrap();
+        assert_eq!((status, &body[..]), (200, &b"a"[..]));
+    }
+    assert!(a.seen().iter().any(|s| s.path == "/h2/9" && s.headers["host"] == "a.test"));
+    h.shutdown().await;
+}
