@@ -66,10 +66,10 @@ impl FarmRt {
         if e.weight == 0 || e.draining {
             return false;
         }
-        if let Some(p) = &e.probe {
-            if !p.healthy() {
-                return false;
-            }
+        if let Some(p) = &e.probe
+            && !p.healthy()
+        {
+            return false;
         }
         let ejected = *e.endpoint.ejected_at.lock();
         match ejected {
@@ -103,7 +103,9 @@ impl FarmRt {
             return self.pick_hash(key, exclude);
         }
         match self.cfg.load_balancing {
-            LoadBalancing::RoundRobin | LoadBalancing::ConsistentHash => Some(self.pick_wrr(&usable)),
+            LoadBalancing::RoundRobin | LoadBalancing::ConsistentHash => {
+                Some(self.pick_wrr(&usable))
+            }
             LoadBalancing::LeastRequests => {
                 let start = rand::random_range(0..usable.len());
                 let mut best = usable[start];
@@ -123,7 +125,8 @@ impl FarmRt {
                 let a = usable[rand::random_range(0..usable.len())];
                 let mut b = usable[rand::random_range(0..usable.len())];
                 if a == b {
-                    b = usable[(usable.iter().position(|x| *x == a).unwrap_or(0) + 1) % usable.len()];
+                    b = usable
+                        [(usable.iter().position(|x| *x == a).unwrap_or(0) + 1) % usable.len()];
                 }
                 let cost = |i: usize| {
                     let e = &self.endpoints[i];
@@ -139,7 +142,10 @@ impl FarmRt {
     /// Smooth weighted round robin (nginx's algorithm).
     fn pick_wrr(&self, usable: &[usize]) -> usize {
         let mut cur = self.wrr.lock();
-        let total: i64 = usable.iter().map(|i| self.endpoints[*i].weight as i64).sum();
+        let total: i64 = usable
+            .iter()
+            .map(|i| self.endpoints[*i].weight as i64)
+            .sum();
         let mut best = usable[0];
         for &i in usable {
             cur[i] += self.endpoints[i].weight as i64;

@@ -183,12 +183,18 @@ async fn probe_loop(
 }
 
 /// One GET on a fresh connection; true when the status is expected.
-async fn probe_once(endpoint: &Endpoint, v: &VerifierConfig, tls: Option<Arc<ClientConfig>>) -> bool {
+async fn probe_once(
+    endpoint: &Endpoint,
+    v: &VerifierConfig,
+    tls: Option<Arc<ClientConfig>>,
+) -> bool {
     let run = async {
         let io = connect_io(&endpoint.identity, tls).await.ok()?;
         let status = match endpoint.identity.protocol {
             UpstreamProtocol::Http1 => {
-                let (mut s, conn) = http1::handshake::<_, Empty<Bytes>>(TokioIo::new(io)).await.ok()?;
+                let (mut s, conn) = http1::handshake::<_, Empty<Bytes>>(TokioIo::new(io))
+                    .await
+                    .ok()?;
                 tokio::spawn(conn);
                 let req = http::Request::get(&v.path)
                     .header(http::header::HOST, &v.host)
@@ -204,7 +210,11 @@ async fn probe_once(endpoint: &Endpoint, v: &VerifierConfig, tls: Option<Arc<Cli
                         .await
                         .ok()?;
                 tokio::spawn(conn);
-                let scheme = if endpoint.identity.tls.is_some() { "https" } else { "http" };
+                let scheme = if endpoint.identity.tls.is_some() {
+                    "https"
+                } else {
+                    "http"
+                };
                 let req = http::Request::get(format!("{scheme}://{}{}", v.host, v.path))
                     .header(http::header::USER_AGENT, "portcullis-verifier")
                     .body(Empty::new())
@@ -215,7 +225,10 @@ async fn probe_once(endpoint: &Endpoint, v: &VerifierConfig, tls: Option<Arc<Cli
         Some(status.as_u16())
     };
     match tokio::time::timeout(v.timeout.get(), run).await {
-        Ok(Some(code)) => v.expected_statuses.iter().any(|r: &StatusRange| r.contains(code)),
+        Ok(Some(code)) => v
+            .expected_statuses
+            .iter()
+            .any(|r: &StatusRange| r.contains(code)),
         _ => false,
     }
 }

@@ -32,7 +32,10 @@ fn check_headers(h: &HeaderMap) -> Result<(), Refusal> {
         return Err("duplicate-content-length");
     }
     if cl == 1 {
-        let v = h.get(CONTENT_LENGTH).map(|v| v.as_bytes()).unwrap_or_default();
+        let v = h
+            .get(CONTENT_LENGTH)
+            .map(|v| v.as_bytes())
+            .unwrap_or_default();
         if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
             return Err("bad-content-length");
         }
@@ -107,8 +110,19 @@ mod tests {
     #[test]
     fn ambiguous_paths_are_refused() {
         for p in [
-            "/a%2Fb", "/a%2fb", "/a%5Cb", "/%2e%2e/x", "/a/./b", "/a/../b", "/a//b", "/a\\b",
-            "/a%zz", "/a%2", "/..", "/a/.", "/%00",
+            "/a%2Fb",
+            "/a%2fb",
+            "/a%5Cb",
+            "/%2e%2e/x",
+            "/a/./b",
+            "/a/../b",
+            "/a//b",
+            "/a\\b",
+            "/a%zz",
+            "/a%2",
+            "/..",
+            "/a/.",
+            "/%00",
         ] {
             assert!(check_path(p).is_err(), "{p} should be refused");
         }

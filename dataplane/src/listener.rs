@@ -29,7 +29,11 @@ pub(crate) struct Bound {
 }
 
 /// Binds a listener and starts accepting.
-pub(crate) async fn bind(shared: Arc<Shared>, cfg: &ListenerConfig, ip: IpAddr) -> io::Result<Bound> {
+pub(crate) async fn bind(
+    shared: Arc<Shared>,
+    cfg: &ListenerConfig,
+    ip: IpAddr,
+) -> io::Result<Bound> {
     let sock = if ip.is_ipv4() {
         tokio::net::TcpSocket::new_v4()?
     } else {
@@ -102,10 +106,14 @@ async fn serve_connection(
         .load()
         .as_ref()
         .map(|s| s.config.limits.clone());
-    let (header_timeout, max_headers, max_header_bytes) = limits.map_or(
-        (Duration::from_secs(10), 100, 32 * 1024),
-        |l| (l.header_read_timeout.get(), l.max_headers as usize, l.max_header_bytes as usize),
-    );
+    let (header_timeout, max_headers, max_header_bytes) =
+        limits.map_or((Duration::from_secs(10), 100, 32 * 1024), |l| {
+            (
+                l.header_read_timeout.get(),
+                l.max_headers as usize,
+                l.max_header_bytes as usize,
+            )
+        });
     let armed = Arc::new(AtomicBool::new(true));
     let info = ConnInfo {
         client,
@@ -118,7 +126,10 @@ async fn serve_connection(
         .header_read_timeout(header_timeout + Duration::from_secs(1))
         .max_headers(max_headers)
         .max_buf_size(max_header_bytes.max(8192));
-    builder.http2().timer(TokioTimer::new()).max_header_list_size(max_header_bytes as u32);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(max_header_bytes as u32);
     let mut h2 = false;
     let io: Pin<Box<dyn crate::pool::Io>> = match tls {
         None => Box::pin(tcp),
@@ -203,7 +214,11 @@ enum SniffState {
 impl Sniffer {
     fn new(max: usize, on: bool) -> Self {
         Sniffer {
-            state: if on { SniffState::Head } else { SniffState::Off },
+            state: if on {
+                SniffState::Head
+            } else {
+                SniffState::Off
+            },
             buf: Vec::new(),
             max,
             verdicts: Arc::default(),
@@ -218,7 +233,11 @@ impl Sniffer {
                     let take = (n as usize).min(data.len());
                     data = &data[take..];
                     let left = n - take as u64;
-                    self.state = if left == 0 { SniffState::Head } else { SniffState::Body(left) };
+                    self.state = if left == 0 {
+                        SniffState::Head
+                    } else {
+                        SniffState::Body(left)
+                    };
                 }
                 SniffState::Head => {
                     if self.buf.is_empty() && data.starts_with(b"PRI * HTTP/2.0") {
@@ -252,7 +271,11 @@ fn find_head_end(b: &[u8]) -> Option<usize> {
     rest.windows(4)
         .position(|w| w == b"\r\n\r\n")
         .map(|p| start + p + 4)
-        .or_else(|| rest.windows(2).position(|w| w == b"\n\n").map(|p| start + p + 2))
+        .or_else(|| {
+            rest.windows(2)
+                .position(|w| w == b"\n\n")
+                .map(|p| start + p + 2)
+        })
 }
 
 fn judge(head: &[u8]) -> (Option<&'static str>, SniffState) {
@@ -262,7 +285,9 @@ fn judge(head: &[u8]) -> (Option<&'static str>, SniffState) {
     let mut upgrade = false;
     for line in head.split(|c| *c == b'\n').skip(1) {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let Some(colon) = line.iter().position(|c| *c == b':') else { continue };
+        let Some(colon) = line.iter().position(|c| *c == b':') else {
+            continue;
+        };
         let name = line[..colon].trim_ascii();
         let value = line[colon + 1..].trim_ascii();
         if name.eq_ignore_ascii_case(b"content-length") {
@@ -298,16 +323,25 @@ impl AsyncRead for HeadTimeout {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        if self.armed.load(Ordering::Relaxed) && !self.fired && self.sleep.as_mut().poll(cx).is_ready() {
+        if self.armed.load(Ordering::Relaxed)
+            && !self.fired
+            && self.sleep.as_mut().poll(cx).is_ready()
+        {
             self.fired = true;
             // Best effort: a client this slow has an empty send buffer towards it.
             let _ = self.inner.as_mut().poll_write(cx, TIMEOUT_408);
             let _ = self.inner.as_mut().poll_flush(cx);
             let _ = self.inner.as_mut().poll_shutdown(cx);
-            return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "header read timeout")));
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "header read timeout",
+            )));
         }
         if self.fired {
-            return Poll::Ready(Err(io::Error::new(io::ErrorKind::TimedOut, "header read timeout")));
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "header read timeout",
+            )));
         }
         let before = buf.filled().len();
         let r = self.inner.as_mut().poll_read(cx, buf);
@@ -320,7 +354,11 @@ impl AsyncRead for HeadTimeout {
 }
 
 impl AsyncWrite for HeadTimeout {
-    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         self.inner.as_mut().poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -340,4 +378,3 @@ impl AsyncWrite for HeadTimeout {
         self.inner.is_write_vectored()
     }
 }
-

@@ -19,10 +19,20 @@ struct Args {
     #[arg(long, value_name = "FILE", env = "PORTCULLIS_CONFIG")]
     config: Option<PathBuf>,
     /// Address the listeners bind to.
-    #[arg(long, value_name = "IP", default_value = "0.0.0.0", env = "PORTCULLIS_BIND")]
+    #[arg(
+        long,
+        value_name = "IP",
+        default_value = "0.0.0.0",
+        env = "PORTCULLIS_BIND"
+    )]
     bind: IpAddr,
     /// Admin server address (/healthz, /readyz, /metrics, /status).
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9901", env = "PORTCULLIS_ADMIN")]
+    #[arg(
+        long,
+        value_name = "ADDR",
+        default_value = "127.0.0.1:9901",
+        env = "PORTCULLIS_ADMIN"
+    )]
     admin: SocketAddr,
     /// The session keyring file.
     #[arg(long, value_name = "FILE", env = "PORTCULLIS_KEYRING")]
@@ -32,10 +42,20 @@ struct Args {
     #[arg(long, value_name = "DIR", env = "PORTCULLIS_CERTS")]
     certs: Option<PathBuf>,
     /// How often DNS server names are re-resolved.
-    #[arg(long, value_name = "DURATION", default_value = "30s", env = "PORTCULLIS_DNS_REFRESH")]
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "30s",
+        env = "PORTCULLIS_DNS_REFRESH"
+    )]
     dns_refresh: portcullis_crds::Duration,
     /// Log format.
-    #[arg(long, value_enum, default_value = "json", env = "PORTCULLIS_LOG_FORMAT")]
+    #[arg(
+        long,
+        value_enum,
+        default_value = "json",
+        env = "PORTCULLIS_LOG_FORMAT"
+    )]
     log_format: LogFormat,
 }
 
@@ -56,7 +76,9 @@ fn main() -> ExitCode {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match args.log_format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),
@@ -68,7 +90,10 @@ fn main() -> ExitCode {
         admin: args.admin,
         keyring: args.keyring,
         certs: args.certs,
-        dns_refresh: args.dns_refresh.get().max(std::time::Duration::from_secs(1)),
+        dns_refresh: args
+            .dns_refresh
+            .get()
+            .max(std::time::Duration::from_secs(1)),
         poll_interval: std::time::Duration::from_millis(500),
     };
     let rt = match tokio::runtime::Runtime::new() {

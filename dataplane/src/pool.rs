@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use hyper::body::Incoming;
 use bytes::Bytes;
+use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use parking_lot::Mutex;
@@ -153,11 +153,6 @@ impl Endpoint {
             ejected_at: Mutex::new(None),
             metrics,
         }
-    }
-
-    /// Open upstream connections.
-    pub(crate) fn open_connections(&self) -> usize {
-        self.pool.open.load(Ordering::Relaxed)
     }
 
     fn set_limits(&self, limits: PoolLimits) {

@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -56,7 +56,10 @@ pub(crate) fn error_response(status: StatusCode, reason: &'static str) -> Respon
     let mut r = Response::new(full(body));
     *r.status_mut() = status;
     let h = r.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     h.insert("x-portcullis-error", HeaderValue::from_static(reason));
     if status == StatusCode::BAD_REQUEST {
         // A connection that sent an ambiguous request is not trusted with another.
@@ -111,7 +114,11 @@ fn request_host(req: &Request<Incoming>) -> Option<String> {
     };
     let host = match raw.rsplit_once(':') {
         Some((h, port)) if !h.ends_with(']') || raw.starts_with('[') => {
-            if port.bytes().all(|b| b.is_ascii_digit()) { h.to_owned() } else { raw.clone() }
+            if port.bytes().all(|b| b.is_ascii_digit()) {
+                h.to_owned()
+            } else {
+                raw.clone()
+            }
         }
         _ => raw.clone(),
     };
@@ -176,12 +183,16 @@ async fn serve(
     };
 
     // Rewrite the head for the upstream.
-    let original_host = req
-        .headers()
-        .get(header::HOST)
-        .cloned()
-        .or_else(|| req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
-    let upgrade_value = if upgrade { req.headers().get(header::UPGRADE).cloned() } else { None };
+    let original_host = req.headers().get(header::HOST).cloned().or_else(|| {
+        req.uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    });
+    let upgrade_value = if upgrade {
+        req.headers().get(header::UPGRADE).cloned()
+    } else {
+        None
+    };
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let headers = req.headers_mut();
     strip_hop_by_hop(headers);
@@ -218,7 +229,11 @@ async fn serve(
         .map(|p| p.as_str().to_owned())
         .unwrap_or_else(|| "/".into());
     *req.uri_mut() = if h2_upstream {
-        let scheme = if farm.cfg.upstream.tls.is_some() { "https" } else { "http" };
+        let scheme = if farm.cfg.upstream.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
         let auth = upstream_host
             .as_ref()
             .and_then(|v| v.to_str().ok())
@@ -229,13 +244,18 @@ async fn serve(
     } else {
         Uri::try_from(pq).unwrap_or_default()
     };
-    *req.version_mut() = if h2_upstream { Version::HTTP_2 } else { Version::HTTP_11 };
+    *req.version_mut() = if h2_upstream {
+        Version::HTTP_2
+    } else {
+        Version::HTTP_11
+    };
 
-    // TODO(session): the session library lands in `crate::session`; until it does,
-    // cookie affinity falls back to the farm's algorithm. Call site:
-    //   let session = shared.session.on_request(&farm.cfg, req.headers_mut(), SystemTime::now());
-    //   and prefer `session.sticky` when `farm.find_usable(key)` says it is in service.
-    let sticky: Option<usize> = None;
+    // Affinity cookies and protected cookie names; a sticky endpoint is used only while
+    // it is in service for this farm.
+    let session = shared
+        .session
+        .on_request(&farm.cfg, req.headers_mut(), SystemTime::now());
+    let sticky: Option<usize> = session.sticky.as_deref().and_then(|k| farm.find_usable(k));
     let hash_key: Option<Vec<u8>> = match farm.cfg.affinity.mode {
         AffinityMode::SourceIp => Some(conn.client.ip().to_string().into_bytes()),
         _ if farm.cfg.load_balancing == portcullis_crds::config::LoadBalancing::ConsistentHash => {
@@ -264,8 +284,10 @@ async fn serve(
     let mut last_error = (StatusCode::SERVICE_UNAVAILABLE, "no-healthy-endpoint");
     // A bodiless idempotent request can be sent again even after it reached a server
     // (a keep-alive connection the server closed as we wrote is the usual case).
-    let replay = (matches!(method, http::Method::GET | http::Method::HEAD | http::Method::OPTIONS)
-        && req.body().is_end_stream()
+    let replay = (matches!(
+        method,
+        http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
+    ) && req.body().is_end_stream()
         && !upgrade)
         .then(|| {
             let mut r = Request::new(());
@@ -280,7 +302,8 @@ async fn serve(
         if req.is_none() {
             match &replay {
                 Some(r) => {
-                    let mut again = Request::new(http_body_util::Either::Right(http_body_util::Empty::new()));
+                    let mut again =
+                        Request::new(http_body_util::Either::Right(http_body_util::Empty::new()));
                     *again.method_mut() = r.method().clone();
                     *again.uri_mut() = r.uri().clone();
                     *again.version_mut() = r.version();
@@ -334,7 +357,12 @@ async fn serve(
             }
             SendResult::Timeout => {
                 farm.record(i, true);
-                return finish_error(shared, &farm, StatusCode::GATEWAY_TIMEOUT, "first-byte-timeout");
+                return finish_error(
+                    shared,
+                    &farm,
+                    StatusCode::GATEWAY_TIMEOUT,
+                    "first-byte-timeout",
+                );
             }
             SendResult::Ok(mut resp) => {
                 let first_byte = upstream_start.elapsed();
@@ -354,9 +382,10 @@ async fn serve(
                         status: status.as_u16(),
                     })
                     .inc();
-                let _ = &route_prefix; // used by the session call site on the response.
-                if status == StatusCode::SWITCHING_PROTOCOLS {
-                    if let Some(client_up) = client_upgrade {
+                if status == StatusCode::SWITCHING_PROTOCOLS
+                    && let Some(client_up) = client_upgrade
+                {
+                    {
                         let upstream_up = hyper::upgrade::on(&mut resp);
                         tokio::spawn(async move {
                             let _guard = guard;
@@ -367,11 +396,25 @@ async fn serve(
                             }
                         });
                         let (parts, _) = resp.into_parts();
-                        return Response::from_parts(parts, http_body_util::Empty::new().map_err(|n| match n {}).boxed_unsync());
+                        return Response::from_parts(
+                            parts,
+                            http_body_util::Empty::new()
+                                .map_err(|n| match n {})
+                                .boxed_unsync(),
+                        );
                     }
                 }
                 let (mut parts, body) = resp.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
+                shared.session.on_response(
+                    &farm.cfg,
+                    &session,
+                    &endpoint.identity,
+                    conn.tls,
+                    &route_prefix,
+                    &mut parts.headers,
+                    SystemTime::now(),
+                );
                 let tracked = Tracked {
                     inner: body,
                     idle: tokio::time::sleep(farm.cfg.upstream.idle_timeout.get()),
@@ -490,10 +533,10 @@ struct Done {
 
 impl Drop for Done {
     fn drop(&mut self) {
-        if self.clean {
-            if let Some(s) = self.sender.take() {
-                self.endpoint.give_back(s);
-            }
+        if self.clean
+            && let Some(s) = self.sender.take()
+        {
+            self.endpoint.give_back(s);
         }
         tracing::info!(
             target: "access",
@@ -525,10 +568,10 @@ pin_project_lite::pin_project! {
     impl PinnedDrop for Tracked {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
-            if this.inner.is_end_stream() {
-                if let Some(d) = this.done.as_mut() {
-                    d.clean = true;
-                }
+            if this.inner.is_end_stream()
+                && let Some(d) = this.done.as_mut()
+            {
+                d.clean = true;
             }
         }
     }
@@ -555,10 +598,10 @@ impl Body for Tracked {
                 }
                 let deadline = tokio::time::Instant::now() + *this.idle_timeout;
                 this.idle.as_mut().reset(deadline);
-                if this.inner.is_end_stream() {
-                    if let Some(mut d) = this.done.take() {
-                        d.clean = true;
-                    }
+                if this.inner.is_end_stream()
+                    && let Some(mut d) = this.done.take()
+                {
+                    d.clean = true;
                 }
                 Poll::Ready(Some(Ok(frame)))
             }

@@ -57,7 +57,7 @@ impl RouteIndex {
             };
             entry.routes.push((r.path_prefix.clone(), r.farm.clone()));
         }
-        let sort = |h: &mut HostRoutes| h.routes.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        let sort = |h: &mut HostRoutes| h.routes.sort_by_key(|r| std::cmp::Reverse(r.0.len()));
         exact.values_mut().for_each(sort);
         wild.values_mut().for_each(sort);
         let mut wildcard: Vec<(String, HostRoutes)> = wild.into_iter().collect();
@@ -67,16 +67,12 @@ impl RouteIndex {
 
     /// Finds the route for a (lower-case, port-less) host and a path.
     pub(crate) fn find(&self, host: &str, path: &str) -> Option<RouteMatch<'_>> {
-        let found = self
-            .exact
-            .get(host)
-            .and_then(|h| h.find(path))
-            .or_else(|| {
-                self.wildcard
-                    .iter()
-                    .filter(|(suffix, _)| host.len() > suffix.len() && host.ends_with(suffix.as_str()))
-                    .find_map(|(_, h)| h.find(path))
-            });
+        let found = self.exact.get(host).and_then(|h| h.find(path)).or_else(|| {
+            self.wildcard
+                .iter()
+                .filter(|(suffix, _)| host.len() > suffix.len() && host.ends_with(suffix.as_str()))
+                .find_map(|(_, h)| h.find(path))
+        });
         found.map(|(prefix, farm)| RouteMatch { farm, prefix })
     }
 }

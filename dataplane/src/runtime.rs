@@ -18,6 +18,7 @@ use crate::health::Verifiers;
 use crate::listener::{self, Bound};
 use crate::metrics::{Metrics, OutcomeLabel};
 use crate::pool::Endpoints;
+use crate::session::SessionManager;
 use crate::snapshot::{self, DnsResults, Snapshot};
 use crate::source::{Source, SourceError, fingerprint};
 
@@ -72,6 +73,7 @@ pub(crate) struct Shared {
     pub(crate) shutdown: CancellationToken,
     pub(crate) tracker: TaskTracker,
     pub(crate) listeners: Mutex<BTreeMap<u16, Bound>>,
+    pub(crate) session: Arc<SessionManager>,
 }
 
 impl Shared {
@@ -82,8 +84,7 @@ impl Shared {
     }
 
     pub(crate) fn key_ids(&self) -> Vec<String> {
-        // TODO(session): `SessionManager::key_ids()` once the session library lands.
-        Vec::new()
+        self.session.key_ids()
     }
 }
 
@@ -92,6 +93,7 @@ pub struct Handle {
     shared: Arc<Shared>,
     admin: SocketAddr,
     control: tokio::task::JoinHandle<()>,
+    keyring_watch: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Handle {
@@ -128,10 +130,16 @@ impl Handle {
         self.shared.draining.store(true, Ordering::Relaxed);
         self.shared.shutdown.cancel();
         self.shared.tracker.close();
-        if tokio::time::timeout(timeout, self.shared.tracker.wait()).await.is_err() {
+        if tokio::time::timeout(timeout, self.shared.tracker.wait())
+            .await
+            .is_err()
+        {
             tracing::warn!("drain timeout reached with requests in flight");
         }
         self.control.abort();
+        if let Some(w) = &self.keyring_watch {
+            w.abort();
+        }
     }
 }
 
@@ -145,17 +153,26 @@ pub async fn start(opts: Options) -> Result<Handle, RunError> {
     };
     let certs_dir = opts.certs.clone().unwrap_or_else(|| match &source {
         Source::Manifests(d) => d.join("certs"),
-        Source::Config(f) => f.parent().map(|p| p.join("certs")).unwrap_or_else(|| "certs".into()),
+        Source::Config(f) => f
+            .parent()
+            .map(|p| p.join("certs"))
+            .unwrap_or_else(|| "certs".into()),
     });
     let mut registry = Registry::with_prefix("portcullis");
     let metrics = Arc::new(Metrics::register(&mut registry));
-    // TODO(session): `SessionManager::new(&mut registry)` here, and watch `opts.keyring`.
+    let session = SessionManager::new(&mut registry);
+    if let Some(path) = &opts.keyring
+        && let Err(e) = session.load_keyring_file(path)
+    {
+        tracing::error!(error = %e, "failed to load the keyring; the watcher retries");
+    }
     let shared = Arc::new(Shared {
         snapshot: ArcSwapOption::empty(),
         endpoints: Endpoints::new(metrics.clone()),
         verifiers: Verifiers::new(metrics.clone()),
         metrics,
         registry,
+        session,
         draining: AtomicBool::new(false),
         listening: AtomicBool::new(false),
         connections: AtomicUsize::new(0),
@@ -163,16 +180,19 @@ pub async fn start(opts: Options) -> Result<Handle, RunError> {
         tracker: TaskTracker::new(),
         listeners: Mutex::new(BTreeMap::new()),
     });
-    let admin_listener = crate::admin::bind(opts.admin)
-        .await
+    let admin_listener =
+        crate::admin::bind(opts.admin)
+            .await
+            .map_err(|source| RunError::Admin {
+                addr: opts.admin,
+                source,
+            })?;
+    let admin = admin_listener
+        .local_addr()
         .map_err(|source| RunError::Admin {
             addr: opts.admin,
             source,
         })?;
-    let admin = admin_listener.local_addr().map_err(|source| RunError::Admin {
-        addr: opts.admin,
-        source,
-    })?;
     tokio::spawn(crate::admin::serve(shared.clone(), admin_listener));
 
     let mut ctl = Control {
@@ -185,11 +205,18 @@ pub async fn start(opts: Options) -> Result<Handle, RunError> {
         seen: Vec::new(),
     };
     ctl.reload().await;
+    // Same polling as the manifests; a bad keyring is refused and the last good stays.
+    let keyring_watch = opts.keyring.as_ref().map(|path| {
+        shared
+            .session
+            .watch_keyring_file(path.clone(), opts.poll_interval)
+    });
     let control = tokio::spawn(ctl.run(opts.poll_interval, opts.dns_refresh));
     Ok(Handle {
         shared,
         admin,
         control,
+        keyring_watch,
     })
 }
 
@@ -206,7 +233,10 @@ pub async fn run(opts: Options) -> Result<(), RunError> {
 
 async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         std::future::pending::<()>().await;
         return;
     };
@@ -325,7 +355,6 @@ impl Control {
         let snap = snapshot::build(
             cfg.clone(),
             &self.dns,
-            certs.clone(),
             &clients,
             &self.shared.endpoints,
             &self.shared.verifiers,

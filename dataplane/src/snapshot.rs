@@ -27,8 +27,12 @@ pub(crate) struct Snapshot {
     pub(crate) hash: String,
     pub(crate) routes: RouteIndex,
     pub(crate) farms: HashMap<String, Arc<FarmRt>>,
-    pub(crate) certs: HashMap<u16, Arc<ListenerCerts>>,
 }
+
+/// Certificates by listener port.
+pub(crate) type ListenerCertMap = HashMap<u16, Arc<ListenerCerts>>;
+/// Upstream TLS client configs by (trust, speaks h2).
+pub(crate) type ClientConfigs = HashMap<(UpstreamTrust, bool), Arc<ClientConfig>>;
 
 /// DNS names every farm wants resolved.
 pub(crate) fn dns_names(config: &DataplaneConfig) -> Vec<(String, u16)> {
@@ -50,13 +54,7 @@ pub(crate) fn dns_names(config: &DataplaneConfig) -> Vec<(String, u16)> {
 pub(crate) fn load_tls(
     config: &DataplaneConfig,
     certs_dir: &Path,
-) -> Result<
-    (
-        HashMap<u16, Arc<ListenerCerts>>,
-        HashMap<(UpstreamTrust, bool), Arc<ClientConfig>>,
-    ),
-    SourceError,
-> {
+) -> Result<(ListenerCertMap, ClientConfigs), SourceError> {
     let mut keys = HashMap::new();
     let mut certs = HashMap::new();
     for l in &config.listeners {
@@ -84,15 +82,17 @@ pub(crate) fn load_tls(
                 }
             }
         }
-        lc.wildcard.sort_by(|a, b| b.0.len().cmp(&a.0.len()));
+        lc.wildcard.sort_by_key(|w| std::cmp::Reverse(w.0.len()));
         certs.insert(l.port, Arc::new(lc));
     }
     let mut clients = HashMap::new();
     for f in config.farms.values() {
         if let Some(t) = &f.upstream.tls {
             let h2 = f.upstream.protocol == UpstreamProtocol::Http2;
-            if !clients.contains_key(&(t.trust.clone(), h2)) {
-                clients.insert((t.trust.clone(), h2), client_config(certs_dir, &t.trust, h2)?);
+            if let std::collections::hash_map::Entry::Vacant(v) =
+                clients.entry((t.trust.clone(), h2))
+            {
+                v.insert(client_config(certs_dir, &t.trust, h2)?);
             }
         }
     }
@@ -103,8 +103,7 @@ pub(crate) fn load_tls(
 pub(crate) fn build(
     config: Arc<DataplaneConfig>,
     dns: &DnsResults,
-    certs: HashMap<u16, Arc<ListenerCerts>>,
-    clients: &HashMap<(UpstreamTrust, bool), Arc<ClientConfig>>,
+    clients: &ClientConfigs,
     endpoints: &Endpoints,
     verifiers: &Verifiers,
 ) -> Snapshot {
@@ -132,7 +131,11 @@ pub(crate) fn build(
                 }
                 MemberTarget::Dns { host, port } => {
                     let tls = farm.upstream.tls.as_ref().map(|t| UpstreamTlsIdentity {
-                        sni: t.sni.clone().unwrap_or_else(|| host.clone()).to_ascii_lowercase(),
+                        sni: t
+                            .sni
+                            .clone()
+                            .unwrap_or_else(|| host.clone())
+                            .to_ascii_lowercase(),
                         trust: t.trust.clone(),
                     });
                     for addr in dns.get(&(host.clone(), *port)).into_iter().flatten() {
@@ -164,7 +167,10 @@ pub(crate) fn build(
     for (id, farm) in &config.farms {
         let tls = farm.upstream.tls.as_ref().and_then(|t| {
             clients
-                .get(&(t.trust.clone(), farm.upstream.protocol == UpstreamProtocol::Http2))
+                .get(&(
+                    t.trust.clone(),
+                    farm.upstream.protocol == UpstreamProtocol::Http2,
+                ))
                 .cloned()
         });
         if let Some(v) = &farm.verifier {
@@ -186,7 +192,10 @@ pub(crate) fn build(
     for (id, farm) in &config.farms {
         let tls = farm.upstream.tls.as_ref().and_then(|t| {
             clients
-                .get(&(t.trust.clone(), farm.upstream.protocol == UpstreamProtocol::Http2))
+                .get(&(
+                    t.trust.clone(),
+                    farm.upstream.protocol == UpstreamProtocol::Http2,
+                ))
                 .cloned()
         });
         let eps = farm_members[id.as_str()]
@@ -211,7 +220,6 @@ pub(crate) fn build(
         hash: config.content_hash(),
         routes: RouteIndex::new(&config.routes),
         farms,
-        certs,
         config,
     }
 }

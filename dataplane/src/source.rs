@@ -29,7 +29,9 @@ pub enum SourceError {
         message: String,
     },
     /// Not exactly one GatewayArray.
-    #[error("failed to load manifests in {dir}: found {found} GatewayArray documents, need exactly one")]
+    #[error(
+        "failed to load manifests in {dir}: found {found} GatewayArray documents, need exactly one"
+    )]
     ArrayCount {
         /// The directory.
         dir: PathBuf,
@@ -104,11 +106,7 @@ fn load_manifests(dir: &Path) -> Result<DataplaneConfig, SourceError> {
     let mut files: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
-            p.is_file()
-                && matches!(
-                    p.extension().and_then(|e| e.to_str()),
-                    Some("yaml" | "yml")
-                )
+            p.is_file() && matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml"))
         })
         .collect();
     files.sort();
@@ -124,7 +122,11 @@ fn load_manifests(dir: &Path) -> Result<DataplaneConfig, SourceError> {
             if value.is_null() {
                 continue;
             }
-            let kind = value.get("kind").and_then(|k| k.as_str()).unwrap_or("").to_owned();
+            let kind = value
+                .get("kind")
+                .and_then(|k| k.as_str())
+                .unwrap_or("")
+                .to_owned();
             let bad = |e: serde_yaml::Error| SourceError::Manifest {
                 path: path.clone(),
                 message: format!("{kind}: {e}"),

@@ -19,7 +19,10 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 /// Loads `<dir>/<secret>/tls.crt` and `tls.key`.
-pub(crate) fn load_certified_key(dir: &Path, secret: &str) -> Result<Arc<CertifiedKey>, SourceError> {
+pub(crate) fn load_certified_key(
+    dir: &Path,
+    secret: &str,
+) -> Result<Arc<CertifiedKey>, SourceError> {
     let err = |message: String| SourceError::Certificate {
         secret: secret.to_owned(),
         message,

@@ -14,9 +14,18 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     let port = free_port();
     let admin_port = free_port();
     dir.write("array.yaml", &array_yaml(&[("web", port, "HTTP", None)]));
-    dir.write("farm.yaml", &farm_yaml("b", &["b.test"], &["/"], &[addr_server(b.addr)], ""));
+    dir.write(
+        "farm.yaml",
+        &farm_yaml("b", &["b.test"], &["/"], &[addr_server(b.addr)], ""),
+    );
     let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis-dataplane"))
-        .args(["--manifests", dir.path().to_str().unwrap(), "--bind", "127.0.0.1", "--admin"])
+        .args([
+            "--manifests",
+            dir.path().to_str().unwrap(),
+            "--bind",
+            "127.0.0.1",
+            "--admin",
+        ])
         .arg(format!("127.0.0.1:{admin_port}"))
         .args(["--log-format", "text"])
         .stdout(Stdio::null())
@@ -38,17 +47,29 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     }
     let mut slow = Vec::new();
     for _ in 0..5 {
-        slow.push(tokio::spawn(async move { get(addr, "b.test", "/slow/1500").await }));
+        slow.push(tokio::spawn(async move {
+            get(addr, "b.test", "/slow/1500").await
+        }));
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert_eq!(get(admin, "admin", "/readyz").await.0, 503, "not ready while draining");
+    assert_eq!(
+        get(admin, "admin", "/readyz").await.0,
+        503,
+        "not ready while draining"
+    );
     for t in slow {
         let (s, hd, body) = t.await.unwrap();
         assert_eq!((s, body.as_str()), (200, "b"));
-        assert_eq!(hd.get("connection").map(|v| v.to_str().unwrap()), Some("close"));
+        assert_eq!(
+            hd.get("connection").map(|v| v.to_str().unwrap()),
+            Some("close")
+        );
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     let code = loop {
@@ -68,7 +89,9 @@ fn bad_flags_exit_64() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(64));
-    let out = Command::new(env!("CARGO_BIN_EXE_portcullis-dataplane")).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis-dataplane"))
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--manifests"));
 }

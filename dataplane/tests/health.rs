@@ -28,8 +28,15 @@ async fn verifier_takes_a_failing_endpoint_out_and_brings_it_back() {
     let h = start(dir.path()).await;
     let addr = h.listener_addr(port).unwrap();
     // The probe carries the configured Host and path.
-    wait_until(Duration::from_secs(3), || bad.seen().iter().any(|s| s.path == "/healthz")).await;
-    let probe = bad.seen().into_iter().find(|s| s.path == "/healthz").unwrap();
+    wait_until(Duration::from_secs(3), || {
+        bad.seen().iter().any(|s| s.path == "/healthz")
+    })
+    .await;
+    let probe = bad
+        .seen()
+        .into_iter()
+        .find(|s| s.path == "/healthz")
+        .unwrap();
     assert_eq!(probe.headers["host"], "probe.internal");
 
     bad.failing.store(true, Ordering::SeqCst);
@@ -76,7 +83,13 @@ async fn killing_a_backend_loses_only_in_flight_requests() {
     dir.write("array.yaml", &array_yaml(&[("web", port, "HTTP", None)]));
     dir.write(
         "farm.yaml",
-        &farm_yaml("f", &["f.test"], &["/"], &[addr_server(one.addr), addr_server(two.addr)], ""),
+        &farm_yaml(
+            "f",
+            &["f.test"],
+            &["/"],
+            &[addr_server(one.addr), addr_server(two.addr)],
+            "",
+        ),
     );
     let h = start(dir.path()).await;
     let addr = h.listener_addr(port).unwrap();
@@ -88,7 +101,13 @@ async fn killing_a_backend_loses_only_in_flight_requests() {
     let clients = 8;
     let mut tasks = Vec::new();
     for _ in 0..clients {
-        let (killed, stop, fb, fa, ok) = (killed.clone(), stop.clone(), failed_before.clone(), failed_after.clone(), ok.clone());
+        let (killed, stop, fb, fa, ok) = (
+            killed.clone(),
+            stop.clone(),
+            failed_before.clone(),
+            failed_after.clone(),
+            ok.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let mut c = Client::connect(addr).await;
             while !stop.load(Ordering::Relaxed) {
@@ -99,7 +118,11 @@ async fn killing_a_backend_loses_only_in_flight_requests() {
                         ok.fetch_add(1, Ordering::Relaxed);
                     }
                     r => {
-                        if after { fa.fetch_add(1, Ordering::Relaxed); } else { fb.fetch_add(1, Ordering::Relaxed); }
+                        if after {
+                            fa.fetch_add(1, Ordering::Relaxed);
+                        } else {
+                            fb.fetch_add(1, Ordering::Relaxed);
+                        }
                         eprintln!("failed (after kill: {after}): {r:?}");
                         c = Client::connect(addr).await;
                     }
@@ -117,7 +140,10 @@ async fn killing_a_backend_loses_only_in_flight_requests() {
     for t in tasks {
         t.await.unwrap();
     }
-    assert!(failed_before.load(Ordering::Relaxed) <= clients, "lost more than in flight");
+    assert!(
+        failed_before.load(Ordering::Relaxed) <= clients,
+        "lost more than in flight"
+    );
     assert_eq!(failed_after.load(Ordering::Relaxed), 0);
     assert!(ok.load(Ordering::Relaxed) > 100);
     h.shutdown().await;

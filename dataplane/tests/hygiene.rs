@@ -14,7 +14,10 @@ async fn ambiguous_requests_are_refused_and_never_forwarded() {
     let dir = TempDir::new("hygiene");
     let port = free_port();
     dir.write("array.yaml", &array_yaml(&[("web", port, "HTTP", None)]));
-    dir.write("farm.yaml", &farm_yaml("b", &["b.test"], &["/"], &[addr_server(b.addr)], ""));
+    dir.write(
+        "farm.yaml",
+        &farm_yaml("b", &["b.test"], &["/"], &[addr_server(b.addr)], ""),
+    );
     let h = start(dir.path()).await;
     let addr = h.listener_addr(port).unwrap();
     let cases: &[(&str, &[u8])] = &[
@@ -46,7 +49,11 @@ async fn ambiguous_requests_are_refused_and_never_forwarded() {
     assert!(b.seen().is_empty(), "the backend saw {:?}", b.seen());
     assert_eq!(b.accepted(), 0);
     // A clean request on the same listener still passes.
-    let resp = raw(addr, b"GET /a/b HTTP/1.1\r\nHost: b.test\r\nConnection: close\r\n\r\n").await;
+    let resp = raw(
+        addr,
+        b"GET /a/b HTTP/1.1\r\nHost: b.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
     h.shutdown().await;
 }
@@ -56,11 +63,17 @@ async fn slow_headers_get_408_and_big_headers_431() {
     let b = Backend::start("b").await;
     let dir = TempDir::new("slow");
     let port = free_port();
-    dir.write("array.yaml", &array_yaml(&[("web", port, "HTTP", None)]).replace(
-        "limits: {headerReadTimeout: 1s}",
-        "limits: {headerReadTimeout: 1s, maxHeaders: 20, maxHeaderBytes: 8192}",
-    ));
-    dir.write("farm.yaml", &farm_yaml("b", &["b.test"], &["/"], &[addr_server(b.addr)], ""));
+    dir.write(
+        "array.yaml",
+        &array_yaml(&[("web", port, "HTTP", None)]).replace(
+            "limits: {headerReadTimeout: 1s}",
+            "limits: {headerReadTimeout: 1s, maxHeaders: 20, maxHeaderBytes: 8192}",
+        ),
+    );
+    dir.write(
+        "farm.yaml",
+        &farm_yaml("b", &["b.test"], &["/"], &[addr_server(b.addr)], ""),
+    );
     let h = start(dir.path()).await;
     let addr = h.listener_addr(port).unwrap();
 
@@ -89,7 +102,10 @@ async fn slow_headers_get_408_and_big_headers_431() {
     many.push_str("\r\n");
     let resp = raw(addr, many.as_bytes()).await;
     assert!(resp.starts_with("HTTP/1.1 431"), "{resp:?}");
-    let big = format!("GET / HTTP/1.1\r\nHost: b.test\r\nx-big: {}\r\n\r\n", "a".repeat(20_000));
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: b.test\r\nx-big: {}\r\n\r\n",
+        "a".repeat(20_000)
+    );
     let resp = raw(addr, big.as_bytes()).await;
     assert!(resp.starts_with("HTTP/1.1 431"), "{resp:?}");
     assert!(b.seen().is_empty());

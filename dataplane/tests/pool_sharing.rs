@@ -18,8 +18,20 @@ async fn farms_naming_one_backend_share_one_pool() {
     dir.write(
         "farms.yaml",
         &[
-            farm_yaml("by-address", &["one.test"], &["/"], &[addr_server(b.addr)], limits),
-            farm_yaml("by-name", &["two.test"], &["/"], &[host_server("localhost", b.addr.port())], limits),
+            farm_yaml(
+                "by-address",
+                &["one.test"],
+                &["/"],
+                &[addr_server(b.addr)],
+                limits,
+            ),
+            farm_yaml(
+                "by-name",
+                &["two.test"],
+                &["/"],
+                &[host_server("localhost", b.addr.port())],
+                limits,
+            ),
         ]
         .join("---\n"),
     );
@@ -49,9 +61,18 @@ async fn farms_naming_one_backend_share_one_pool() {
     let key = format!("http1://{}", b.addr);
     let reused = metric_sum(&m, "portcullis_pool_connections_reused_total", &[&key]);
     let opened = metric_sum(&m, "portcullis_pool_connections_opened_total", &[&key]);
-    eprintln!("ok={} failed={} accepted={} opened={opened} reused={reused}", ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed), b.accepted());
+    eprintln!(
+        "ok={} failed={} accepted={} opened={opened} reused={reused}",
+        ok.load(Ordering::Relaxed),
+        failed.load(Ordering::Relaxed),
+        b.accepted()
+    );
     assert!(ok.load(Ordering::Relaxed) > 500);
-    assert!(b.accepted() <= 8, "backend accepted {} connections", b.accepted());
+    assert!(
+        b.accepted() <= 8,
+        "backend accepted {} connections",
+        b.accepted()
+    );
     assert!(reused > 0.0);
     // Both farms reached the backend through the one identity.
     let seen = b.seen();

@@ -15,9 +15,27 @@ async fn routes_by_exact_host_wildcard_and_longest_prefix() {
     dir.write(
         "farms.yaml",
         &[
-            farm_yaml("a", &["a.example.com"], &["/"], &[addr_server(a.addr)], "  backendHost: internal.a\n"),
-            farm_yaml("api", &["a.example.com"], &["/api"], &[addr_server(api.addr)], ""),
-            farm_yaml("wild", &["*.example.com"], &["/"], &[addr_server(wild.addr)], ""),
+            farm_yaml(
+                "a",
+                &["a.example.com"],
+                &["/"],
+                &[addr_server(a.addr)],
+                "  backendHost: internal.a\n",
+            ),
+            farm_yaml(
+                "api",
+                &["a.example.com"],
+                &["/api"],
+                &[addr_server(api.addr)],
+                "",
+            ),
+            farm_yaml(
+                "wild",
+                &["*.example.com"],
+                &["/"],
+                &[addr_server(wild.addr)],
+                "",
+            ),
         ]
         .join("---\n"),
     );
@@ -53,7 +71,10 @@ async fn hop_by_hop_removed_and_forwarded_for_appended() {
     let dir = TempDir::new("hop");
     let port = free_port();
     dir.write("array.yaml", &array_yaml(&[("web", port, "HTTP", None)]));
-    dir.write("farm.yaml", &farm_yaml("a", &["a.test"], &["/"], &[addr_server(a.addr)], ""));
+    dir.write(
+        "farm.yaml",
+        &farm_yaml("a", &["a.test"], &["/"], &[addr_server(a.addr)], ""),
+    );
     let h = start(dir.path()).await;
     let addr = h.listener_addr(port).unwrap();
     let resp = raw(
@@ -74,7 +95,10 @@ async fn hop_by_hop_removed_and_forwarded_for_appended() {
 #[tokio::test]
 async fn errors_are_distinguished_and_name_no_address() {
     let slow = Backend::start("slow").await;
-    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let dir = TempDir::new("errors");
     let port = free_port();
     dir.write("array.yaml", &array_yaml(&[("web", port, "HTTP", None)]));
@@ -98,7 +122,9 @@ async fn errors_are_distinguished_and_name_no_address() {
     let (s, hd, body) = get(addr, "refused.test", "/").await;
     assert_eq!(s, 502);
     assert_eq!(hd["x-portcullis-error"], "connect-refused");
-    assert!(!body.contains("127.0.0.1") && !hd["x-portcullis-error"].to_str().unwrap().contains("127"));
+    assert!(
+        !body.contains("127.0.0.1") && !hd["x-portcullis-error"].to_str().unwrap().contains("127")
+    );
     let (s, hd, _) = get(addr, "slow.test", "/slow/1000").await;
     assert_eq!(s, 504);
     assert_eq!(hd["x-portcullis-error"], "first-byte-timeout");

@@ -57,10 +57,18 @@ async fn twenty_reloads_under_load_lose_nothing_and_keep_pools() {
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
         let m = metrics(admin).await;
-        if metric_sum(&m, "portcullis_config_reloads_total", &["outcome=\"failure\""]) >= 1.0 {
+        if metric_sum(
+            &m,
+            "portcullis_config_reloads_total",
+            &["outcome=\"failure\""],
+        ) >= 1.0
+        {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "no failed reload counted");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no failed reload counted"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(h.config_hash(), last);
@@ -72,7 +80,11 @@ async fn twenty_reloads_under_load_lose_nothing_and_keep_pools() {
     assert_eq!(failed.load(Ordering::Relaxed), 0);
     assert!(ok.load(Ordering::Relaxed) > 100);
     // Four sequential clients need at most four upstream connections, reloads or not.
-    assert!(b.accepted() <= 4, "backend accepted {} connections", b.accepted());
+    assert!(
+        b.accepted() <= 4,
+        "backend accepted {} connections",
+        b.accepted()
+    );
     let seen = b.seen();
     assert_eq!(seen.last().unwrap().headers["host"], "v20.internal");
     h.shutdown().await;

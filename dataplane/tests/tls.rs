@@ -25,15 +25,21 @@ fn write_cert(dir: &TempDir, secret: &str, host: &str) -> CertificateDer<'static
     ck.cert.der().clone()
 }
 
-fn client(pki: &Pki, alpn: &[&[u8]], versions: &[&'static rustls::SupportedProtocolVersion]) -> tokio_rustls::TlsConnector {
+fn client(
+    pki: &Pki,
+    alpn: &[&[u8]],
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> tokio_rustls::TlsConnector {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(pki.a.clone()).unwrap();
     roots.add(pki.b.clone()).unwrap();
-    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_protocol_versions(versions)
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_protocol_versions(versions)
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
     cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     tokio_rustls::TlsConnector::from(Arc::new(cfg))
 }
@@ -48,11 +54,21 @@ async fn sni_picks_each_hosts_certificate_and_h2_works() {
         b: write_cert(&dir, "cert-b", "b.test"),
     };
     let port = free_port();
-    dir.write("array.yaml", &array_yaml(&[("tls", port, "HTTPS", Some("cert-a"))]));
+    dir.write(
+        "array.yaml",
+        &array_yaml(&[("tls", port, "HTTPS", Some("cert-a"))]),
+    );
     dir.write(
         "farms.yaml",
         &[
-            farm_yaml("a", &["a.test"], &["/"], &[addr_server(a.addr)], "  backendHost: a.test\n").replace(
+            farm_yaml(
+                "a",
+                &["a.test"],
+                &["/"],
+                &[addr_server(a.addr)],
+                "  backendHost: a.test\n",
+            )
+            .replace(
                 "publish: {hosts: [\"a.test\"], paths: [\"/\"]}",
                 "publish: {hosts: [\"a.test\"], paths: [\"/\"], tls: {secretName: cert-a}}",
             ),
@@ -77,10 +93,15 @@ async fn sni_picks_each_hosts_certificate_and_h2_works() {
                 .await
                 .unwrap();
             let presented = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
-            assert_eq!(&presented, want_cert, "TLS {label}: wrong certificate for {host}");
-            tls.write_all(format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes())
-                .await
-                .unwrap();
+            assert_eq!(
+                &presented, want_cert,
+                "TLS {label}: wrong certificate for {host}"
+            );
+            tls.write_all(
+                format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+            )
+            .await
+            .unwrap();
             let mut out = Vec::new();
             let _ = tls.read_to_end(&mut out).await;
             let text = String::from_utf8_lossy(&out);
@@ -98,15 +119,20 @@ async fn sni_picks_each_hosts_certificate_and_h2_works() {
         .await
         .unwrap();
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-    let (sender, conn) = hyper::client::conn::http2::handshake::<_, _, Empty<Bytes>>(TokioExecutor::new(), TokioIo::new(tls))
-        .await
-        .unwrap();
+    let (sender, conn) = hyper::client::conn::http2::handshake::<_, _, Empty<Bytes>>(
+        TokioExecutor::new(),
+        TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
     tokio::spawn(conn);
     let mut streams = Vec::new();
     for i in 0..10 {
         let mut s = sender.clone();
         streams.push(tokio::spawn(async move {
-            let req = http::Request::get(format!("https://a.test/h2/{i}")).body(Empty::new()).unwrap();
+            let req = http::Request::get(format!("https://a.test/h2/{i}"))
+                .body(Empty::new())
+                .unwrap();
             let resp = s.send_request(req).await.unwrap();
             assert_eq!(resp.version(), http::Version::HTTP_2);
             let status = resp.status().as_u16();
@@ -118,6 +144,10 @@ async fn sni_picks_each_hosts_certificate_and_h2_works() {
         let (status, body) = s.await.unwrap();
         assert_eq!((status, &body[..]), (200, &b"a"[..]));
     }
-    assert!(a.seen().iter().any(|s| s.path == "/h2/9" && s.headers["host"] == "a.test"));
+    assert!(
+        a.seen()
+            .iter()
+            .any(|s| s.path == "/h2/9" && s.headers["host"] == "a.test")
+    );
     h.shutdown().await;
 }

@@ -13,7 +13,15 @@ async fn upgraded_connection_echoes_through_five_reloads() {
     let dir = TempDir::new("ws");
     let port = free_port();
     dir.write("array.yaml", &array_yaml(&[("web", port, "HTTP", None)]));
-    let farm = |n: usize| farm_yaml("b", &["ws.test"], &["/"], &[addr_server(b.addr)], &format!("  backendHost: v{n}.internal\n"));
+    let farm = |n: usize| {
+        farm_yaml(
+            "b",
+            &["ws.test"],
+            &["/"],
+            &[addr_server(b.addr)],
+            &format!("  backendHost: v{n}.internal\n"),
+        )
+    };
     dir.write("farm.yaml", &farm(0));
     let h = start(dir.path()).await;
     let addr = h.listener_addr(port).unwrap();
@@ -36,7 +44,10 @@ async fn upgraded_connection_echoes_through_five_reloads() {
         let msg = format!("message {n}");
         s.write_all(msg.as_bytes()).await.unwrap();
         let mut buf = vec![0u8; msg.len()];
-        tokio::time::timeout(Duration::from_secs(3), s.read_exact(&mut buf)).await.unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(3), s.read_exact(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(buf, msg.as_bytes());
     }
     assert_eq!(b.seen().len(), 1);

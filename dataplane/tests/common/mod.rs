@@ -191,7 +191,9 @@ pub fn array_yaml(listeners: &[(&str, u16, &str, Option<&str>)]) -> String {
         "apiVersion: portcullis.io/v1alpha1\nkind: GatewayArray\nmetadata: {name: edge, namespace: default}\nspec:\n  drainTimeout: 10s\n  limits: {headerReadTimeout: 1s}\n  listeners:\n",
     );
     for (name, port, proto, secret) in listeners {
-        s.push_str(&format!("  - name: {name}\n    port: {port}\n    protocol: {proto}\n"));
+        s.push_str(&format!(
+            "  - name: {name}\n    port: {port}\n    protocol: {proto}\n"
+        ));
         if let Some(secret) = secret {
             s.push_str(&format!("    tls: {{secretName: {secret}}}\n"));
         }
@@ -200,9 +202,23 @@ pub fn array_yaml(listeners: &[(&str, u16, &str, Option<&str>)]) -> String {
 }
 
 /// A ServerFarm manifest; `extra` is more YAML under `spec` (indented two spaces).
-pub fn farm_yaml(name: &str, hosts: &[&str], paths: &[&str], servers: &[String], extra: &str) -> String {
-    let hosts = hosts.iter().map(|h| format!("\"{h}\"")).collect::<Vec<_>>().join(", ");
-    let paths = paths.iter().map(|h| format!("\"{h}\"")).collect::<Vec<_>>().join(", ");
+pub fn farm_yaml(
+    name: &str,
+    hosts: &[&str],
+    paths: &[&str],
+    servers: &[String],
+    extra: &str,
+) -> String {
+    let hosts = hosts
+        .iter()
+        .map(|h| format!("\"{h}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let paths = paths
+        .iter()
+        .map(|h| format!("\"{h}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
     let mut s = format!(
         "apiVersion: portcullis.io/v1alpha1\nkind: ServerFarm\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  arrayRef: {{name: edge}}\n  publish: {{hosts: [{hosts}], paths: [{paths}]}}\n  servers:\n"
     );
@@ -275,7 +291,10 @@ pub async fn start(dir: &Path) -> portcullis_dataplane::Handle {
 pub async fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + limit;
     while !f() {
-        assert!(tokio::time::Instant::now() < deadline, "condition not met in {limit:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met in {limit:?}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -297,22 +316,37 @@ pub struct Client {
 impl Client {
     pub async fn connect(addr: SocketAddr) -> Client {
         let tcp = TcpStream::connect(addr).await.unwrap();
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await.unwrap();
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .unwrap();
         tokio::spawn(conn);
         Client { sender }
     }
 
     /// GET `path` with `host`; returns (status, headers, body).
-    pub async fn get(&mut self, host: &str, path: &str) -> Result<(u16, http::HeaderMap, String), String> {
+    pub async fn get(
+        &mut self,
+        host: &str,
+        path: &str,
+    ) -> Result<(u16, http::HeaderMap, String), String> {
         self.sender.ready().await.map_err(|e| e.to_string())?;
         let req = http::Request::get(path)
             .header("host", host)
             .body(Full::new(Bytes::new()))
             .unwrap();
-        let resp = self.sender.send_request(req).await.map_err(|e| e.to_string())?;
+        let resp = self
+            .sender
+            .send_request(req)
+            .await
+            .map_err(|e| e.to_string())?;
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
-        let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
         Ok((status, headers, String::from_utf8_lossy(&body).into_owned()))
     }
 }
