@@ -106,14 +106,24 @@ async fn serve_connection(
         .load()
         .as_ref()
         .map(|s| s.config.limits.clone());
-    let (header_timeout, max_headers, max_header_bytes) =
-        limits.map_or((Duration::from_secs(10), 100, 32 * 1024), |l| {
+    let (header_timeout, max_headers, max_header_bytes, idle_timeout) = limits.map_or(
+        (
+            Duration::from_secs(10),
+            100,
+            32 * 1024,
+            Duration::from_secs(60),
+        ),
+        |l| {
             (
                 l.header_read_timeout.get(),
                 l.max_headers as usize,
                 l.max_header_bytes as usize,
+                l.client_idle_timeout.get(),
             )
-        });
+        },
+    );
+    let born = tokio::time::Instant::now();
+    let activity = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let armed = Arc::new(AtomicBool::new(true));
     let info = ConnInfo {
         client,
@@ -169,14 +179,29 @@ async fn serve_connection(
         armed,
         fired: false,
         sniffer,
+        born,
+        activity: activity.clone(),
     };
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
-    tokio::select! {
-        _ = conn.as_mut() => {}
-        _ = shared.shutdown.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = conn.await;
+    // Keep-alive connections with no traffic for the client idle timeout are closed
+    // (gracefully: a request still running finishes first).
+    let check = (idle_timeout / 4).max(Duration::from_millis(50));
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            _ = conn.as_mut() => break,
+            _ = shared.shutdown.cancelled(), if !closing => {
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+            _ = tokio::time::sleep(check), if !closing && !idle_timeout.is_zero() => {
+                let last = Duration::from_millis(activity.load(Ordering::Relaxed));
+                if born.elapsed().saturating_sub(last) >= idle_timeout {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
         }
     }
 }
@@ -190,6 +215,9 @@ struct HeadTimeout {
     sleep: Pin<Box<tokio::time::Sleep>>,
     armed: Arc<AtomicBool>,
     fired: bool,
+    born: tokio::time::Instant,
+    /// Milliseconds after `born` of the last byte read or written.
+    activity: Arc<std::sync::atomic::AtomicU64>,
     sniffer: Sniffer,
 }
 
@@ -317,6 +345,13 @@ fn judge(head: &[u8]) -> (Option<&'static str>, SniffState) {
     (verdict, next)
 }
 
+impl HeadTimeout {
+    fn touch(&self) {
+        let ms = u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.activity.store(ms, Ordering::Relaxed);
+    }
+}
+
 impl AsyncRead for HeadTimeout {
     fn poll_read(
         mut self: Pin<&mut Self>,
@@ -345,6 +380,9 @@ impl AsyncRead for HeadTimeout {
         }
         let before = buf.filled().len();
         let r = self.inner.as_mut().poll_read(cx, buf);
+        if r.is_ready() {
+            self.touch();
+        }
         if r.is_ready() && !matches!(self.sniffer.state, SniffState::Off) {
             let new = buf.filled()[before..].to_vec();
             self.sniffer.feed(&new);
@@ -359,7 +397,11 @@ impl AsyncWrite for HeadTimeout {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.inner.as_mut().poll_write(cx, buf)
+        let r = self.inner.as_mut().poll_write(cx, buf);
+        if r.is_ready() {
+            self.touch();
+        }
+        r
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.inner.as_mut().poll_flush(cx)

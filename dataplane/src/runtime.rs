@@ -273,7 +273,7 @@ impl Control {
                 }
                 _ = dns_tick.tick() => {
                     if let Some(cfg) = self.config.clone() {
-                        let dns = resolve_all(&cfg).await;
+                        let dns = resolve_all(&cfg, &self.dns).await;
                         if dns != self.dns {
                             tracing::info!("DNS results changed; rebuilding");
                             self.dns = dns;
@@ -303,7 +303,7 @@ impl Control {
         let outcome = match self.source.load() {
             Ok(cfg) => {
                 let cfg = Arc::new(cfg);
-                self.dns = resolve_all(&cfg).await;
+                self.dns = resolve_all(&cfg, &self.dns).await;
                 self.apply(cfg).await
             }
             Err(e) => Err(e),
@@ -388,7 +388,7 @@ impl Control {
     }
 }
 
-async fn resolve_all(cfg: &DataplaneConfig) -> DnsResults {
+async fn resolve_all(cfg: &DataplaneConfig, previous: &DnsResults) -> DnsResults {
     let mut out: DnsResults = BTreeMap::new();
     let mut seen: HashMap<(String, u16), ()> = HashMap::new();
     for (host, port) in snapshot::dns_names(cfg) {
@@ -412,8 +412,13 @@ async fn resolve_all(cfg: &DataplaneConfig) -> DnsResults {
                 out.insert((host, port), v);
             }
             _ => {
-                tracing::warn!(host = %host, "failed to resolve a DNS member");
-                out.insert((host, port), Vec::new());
+                // Keep serving the last addresses rather than emptying the farm.
+                tracing::warn!(host = %host, "failed to resolve a DNS member; keeping the last result");
+                let last = previous
+                    .get(&(host.clone(), port))
+                    .cloned()
+                    .unwrap_or_default();
+                out.insert((host, port), last);
             }
         }
     }
