@@ -112,6 +112,9 @@ pub(crate) struct Pool {
     open: Arc<AtomicUsize>,
     /// Signalled when a connection goes back to the idle list.
     returned: tokio::sync::Notify,
+    /// HTTP/2: one handshake at a time, so a burst of first requests shares one
+    /// connection instead of opening one each.
+    h2_connecting: tokio::sync::Mutex<()>,
 }
 
 /// One endpoint identity: its pool and the facts about it that outlive reloads.
@@ -146,6 +149,7 @@ impl Endpoint {
                 limit: Mutex::new(None),
                 open: Arc::new(AtomicUsize::new(0)),
                 returned: tokio::sync::Notify::new(),
+                h2_connecting: tokio::sync::Mutex::new(()),
             },
             in_flight: AtomicUsize::new(0),
             ewma_us: AtomicU64::new(0),
@@ -189,6 +193,18 @@ impl Endpoint {
             self.metrics.pool_reused.get_or_create(&self.label).inc();
             return Ok(s);
         }
+        let _connecting = if self.identity.protocol == UpstreamProtocol::Http2 {
+            let guard = tokio::time::timeout(connect_timeout, self.pool.h2_connecting.lock())
+                .await
+                .map_err(|_| ConnectError::Timeout)?;
+            if let Some(s) = self.take_idle() {
+                self.metrics.pool_reused.get_or_create(&self.label).inc();
+                return Ok(s);
+            }
+            Some(guard)
+        } else {
+            None
+        };
         let permit = match self.permit(connect_timeout).await? {
             Permit::Reuse(s) => {
                 self.metrics.pool_reused.get_or_create(&self.label).inc();
