@@ -441,6 +441,10 @@ fn pdb(name: &str, metadata: ObjectMeta) -> PodDisruptionBudget {
 
 fn role(name: &str, metadata: ObjectMeta) -> Role {
     let verbs = vec!["get".to_owned(), "list".to_owned(), "watch".to_owned()];
+    // Members read their Secret with `get` only (they poll it by name). Granting
+    // list/watch would require the controller itself to hold list/watch on Secrets
+    // (the RBAC escalation check), i.e. the right to read every Secret it can see.
+    let secret_verbs = vec!["get".to_owned()];
     Role {
         metadata,
         rules: Some(vec![
@@ -455,7 +459,7 @@ fn role(name: &str, metadata: ObjectMeta) -> Role {
                 api_groups: Some(vec![String::new()]),
                 resources: Some(vec!["secrets".to_owned()]),
                 resource_names: Some(vec![names::secret(name)]),
-                verbs,
+                verbs: secret_verbs,
                 ..PolicyRule::default()
             },
         ]),

@@ -469,7 +469,7 @@ fn validate_array(array: &GatewayArray) -> Result<ArrayDefaults, Vec<TranslateEr
         session: SessionConfig {
             keyring_secret: keys
                 .secret_name
-                .unwrap_or_else(|| format!("{}-keyring", array.name_any())),
+                .unwrap_or_else(|| format!("{}-keys", array.name_any())),
             max_session_time,
             accept_retired_for,
             rotation_interval,
