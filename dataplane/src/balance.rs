@@ -197,3 +197,142 @@ impl FarmRt {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use portcullis_crds::config::{EndpointIdentity, UpstreamProtocol};
+
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::pool::{Endpoints, PoolLimits};
+
+    fn farm(lb: LoadBalancing, weights: &[u32]) -> FarmRt {
+        let mut registry = prometheus_client::registry::Registry::default();
+        let metrics = Arc::new(Metrics::register(&mut registry));
+        let endpoints = Endpoints::new(metrics);
+        let limits = PoolLimits {
+            max_idle: 1,
+            max_connections: None,
+            idle_timeout: std::time::Duration::from_secs(1),
+        };
+        let ids: Vec<EndpointIdentity> = (0..weights.len())
+            .map(|i| {
+                EndpointIdentity::new(
+                    format!("10.0.0.{}:80", i + 1).parse().unwrap(),
+                    None,
+                    UpstreamProtocol::Http1,
+                )
+            })
+            .collect();
+        let wanted: HashMap<_, _> = ids.iter().map(|i| (i.clone(), limits)).collect();
+        let reg = endpoints.sync(&wanted);
+        let cfg_json = serde_json::json!({
+            "id": "ns/f",
+            "loadBalancing": lb,
+            "members": [],
+            "upstream": {"protocol": "HTTP1", "maxIdlePerEndpoint": 1, "poolIdleTimeout": "1s",
+                "connectTimeout": "1s", "firstByteTimeout": "1s", "idleTimeout": "1s", "retries": 1},
+            "affinity": {"mode": "None", "cookieName": "c", "maxSessionTime": "1h", "idleTimeout": "1h", "sameSite": "Lax"},
+            "passive": {"consecutiveFailures": 2, "count5xx": true, "baseEjectionTime": "1h"},
+            "cookieProtection": "Off"
+        });
+        let cfg: FarmConfig = serde_json::from_value(cfg_json).unwrap();
+        let eps = ids
+            .iter()
+            .zip(weights)
+            .map(|(id, w)| FarmEndpoint {
+                endpoint: reg[id].clone(),
+                weight: *w,
+                draining: false,
+                probe: None,
+            })
+            .collect();
+        FarmRt::new(cfg, eps, None)
+    }
+
+    #[test]
+    fn smooth_weighted_round_robin_follows_weights_and_interleaves() {
+        let f = farm(LoadBalancing::RoundRobin, &[5, 1, 1]);
+        let picks: Vec<usize> = (0..7).map(|_| f.pick(None, None).unwrap()).collect();
+        assert_eq!(picks.iter().filter(|p| **p == 0).count(), 5);
+        assert_eq!(picks.iter().filter(|p| **p == 1).count(), 1);
+        // Smooth: the heavy endpoint never takes more than three in a row here.
+        assert_eq!(picks, vec![0, 0, 1, 0, 2, 0, 0]);
+    }
+
+    #[test]
+    fn zero_weight_and_ejected_endpoints_take_nothing() {
+        let f = farm(LoadBalancing::RoundRobin, &[1, 0, 1]);
+        for _ in 0..10 {
+            assert_ne!(f.pick(None, None), Some(1));
+        }
+        f.record(0, true);
+        f.record(0, true);
+        for _ in 0..10 {
+            assert_eq!(f.pick(None, None), Some(2), "ejected endpoint 0 was picked");
+        }
+        f.record(2, true);
+        f.record(2, true);
+        assert_eq!(f.pick(None, None), None);
+    }
+
+    #[test]
+    fn consistent_hash_is_stable_and_moves_only_the_lost_keys() {
+        let f = farm(LoadBalancing::ConsistentHash, &[1, 1, 1, 1]);
+        let keys: Vec<String> = (0..200).map(|i| format!("client-{i}")).collect();
+        let before: Vec<usize> = keys
+            .iter()
+            .map(|k| f.pick(Some(k.as_bytes()), None).unwrap())
+            .collect();
+        let again: Vec<usize> = keys
+            .iter()
+            .map(|k| f.pick(Some(k.as_bytes()), None).unwrap())
+            .collect();
+        assert_eq!(before, again);
+        for n in 0..4 {
+            assert!(
+                before.iter().filter(|p| **p == n).count() > 20,
+                "endpoint {n} gets too few keys"
+            );
+        }
+        // Eject endpoint 3: only its keys move.
+        f.record(3, true);
+        f.record(3, true);
+        for (k, b) in keys.iter().zip(&before) {
+            let now = f.pick(Some(k.as_bytes()), None).unwrap();
+            if *b != 3 {
+                assert_eq!(now, *b, "{k} moved although its endpoint stayed");
+            } else {
+                assert_ne!(now, 3);
+            }
+        }
+    }
+
+    #[test]
+    fn least_requests_prefers_the_idle_endpoint() {
+        let f = farm(LoadBalancing::LeastRequests, &[1, 1]);
+        f.endpoints[0]
+            .endpoint
+            .in_flight
+            .store(10, Ordering::Relaxed);
+        for _ in 0..10 {
+            assert_eq!(f.pick(None, None), Some(1));
+        }
+    }
+
+    #[test]
+    fn power_of_two_prefers_the_faster_endpoint() {
+        let f = farm(LoadBalancing::PowerOfTwoEwma, &[1, 1]);
+        f.endpoints[0]
+            .endpoint
+            .observe_latency(std::time::Duration::from_millis(50));
+        f.endpoints[1]
+            .endpoint
+            .observe_latency(std::time::Duration::from_millis(1));
+        for _ in 0..10 {
+            assert_eq!(f.pick(None, None), Some(1));
+        }
+    }
+}
