@@ -111,3 +111,41 @@ async fn slow_headers_get_408_and_big_headers_431() {
     assert!(b.seen().is_empty());
     h.shutdown().await;
 }
+
+#[tokio::test]
+async fn connections_over_the_cap_are_closed_at_once() {
+    let b = Backend::start("b").await;
+    let dir = TempDir::new("cap");
+    let port = free_port();
+    dir.write(
+        "array.yaml",
+        &array_yaml(&[("web", port, "HTTP", None)]).replace(
+            "limits: {headerReadTimeout: 1s}",
+            "limits: {headerReadTimeout: 5s, maxConnections: 2}",
+        ),
+    );
+    dir.write(
+        "farm.yaml",
+        &farm_yaml("b", &["b.test"], &["/"], &[addr_server(b.addr)], ""),
+    );
+    let h = start(dir.path()).await;
+    let addr = h.listener_addr(port).unwrap();
+    let mut first = Client::connect(addr).await;
+    let mut second = Client::connect(addr).await;
+    assert_eq!(first.get("b.test", "/").await.unwrap().0, 200);
+    assert_eq!(second.get("b.test", "/").await.unwrap().0, 200);
+    // The third connection is accepted and closed without an answer.
+    let mut third = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let _ = third
+        .write_all(b"GET / HTTP/1.1\r\nHost: b.test\r\n\r\n")
+        .await;
+    let mut buf = Vec::new();
+    let r = tokio::time::timeout(Duration::from_secs(2), third.read_to_end(&mut buf)).await;
+    assert!(matches!(r, Ok(Ok(0)) | Ok(Err(_))), "{r:?} {buf:?}");
+    // Closing one frees a slot.
+    drop(first);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(get(addr, "b.test", "/").await.0, 200);
+    assert_eq!(second.get("b.test", "/").await.unwrap().0, 200);
+    h.shutdown().await;
+}
