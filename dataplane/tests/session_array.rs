@@ -510,7 +510,6 @@ impl Array {
 // ---------------------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs proxy integration"]
 async fn failover_keeps_the_session_on_its_backend() {
     let mut array = Array::start(
         &["127.0.0.1", "127.0.0.2", "127.0.0.3"],
@@ -562,7 +561,6 @@ async fn failover_keeps_the_session_on_its_backend() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs proxy integration"]
 async fn rotation_under_load_rejects_nothing_and_moves_no_session() {
     let array = Array::start(
         &["127.0.0.1", "127.0.0.2", "127.0.0.3"],
@@ -714,7 +712,6 @@ async fn rotation_under_load_rejects_nothing_and_moves_no_session() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs proxy integration"]
 async fn a_foreign_array_drops_the_cookies_and_starts_a_new_session() {
     let ours = Array::start(&["127.0.0.1"], &[("ours", 1, KeyState::Active)]).await;
     // Another array publishing the same farm with its own keyring.
