@@ -27,9 +27,9 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
             "--admin",
         ])
         .arg(format!("127.0.0.1:{admin_port}"))
-        .args(["--log-format", "text"])
+        .args(["--log-format", "json"])
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("log.json")).unwrap())
         .spawn()
         .unwrap();
     let admin: std::net::SocketAddr = format!("127.0.0.1:{admin_port}").parse().unwrap();
@@ -48,7 +48,7 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     let mut slow = Vec::new();
     for _ in 0..5 {
         slow.push(tokio::spawn(async move {
-            get(addr, "b.test", "/slow/1500").await
+            get(addr, "b.test", "/slow/1500?secret=q").await
         }));
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -80,6 +80,27 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(code.success(), "exit status {code:?}");
+
+    // One JSON access line per request: farm, endpoint identity, status, durations,
+    // bytes, method, path without the query, client.
+    let log = std::fs::read_to_string(dir.path().join("log.json")).unwrap();
+    let access: Vec<serde_json::Value> = log
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"] == "access")
+        .collect();
+    assert_eq!(access.len(), 5, "{log}");
+    let line = &access[0];
+    assert_eq!(line["farm"], "default/b");
+    assert_eq!(line["endpoint"], format!("http1://{}", b.addr));
+    assert_eq!(line["status"], 200);
+    assert_eq!(line["path"], "/slow/1500");
+    assert_eq!(line["method"], "GET");
+    assert_eq!(line["bytes_out"], 1);
+    assert!(line["total_ms"].as_f64().unwrap() >= 1400.0);
+    assert!(line["upstream_first_byte_ms"].as_f64().is_some());
+    assert!(line["client"].as_str().unwrap().starts_with("127.0.0.1:"));
+    assert!(!log.contains("secret=q"));
 }
 
 #[test]

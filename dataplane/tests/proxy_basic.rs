@@ -142,3 +142,71 @@ async fn errors_are_distinguished_and_name_no_address() {
     assert_eq!(status, 503);
     h.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_stream_both_ways() {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, StreamBody};
+    let b = Backend::start("b").await;
+    let dir = TempDir::new("stream");
+    let port = free_port();
+    dir.write("array.yaml", &array_yaml(&[("web", port, "HTTP", None)]));
+    dir.write(
+        "farm.yaml",
+        &farm_yaml("b", &["b.test"], &["/"], &[addr_server(b.addr)], ""),
+    );
+    let h = start(dir.path()).await;
+    let addr = h.listener_addr(port).unwrap();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    // A chunked upload the client feeds piece by piece; the echo must start coming back
+    // before the upload ends (nothing buffers the whole body).
+    let (tx, rx) =
+        tokio::sync::mpsc::channel::<Result<http_body::Frame<Bytes>, std::convert::Infallible>>(4);
+    let body = StreamBody::new(tokio_stream_from(rx));
+    let req = http::Request::post("/echo")
+        .header("host", "b.test")
+        .body(body)
+        .unwrap();
+    let send = tokio::spawn(async move { sender.send_request(req).await.unwrap() });
+    tx.send(Ok(http_body::Frame::data(Bytes::from(vec![
+        b'x';
+        64 * 1024
+    ]))))
+    .await
+    .unwrap();
+    let resp = send.await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let mut body = resp.into_body();
+    let first = body.frame().await.unwrap().unwrap().into_data().unwrap();
+    assert!(
+        !first.is_empty(),
+        "the echo started while the upload was still open"
+    );
+    let mut total = first.len();
+    for _ in 0..15 {
+        tx.send(Ok(http_body::Frame::data(Bytes::from(vec![
+            b'y';
+            64 * 1024
+        ]))))
+        .await
+        .unwrap();
+    }
+    drop(tx);
+    while let Some(f) = body.frame().await {
+        if let Ok(d) = f.unwrap().into_data() {
+            total += d.len();
+        }
+    }
+    assert_eq!(total, 16 * 64 * 1024);
+    h.shutdown().await;
+}
+
+/// A stream over an mpsc receiver (no tokio-stream dependency).
+fn tokio_stream_from<T>(mut rx: tokio::sync::mpsc::Receiver<T>) -> impl futures::Stream<Item = T> {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}

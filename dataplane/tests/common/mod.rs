@@ -165,6 +165,16 @@ async fn answer(
             .body(Empty::new().boxed())
             .unwrap();
     }
+    if path == "/echo" {
+        // Streams the request body back as it arrives.
+        let body = req
+            .into_body()
+            .map_err(|_| -> Infallible { unreachable!("test body") });
+        return http::Response::builder()
+            .header("x-backend", name)
+            .body(body.boxed())
+            .unwrap();
+    }
     if let Some(ms) = path.strip_prefix("/slow/") {
         let ms: u64 = ms.parse().unwrap_or(100);
         tokio::time::sleep(Duration::from_millis(ms)).await;
