@@ -235,7 +235,12 @@ pub(crate) struct Sniffer {
 enum SniffState {
     Head,
     Body(u64),
-    /// HTTP/2, a chunked body (not followed), or an upgrade: no more sniffing.
+    /// A chunk-size line (or the CRLF ending the previous chunk).
+    ChunkLine,
+    ChunkData(u64),
+    /// Trailer lines up to the empty line.
+    Trailers,
+    /// HTTP/2, an upgrade, or a connection about to close: no more sniffing.
     Off,
 }
 
@@ -265,6 +270,46 @@ impl Sniffer {
                         SniffState::Head
                     } else {
                         SniffState::Body(left)
+                    };
+                }
+                SniffState::ChunkData(n) => {
+                    let take = (n as usize).min(data.len());
+                    data = &data[take..];
+                    let left = n - take as u64;
+                    self.state = if left == 0 {
+                        SniffState::ChunkLine
+                    } else {
+                        SniffState::ChunkData(left)
+                    };
+                }
+                SniffState::ChunkLine | SniffState::Trailers => {
+                    let Some(nl) = data.iter().position(|c| *c == b'\n') else {
+                        self.buf.extend_from_slice(data);
+                        if self.buf.len() > 4096 {
+                            self.state = SniffState::Off;
+                        }
+                        return;
+                    };
+                    self.buf.extend_from_slice(&data[..nl]);
+                    data = &data[nl + 1..];
+                    let line = std::mem::take(&mut self.buf);
+                    let line = line.strip_suffix(b"\r").unwrap_or(&line);
+                    self.state = match self.state {
+                        SniffState::Trailers if line.is_empty() => SniffState::Head,
+                        SniffState::Trailers => SniffState::Trailers,
+                        _ if line.is_empty() => SniffState::ChunkLine,
+                        _ => {
+                            let size = line.split(|c| *c == b';').next().unwrap_or_default();
+                            match std::str::from_utf8(size)
+                                .ok()
+                                .and_then(|s| u64::from_str_radix(s.trim(), 16).ok())
+                            {
+                                Some(0) => SniffState::Trailers,
+                                Some(n) => SniffState::ChunkData(n),
+                                // hyper refuses this too and closes the connection.
+                                None => SniffState::Off,
+                            }
+                        }
                     };
                 }
                 SniffState::Head => {
@@ -310,6 +355,7 @@ fn judge(head: &[u8]) -> (Option<&'static str>, SniffState) {
     let mut cl = 0usize;
     let mut cl_value: Option<u64> = None;
     let mut te = false;
+    let mut chunked = false;
     let mut upgrade = false;
     for line in head.split(|c| *c == b'\n').skip(1) {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
@@ -323,6 +369,10 @@ fn judge(head: &[u8]) -> (Option<&'static str>, SniffState) {
             cl_value = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok());
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             te = true;
+            chunked = value
+                .rsplit(|c| *c == b',')
+                .next()
+                .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
         } else if name.eq_ignore_ascii_case(b"upgrade") {
             upgrade = true;
         }
@@ -334,8 +384,10 @@ fn judge(head: &[u8]) -> (Option<&'static str>, SniffState) {
     } else {
         None
     };
-    let next = if te || upgrade || verdict.is_some() {
+    let next = if upgrade || verdict.is_some() || (te && !chunked) {
         SniffState::Off
+    } else if chunked {
+        SniffState::ChunkLine
     } else {
         match cl_value {
             Some(n) if n > 0 => SniffState::Body(n),
@@ -418,5 +470,37 @@ impl AsyncWrite for HeadTimeout {
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Sniffer;
+
+    fn verdicts(input: &[u8], step: usize) -> Vec<Option<&'static str>> {
+        let mut s = Sniffer::new(8192, true);
+        for piece in input.chunks(step) {
+            s.feed(piece);
+        }
+        s.verdicts.lock().iter().copied().collect()
+    }
+
+    #[test]
+    fn sniffer_follows_lengths_and_chunks_across_requests() {
+        let stream: &[u8] = b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello\
+POST /b HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n0\r\nX-T: 1\r\n\r\n\
+GET /c HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n";
+        for step in [1, 3, 7, stream.len()] {
+            assert_eq!(
+                verdicts(stream, step),
+                vec![None, None, Some("duplicate-content-length")],
+                "step {step}"
+            );
+        }
+        let smuggle = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(
+            verdicts(smuggle, 5),
+            vec![Some("content-length-and-transfer-encoding")]
+        );
     }
 }

@@ -387,7 +387,8 @@ async fn serve(
                 {
                     {
                         let upstream_up = hyper::upgrade::on(&mut resp);
-                        tokio::spawn(async move {
+                        // Tracked, so a drain gives open tunnels until its timeout.
+                        shared.tracker.spawn(async move {
                             let _guard = guard;
                             if let (Ok(c), Ok(u)) = (client_up.await, upstream_up.await) {
                                 let mut c = TokioIo::new(c);

@@ -149,3 +149,29 @@ async fn connections_over_the_cap_are_closed_at_once() {
     assert_eq!(second.get("b.test", "/").await.unwrap().0, 200);
     h.shutdown().await;
 }
+
+#[tokio::test]
+async fn smuggling_after_a_chunked_request_on_the_same_connection_is_refused() {
+    let b = Backend::start("b").await;
+    let dir = TempDir::new("pipeline");
+    let port = free_port();
+    dir.write("array.yaml", &array_yaml(&[("web", port, "HTTP", None)]));
+    dir.write(
+        "farm.yaml",
+        &farm_yaml("b", &["b.test"], &["/"], &[addr_server(b.addr)], ""),
+    );
+    let h = start(dir.path()).await;
+    let addr = h.listener_addr(port).unwrap();
+    let resp = raw(
+        addr,
+        b"POST /one HTTP/1.1\r\nHost: b.test\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n\
+POST /two HTTP/1.1\r\nHost: b.test\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(resp.contains("HTTP/1.1 400"), "{resp}");
+    let seen = b.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].path, "/one");
+    h.shutdown().await;
+}
