@@ -16,7 +16,6 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use parking_lot::Mutex;
@@ -29,7 +28,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use crate::metrics::{EndpointLabel, Metrics};
 
 /// The body sent upstream: the client's, or empty when a bodiless request is retried.
-pub(crate) type ReqBody = http_body_util::Either<Incoming, http_body_util::Empty<Bytes>>;
+pub(crate) type ReqBody =
+    http_body_util::Either<crate::proxy::Counted, http_body_util::Empty<Bytes>>;
 
 /// Any byte stream a connection runs on.
 pub(crate) trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}

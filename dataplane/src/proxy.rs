@@ -271,12 +271,7 @@ async fn serve(
         _ => None,
     };
 
-    let bytes_in: u64 = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+    let bytes_in = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let method = req.method().clone();
     let path = req.uri().path().to_owned();
     let attempts = 1 + farm.cfg.upstream.retries.min(3);
@@ -297,7 +292,12 @@ async fn serve(
             *r.headers_mut() = req.headers().clone();
             r
         });
-    let mut req: Option<Request<ReqBody>> = Some(req.map(http_body_util::Either::Left));
+    let mut req: Option<Request<ReqBody>> = Some(req.map(|inner| {
+        http_body_util::Either::Left(Counted {
+            inner,
+            count: bytes_in.clone(),
+        })
+    }));
     for attempt in 0..attempts {
         if req.is_none() {
             match &replay {
@@ -431,7 +431,7 @@ async fn serve(
                         client: conn.client,
                         start,
                         first_byte,
-                        bytes_in,
+                        bytes_in: bytes_in.clone(),
                         bytes_out: 0,
                         clean: false,
                     }),
@@ -527,7 +527,7 @@ struct Done {
     client: SocketAddr,
     start: Instant,
     first_byte: Duration,
-    bytes_in: u64,
+    bytes_in: Arc<std::sync::atomic::AtomicU64>,
     bytes_out: u64,
     clean: bool,
 }
@@ -546,7 +546,7 @@ impl Drop for Done {
             status = self.status,
             total_ms = self.start.elapsed().as_secs_f64() * 1000.0,
             upstream_first_byte_ms = self.first_byte.as_secs_f64() * 1000.0,
-            bytes_in = self.bytes_in,
+            bytes_in = self.bytes_in.load(Ordering::Relaxed),
             bytes_out = self.bytes_out,
             complete = self.clean,
             method = %self.method,
@@ -624,6 +624,42 @@ impl Body for Tracked {
                 Poll::Pending
             }
         }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The client's request body, counting the bytes that pass for the access log.
+    pub(crate) struct Counted {
+        #[pin]
+        inner: Incoming,
+        count: Arc<std::sync::atomic::AtomicU64>,
+    }
+}
+
+impl Body for Counted {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.project();
+        let r = this.inner.poll_frame(cx);
+        if let Poll::Ready(Some(Ok(f))) = &r
+            && let Some(d) = f.data_ref()
+        {
+            this.count.fetch_add(d.len() as u64, Ordering::Relaxed);
+        }
+        r
     }
 
     fn is_end_stream(&self) -> bool {
