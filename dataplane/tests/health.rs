@@ -52,6 +52,19 @@ async fn verifier_takes_a_failing_endpoint_out_and_brings_it_back() {
         assert!(Instant::now() < deadline, "endpoint never marked unhealthy");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // A reload that keeps both identities keeps the verdict: no traffic to `bad`.
+    let hash = h.config_hash();
+    dir.write(
+        "farm.yaml",
+        &farm_yaml(
+            "v",
+            &["v.test"],
+            &["/"],
+            &[addr_server(good.addr), addr_server(bad.addr)],
+            "  backendHost: reloaded.internal\n  connectivityVerifier: {path: /healthz, host: probe.internal, interval: 100ms, timeout: 100ms, healthyThreshold: 2, unhealthyThreshold: 2}\n",
+        ),
+    );
+    wait_until(Duration::from_secs(5), || h.config_hash() != hash).await;
     let before = bad.seen().iter().filter(|s| s.path != "/healthz").count();
     let mut c = Client::connect(addr).await;
     for _ in 0..30 {
