@@ -594,6 +594,20 @@ def first_line(argv):
     return text.splitlines()[0] if text else "unknown"
 
 
+def portcullis_version(git):
+    """The binary's --version and build time, and the repository revision next to it (the
+    binary may come from PORTCULLIS_BIN, built from another revision)."""
+    parts = []
+    if S.portcullis_bin and os.access(S.portcullis_bin, os.X_OK):
+        parts.append(first_line([S.portcullis_bin, "--version"]))
+        built = datetime.datetime.fromtimestamp(
+            os.path.getmtime(S.portcullis_bin), datetime.timezone.utc)
+        parts.append(f"binary built {built.strftime('%Y-%m-%d %H:%M UTC')}")
+    if git:
+        parts.append(f"repository at git {git}")
+    return ", ".join(parts) or "unknown"
+
+
 def machine_info():
     model = "unknown"
     try:
@@ -618,7 +632,7 @@ def machine_info():
         "haproxy": first_line(["haproxy", "-v"]),
         "wrk": first_line(["wrk", "-v"]),
         "h2load": first_line(["h2load", "--version"]),
-        "portcullis": f"git {git}" if git else "unknown",
+        "portcullis": portcullis_version(git),
     }
     return info
 
