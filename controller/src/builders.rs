@@ -9,13 +9,14 @@ use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, Container, ContainerPort, EnvVar, EnvVarSource, ExecAction,
-    HTTPGetAction, Lifecycle, LifecycleHandler, ObjectFieldSelector, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, SeccompProfile, Secret, SecurityContext, Service, ServiceAccount,
-    ServicePort, ServiceSpec,
+    Capabilities, ConfigMap, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    ExecAction, HTTPGetAction, Lifecycle, LifecycleHandler, ObjectFieldSelector,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, Secret, SecurityContext,
+    Service, ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
@@ -242,6 +243,11 @@ fn secret(inputs: &BuildInputs<'_>, mut metadata: ObjectMeta) -> Secret {
     }
 }
 
+/// The member's writable state volume and where it is mounted (the dataplane's default
+/// `--state-dir`).
+const STATE_VOLUME: &str = "state";
+const STATE_DIR: &str = "/run/portcullis";
+
 fn deployment(
     inputs: &BuildInputs<'_>,
     name: &str,
@@ -325,6 +331,13 @@ fn deployment(
             ..Lifecycle::default()
         }),
         resources: pod.resources.clone(),
+        // The root filesystem is read-only; the member writes the synced config, keyring
+        // and certificates here (memory-backed, so key material never touches a disk).
+        volume_mounts: Some(vec![VolumeMount {
+            name: STATE_VOLUME.to_owned(),
+            mount_path: STATE_DIR.to_owned(),
+            ..VolumeMount::default()
+        }]),
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),
             privileged: Some(false),
@@ -377,6 +390,15 @@ fn deployment(
                         ..PodSecurityContext::default()
                     }),
                     containers: vec![container],
+                    volumes: Some(vec![Volume {
+                        name: STATE_VOLUME.to_owned(),
+                        empty_dir: Some(EmptyDirVolumeSource {
+                            medium: Some("Memory".to_owned()),
+                            size_limit: Some(Quantity("16Mi".to_owned())),
+                            ..EmptyDirVolumeSource::default()
+                        }),
+                        ..Volume::default()
+                    }]),
                     ..PodSpec::default()
                 }),
             },

@@ -6,6 +6,7 @@
 
 mod admin;
 mod balance;
+pub mod cluster;
 mod health;
 mod hygiene;
 mod listener;

@@ -10,7 +10,7 @@ use clap::{ArgGroup, Parser, ValueEnum};
 /// endpoint identity.
 #[derive(Parser, Debug)]
 #[command(name = "portcullis-dataplane", version)]
-#[command(group(ArgGroup::new("source").required(true).args(["manifests", "config"])))]
+#[command(group(ArgGroup::new("source").required(true).args(["manifests", "config", "array"])))]
 struct Args {
     /// Local mode: serve the GatewayArray and ServerFarm manifests in DIR; reload on change.
     #[arg(long, value_name = "DIR", env = "PORTCULLIS_MANIFESTS")]
@@ -18,6 +18,33 @@ struct Args {
     /// Serve a rendered dataplane config (JSON); reload on change.
     #[arg(long, value_name = "FILE", env = "PORTCULLIS_CONFIG")]
     config: Option<PathBuf>,
+    /// In-cluster mode: serve the GatewayArray NAME's ConfigMap and Secret (GET only).
+    #[arg(
+        long,
+        value_name = "NAME",
+        env = "PORTCULLIS_ARRAY",
+        requires = "namespace"
+    )]
+    array: Option<String>,
+    /// The array's namespace (in-cluster mode).
+    #[arg(long, value_name = "NS", env = "POD_NAMESPACE")]
+    namespace: Option<String>,
+    /// In-cluster mode: where the synced config, keyring and certificates are written.
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "/run/portcullis",
+        env = "PORTCULLIS_STATE_DIR"
+    )]
+    state_dir: PathBuf,
+    /// In-cluster mode: how often the ConfigMap and Secret are fetched.
+    #[arg(
+        long,
+        value_name = "DURATION",
+        default_value = "2s",
+        env = "PORTCULLIS_CLUSTER_POLL"
+    )]
+    cluster_poll: portcullis_crds::Duration,
     /// Address the listeners bind to.
     #[arg(
         long,
@@ -103,11 +130,29 @@ fn main() -> ExitCode {
             return ExitCode::from(70);
         }
     };
-    match rt.block_on(portcullis_dataplane::run(opts)) {
+    let result: anyhow::Result<()> = rt.block_on(async {
+        match (args.array, args.namespace) {
+            (Some(array), Some(namespace)) => {
+                let cluster = portcullis_dataplane::cluster::ClusterOptions {
+                    array,
+                    namespace,
+                    state_dir: args.state_dir,
+                    poll: args
+                        .cluster_poll
+                        .get()
+                        .max(std::time::Duration::from_millis(100)),
+                };
+                let client = kube::Client::try_default().await?;
+                Ok(portcullis_dataplane::cluster::run(client, cluster, opts).await?)
+            }
+            _ => Ok(portcullis_dataplane::run(opts).await?),
+        }
+    });
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(error = %e, "dataplane failed");
-            eprintln!("{e}");
+            eprintln!("{e:#}");
             ExitCode::from(1)
         }
     }

@@ -94,9 +94,15 @@ pub struct Handle {
     admin: SocketAddr,
     control: tokio::task::JoinHandle<()>,
     keyring_watch: Option<tokio::task::JoinHandle<()>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Handle {
+    /// A background task stopped with the dataplane.
+    pub(crate) fn add_task(&mut self, task: tokio::task::JoinHandle<()>) {
+        self.tasks.push(task);
+    }
+
     /// The admin server's bound address.
     pub fn admin_addr(&self) -> SocketAddr {
         self.admin
@@ -139,6 +145,9 @@ impl Handle {
         self.control.abort();
         if let Some(w) = &self.keyring_watch {
             w.abort();
+        }
+        for t in &self.tasks {
+            t.abort();
         }
     }
 }
@@ -217,6 +226,7 @@ pub async fn start(opts: Options) -> Result<Handle, RunError> {
         admin,
         control,
         keyring_watch,
+        tasks: Vec::new(),
     })
 }
 
@@ -231,7 +241,7 @@ pub async fn run(opts: Options) -> Result<(), RunError> {
     Ok(())
 }
 
-async fn wait_for_signal() {
+pub(crate) async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),

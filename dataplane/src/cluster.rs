@@ -1,0 +1,232 @@
+//! In-cluster mode: `--array NAME --namespace NS`.
+//!
+//! Every poll interval the member GETs (never lists or watches: its Role only grants
+//! `get` on these two names) the array's ConfigMap `<array>-config` and Secret
+//! `<array>-keys`, and writes them atomically into the state directory as `config.json`,
+//! `keyring.yaml` and `certs/<secret>/{tls.crt,tls.key,ca.crt}`. The runtime serves those
+//! files exactly as `--config`/`--keyring`/`--certs` would, so a cluster change goes
+//! through the same reload path as a file change: atomic, last good kept on error.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::{Api, Client};
+use portcullis_crds::config::CONFIG_KEY;
+use portcullis_crds::keyring::KEYRING_SECRET_KEY;
+
+use crate::runtime::{Handle, Options, RunError};
+
+/// Where the array's objects live and where their content is written.
+#[derive(Clone, Debug)]
+pub struct ClusterOptions {
+    /// The GatewayArray's name.
+    pub array: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// Directory the config, keyring and certificates are written to.
+    pub state_dir: PathBuf,
+    /// How often the ConfigMap and Secret are fetched.
+    pub poll: Duration,
+}
+
+impl ClusterOptions {
+    fn config_map(&self) -> String {
+        format!("{}-config", self.array)
+    }
+    fn secret(&self) -> String {
+        format!("{}-keys", self.array)
+    }
+}
+
+/// Why a sync or the start in cluster mode failed. Never carries secret bytes.
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// The API server refused or could not be reached.
+    #[error("failed to get {kind} {namespace}/{name}: {source}")]
+    Get {
+        /// `ConfigMap` or `Secret`.
+        kind: &'static str,
+        /// Namespace.
+        namespace: String,
+        /// Object name.
+        name: String,
+        /// The cause.
+        #[source]
+        source: Box<kube::Error>,
+    },
+    /// The ConfigMap has no config.
+    #[error("failed to read ConfigMap {namespace}/{name}: key {CONFIG_KEY} is missing")]
+    MissingConfig {
+        /// Namespace.
+        namespace: String,
+        /// Object name.
+        name: String,
+    },
+    /// A state file could not be written.
+    #[error("failed to write {path}: {source}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The runtime did not start.
+    #[error(transparent)]
+    Run(#[from] RunError),
+}
+
+/// Fetches the ConfigMap and Secret once and writes what changed into the state
+/// directory. A missing Secret is logged and leaves the keyring and certificates as they
+/// were; a missing ConfigMap is an error.
+pub async fn sync_once(client: &Client, opts: &ClusterOptions) -> Result<(), ClusterError> {
+    let ns = &opts.namespace;
+    let cm_name = opts.config_map();
+    let cm = Api::<ConfigMap>::namespaced(client.clone(), ns)
+        .get(&cm_name)
+        .await
+        .map_err(|source| ClusterError::Get {
+            kind: "ConfigMap",
+            namespace: ns.clone(),
+            name: cm_name.clone(),
+            source: Box::new(source),
+        })?;
+    let config = cm
+        .data
+        .as_ref()
+        .and_then(|d| d.get(CONFIG_KEY))
+        .ok_or_else(|| ClusterError::MissingConfig {
+            namespace: ns.clone(),
+            name: cm_name.clone(),
+        })?;
+    let secret_name = opts.secret();
+    let secret = match Api::<Secret>::namespaced(client.clone(), ns)
+        .get(&secret_name)
+        .await
+    {
+        Ok(s) => Some(s),
+        Err(kube::Error::Api(status)) if status.is_not_found() => {
+            tracing::warn!(namespace = %ns, name = %secret_name, "the array's Secret does not exist yet");
+            None
+        }
+        Err(source) => {
+            return Err(ClusterError::Get {
+                kind: "Secret",
+                namespace: ns.clone(),
+                name: secret_name,
+                source: Box::new(source),
+            });
+        }
+    };
+    // Certificates and the keyring first, so a config that needs them finds them.
+    if let Some(data) = secret.and_then(|s| s.data) {
+        for (key, value) in &data {
+            if let Some(path) = secret_path(&opts.state_dir, key) {
+                write_if_changed(&path, &value.0)?;
+            }
+        }
+    }
+    write_if_changed(&opts.state_dir.join("config.json"), config.as_bytes())
+}
+
+/// Where a Secret key is written: `keyring.yaml`, or `<s>.crt`, `<s>.key`, `<s>.ca.crt`
+/// under `certs/<s>/`. Other keys and names that are not one path component are skipped.
+fn secret_path(state: &Path, key: &str) -> Option<PathBuf> {
+    if key == KEYRING_SECRET_KEY {
+        return Some(state.join("keyring.yaml"));
+    }
+    let (name, file) = if let Some(n) = key.strip_suffix(".ca.crt") {
+        (n, "ca.crt")
+    } else if let Some(n) = key.strip_suffix(".crt") {
+        (n, "tls.crt")
+    } else if let Some(n) = key.strip_suffix(".key") {
+        (n, "tls.key")
+    } else {
+        return None;
+    };
+    let ok = !name.is_empty() && name != "." && name != ".." && !name.contains('/');
+    ok.then(|| state.join("certs").join(name).join(file))
+}
+
+/// Writes `bytes` to `path` (mode 0600) through a temp file and a rename, only if the
+/// content differs.
+fn write_if_changed(path: &Path, bytes: &[u8]) -> Result<(), ClusterError> {
+    if std::fs::read(path).is_ok_and(|old| old == bytes) {
+        return Ok(());
+    }
+    let err = |source| ClusterError::Write {
+        path: path.to_owned(),
+        source,
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(err)?;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("state");
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(err)?;
+    f.write_all(bytes)
+        .and_then(|()| f.sync_all())
+        .map_err(err)?;
+    drop(f);
+    std::fs::rename(&tmp, path).map_err(err)
+}
+
+/// Waits for the first successful sync (retrying with backoff), starts the runtime on the
+/// state directory's files, and keeps syncing every `cluster.poll` until shutdown.
+pub async fn start(
+    client: Client,
+    cluster: ClusterOptions,
+    mut opts: Options,
+) -> Result<Handle, ClusterError> {
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match sync_once(&client, &cluster).await {
+            Ok(()) => break,
+            Err(e @ ClusterError::Write { .. }) => return Err(e),
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?backoff, "waiting for the array's ConfigMap");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+    let state = &cluster.state_dir;
+    opts.manifests = None;
+    opts.config = Some(state.join("config.json"));
+    opts.keyring = Some(state.join("keyring.yaml"));
+    opts.certs = Some(state.join("certs"));
+    let mut handle = crate::runtime::start(opts).await?;
+    let sync = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(cluster.poll).await;
+            if let Err(e) = sync_once(&client, &cluster).await {
+                tracing::warn!(error = %e, "cluster sync failed; the last files keep serving");
+            }
+        }
+    });
+    handle.add_task(sync);
+    Ok(handle)
+}
+
+/// Runs in cluster mode until SIGTERM or SIGINT, then drains.
+pub async fn run(
+    client: Client,
+    cluster: ClusterOptions,
+    opts: Options,
+) -> Result<(), ClusterError> {
+    let handle = start(client, cluster, opts).await?;
+    tracing::info!(admin = %handle.admin_addr(), "dataplane started in cluster mode");
+    crate::runtime::wait_for_signal().await;
+    tracing::info!("draining");
+    handle.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}

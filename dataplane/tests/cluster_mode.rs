@@ -1,0 +1,199 @@
+//! `--array/--namespace` mode against a fake API server on loopback: the member GETs
+//! only its ConfigMap and Secret, serves them, follows changes, keeps the last good
+//! config on a broken one, and writes key material with mode 0600.
+
+mod common;
+
+use std::convert::Infallible;
+use std::os::unix::fs::PermissionsExt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use common::*;
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use parking_lot::Mutex;
+use portcullis_crds::config::{CONFIG_KEY, DataplaneConfig};
+use portcullis_crds::keyring::{KEYRING_SECRET_KEY, KeyState, KeyringDoc};
+use portcullis_crds::translate::{Resolutions, translate};
+use portcullis_crds::v1alpha1::{GatewayArray, ServerFarm};
+use portcullis_dataplane::cluster::{ClusterOptions, start};
+
+const CM_PATH: &str = "/api/v1/namespaces/ns1/configmaps/edge-config";
+const SECRET_PATH: &str = "/api/v1/namespaces/ns1/secrets/edge-keys";
+
+#[derive(Default)]
+struct Api {
+    config_json: String,
+    secret: String,
+    requests: Vec<(String, String)>,
+}
+
+fn config(farms: &[String]) -> DataplaneConfig {
+    let array: GatewayArray =
+        serde_yaml::from_str(&array_yaml(&[("web", 8080, "HTTP", None)])).unwrap();
+    let farms: Vec<ServerFarm> = farms
+        .iter()
+        .map(|f| serde_yaml::from_str(f).unwrap())
+        .collect();
+    let mut config = translate(&array, &farms, &Resolutions::default())
+        .unwrap()
+        .config;
+    config.listeners[0].port = 0;
+    config
+}
+
+fn configmap_json(config_json: &str) -> String {
+    serde_json::json!({
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "edge-config", "namespace": "ns1"},
+        "data": {CONFIG_KEY: config_json},
+    })
+    .to_string()
+}
+
+async fn serve_api(state: Arc<Mutex<Api>>) -> std::net::SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else { return };
+            let state = state.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let state = state.clone();
+                        async move {
+                            let mut st = state.lock();
+                            st.requests
+                                .push((req.method().to_string(), req.uri().to_string()));
+                            let get =
+                                req.method() == hyper::Method::GET && req.uri().query().is_none();
+                            let (code, body) = match req.uri().path() {
+                                CM_PATH if get => (200, configmap_json(&st.config_json)),
+                                SECRET_PATH if get => (200, st.secret.clone()),
+                                _ => (
+                                    404,
+                                    serde_json::json!({"kind": "Status", "apiVersion": "v1",
+                                    "status": "Failure", "reason": "NotFound", "code": 404,
+                                    "message": "not found"})
+                                    .to_string(),
+                                ),
+                            };
+                            Ok::<_, Infallible>(
+                                hyper::Response::builder()
+                                    .status(code)
+                                    .header("content-type", "application/json")
+                                    .body(Full::new(Bytes::from(body)))
+                                    .unwrap(),
+                            )
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn syncs_configmap_and_secret_through_gets_only() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let farm_a = farm_yaml("a", &["a.test"], &["/"], &[addr_server(a.addr)], "");
+    let farm_b = farm_yaml("b", &["b.test"], &["/"], &[addr_server(b.addr)], "");
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let keyring = KeyringDoc {
+        keys: vec![KeyringDoc::entry(
+            "k1",
+            &[7u8; 32],
+            "2026-01-01T00:00:00Z",
+            KeyState::Active,
+        )],
+    };
+    let secret = serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "edge-keys", "namespace": "ns1"},
+        "data": {
+            KEYRING_SECRET_KEY: b64.encode(keyring.to_yaml()),
+            "web-tls.crt": b64.encode("not a real certificate"),
+            "web-tls.key": b64.encode("not a real key"),
+        },
+    })
+    .to_string();
+    let state = Arc::new(Mutex::new(Api {
+        config_json: config(std::slice::from_ref(&farm_a)).to_json(),
+        secret,
+        requests: Vec::new(),
+    }));
+    let api = serve_api(state.clone()).await;
+    let kube_config = kube::Config::new(format!("http://{api}").parse().unwrap());
+    let client = kube::Client::try_from(kube_config).unwrap();
+    let dir = TempDir::new("cluster");
+    let mut opts = options(dir.path());
+    opts.manifests = None;
+    let cluster = ClusterOptions {
+        array: "edge".into(),
+        namespace: "ns1".into(),
+        state_dir: dir.path().join("state"),
+        poll: Duration::from_millis(100),
+    };
+    let h = start(client, cluster, opts).await.unwrap();
+    wait_until(Duration::from_secs(10), || h.is_ready()).await;
+    let addr = h.listener_addr(0).unwrap();
+    let (s, _, body) = get(addr, "a.test", "/").await;
+    assert_eq!((s, body.as_str()), (200, "a"));
+    let status: serde_json::Value =
+        serde_json::from_str(&get(h.admin_addr(), "admin", "/status").await.2).unwrap();
+    assert_eq!(status["keyIds"], serde_json::json!(["k1"]));
+
+    // Key material is private to the member.
+    let st = dir.path().join("state");
+    for f in [
+        "keyring.yaml",
+        "certs/web-tls/tls.crt",
+        "certs/web-tls/tls.key",
+    ] {
+        let mode = std::fs::metadata(st.join(f)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{f}");
+    }
+
+    // A second farm in the ConfigMap is served without a restart.
+    let two = config(&[farm_a.clone(), farm_b.clone()]);
+    state.lock().config_json = two.to_json();
+    wait_until(Duration::from_secs(10), || {
+        h.config_hash().as_deref() == Some(two.content_hash().as_str())
+    })
+    .await;
+    let (s, _, body) = get(addr, "b.test", "/").await;
+    assert_eq!((s, body.as_str()), (200, "b"));
+
+    // Broken JSON is written but refused by the reload; the last good config serves.
+    state.lock().config_json = "{ not json".into();
+    wait_until(Duration::from_secs(10), || {
+        std::fs::read_to_string(st.join("config.json")).is_ok_and(|t| t == "{ not json")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        h.config_hash().as_deref(),
+        Some(two.content_hash().as_str())
+    );
+    assert_eq!(get(addr, "b.test", "/").await.0, 200);
+    assert_eq!(get(addr, "a.test", "/").await.0, 200);
+
+    h.shutdown().await;
+    let requests = state.lock().requests.clone();
+    assert!(requests.len() >= 4, "{requests:?}");
+    for (method, uri) in &requests {
+        assert_eq!(method, "GET", "{requests:?}");
+        assert!(uri == CM_PATH || uri == SECRET_PATH, "{requests:?}");
+    }
+    assert!(requests.iter().any(|(_, u)| u == SECRET_PATH));
+    drop(b);
+}
