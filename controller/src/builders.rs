@@ -85,7 +85,7 @@ pub struct BuildInputs<'a> {
 pub struct Desired {
     /// `<name>-config`.
     pub config_map: ConfigMap,
-    /// `<name>-keys`.
+    /// `spec.sessionKeys.secretName`, else `<name>-keys`.
     pub secret: Secret,
     /// `<name>`.
     pub deployment: Deployment,
@@ -111,13 +111,26 @@ pub enum BuildError {
 
 /// Names of the objects of array `name`.
 pub mod names {
+    use portcullis_crds::v1alpha1::GatewayArray;
+
     /// ConfigMap.
     pub fn config_map(array: &str) -> String {
         format!("{array}-config")
     }
-    /// Secret with keyring and TLS.
-    pub fn secret(array: &str) -> String {
+    /// The Secret with the keyring and the TLS copies when `spec.sessionKeys.secretName`
+    /// is unset.
+    pub fn default_secret(array: &str) -> String {
         format!("{array}-keys")
+    }
+    /// The Secret with the keyring and the TLS copies: `spec.sessionKeys.secretName`, else
+    /// `<array>-keys`.
+    pub fn secret(array: &GatewayArray) -> String {
+        array
+            .spec
+            .session_keys
+            .as_ref()
+            .and_then(|k| k.secret_name.clone())
+            .unwrap_or_else(|| default_secret(&kube::ResourceExt::name_any(array)))
     }
     /// ServiceAccount, Role and RoleBinding.
     pub fn dataplane(array: &str) -> String {
@@ -187,7 +200,7 @@ pub fn build(inputs: &BuildInputs<'_>) -> Result<Desired, BuildError> {
     };
     Ok(Desired {
         config_map: config_map(inputs, meta(names::config_map(&name))),
-        secret: secret(inputs, meta(names::secret(&name))),
+        secret: secret(inputs, meta(names::secret(array))),
         deployment: deployment(inputs, &name, &namespace, meta(name.clone())),
         service: service(inputs, &name, meta(name.clone())),
         pdb: pdb(&name, meta(name.clone())),
@@ -196,7 +209,7 @@ pub fn build(inputs: &BuildInputs<'_>) -> Result<Desired, BuildError> {
             automount_service_account_token: Some(true),
             ..ServiceAccount::default()
         },
-        role: role(&name, meta(names::dataplane(&name))),
+        role: role(&name, &names::secret(array), meta(names::dataplane(&name))),
         role_binding: role_binding(&name, &namespace, meta(names::dataplane(&name))),
     })
 }
@@ -302,6 +315,8 @@ fn deployment(
             name.to_owned(),
             "--namespace".to_owned(),
             namespace.to_owned(),
+            "--keys-secret".to_owned(),
+            names::secret(inputs.array),
             "--admin".to_owned(),
             format!("0.0.0.0:{MEMBER_ADMIN_PORT}"),
             "--bind".to_owned(),
@@ -461,7 +476,7 @@ fn pdb(name: &str, metadata: ObjectMeta) -> PodDisruptionBudget {
     }
 }
 
-fn role(name: &str, metadata: ObjectMeta) -> Role {
+fn role(name: &str, keys_secret: &str, metadata: ObjectMeta) -> Role {
     let verbs = vec!["get".to_owned(), "list".to_owned(), "watch".to_owned()];
     // Members read their Secret with `get` only (they poll it by name). Granting
     // list/watch would require the controller itself to hold list/watch on Secrets
@@ -480,7 +495,7 @@ fn role(name: &str, metadata: ObjectMeta) -> Role {
             PolicyRule {
                 api_groups: Some(vec![String::new()]),
                 resources: Some(vec!["secrets".to_owned()]),
-                resource_names: Some(vec![names::secret(name)]),
+                resource_names: Some(vec![keys_secret.to_owned()]),
                 verbs: secret_verbs,
                 ..PolicyRule::default()
             },

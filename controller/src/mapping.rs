@@ -117,7 +117,7 @@ pub fn arrays_for_secret(
     let from_arrays = arrays
         .iter()
         .filter(|a| a.namespace().as_deref() == Some(&ns))
-        .filter(|a| array_secrets(a).contains(&name) || names::secret(&a.name_any()) == name)
+        .filter(|a| array_secrets(a).contains(&name) || names::secret(a) == name)
         .map(|a| (ns.clone(), a.name_any()));
     let from_farms = farms
         .iter()

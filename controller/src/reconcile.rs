@@ -12,7 +12,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, Preconditions};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder};
 use kube::runtime::reflector::ObjectRef;
@@ -160,8 +160,11 @@ pub struct Fetched {
     pub farms: Vec<ServerFarm>,
     /// Referenced Secrets, `None` when absent.
     pub secrets: BTreeMap<String, Option<Secret>>,
-    /// The array's keys Secret.
+    /// The array's keys Secret (`spec.sessionKeys.secretName`, else `<array>-keys`).
     pub keys: Option<Secret>,
+    /// The Secret the keyring was kept in before `spec.sessionKeys.secretName` changed
+    /// (named by `status.keysSecret`), while the move is not done.
+    pub previous_keys: Option<Secret>,
     /// Resolutions of Service servers.
     pub resolutions: Resolutions,
     /// Members.
@@ -195,11 +198,23 @@ async fn fetch(array: &GatewayArray, ns: &str, ctx: &Context) -> Result<Fetched,
             .map_err(fetch_err(format!("Secret {ns}/{name}")))?;
         secrets.insert(name, s);
     }
-    let keys_name = names::secret(&array.name_any());
+    let keys_name = names::secret(array);
     let keys = secrets_api
         .get_opt(&keys_name)
         .await
         .map_err(fetch_err(format!("Secret {ns}/{keys_name}")))?;
+    let previous_keys = match array
+        .status
+        .as_ref()
+        .and_then(|s| s.keys_secret.as_ref())
+        .filter(|previous| **previous != keys_name)
+    {
+        Some(previous) => secrets_api
+            .get_opt(previous)
+            .await
+            .map_err(fetch_err(format!("Secret {ns}/{previous}")))?,
+        None => None,
+    };
 
     let services: BTreeSet<(String, u16)> = farms
         .iter()
@@ -281,6 +296,7 @@ async fn fetch(array: &GatewayArray, ns: &str, ctx: &Context) -> Result<Fetched,
         farms,
         secrets,
         keys,
+        previous_keys,
         resolutions,
         members,
     })
@@ -359,10 +375,16 @@ pub fn validate(array: &GatewayArray, fetched: &Fetched, settings: &Settings) ->
         .iter()
         .filter_map(|s| cert_problem(s, &material, &missing))
         .collect();
+    let keys_name = names::secret(array);
     let mut verdicts = BTreeMap::new();
     let mut eligible = Vec::new();
     for farm in &fetched.farms {
         let id = translate::farm_id(farm);
+        let clashes = keys_secret_clashes(farm, &keys_name);
+        if !clashes.is_empty() {
+            verdicts.insert(id, FarmVerdict::Translated(FarmOutcome::Rejected(clashes)));
+            continue;
+        }
         if !settings.allow_private_targets {
             let errors = private_target_errors(farm);
             if !errors.is_empty() {
@@ -389,11 +411,16 @@ pub fn validate(array: &GatewayArray, fetched: &Fetched, settings: &Settings) ->
         }
         eligible.push(farm.clone());
     }
-    let (translation, array_errors) =
+    let (mut translation, mut array_errors) =
         match translate::translate(array, &eligible, &fetched.resolutions) {
             Ok(t) => (Some(t), Vec::new()),
             Err(errors) => (None, errors),
         };
+    let keys_errors = keys_secret_errors(array, &keys_name, fetched.keys.as_ref());
+    if !keys_errors.is_empty() {
+        array_errors.extend(keys_errors);
+        translation = None;
+    }
     match &translation {
         Some(t) => {
             for (id, outcome) in &t.farms {
@@ -447,6 +474,119 @@ pub fn validate(array: &GatewayArray, fetched: &Fetched, settings: &Settings) ->
         verdicts,
         tls,
     }
+}
+
+fn keys_field_error(
+    kind: &'static str,
+    obj: &impl ResourceExt,
+    field: &str,
+    message: String,
+) -> TranslateError {
+    TranslateError {
+        kind,
+        namespace: obj.namespace().unwrap_or_default(),
+        name: obj.name_any(),
+        field: field.to_owned(),
+        message,
+    }
+}
+
+/// A farm may not use the array's keys Secret as a certificate: the controller writes
+/// that Secret, so the two would overwrite each other.
+fn keys_secret_clashes(farm: &ServerFarm, keys_name: &str) -> Vec<TranslateError> {
+    let message = || {
+        format!(
+            "Secret {keys_name} is the array's keyring Secret (written by the controller); name a certificate Secret of its own"
+        )
+    };
+    let mut out = Vec::new();
+    if farm
+        .spec
+        .publish
+        .tls
+        .as_ref()
+        .is_some_and(|t| t.secret_name == keys_name)
+    {
+        out.push(keys_field_error(
+            "ServerFarm",
+            farm,
+            "spec.publish.tls.secretName",
+            message(),
+        ));
+    }
+    if farm
+        .spec
+        .upstream
+        .as_ref()
+        .and_then(|u| u.tls.as_ref())
+        .and_then(|t| t.ca_secret_name.as_deref())
+        == Some(keys_name)
+    {
+        out.push(keys_field_error(
+            "ServerFarm",
+            farm,
+            "spec.upstream.tls.caSecretName",
+            message(),
+        ));
+    }
+    out
+}
+
+/// Problems with the array's keys Secret: it is a listener certificate, or another
+/// object controls it.
+fn keys_secret_errors(
+    array: &GatewayArray,
+    keys_name: &str,
+    keys: Option<&Secret>,
+) -> Vec<TranslateError> {
+    const FIELD: &str = "spec.sessionKeys.secretName";
+    let mut out = Vec::new();
+    if array_secrets(array).iter().any(|s| s == keys_name) {
+        out.push(keys_field_error(
+            "GatewayArray",
+            array,
+            FIELD,
+            format!("Secret {keys_name} is a listener certificate; the keyring needs a Secret of its own"),
+        ));
+    }
+    let foreign = keys.and_then(|s| {
+        s.owner_references()
+            .iter()
+            .find(|o| o.controller == Some(true) && Some(o.uid.as_str()) != array.uid().as_deref())
+    });
+    if let Some(owner) = foreign {
+        out.push(keys_field_error(
+            "GatewayArray",
+            array,
+            FIELD,
+            format!(
+                "Secret {keys_name} is managed by {} {}; name a Secret no other object controls",
+                owner.kind, owner.name
+            ),
+        ));
+    }
+    out
+}
+
+/// Whether `secret` is controlled by `array`.
+fn owned_by(secret: &Secret, array: &GatewayArray) -> bool {
+    secret
+        .owner_references()
+        .iter()
+        .any(|o| o.controller == Some(true) && Some(o.uid.as_str()) == array.uid().as_deref())
+}
+
+/// The keyring in a keys Secret, when the Secret has one: parsed and validated.
+fn stored_keyring(
+    secret: &Secret,
+) -> Option<Result<KeyringDoc, portcullis_crds::keyring::KeyringError>> {
+    let bytes = secret.data.as_ref()?.get(KEYRING_SECRET_KEY)?;
+    Some(match std::str::from_utf8(&bytes.0) {
+        Ok(text) => KeyringDoc::parse(text).and_then(|doc| doc.validate().map(|_| doc)),
+        Err(_) => Err(portcullis_crds::keyring::KeyringError::Parse(
+            "not UTF-8".to_owned(),
+        )),
+    })
 }
 
 fn api<K>(client: &Client, ns: &str) -> Api<K>
@@ -563,6 +703,56 @@ fn step_event(step: &RotationStep) -> Option<(&'static str, &'static str, String
     }
 }
 
+/// After `spec.sessionKeys.secretName` changed and the new Secret was written: deletes
+/// the previous keys Secret when this array owns it (it holds copies of private keys
+/// nobody updates any more), and says so in an event.
+async fn retire_previous_keys(
+    ctx: &Context,
+    array: &GatewayArray,
+    ns: &str,
+    previous: &Secret,
+    keys_name: &str,
+    array_ref: &k8s_openapi::api::core::v1::ObjectReference,
+) -> Result<(), Error> {
+    let old = previous.name_any();
+    let note = if owned_by(previous, array) {
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: previous.uid(),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        match api::<Secret>(&ctx.client, ns).delete(&old, &params).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.is_not_found() => {}
+            Err(source) => {
+                return Err(Error::Apply {
+                    what: format!("deletion of Secret {ns}/{old}"),
+                    source,
+                });
+            }
+        }
+        format!(
+            "the keyring now lives in Secret {keys_name}; deleted the previous keys Secret {old}"
+        )
+    } else {
+        format!(
+            "the keyring now lives in Secret {keys_name}; left the previous keys Secret {old} in place because this array does not own it"
+        )
+    };
+    publish(
+        ctx,
+        array_ref,
+        EventType::Normal,
+        "KeysSecretMoved",
+        "MoveKeys",
+        note,
+    )
+    .await;
+    Ok(())
+}
+
 /// Reconciles one array.
 #[tracing::instrument(skip_all, fields(array = %array.name_any(), namespace = array.namespace().unwrap_or_default()))]
 pub async fn reconcile(array: Arc<GatewayArray>, ctx: Arc<Context>) -> Result<Action, Error> {
@@ -589,25 +779,22 @@ async fn reconcile_inner(array: &GatewayArray, ctx: &Context) -> Result<Action, 
     // Validate.
     let validated = validate(array, &fetched, &ctx.settings);
 
-    // Keyring step (pure), only when a config is going to be written.
-    let stored = fetched
+    // Keyring step (pure), only when a config is going to be written. The keyring comes
+    // from the keys Secret; while a renamed keys Secret has none yet, from the previous one.
+    let keys_name = names::secret(array);
+    let source = fetched
         .keys
         .as_ref()
-        .and_then(|s| s.data.as_ref())
-        .and_then(|d| d.get(KEYRING_SECRET_KEY))
-        .map(|b| match std::str::from_utf8(&b.0) {
-            Ok(text) => KeyringDoc::parse(text).and_then(|doc| doc.validate().map(|_| doc)),
-            Err(_) => Err(portcullis_crds::keyring::KeyringError::Parse(
-                "not UTF-8".to_owned(),
-            )),
-        });
+        .filter(|s| stored_keyring(s).is_some())
+        .or(fetched.previous_keys.as_ref());
+    let stored = source.and_then(stored_keyring);
     // Key errors name ids and positions, never key material.
     let keyring_error = stored
         .as_ref()
         .and_then(|r| r.as_ref().err())
         .map(ToString::to_string);
     let keys_data = stored.and_then(Result::ok);
-    let handled = fetched.keys.as_ref().and_then(|s| {
+    let handled = source.and_then(|s| {
         s.annotations()
             .get(builders::ROTATION_HANDLED_ANNOTATION)
             .cloned()
@@ -655,6 +842,9 @@ async fn reconcile_inner(array: &GatewayArray, ctx: &Context) -> Result<Action, 
         apply::<Deployment>(c, &ns, &desired.deployment).await?;
         apply::<Service>(c, &ns, &desired.service).await?;
         apply::<PodDisruptionBudget>(c, &ns, &desired.pdb).await?;
+        if let Some(previous) = &fetched.previous_keys {
+            retire_previous_keys(ctx, array, &ns, previous, &keys_name, &array_ref).await?;
+        }
 
         let hash = t.config.content_hash();
         let previous_hash = array.status.as_ref().and_then(|s| s.config_hash.as_deref());
@@ -712,6 +902,11 @@ async fn reconcile_inner(array: &GatewayArray, ctx: &Context) -> Result<Action, 
         errors: &validated.array_errors,
         missing_refs: &validated.array_missing,
         config_hash: config_hash.as_deref(),
+        keys_secret: if plan.is_some() {
+            Some(keys_name.as_str())
+        } else {
+            array.status.as_ref().and_then(|s| s.keys_secret.as_deref())
+        },
         keyring: keyring_for_status,
         rotation: plan.as_ref().map(|p| &p.step),
         members: &fetched.members,

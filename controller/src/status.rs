@@ -220,6 +220,8 @@ pub struct ArrayStatusInputs<'a> {
     pub missing_refs: &'a [String],
     /// The hash of the config in the ConfigMap.
     pub config_hash: Option<&'a str>,
+    /// The Secret the keyring was last written to.
+    pub keys_secret: Option<&'a str>,
     /// The keyring in the Secret.
     pub keyring: Option<&'a KeyringDoc>,
     /// The rotation step taken.
@@ -340,6 +342,7 @@ pub fn array_status(i: &ArrayStatusInputs<'_>) -> GatewayArrayStatus {
         ready_members,
         config_hash: i.config_hash.map(str::to_owned),
         loaded_config_hash,
+        keys_secret: i.keys_secret.map(str::to_owned),
         active_key_id: i.keyring.and_then(|k| k.active_id().map(str::to_owned)),
         key_ids: i.keyring.map(KeyringDoc::ids).unwrap_or_default(),
         members: i

@@ -202,6 +202,7 @@ spec:
   service:
     type: ClusterIP
     annotations: {service.beta.kubernetes.io/aws-load-balancer-type: nlb}
+  sessionKeys: {secretName: public-session-keyring}
 "#,
     );
     let f = farm(
@@ -245,6 +246,26 @@ spec:
     ]);
     let (d, config) = build(&a, &[f], &tls);
     check_fixtures("https-pod-knobs", &d, &config);
+    // `spec.sessionKeys.secretName` names the Secret, the member Role's only Secret and
+    // the Secret members are told to read.
+    assert_eq!(
+        d.secret.metadata.name.as_deref(),
+        Some("public-session-keyring")
+    );
+    let role_rules = d.role.rules.as_ref().unwrap();
+    assert_eq!(
+        role_rules[1].resource_names.as_deref(),
+        Some(&["public-session-keyring".to_owned()][..])
+    );
+    let args = d.deployment.spec.template.spec.as_ref().unwrap().containers[0]
+        .args
+        .clone()
+        .unwrap();
+    assert!(
+        args.windows(2)
+            .any(|w| w == ["--keys-secret", "public-session-keyring"]),
+        "{args:?}"
+    );
     assert_no_secrets_outside_secret(&d, &tls);
     let data = d.secret.data.as_ref().unwrap();
     for k in [

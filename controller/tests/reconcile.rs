@@ -145,12 +145,32 @@ impl Fake {
                     json_response(200, &obj)
                 } else {
                     let mut obj = body.clone();
-                    if let Some(old) = self.get(path) {
-                        obj["metadata"]["uid"] = old["metadata"]["uid"].clone();
-                    }
+                    let uid = match self.get(path) {
+                        Some(old) => old["metadata"]["uid"].clone(),
+                        None => json!(format!("uid-{}", path.rsplit('/').next().unwrap())),
+                    };
+                    obj["metadata"]["uid"] = uid;
                     self.put(path, obj.clone());
                     json_response(200, &obj)
                 }
+            }
+            "DELETE" => {
+                let Some(obj) = self.get(path) else {
+                    return json_response(404, &not_found);
+                };
+                // Preconditions are honoured like the API server does.
+                let want_uid = &body["preconditions"]["uid"];
+                if !want_uid.is_null() && *want_uid != obj["metadata"]["uid"] {
+                    return json_response(
+                        409,
+                        &json!({"kind": "Status", "code": 409, "reason": "Conflict"}),
+                    );
+                }
+                self.objects.lock().remove(path);
+                json_response(
+                    200,
+                    &json!({"kind": "Status", "apiVersion": "v1", "status": "Success"}),
+                )
             }
             "POST" => {
                 let name = body["metadata"]["name"].as_str().unwrap_or("x").to_owned();
@@ -337,7 +357,11 @@ impl World {
     }
 
     fn keyring(&self) -> KeyringDoc {
-        let s = self.fake.get(&format!("{SECRETS}/edge-keys")).unwrap();
+        self.keyring_in("edge-keys")
+    }
+
+    fn keyring_in(&self, secret: &str) -> KeyringDoc {
+        let s = self.fake.get(&format!("{SECRETS}/{secret}")).unwrap();
         let b64 = s["data"]["keyring.yaml"].as_str().unwrap();
         let text = base64::engine::general_purpose::STANDARD
             .decode(b64)
@@ -995,4 +1019,235 @@ async fn unusable_keyring_is_replaced_with_a_warning_that_quotes_no_secret() {
         assert!(!r.body.to_string().contains("TOPSECRETVALUE"), "{}", r.path);
     }
     assert_eq!(w.keyring().ids(), [format!("k{T0}")]);
+}
+
+// ---------------------------------------------------------------------------------------
+// spec.sessionKeys.secretName
+
+impl World {
+    fn set_keys_secret_name(&self, name: &str) {
+        let mut array = self.fake.get(ARRAY).unwrap();
+        array["spec"]["sessionKeys"] = json!({"secretName": name});
+        array["metadata"]["generation"] =
+            json!(array["metadata"]["generation"].as_i64().unwrap() + 1);
+        self.fake.put(ARRAY, array);
+    }
+}
+
+fn keyring_secret(name: &str, doc: &KeyringDoc, owner: Value) -> Value {
+    let mut s = json!({"apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": name, "namespace": NS, "uid": format!("uid-{name}")},
+        "data": {"keyring.yaml": base64::engine::general_purpose::STANDARD.encode(doc.to_yaml())}});
+    if !owner.is_null() {
+        s["metadata"]["ownerReferences"] = json!([owner]);
+    }
+    s
+}
+
+#[tokio::test]
+async fn custom_keys_secret_is_the_one_written_granted_and_reported() {
+    let w = world(default_settings());
+    w.set_keys_secret_name("shop-sessions");
+    let (_, reqs) = w.reconcile().await;
+    let sum = summary(&reqs);
+    assert!(
+        sum.contains(&format!("GET {SECRETS}/shop-sessions")),
+        "{sum:?}"
+    );
+    assert!(
+        sum.contains(&format!("PATCH {SECRETS}/shop-sessions")),
+        "{sum:?}"
+    );
+    assert!(!sum.iter().any(|r| r.contains("edge-keys")), "{sum:?}");
+    let role = reqs.iter().find(|r| r.body["kind"] == "Role").unwrap();
+    assert_eq!(
+        role.body["rules"][1]["resourceNames"],
+        json!(["shop-sessions"])
+    );
+    let deployment = reqs
+        .iter()
+        .find(|r| r.body["kind"] == "Deployment")
+        .unwrap();
+    let args = &deployment.body["spec"]["template"]["spec"]["containers"][0]["args"];
+    let args: Vec<&str> = args
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert!(
+        args.windows(2)
+            .any(|p| p == ["--keys-secret", "shop-sessions"]),
+        "{args:?}"
+    );
+    let array = status_patch(&reqs, ARRAY).unwrap();
+    assert_eq!(array["keysSecret"], "shop-sessions");
+    assert_eq!(w.keyring_in("shop-sessions").ids(), [format!("k{T0}")]);
+}
+
+#[tokio::test]
+async fn an_existing_keyring_in_the_named_secret_is_adopted() {
+    let w = world(default_settings());
+    let imported = KeyringDoc {
+        keys: vec![KeyringDoc::entry(
+            "imported",
+            &[9u8; 32],
+            "2026-11-01T00:00:00Z",
+            KeyState::Active,
+        )],
+    };
+    w.fake.put(
+        &format!("{SECRETS}/carried"),
+        keyring_secret("carried", &imported, Value::Null),
+    );
+    w.set_keys_secret_name("carried");
+    let (_, reqs) = w.reconcile().await;
+    assert!(
+        !events(&reqs).iter().any(|e| e.1 == "KeyringGenerated"),
+        "{:?}",
+        events(&reqs)
+    );
+    let kr = w.keyring_in("carried");
+    assert_eq!(kr.active_id(), Some("imported"));
+    assert_eq!(kr.keys[0].secret, imported.keys[0].secret);
+    // The Secret now belongs to the array, so it goes when the array goes.
+    let patch = reqs
+        .iter()
+        .find(|r| r.method == "PATCH" && r.path == format!("{SECRETS}/carried"))
+        .unwrap();
+    assert_eq!(
+        patch.body["metadata"]["ownerReferences"][0]["uid"],
+        "uid-edge"
+    );
+}
+
+#[tokio::test]
+async fn renaming_the_keys_secret_carries_the_keyring_over_and_deletes_the_old_secret() {
+    let w = world(default_settings());
+    w.reconcile().await;
+    let before = w.keyring();
+    assert_eq!(
+        w.fake.get(ARRAY).unwrap()["status"]["keysSecret"],
+        "edge-keys"
+    );
+    w.set_keys_secret_name("edge-sessions");
+    let (_, reqs) = w.reconcile().await;
+    let sum = summary(&reqs);
+    // The new name is read, then the old one (named by status.keysSecret).
+    let new_get = sum
+        .iter()
+        .position(|r| *r == format!("GET {SECRETS}/edge-sessions"))
+        .unwrap();
+    let old_get = sum
+        .iter()
+        .position(|r| *r == format!("GET {SECRETS}/edge-keys"))
+        .unwrap();
+    assert!(new_get < old_get, "{sum:?}");
+    // Same keys: no session is lost by the rename.
+    assert_eq!(w.keyring_in("edge-sessions"), before);
+    assert!(!events(&reqs).iter().any(|e| e.1 == "KeyringGenerated"));
+    // The old Secret (private-key copies nobody updates any more) is deleted, by uid,
+    // after the new one is written.
+    let delete = reqs.iter().position(|r| r.method == "DELETE").unwrap();
+    assert_eq!(reqs[delete].path, format!("{SECRETS}/edge-keys"));
+    assert_eq!(reqs[delete].body["preconditions"]["uid"], "uid-edge-keys");
+    let write = sum
+        .iter()
+        .position(|r| *r == format!("PATCH {SECRETS}/edge-sessions"))
+        .unwrap();
+    assert!(write < delete, "{sum:?}");
+    assert!(w.fake.get(&format!("{SECRETS}/edge-keys")).is_none());
+    let moved = events(&reqs)
+        .into_iter()
+        .find(|e| e.1 == "KeysSecretMoved")
+        .unwrap();
+    assert_eq!(
+        moved.2,
+        "the keyring now lives in Secret edge-sessions; deleted the previous keys Secret edge-keys"
+    );
+    assert_eq!(
+        status_patch(&reqs, ARRAY).unwrap()["keysSecret"],
+        "edge-sessions"
+    );
+    // Done: the next pass does not look for the old Secret again.
+    let (_, reqs) = w.reconcile().await;
+    assert!(
+        !summary(&reqs).iter().any(|r| r.contains("edge-keys")),
+        "{:?}",
+        summary(&reqs)
+    );
+}
+
+#[tokio::test]
+async fn a_keys_secret_another_array_controls_is_refused_and_left_alone() {
+    let w = world(default_settings());
+    let theirs = KeyringDoc {
+        keys: vec![KeyringDoc::entry(
+            "theirs",
+            &[5u8; 32],
+            "2026-11-01T00:00:00Z",
+            KeyState::Active,
+        )],
+    };
+    let owner = json!({"apiVersion": "portcullis.io/v1alpha1", "kind": "GatewayArray",
+                       "name": "other", "uid": "uid-other", "controller": true});
+    w.fake.put(
+        &format!("{SECRETS}/other-keys"),
+        keyring_secret("other-keys", &theirs, owner),
+    );
+    w.set_keys_secret_name("other-keys");
+    let (_, reqs) = w.reconcile().await;
+    let writes: Vec<String> = summary(&reqs)
+        .into_iter()
+        .filter(|r| r.starts_with("PATCH") && !r.ends_with("/status"))
+        .collect();
+    assert!(writes.is_empty(), "nothing is applied: {writes:?}");
+    let array = status_patch(&reqs, ARRAY).unwrap();
+    let accepted = condition(array, "Accepted");
+    assert_eq!(accepted["status"], "False");
+    assert_eq!(
+        accepted["message"],
+        "spec.sessionKeys.secretName: Secret other-keys is managed by GatewayArray other; name a Secret no other object controls"
+    );
+    // The other array's keys are not touched, and not quoted anywhere.
+    assert_eq!(w.keyring_in("other-keys"), theirs);
+    for r in &reqs {
+        assert!(
+            !r.body.to_string().contains(theirs.keys[0].secret.as_str()),
+            "{}",
+            r.path
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_farm_may_not_use_the_keys_secret_as_its_certificate() {
+    let w = world(default_settings());
+    w.put_tls_secret("edge-keys", "x");
+    w.add_farm(
+        "store",
+        200,
+        json!([{"service": {"name": "web", "port": 80}}]),
+        json!({"secretName": "edge-keys"}),
+    );
+    let (_, reqs) = w.reconcile().await;
+    let farm = status_patch(&reqs, &format!("{FARMS}/store")).unwrap();
+    let accepted = condition(farm, "Accepted");
+    assert_eq!(accepted["status"], "False");
+    assert!(
+        accepted["message"].as_str().unwrap().contains(
+            "spec.publish.tls.secretName: Secret edge-keys is the array's keyring Secret"
+        ),
+        "{accepted}"
+    );
+    // The other farm is published as before.
+    let web = status_patch(&reqs, &format!("{FARMS}/web")).unwrap();
+    assert_eq!(condition(web, "Accepted")["status"], "True");
+    assert!(
+        w.config()["farms"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .all(|k| !k.contains("store"))
+    );
 }

@@ -340,6 +340,19 @@ fn farm_error(farm: &ServerFarm, field: String, message: String) -> TranslateErr
     }
 }
 
+/// A Kubernetes object name: a DNS-1123 subdomain.
+fn is_dns_subdomain(name: &str) -> bool {
+    name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
 fn validate_array(array: &GatewayArray) -> Result<ArrayDefaults, Vec<TranslateError>> {
     let spec = &array.spec;
     let mut errors = Vec::new();
@@ -348,6 +361,18 @@ fn validate_array(array: &GatewayArray) -> Result<ArrayDefaults, Vec<TranslateEr
             array,
             "spec.listeners",
             "an array needs at least one listener",
+        ));
+    }
+    if let Some(name) = spec
+        .session_keys
+        .as_ref()
+        .and_then(|k| k.secret_name.as_deref())
+        .filter(|n| !is_dns_subdomain(n))
+    {
+        errors.push(array_error(
+            array,
+            "spec.sessionKeys.secretName",
+            format!("{name:?} is not a Secret name (a DNS subdomain: lower-case letters, digits, '-' and '.', at most 253)"),
         ));
     }
     let mut names = BTreeSet::new();

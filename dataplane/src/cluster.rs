@@ -1,8 +1,8 @@
 //! In-cluster mode: `--array NAME --namespace NS`.
 //!
 //! Every poll interval the member GETs (never lists or watches: its Role only grants
-//! `get` on these two names) the array's ConfigMap `<array>-config` and Secret
-//! `<array>-keys`, and writes them atomically into the state directory as `config.json`,
+//! `get` on these two names) the array's ConfigMap `<array>-config` and its keys Secret
+//! (`--keys-secret`, `<array>-keys` by default), and writes them atomically into the state directory as `config.json`,
 //! `keyring.yaml` and `certs/<secret>/{tls.crt,tls.key,ca.crt}`. The runtime serves those
 //! files exactly as `--config`/`--keyring`/`--certs` would, so a cluster change goes
 //! through the same reload path as a file change: atomic, last good kept on error.
@@ -26,6 +26,9 @@ pub struct ClusterOptions {
     pub array: String,
     /// Its namespace.
     pub namespace: String,
+    /// The Secret with the keyring and certificates (`--keys-secret`, the array's
+    /// `spec.sessionKeys.secretName`; `<array>-keys` by default).
+    pub keys_secret: String,
     /// Directory the config, keyring and certificates are written to.
     pub state_dir: PathBuf,
     /// How often the ConfigMap and Secret are fetched.
@@ -37,7 +40,7 @@ impl ClusterOptions {
         format!("{}-config", self.array)
     }
     fn secret(&self) -> String {
-        format!("{}-keys", self.array)
+        self.keys_secret.clone()
     }
 }
 
@@ -122,14 +125,66 @@ pub async fn sync_once(client: &Client, opts: &ClusterOptions) -> Result<(), Clu
         }
     };
     // Certificates and the keyring first, so a config that needs them finds them.
-    if let Some(data) = secret.and_then(|s| s.data) {
-        for (key, value) in &data {
+    let mut certs = None;
+    if let Some(secret) = secret {
+        let mut written = std::collections::BTreeSet::new();
+        for (key, value) in secret.data.iter().flatten() {
             if let Some(path) = secret_path(&opts.state_dir, key) {
                 write_if_changed(&path, &value.0)?;
+                written.insert(path);
             }
         }
+        certs = Some(written);
     }
-    write_if_changed(&opts.state_dir.join("config.json"), config.as_bytes())
+    write_if_changed(&opts.state_dir.join("config.json"), config.as_bytes())?;
+    // Then private keys that left the Secret leave the disk. The config written above no
+    // longer names them (the controller copies exactly what the config uses), and a
+    // loaded certificate stays in memory until the reload replaces it.
+    if let Some(written) = certs {
+        remove_stale_certs(&opts.state_dir.join("certs"), &written)?;
+    }
+    Ok(())
+}
+
+/// Removes files under `certs/` that the Secret no longer has, and directories left
+/// empty. The keyring is never removed: a Secret without one leaves the last keyring.
+fn remove_stale_certs(
+    certs: &Path,
+    keep: &std::collections::BTreeSet<PathBuf>,
+) -> Result<(), ClusterError> {
+    let err = |path: &Path| {
+        let path = path.to_owned();
+        move |source| ClusterError::Write { path, source }
+    };
+    let dirs = match std::fs::read_dir(certs) {
+        Ok(d) => d,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(err(certs)(e)),
+    };
+    for dir in dirs {
+        let dir = dir.map_err(err(certs))?.path();
+        if !dir.is_dir() {
+            continue;
+        }
+        let mut left = 0usize;
+        for file in std::fs::read_dir(&dir).map_err(err(&dir))? {
+            let file = file.map_err(err(&dir))?.path();
+            let temp = file
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with('.'));
+            if keep.contains(&file) || temp {
+                left += 1;
+                continue;
+            }
+            std::fs::remove_file(&file).map_err(err(&file))?;
+            tracing::info!(file = %file.display(), "removed a certificate file that left the Secret");
+        }
+        if left == 0 {
+            std::fs::remove_dir(&dir).map_err(err(&dir))?;
+        }
+    }
+    Ok(())
 }
 
 /// Where a Secret key is written: `keyring.yaml`, or `<s>.crt`, `<s>.key`, `<s>.ca.crt`
@@ -222,9 +277,19 @@ pub async fn run(
     cluster: ClusterOptions,
     opts: Options,
 ) -> Result<(), ClusterError> {
-    let handle = start(client, cluster, opts).await?;
+    // A member still waiting for its first ConfigMap stops on a signal too, instead of
+    // waiting for the kubelet's SIGKILL at the end of the grace period.
+    let signal = crate::runtime::wait_for_signal();
+    tokio::pin!(signal);
+    let handle = tokio::select! {
+        started = start(client, cluster, opts) => started?,
+        () = &mut signal => {
+            tracing::info!("stopped before the first config was loaded");
+            return Ok(());
+        }
+    };
     tracing::info!(admin = %handle.admin_addr(), "dataplane started in cluster mode");
-    crate::runtime::wait_for_signal().await;
+    signal.await;
     tracing::info!("draining");
     handle.shutdown().await;
     tracing::info!("stopped");

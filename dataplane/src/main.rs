@@ -29,6 +29,15 @@ struct Args {
     /// The array's namespace (in-cluster mode).
     #[arg(long, value_name = "NS", env = "POD_NAMESPACE")]
     namespace: Option<String>,
+    /// In-cluster mode: the Secret with the keyring and certificates (the array's
+    /// `spec.sessionKeys.secretName`); defaults to `<array>-keys`.
+    #[arg(
+        long,
+        value_name = "NAME",
+        env = "PORTCULLIS_KEYS_SECRET",
+        requires = "array"
+    )]
+    keys_secret: Option<String>,
     /// In-cluster mode: where the synced config, keyring and certificates are written.
     #[arg(
         long,
@@ -134,6 +143,7 @@ fn main() -> ExitCode {
         match (args.array, args.namespace) {
             (Some(array), Some(namespace)) => {
                 let cluster = portcullis_dataplane::cluster::ClusterOptions {
+                    keys_secret: args.keys_secret.unwrap_or_else(|| format!("{array}-keys")),
                     array,
                     namespace,
                     state_dir: args.state_dir,

@@ -22,13 +22,15 @@ use portcullis_crds::v1alpha1::{GatewayArray, ServerFarm};
 use portcullis_dataplane::cluster::{ClusterOptions, start};
 
 const CM_PATH: &str = "/api/v1/namespaces/ns1/configmaps/edge-config";
-const SECRET_PATH: &str = "/api/v1/namespaces/ns1/secrets/edge-keys";
+const SECRET_PATH: &str = "/api/v1/namespaces/ns1/secrets/shared-keys";
 
 #[derive(Default)]
 struct Api {
     config_json: String,
     secret: String,
     requests: Vec<(String, String)>,
+    /// Answer 404 for the ConfigMap (the controller has not written it yet).
+    no_configmap: bool,
 }
 
 fn config(farms: &[String]) -> DataplaneConfig {
@@ -72,7 +74,9 @@ async fn serve_api(state: Arc<Mutex<Api>>) -> std::net::SocketAddr {
                             let get =
                                 req.method() == hyper::Method::GET && req.uri().query().is_none();
                             let (code, body) = match req.uri().path() {
-                                CM_PATH if get => (200, configmap_json(&st.config_json)),
+                                CM_PATH if get && !st.no_configmap => {
+                                    (200, configmap_json(&st.config_json))
+                                }
                                 SECRET_PATH if get => (200, st.secret.clone()),
                                 _ => (
                                     404,
@@ -118,7 +122,7 @@ async fn syncs_configmap_and_secret_through_gets_only() {
     };
     let secret = serde_json::json!({
         "apiVersion": "v1", "kind": "Secret",
-        "metadata": {"name": "edge-keys", "namespace": "ns1"},
+        "metadata": {"name": "shared-keys", "namespace": "ns1"},
         "data": {
             KEYRING_SECRET_KEY: b64.encode(keyring.to_yaml()),
             "web-tls.crt": b64.encode("not a real certificate"),
@@ -129,7 +133,7 @@ async fn syncs_configmap_and_secret_through_gets_only() {
     let state = Arc::new(Mutex::new(Api {
         config_json: config(std::slice::from_ref(&farm_a)).to_json(),
         secret,
-        requests: Vec::new(),
+        ..Api::default()
     }));
     let api = serve_api(state.clone()).await;
     let kube_config = kube::Config::new(format!("http://{api}").parse().unwrap());
@@ -140,6 +144,7 @@ async fn syncs_configmap_and_secret_through_gets_only() {
     let cluster = ClusterOptions {
         array: "edge".into(),
         namespace: "ns1".into(),
+        keys_secret: "shared-keys".into(),
         state_dir: dir.path().join("state"),
         poll: Duration::from_millis(100),
     };
@@ -187,6 +192,21 @@ async fn syncs_configmap_and_secret_through_gets_only() {
     assert_eq!(get(addr, "b.test", "/").await.0, 200);
     assert_eq!(get(addr, "a.test", "/").await.0, 200);
 
+    // A certificate that leaves the Secret leaves the disk; the keyring stays.
+    let keyring_only = serde_json::json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "shared-keys", "namespace": "ns1"},
+        "data": {KEYRING_SECRET_KEY: b64.encode(keyring.to_yaml())},
+    })
+    .to_string();
+    state.lock().secret = keyring_only;
+    wait_until(Duration::from_secs(10), || {
+        !st.join("certs/web-tls").exists()
+    })
+    .await;
+    assert!(st.join("keyring.yaml").exists());
+    assert_eq!(get(addr, "b.test", "/").await.0, 200);
+
     h.shutdown().await;
     let requests = state.lock().requests.clone();
     assert!(requests.len() >= 4, "{requests:?}");
@@ -196,4 +216,74 @@ async fn syncs_configmap_and_secret_through_gets_only() {
     }
     assert!(requests.iter().any(|(_, u)| u == SECRET_PATH));
     drop(b);
+}
+
+/// A member whose ConfigMap does not exist yet waits for it, and a SIGTERM in that wait
+/// ends the process at once with status 0 (not at the kubelet's SIGKILL).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_while_waiting_for_the_first_config_exits_zero() {
+    let state = Arc::new(Mutex::new(Api {
+        no_configmap: true,
+        ..Api::default()
+    }));
+    let api = serve_api(state.clone()).await;
+    let dir = TempDir::new("cluster-wait");
+    dir.write(
+        "kubeconfig",
+        &format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: fake\n\
+             clusters: [{{name: fake, cluster: {{server: 'http://{api}'}}}}]\n\
+             users: [{{name: fake, user: {{}}}}]\n\
+             contexts: [{{name: fake, context: {{cluster: fake, user: fake, namespace: ns1}}}}]\n"
+        ),
+    );
+    let admin_port = free_port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_portcullis-dataplane"))
+        .args([
+            "--array",
+            "edge",
+            "--namespace",
+            "ns1",
+            "--keys-secret",
+            "shared-keys",
+        ])
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .args(["--bind", "127.0.0.1", "--admin"])
+        .arg(format!("127.0.0.1:{admin_port}"))
+        .env("KUBECONFIG", dir.path().join("kubeconfig"))
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // It is waiting: it asked for the ConfigMap at least twice (a retry).
+    wait_until(Duration::from_secs(10), || {
+        state
+            .lock()
+            .requests
+            .iter()
+            .filter(|(_, u)| u == CM_PATH)
+            .count()
+            >= 2
+    })
+    .await;
+    assert!(child.try_wait().unwrap().is_none(), "it exited by itself");
+    let kill = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let code = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "SIGTERM did not stop a member waiting for its ConfigMap"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(code.code(), Some(0));
 }

@@ -190,9 +190,18 @@ pub enum ServiceType {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct SessionKeys {
-    /// The Secret holding the keyring, in the array's namespace. Generated and managed
-    /// by the controller when absent; defaults to `<array>-keyring`.
+    /// The Secret the controller keeps the keyring (and the copies of the TLS material
+    /// members need) in, in the array's namespace; defaults to `<array>-keys`. Created
+    /// and owned by the array when absent. When it already exists and holds a keyring
+    /// (`keyring.yaml`), that keyring is adopted, so keys can be carried over from a
+    /// backup or another installation. Renaming it moves the keyring to the new Secret
+    /// and deletes the old one. It must not be a Secret the array or its farms use for
+    /// certificates, nor one another array owns.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"),
+        length(max = 253)
+    )]
     pub secret_name: Option<String>,
     /// How often a new key is rotated in. Defaults to `168h` (7 days).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -244,6 +253,10 @@ pub struct GatewayArrayStatus {
     /// The config hash every ready member has loaded, when they all agree.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub loaded_config_hash: Option<String>,
+    /// The Secret the keyring was last written to. When `spec.sessionKeys.secretName`
+    /// changes, the keyring is carried over from this Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys_secret: Option<String>,
     /// The id of the key members encrypt with.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub active_key_id: Option<String>,
