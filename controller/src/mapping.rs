@@ -1,7 +1,7 @@
 //! Which arrays a changed object affects. Pure functions over the object and the known
 //! farms and arrays, used as `Controller::watches` mappers.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Secret, Service};
@@ -31,6 +31,41 @@ pub fn arrays_for_farm(farm: &ServerFarm) -> Vec<ObjectRef<GatewayArray>> {
         Some(ns) => vec![array_ref(&ns, &farm.spec.array_ref.name)],
         None => Vec::new(),
     }
+}
+
+/// The array each farm named when it was last seen, so that a farm moved to another
+/// array also reconciles the array it left (which otherwise keeps publishing it until its
+/// next periodic pass). Memory is enough: after a restart every array is reconciled.
+#[derive(Debug, Default)]
+pub struct FarmPlacements(parking_lot::Mutex<HashMap<(String, String), String>>);
+
+impl FarmPlacements {
+    /// The array `farm` names now, and the one it named before when that differs.
+    pub fn arrays_for_farm(&self, farm: &ServerFarm) -> Vec<ObjectRef<GatewayArray>> {
+        let Some(ns) = farm.namespace() else {
+            return Vec::new();
+        };
+        let now = farm.spec.array_ref.name.clone();
+        let before = self
+            .0
+            .lock()
+            .insert((ns.clone(), farm.name_any()), now.clone());
+        dedup(std::iter::once((ns.clone(), now)).chain(before.map(|b| (ns.clone(), b))))
+    }
+}
+
+/// The farms (from the known ones) that name `array`: a deleted or created array
+/// changes what their status must say.
+pub fn farms_for_array(
+    array: &GatewayArray,
+    farms: &[Arc<ServerFarm>],
+) -> Vec<ObjectRef<ServerFarm>> {
+    let ns = array.namespace();
+    farms
+        .iter()
+        .filter(|f| f.namespace() == ns && f.spec.array_ref.name == array.name_any())
+        .map(|f| ObjectRef::from(f.as_ref()))
+        .collect()
 }
 
 /// The arrays of farms (in `namespace`) with a server naming Service `service`.
@@ -176,6 +211,47 @@ mod tests {
     #[test]
     fn farm_maps_to_its_array() {
         assert_eq!(names(arrays_for_farm(&farms()[2])), ["shop/internal"]);
+    }
+
+    #[test]
+    fn a_farm_moved_to_another_array_maps_to_both_once() {
+        let placements = FarmPlacements::default();
+        assert_eq!(
+            names(placements.arrays_for_farm(&farms()[0])),
+            ["shop/edge"]
+        );
+        // Unchanged: only its array.
+        assert_eq!(
+            names(placements.arrays_for_farm(&farms()[0])),
+            ["shop/edge"]
+        );
+        // Moved: the new array publishes it, the old one must stop.
+        let moved = farm("shop", "f1", "internal", serde_json::json!({}));
+        assert_eq!(
+            names(placements.arrays_for_farm(&moved)),
+            ["shop/edge", "shop/internal"]
+        );
+        assert_eq!(names(placements.arrays_for_farm(&moved)), ["shop/internal"]);
+        // A farm of the same name in another namespace is another farm.
+        assert_eq!(
+            names(placements.arrays_for_farm(&farms()[3])),
+            ["other/edge"]
+        );
+    }
+
+    #[test]
+    fn an_array_maps_to_the_farms_that_name_it() {
+        let array: GatewayArray = serde_json::from_value(serde_json::json!({
+            "apiVersion": "portcullis.io/v1alpha1", "kind": "GatewayArray",
+            "metadata": {"name": "edge", "namespace": "shop"},
+            "spec": {"listeners": [{"name": "http", "port": 80, "protocol": "HTTP"}]}
+        }))
+        .unwrap();
+        let got: Vec<String> = farms_for_array(&array, &farms())
+            .into_iter()
+            .map(|r| r.name)
+            .collect();
+        assert_eq!(got, ["f1", "f2"]);
     }
 
     #[test]

@@ -978,6 +978,58 @@ async fn reconcile_inner(array: &GatewayArray, ctx: &Context) -> Result<Action, 
     Ok(Action::requeue(requeue))
 }
 
+/// Reconciles one ServerFarm, for the one case no array reconcile sees: its `arrayRef`
+/// names a GatewayArray that does not exist (never did, was deleted, or the farm moved
+/// to a name with a typo). Such a farm says so in its status; a farm whose array exists
+/// is left to that array's reconcile.
+#[tracing::instrument(skip_all, fields(farm = %farm.name_any(), namespace = farm.namespace().unwrap_or_default()))]
+pub async fn reconcile_farm(farm: Arc<ServerFarm>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let name = farm.name_any();
+    let ns = farm
+        .namespace()
+        .ok_or_else(|| Error::NoNamespace(name.clone()))?;
+    let array = &farm.spec.array_ref.name;
+    let exists = api::<GatewayArray>(&ctx.client, &ns)
+        .get_opt(array)
+        .await
+        .map_err(|source| Error::Fetch {
+            what: format!("GatewayArray {ns}/{array}"),
+            source,
+        })?
+        .is_some();
+    if exists {
+        return Ok(Action::await_change());
+    }
+    let new = status::orphan_farm_status(&farm, (ctx.clock)());
+    if farm.status.as_ref() != Some(&new) {
+        apply_status::<ServerFarm>(&ctx.client, &ns, &name, &new).await?;
+        let was_orphan = farm.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "Accepted" && c.reason == "ArrayNotFound")
+        });
+        if !was_orphan {
+            publish(
+                &ctx,
+                &farm.object_ref(&()),
+                EventType::Warning,
+                "ArrayNotFound",
+                "Validate",
+                format!("not published: GatewayArray {ns}/{array} does not exist"),
+            )
+            .await;
+        }
+    }
+    Ok(Action::await_change())
+}
+
+/// The requeue after a failed farm reconcile. Counts the failure by its stable label.
+pub fn farm_error_policy(_farm: Arc<ServerFarm>, error: &Error, ctx: Arc<Context>) -> Action {
+    ctx.metrics.error(error.label());
+    tracing::warn!(error = %error, reason = error.label(), "farm reconcile failed");
+    Action::requeue(Duration::from_secs(10))
+}
+
 /// The requeue after a failed reconcile: 5s doubling per consecutive failure, at most
 /// five minutes. Counts the failure by its stable label.
 pub fn error_policy(array: Arc<GatewayArray>, error: &Error, ctx: Arc<Context>) -> Action {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -134,7 +134,7 @@ pub async fn run(config: RunConfig) -> Result<(), RunError> {
             }
         }
     };
-    let shutdown = terminate_or(shutdown);
+    let shutdown = terminate_or(shutdown).shared();
 
     let ns = config.watch_namespace.as_deref();
     let arrays: Api<GatewayArray> = api(&client, ns);
@@ -153,12 +153,13 @@ pub async fn run(config: RunConfig) -> Result<(), RunError> {
     .for_each(|_| futures::future::ready(()));
     tokio::spawn(farm_reflector);
 
-    let mut controller = Controller::new(arrays, watcher::Config::default())
+    let placements = mapping::FarmPlacements::default();
+    let mut controller = Controller::new(arrays.clone(), watcher::Config::default())
         .owns(api::<Deployment>(&client, ns), managed.clone())
         .owns(api::<ConfigMap>(&client, ns), managed.clone())
         .owns(api::<Service>(&client, ns), managed.clone())
-        .watches(farms, watcher::Config::default(), |farm| {
-            mapping::arrays_for_farm(&farm)
+        .watches(farms.clone(), watcher::Config::default(), move |farm| {
+            placements.arrays_for_farm(&farm)
         });
     let array_store = controller.store();
     let fs = farm_store.clone();
@@ -203,7 +204,26 @@ pub async fn run(config: RunConfig) -> Result<(), RunError> {
         watch_secrets = config.settings.watch_secrets,
         "controller started"
     );
-    controller
+    // Farms whose array does not exist are invisible to the array controller; this one
+    // gives them a status, and hears of arrays coming and going.
+    let fs = farm_store.clone();
+    let farm_controller = Controller::new(farms, watcher::Config::default())
+        .watches(arrays, watcher::Config::default(), move |array| {
+            mapping::farms_for_array(&array, &fs.state())
+        })
+        .graceful_shutdown_on(shutdown.clone())
+        .run(
+            reconcile::reconcile_farm,
+            reconcile::farm_error_policy,
+            ctx.clone(),
+        )
+        .for_each(|result| {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "farm controller event");
+            }
+            futures::future::ready(())
+        });
+    let array_controller = controller
         .graceful_shutdown_on(shutdown)
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
         .for_each(|result| {
@@ -211,8 +231,8 @@ pub async fn run(config: RunConfig) -> Result<(), RunError> {
                 tracing::debug!(error = %e, "controller event");
             }
             futures::future::ready(())
-        })
-        .await;
+        });
+    futures::future::join(array_controller, farm_controller).await;
     if let Some(task) = lease_task {
         task.abort();
     }

@@ -209,6 +209,49 @@ pub fn farm_status(
     }
 }
 
+/// The status of a farm whose `arrayRef` names no existing GatewayArray: nothing
+/// publishes it, and it says which array it is waiting for.
+pub fn orphan_farm_status(farm: &ServerFarm, now: Timestamp) -> ServerFarmStatus {
+    let previous = farm
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    let generation = farm.metadata.generation;
+    let c = |t: &str, s: &str, r: &str, m: String| condition(previous, t, s, r, m, generation, now);
+    let array = format!(
+        "{}/{}",
+        farm.namespace().unwrap_or_default(),
+        farm.spec.array_ref.name
+    );
+    ServerFarmStatus {
+        observed_generation: generation,
+        conditions: vec![
+            c(
+                "Accepted",
+                "False",
+                "ArrayNotFound",
+                format!("not published: GatewayArray {array} does not exist"),
+            ),
+            c(
+                "ResolvedRefs",
+                "False",
+                "ArrayNotFound",
+                format!(
+                    "spec.arrayRef.name: GatewayArray {array} does not exist; create it or name an existing array"
+                ),
+            ),
+            c(
+                "Ready",
+                "False",
+                "NotAccepted",
+                "not published; fix the ResolvedRefs condition".into(),
+            ),
+        ],
+        endpoints: Vec::new(),
+    }
+}
+
 /// Inputs of the array status.
 #[derive(Clone, Debug)]
 pub struct ArrayStatusInputs<'a> {
