@@ -19,9 +19,9 @@ use parking_lot::Mutex;
 use portcullis_controller::keyring::MemberReport;
 use portcullis_controller::members::MemberStatusSource;
 use portcullis_controller::metrics::Metrics;
-use portcullis_controller::reconcile::{Context, Settings, reconcile};
+use portcullis_controller::reconcile::{Context, Settings, reconcile, reconcile_farm};
 use portcullis_crds::keyring::{KeyState, KeyringDoc};
-use portcullis_crds::v1alpha1::GatewayArray;
+use portcullis_crds::v1alpha1::{GatewayArray, ServerFarm};
 use serde_json::{Value, json};
 
 const NS: &str = "shop";
@@ -46,6 +46,72 @@ struct Fake {
     objects: Mutex<BTreeMap<String, Value>>,
     log: Mutex<Vec<Req>>,
     next_rv: Mutex<u64>,
+    /// Requests the controller's RBAC contract does not allow.
+    forbidden: Mutex<Vec<String>>,
+}
+
+/// `controller/rbac-rules.json`, the rules the chart grants the controller (the chart
+/// tests check the rendered ClusterRole equals it): (group, resource) -> verbs.
+fn rbac_contract() -> BTreeMap<(String, String), Vec<String>> {
+    let text = include_str!("../rbac-rules.json");
+    let doc: Value = serde_json::from_str(text).unwrap();
+    doc["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                (
+                    r["group"].as_str().unwrap().to_owned(),
+                    r["resource"].as_str().unwrap().to_owned(),
+                ),
+                r["verbs"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|v| v.as_str().unwrap().to_owned())
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+/// The RBAC verbs a request needs: (group, resource[/subresource], verbs).
+fn rbac_needs(
+    method: &str,
+    path: &str,
+    query: &str,
+    exists: bool,
+) -> (String, String, Vec<&'static str>) {
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let (group, rest) = match parts.as_slice() {
+        ["api", "v1", rest @ ..] => (String::new(), rest),
+        ["apis", group, _version, rest @ ..] => ((*group).to_owned(), rest),
+        _ => panic!("unexpected API path {path}"),
+    };
+    let rest = match rest {
+        ["namespaces", _ns, rest @ ..] => rest,
+        rest => rest,
+    };
+    let (resource, named) = match rest {
+        [resource] => ((*resource).to_owned(), false),
+        [resource, _name] => ((*resource).to_owned(), true),
+        [resource, _name, sub] => (format!("{resource}/{sub}"), true),
+        _ => panic!("unexpected API path {path}"),
+    };
+    let verbs = match (method, named) {
+        ("GET", true) => vec!["get"],
+        ("GET", false) if query.contains("watch=true") => vec!["watch"],
+        ("GET", false) => vec!["list"],
+        // Server-side apply of an object that does not exist yet creates it.
+        ("PATCH", _) if !exists && !resource.contains('/') => vec!["patch", "create"],
+        ("PATCH", _) => vec!["patch"],
+        ("PUT", _) => vec!["update"],
+        ("POST", _) => vec!["create"],
+        ("DELETE", _) => vec!["delete"],
+        _ => panic!("unexpected method {method}"),
+    };
+    (group, resource, verbs)
 }
 
 fn percent_decode(s: &str) -> String {
@@ -107,6 +173,19 @@ impl Fake {
             query: query.to_owned(),
             body: body.clone(),
         });
+        let exists = self.get(path).is_some();
+        let (group, resource, verbs) = rbac_needs(method, path, query, exists);
+        let granted = rbac_contract()
+            .get(&(group.clone(), resource.clone()))
+            .cloned()
+            .unwrap_or_default();
+        for verb in verbs {
+            if !granted.iter().any(|g| g == verb) {
+                self.forbidden
+                    .lock()
+                    .push(format!("{verb} {group}/{resource} ({method} {path})"));
+            }
+        }
         let not_found = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
                                "reason": "NotFound", "code": 404, "message": format!("{path} not found")});
         match method {
@@ -353,7 +432,17 @@ impl World {
         self.fake.log.lock().clear();
         let array: GatewayArray = serde_json::from_value(self.fake.get(ARRAY).unwrap()).unwrap();
         let action = reconcile(Arc::new(array), self.ctx.clone()).await.unwrap();
+        self.assert_within_rbac();
         (action, self.fake.log.lock().clone())
+    }
+
+    /// Every request so far is allowed by the RBAC the chart grants the controller.
+    fn assert_within_rbac(&self) {
+        let forbidden = self.fake.forbidden.lock().clone();
+        assert!(
+            forbidden.is_empty(),
+            "not granted by controller/rbac-rules.json: {forbidden:?}"
+        );
     }
 
     fn keyring(&self) -> KeyringDoc {
@@ -1249,5 +1338,106 @@ async fn a_farm_may_not_use_the_keys_secret_as_its_certificate() {
             .unwrap()
             .keys()
             .all(|k| !k.contains("store"))
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Farms whose array does not exist
+
+impl World {
+    async fn reconcile_farm(&self, name: &str) -> Vec<Req> {
+        self.fake.log.lock().clear();
+        let farm: ServerFarm =
+            serde_json::from_value(self.fake.get(&format!("{FARMS}/{name}")).unwrap()).unwrap();
+        let action = reconcile_farm(Arc::new(farm), self.ctx.clone())
+            .await
+            .unwrap();
+        assert_eq!(action, Action::await_change());
+        self.assert_within_rbac();
+        self.fake.log.lock().clone()
+    }
+
+    fn move_farm(&self, name: &str, array: &str) {
+        let path = format!("{FARMS}/{name}");
+        let mut farm = self.fake.get(&path).unwrap();
+        farm["spec"]["arrayRef"]["name"] = json!(array);
+        farm["metadata"]["generation"] =
+            json!(farm["metadata"]["generation"].as_i64().unwrap() + 1);
+        self.fake.put(&path, farm);
+    }
+}
+
+#[tokio::test]
+async fn a_farm_moved_to_a_missing_array_leaves_the_old_one_and_says_why() {
+    let w = world(default_settings());
+    w.reconcile().await;
+    assert!(
+        w.config()["farms"]
+            .as_object()
+            .unwrap()
+            .contains_key("shop/web")
+    );
+
+    // A farm whose array exists is that array's business: one GET, nothing written.
+    let reqs = w.reconcile_farm("web").await;
+    assert_eq!(summary(&reqs), [format!("GET {ARRAY}")]);
+
+    w.move_farm("web", "edeg");
+    let reqs = w.reconcile_farm("web").await;
+    assert_eq!(
+        summary(&reqs)[..2],
+        [
+            "GET /apis/portcullis.io/v1alpha1/namespaces/shop/gatewayarrays/edeg".to_owned(),
+            format!("PATCH {FARMS}/web/status"),
+        ]
+    );
+    let farm = status_patch(&reqs, &format!("{FARMS}/web")).unwrap();
+    assert_eq!(farm["observedGeneration"], 2);
+    let accepted = condition(farm, "Accepted");
+    assert_eq!(
+        (accepted["status"].as_str(), accepted["reason"].as_str()),
+        (Some("False"), Some("ArrayNotFound"))
+    );
+    assert_eq!(
+        condition(farm, "ResolvedRefs")["message"],
+        "spec.arrayRef.name: GatewayArray shop/edeg does not exist; create it or name an existing array"
+    );
+    assert_eq!(farm["endpoints"], Value::Null, "no stale endpoints");
+    assert_eq!(
+        events(&reqs),
+        [(
+            "Warning".to_owned(),
+            "ArrayNotFound".to_owned(),
+            "not published: GatewayArray shop/edeg does not exist".to_owned()
+        )]
+    );
+    // Said once: the same state again writes nothing.
+    let reqs = w.reconcile_farm("web").await;
+    assert_eq!(summary(&reqs).len(), 1, "{:?}", summary(&reqs));
+
+    // The array it left stops publishing it, and does not touch its status.
+    let (_, reqs) = w.reconcile().await;
+    assert!(w.config()["farms"].as_object().unwrap().is_empty());
+    assert!(status_patch(&reqs, &format!("{FARMS}/web")).is_none());
+}
+
+#[test]
+fn the_rbac_check_refuses_what_the_contract_does_not_grant() {
+    let fake = Fake::default();
+    fake.handle("GET", SECRETS, "", Value::Null);
+    fake.handle("GET", &format!("{SECRETS}/edge-keys"), "", Value::Null);
+    fake.handle(
+        "PATCH",
+        &format!("{PODS}/edge-a"),
+        "",
+        json!({"metadata": {}}),
+    );
+    assert_eq!(
+        *fake.forbidden.lock(),
+        [
+            "list /secrets (GET /api/v1/namespaces/shop/secrets)".to_owned(),
+            "patch /pods (PATCH /api/v1/namespaces/shop/pods/edge-a)".to_owned(),
+            "create /pods (PATCH /api/v1/namespaces/shop/pods/edge-a)".to_owned(),
+        ]
     );
 }
