@@ -11,12 +11,16 @@
 # a non-root user. Not distroless: the member Deployments the controller writes run
 # `sleep` in their preStop hook (so endpoints drop out before draining starts), and
 # distroless has no `sleep`.
+#
+# Base images: the Rust the workspace is developed with (1.95, Debian 12 "bookworm") and
+# the same Debian release for the runtime, so the binaries find the glibc they linked
+# against. Both tags are in docker-library/official-images (library/rust, library/debian).
 
-ARG RUST_IMAGE=rust:1-bookworm
+ARG RUST_IMAGE=rust:1.95-bookworm
 ARG RUNTIME_IMAGE=debian:bookworm-slim
 
 FROM ${RUST_IMAGE} AS chef
-RUN cargo install cargo-chef --locked --version ^0.1
+RUN cargo install cargo-chef --locked --version 0.1.77
 WORKDIR /src
 
 FROM chef AS planner
@@ -24,9 +28,11 @@ COPY . .
 RUN cargo chef prepare --recipe-path recipe.json
 
 FROM chef AS builder
-# Dependencies only: cached across source edits.
+# Dependencies only: cached across source edits. The same packages as the build below,
+# so Cargo resolves the same features and reuses every dependency built here.
 COPY --from=planner /src/recipe.json recipe.json
-RUN cargo chef cook --release --locked --recipe-path recipe.json
+RUN cargo chef cook --release --locked -p portcullis-controller -p portcullis-dataplane \
+    --recipe-path recipe.json
 # The workspace itself.
 COPY . .
 RUN cargo build --release --locked -p portcullis-controller -p portcullis-dataplane \
