@@ -53,6 +53,15 @@ async fn invalid_farm_is_reported_and_isolated() {
             "the rejected farm served traffic: {:?}",
             r.body
         );
+
+        // A farm naming an array that does not exist says so.
+        let lost = fixtures::farm("lost", "edeg", "lost.e2e.test", "demo", json!({}))?;
+        ctx.api().create(&Default::default(), &lost).await?;
+        let accepted = fixtures::wait_farm_condition(&ctx, "lost", "Accepted", "False").await?;
+        ensure!(
+            accepted.reason == "ArrayNotFound",
+            "lost farm: {accepted:?}"
+        );
         Ok(())
     })
     .await;
