@@ -2,6 +2,8 @@
 //! real binary, raw and hyper clients.
 #![allow(dead_code, missing_docs)]
 
+pub mod fixtures;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
