@@ -6,54 +6,20 @@
 // `criterion_group!` defines an undocumented public function.
 #![allow(missing_docs)]
 
+#[path = "../tests/common/fixtures.rs"]
+mod fixtures;
+
 use std::hint::black_box;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use fixtures::farm;
 use http::header::{COOKIE, SET_COOKIE};
 use http::{HeaderMap, HeaderValue};
-use portcullis_crds::config::{
-    AffinityConfig, AffinityMode, CookieProtection, EndpointIdentity, FarmConfig, LoadBalancing,
-    PassiveConfig, SameSite, UpstreamConfig, UpstreamProtocol,
-};
+use portcullis_crds::config::{AffinityMode, CookieProtection, EndpointIdentity, UpstreamProtocol};
 use portcullis_crds::keyring::{KeyState, KeyringDoc};
 use portcullis_dataplane::session::{RequestSession, SessionManager};
 use prometheus_client::registry::Registry;
-
-fn farm(affinity: AffinityMode, protection: CookieProtection) -> FarmConfig {
-    FarmConfig {
-        id: "shop/web".into(),
-        backend_host: None,
-        load_balancing: LoadBalancing::RoundRobin,
-        hash_header: None,
-        members: vec![],
-        upstream: UpstreamConfig {
-            tls: None,
-            protocol: UpstreamProtocol::Http1,
-            max_idle_per_endpoint: 8,
-            max_connections_per_endpoint: None,
-            pool_idle_timeout: Duration::from_secs(60).into(),
-            connect_timeout: Duration::from_secs(1).into(),
-            first_byte_timeout: Duration::from_secs(10).into(),
-            idle_timeout: Duration::from_secs(10).into(),
-            retries: 0,
-        },
-        affinity: AffinityConfig {
-            mode: affinity,
-            cookie_name: "portcullis-affinity".into(),
-            max_session_time: Duration::from_secs(8 * 3600).into(),
-            idle_timeout: Duration::from_secs(1800).into(),
-            same_site: SameSite::Lax,
-        },
-        verifier: None,
-        passive: PassiveConfig {
-            consecutive_failures: 0,
-            count_5xx: false,
-            base_ejection_time: Duration::from_secs(10).into(),
-        },
-        cookie_protection: protection,
-    }
-}
 
 fn bench(c: &mut Criterion) {
     let manager = SessionManager::new(&mut Registry::with_prefix("portcullis"));
@@ -64,7 +30,7 @@ fn bench(c: &mut Criterion) {
         ],
     };
     manager.set_keyring_text(&doc.to_yaml()).unwrap();
-    let sticky = farm(AffinityMode::Cookie, CookieProtection::Off);
+    let sticky = farm("shop/web", AffinityMode::Cookie, CookieProtection::Off);
     let chosen = EndpointIdentity::new(
         "10.1.2.3:8080".parse().unwrap(),
         None,
@@ -95,7 +61,7 @@ fn bench(c: &mut Criterion) {
         })
     });
 
-    let protected = farm(AffinityMode::None, CookieProtection::Encrypt);
+    let protected = farm("shop/web", AffinityMode::None, CookieProtection::Encrypt);
     let server_sets: [HeaderValue; 2] = [
         "JSESSIONID=abc123; Path=/; HttpOnly".parse().unwrap(),
         "csrf=xyz; Path=/".parse().unwrap(),

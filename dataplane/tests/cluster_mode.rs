@@ -34,8 +34,7 @@ struct Api {
 }
 
 fn config(farms: &[String]) -> DataplaneConfig {
-    let array: GatewayArray =
-        serde_yaml::from_str(&array_yaml(&[("web", 8080, "HTTP", None)])).unwrap();
+    let array: GatewayArray = serde_yaml::from_str(&web_array(8080)).unwrap();
     let farms: Vec<ServerFarm> = farms
         .iter()
         .map(|f| serde_yaml::from_str(f).unwrap())
@@ -109,8 +108,8 @@ async fn serve_api(state: Arc<Mutex<Api>>) -> std::net::SocketAddr {
 async fn syncs_configmap_and_secret_through_gets_only() {
     let a = Backend::start("a").await;
     let b = Backend::start("b").await;
-    let farm_a = farm_yaml("a", &["a.test"], &["/"], &[addr_server(a.addr)], "");
-    let farm_b = farm_yaml("b", &["b.test"], &["/"], &[addr_server(b.addr)], "");
+    let farm_a = plain_farm(&a);
+    let farm_b = plain_farm(&b);
     let b64 = base64::engine::general_purpose::STANDARD;
     let keyring = KeyringDoc {
         keys: vec![KeyringDoc::entry(

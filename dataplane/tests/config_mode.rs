@@ -25,14 +25,8 @@ fn render(array: &str, farm: &str) -> DataplaneConfig {
 async fn serves_a_rendered_config_and_reports_status_and_metrics() {
     let b = Backend::start("b").await;
     let dir = TempDir::new("config");
-    let array = array_yaml(&[("web", 8080, "HTTP", None)]).replace(
-        "limits: {headerReadTimeout: 1s}",
-        "limits: {headerReadTimeout: 1s, clientIdleTimeout: 1s}",
-    );
-    let config = render(
-        &array,
-        &farm_yaml("b", &["b.test"], &["/"], &[addr_server(b.addr)], ""),
-    );
+    let array = web_array_with_limits(8080, "headerReadTimeout: 1s, clientIdleTimeout: 1s");
+    let config = render(&array, &plain_farm(&b));
     dir.write("config.json", &config.to_json());
     let mut opts = options(dir.path());
     opts.manifests = None;

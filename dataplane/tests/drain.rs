@@ -11,13 +11,8 @@ use common::*;
 async fn sigterm_drains_in_flight_requests_then_exits_zero() {
     let b = Backend::start("b").await;
     let dir = TempDir::new("drain");
-    let port = free_port();
+    let port = dir.write_manifests(web_array, &[plain_farm(&b)]);
     let admin_port = free_port();
-    dir.write("array.yaml", &array_yaml(&[("web", port, "HTTP", None)]));
-    dir.write(
-        "farm.yaml",
-        &farm_yaml("b", &["b.test"], &["/"], &[addr_server(b.addr)], ""),
-    );
     let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis-dataplane"))
         .args([
             "--manifests",

@@ -12,21 +12,18 @@ use common::*;
 async fn verifier_takes_a_failing_endpoint_out_and_brings_it_back() {
     let good = Backend::start("good").await;
     let bad = Backend::start("bad").await;
-    let dir = TempDir::new("verifier");
-    let port = free_port();
-    dir.write("array.yaml", &array_yaml(&[("web", port, "HTTP", None)]));
-    dir.write(
-        "farm.yaml",
-        &farm_yaml(
+    let proxy = Proxy::start(
+        "verifier",
+        &[farm_yaml(
             "v",
             &["v.test"],
             &["/"],
             &[addr_server(good.addr), addr_server(bad.addr)],
             "  connectivityVerifier: {path: /healthz, host: probe.internal, interval: 100ms, timeout: 100ms, healthyThreshold: 2, unhealthyThreshold: 2}\n",
-        ),
-    );
-    let h = start(dir.path()).await;
-    let addr = h.listener_addr(port).unwrap();
+        )],
+    )
+    .await;
+    let addr = proxy.addr;
     // The probe carries the configured Host and path.
     wait_until(Duration::from_secs(3), || {
         bad.seen().iter().any(|s| s.path == "/healthz")
@@ -42,7 +39,7 @@ async fn verifier_takes_a_failing_endpoint_out_and_brings_it_back() {
     bad.failing.store(true, Ordering::SeqCst);
     // Two failed probes (~200-300 ms) take it out.
     let key = format!("http1://{}", bad.addr);
-    let admin = h.admin_addr();
+    let admin = proxy.admin_addr();
     let deadline = Instant::now() + Duration::from_secs(3);
     loop {
         let m = metrics(admin).await;
@@ -53,18 +50,15 @@ async fn verifier_takes_a_failing_endpoint_out_and_brings_it_back() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // A reload that keeps both identities keeps the verdict: no traffic to `bad`.
-    let hash = h.config_hash();
-    dir.write(
-        "farm.yaml",
-        &farm_yaml(
+    proxy
+        .reload(&[farm_yaml(
             "v",
             &["v.test"],
             &["/"],
             &[addr_server(good.addr), addr_server(bad.addr)],
             "  backendHost: reloaded.internal\n  connectivityVerifier: {path: /healthz, host: probe.internal, interval: 100ms, timeout: 100ms, healthyThreshold: 2, unhealthyThreshold: 2}\n",
-        ),
-    );
-    wait_until(Duration::from_secs(5), || h.config_hash() != hash).await;
+        )])
+        .await;
     let before = bad.seen().iter().filter(|s| s.path != "/healthz").count();
     let mut c = Client::connect(addr).await;
     for _ in 0..30 {
@@ -84,28 +78,17 @@ async fn verifier_takes_a_failing_endpoint_out_and_brings_it_back() {
         assert!(Instant::now() < deadline, "endpoint never came back");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    h.shutdown().await;
+    proxy.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_a_backend_loses_only_in_flight_requests() {
     let one = Backend::start("one").await;
     let two = Backend::start("two").await;
-    let dir = TempDir::new("failover");
-    let port = free_port();
-    dir.write("array.yaml", &array_yaml(&[("web", port, "HTTP", None)]));
-    dir.write(
-        "farm.yaml",
-        &farm_yaml(
-            "f",
-            &["f.test"],
-            &["/"],
-            &[addr_server(one.addr), addr_server(two.addr)],
-            "",
-        ),
-    );
-    let h = start(dir.path()).await;
-    let addr = h.listener_addr(port).unwrap();
+    let servers = [addr_server(one.addr), addr_server(two.addr)];
+    let farm = farm_yaml("f", &["f.test"], &["/"], &servers, "");
+    let proxy = Proxy::start("failover", &[farm]).await;
+    let addr = proxy.addr;
     let killed = Arc::new(AtomicBool::new(false));
     let stop = Arc::new(AtomicBool::new(false));
     let failed_before = Arc::new(AtomicUsize::new(0));
@@ -159,5 +142,5 @@ async fn killing_a_backend_loses_only_in_flight_requests() {
     );
     assert_eq!(failed_after.load(Ordering::Relaxed), 0);
     assert!(ok.load(Ordering::Relaxed) > 100);
-    h.shutdown().await;
+    proxy.shutdown().await;
 }

@@ -11,15 +11,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 #[tokio::test]
 async fn ambiguous_requests_are_refused_and_never_forwarded() {
     let b = Backend::start("b").await;
-    let dir = TempDir::new("hygiene");
-    let port = free_port();
-    dir.write("array.yaml", &array_yaml(&[("web", port, "HTTP", None)]));
-    dir.write(
-        "farm.yaml",
-        &farm_yaml("b", &["b.test"], &["/"], &[addr_server(b.addr)], ""),
-    );
-    let h = start(dir.path()).await;
-    let addr = h.listener_addr(port).unwrap();
+    let proxy = Proxy::start("hygiene", &[plain_farm(&b)]).await;
+    let addr = proxy.addr;
     let cases: &[(&str, &[u8])] = &[
         ("CL+TE", b"POST / HTTP/1.1\r\nHost: b.test\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"),
         ("dup CL", b"POST / HTTP/1.1\r\nHost: b.test\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx"),
@@ -55,27 +48,15 @@ async fn ambiguous_requests_are_refused_and_never_forwarded() {
     )
     .await;
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
-    h.shutdown().await;
+    proxy.shutdown().await;
 }
 
 #[tokio::test]
 async fn slow_headers_get_408_and_big_headers_431() {
     let b = Backend::start("b").await;
-    let dir = TempDir::new("slow");
-    let port = free_port();
-    dir.write(
-        "array.yaml",
-        &array_yaml(&[("web", port, "HTTP", None)]).replace(
-            "limits: {headerReadTimeout: 1s}",
-            "limits: {headerReadTimeout: 1s, maxHeaders: 20, maxHeaderBytes: 8192}",
-        ),
-    );
-    dir.write(
-        "farm.yaml",
-        &farm_yaml("b", &["b.test"], &["/"], &[addr_server(b.addr)], ""),
-    );
-    let h = start(dir.path()).await;
-    let addr = h.listener_addr(port).unwrap();
+    let limits = "headerReadTimeout: 1s, maxHeaders: 20, maxHeaderBytes: 8192";
+    let proxy = Proxy::with_limits("slow", limits, &[plain_farm(&b)]).await;
+    let addr = proxy.addr;
 
     // One byte every 300 ms: cut off after the 1 s header-read timeout.
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -109,27 +90,15 @@ async fn slow_headers_get_408_and_big_headers_431() {
     let resp = raw(addr, big.as_bytes()).await;
     assert!(resp.starts_with("HTTP/1.1 431"), "{resp:?}");
     assert!(b.seen().is_empty());
-    h.shutdown().await;
+    proxy.shutdown().await;
 }
 
 #[tokio::test]
 async fn connections_over_the_cap_are_closed_at_once() {
     let b = Backend::start("b").await;
-    let dir = TempDir::new("cap");
-    let port = free_port();
-    dir.write(
-        "array.yaml",
-        &array_yaml(&[("web", port, "HTTP", None)]).replace(
-            "limits: {headerReadTimeout: 1s}",
-            "limits: {headerReadTimeout: 5s, maxConnections: 2}",
-        ),
-    );
-    dir.write(
-        "farm.yaml",
-        &farm_yaml("b", &["b.test"], &["/"], &[addr_server(b.addr)], ""),
-    );
-    let h = start(dir.path()).await;
-    let addr = h.listener_addr(port).unwrap();
+    let limits = "headerReadTimeout: 5s, maxConnections: 2";
+    let proxy = Proxy::with_limits("cap", limits, &[plain_farm(&b)]).await;
+    let addr = proxy.addr;
     let mut first = Client::connect(addr).await;
     let mut second = Client::connect(addr).await;
     assert_eq!(first.get("b.test", "/").await.unwrap().0, 200);
@@ -147,21 +116,14 @@ async fn connections_over_the_cap_are_closed_at_once() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(get(addr, "b.test", "/").await.0, 200);
     assert_eq!(second.get("b.test", "/").await.unwrap().0, 200);
-    h.shutdown().await;
+    proxy.shutdown().await;
 }
 
 #[tokio::test]
 async fn smuggling_after_a_chunked_request_on_the_same_connection_is_refused() {
     let b = Backend::start("b").await;
-    let dir = TempDir::new("pipeline");
-    let port = free_port();
-    dir.write("array.yaml", &array_yaml(&[("web", port, "HTTP", None)]));
-    dir.write(
-        "farm.yaml",
-        &farm_yaml("b", &["b.test"], &["/"], &[addr_server(b.addr)], ""),
-    );
-    let h = start(dir.path()).await;
-    let addr = h.listener_addr(port).unwrap();
+    let proxy = Proxy::start("pipeline", &[plain_farm(&b)]).await;
+    let addr = proxy.addr;
     let resp = raw(
         addr,
         b"POST /one HTTP/1.1\r\nHost: b.test\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n\
@@ -173,5 +135,5 @@ POST /two HTTP/1.1\r\nHost: b.test\r\nContent-Length: 4\r\nTransfer-Encoding: ch
     let seen = b.seen();
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].path, "/one");
-    h.shutdown().await;
+    proxy.shutdown().await;
 }

@@ -11,12 +11,9 @@ use common::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn farms_naming_one_backend_share_one_pool() {
     let b = Backend::start("b").await;
-    let dir = TempDir::new("pool");
-    let port = free_port();
     let limits = "  upstream: {keepAlive: {maxConnections: 8, maxIdle: 8}}\n";
-    dir.write("array.yaml", &array_yaml(&[("web", port, "HTTP", None)]));
-    dir.write(
-        "farms.yaml",
+    let proxy = Proxy::start(
+        "pool",
         &[
             farm_yaml(
                 "by-address",
@@ -32,11 +29,10 @@ async fn farms_naming_one_backend_share_one_pool() {
                 &[host_server("localhost", b.addr.port())],
                 limits,
             ),
-        ]
-        .join("---\n"),
-    );
-    let h = start(dir.path()).await;
-    let addr = h.listener_addr(port).unwrap();
+        ],
+    )
+    .await;
+    let addr = proxy.addr;
     let ok = Arc::new(AtomicUsize::new(0));
     let failed = Arc::new(AtomicUsize::new(0));
     let until = Instant::now() + Duration::from_millis(2500);
@@ -57,7 +53,7 @@ async fn farms_naming_one_backend_share_one_pool() {
     for t in tasks {
         t.await.unwrap();
     }
-    let m = metrics(h.admin_addr()).await;
+    let m = metrics(proxy.admin_addr()).await;
     let key = format!("http1://{}", b.addr);
     let reused = metric_sum(&m, "portcullis_pool_connections_reused_total", &[&key]);
     let opened = metric_sum(&m, "portcullis_pool_connections_opened_total", &[&key]);
@@ -78,5 +74,5 @@ async fn farms_naming_one_backend_share_one_pool() {
     let seen = b.seen();
     assert!(seen.iter().any(|s| s.headers["host"] == "one.test"));
     assert!(seen.iter().any(|s| s.headers["host"] == "two.test"));
-    h.shutdown().await;
+    proxy.shutdown().await;
 }

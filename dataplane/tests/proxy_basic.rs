@@ -9,11 +9,8 @@ async fn routes_by_exact_host_wildcard_and_longest_prefix() {
     let a = Backend::start("a").await;
     let api = Backend::start("api").await;
     let wild = Backend::start("wild").await;
-    let dir = TempDir::new("routing");
-    let port = free_port();
-    dir.write("array.yaml", &array_yaml(&[("web", port, "HTTP", None)]));
-    dir.write(
-        "farms.yaml",
+    let proxy = Proxy::start(
+        "routing",
         &[
             farm_yaml(
                 "a",
@@ -36,11 +33,10 @@ async fn routes_by_exact_host_wildcard_and_longest_prefix() {
                 &[addr_server(wild.addr)],
                 "",
             ),
-        ]
-        .join("---\n"),
-    );
-    let h = start(dir.path()).await;
-    let addr = h.listener_addr(port).unwrap();
+        ],
+    )
+    .await;
+    let addr = proxy.addr;
     let body = |r: (u16, http::HeaderMap, String)| r.2;
     assert_eq!(body(get(addr, "a.example.com", "/x").await), "a");
     assert_eq!(body(get(addr, "a.example.com", "/api/v1?q=1").await), "api");
@@ -62,21 +58,14 @@ async fn routes_by_exact_host_wildcard_and_longest_prefix() {
     assert_eq!(first.headers["x-forwarded-for"], "127.0.0.1");
     assert_eq!(api.seen()[0].path, "/api/v1?q=1");
     assert_eq!(api.seen()[0].headers["host"], "a.example.com");
-    h.shutdown().await;
+    proxy.shutdown().await;
 }
 
 #[tokio::test]
 async fn hop_by_hop_removed_and_forwarded_for_appended() {
     let a = Backend::start("a").await;
-    let dir = TempDir::new("hop");
-    let port = free_port();
-    dir.write("array.yaml", &array_yaml(&[("web", port, "HTTP", None)]));
-    dir.write(
-        "farm.yaml",
-        &farm_yaml("a", &["a.test"], &["/"], &[addr_server(a.addr)], ""),
-    );
-    let h = start(dir.path()).await;
-    let addr = h.listener_addr(port).unwrap();
+    let proxy = Proxy::start("hop", &[plain_farm(&a)]).await;
+    let addr = proxy.addr;
     let resp = raw(
         addr,
         b"GET /p HTTP/1.1\r\nHost: a.test\r\nConnection: close, x-secret-hop\r\nx-secret-hop: 1\r\nKeep-Alive: 5\r\nTE: trailers\r\nProxy-Connection: keep-alive\r\nX-Forwarded-For: 10.0.0.1\r\n\r\n",
@@ -89,7 +78,7 @@ async fn hop_by_hop_removed_and_forwarded_for_appended() {
         assert!(!hd.contains_key(name), "{name} was forwarded");
     }
     assert_eq!(hd["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
-    h.shutdown().await;
+    proxy.shutdown().await;
 }
 
 #[tokio::test]
@@ -99,11 +88,8 @@ async fn errors_are_distinguished_and_name_no_address() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let dir = TempDir::new("errors");
-    let port = free_port();
-    dir.write("array.yaml", &array_yaml(&[("web", port, "HTTP", None)]));
-    dir.write(
-        "farms.yaml",
+    let proxy = Proxy::start(
+        "errors",
         &[
             farm_yaml("refused", &["refused.test"], &["/"], &[addr_server(dead)], "  upstream: {retries: {attempts: 0}}\n"),
             farm_yaml("slow", &["slow.test"], &["/"], &[addr_server(slow.addr)], "  upstream: {firstByteTimeout: 200ms}\n"),
@@ -114,11 +100,10 @@ async fn errors_are_distinguished_and_name_no_address() {
                 &[addr_server(slow.addr)],
                 "  connectivityVerifier: {path: /status/500, interval: 100ms, timeout: 100ms, unhealthyThreshold: 1}\n",
             ),
-        ]
-        .join("---\n"),
-    );
-    let h = start(dir.path()).await;
-    let addr = h.listener_addr(port).unwrap();
+        ],
+    )
+    .await;
+    let addr = proxy.addr;
     let (s, hd, body) = get(addr, "refused.test", "/").await;
     assert_eq!(s, 502);
     assert_eq!(hd["x-portcullis-error"], "connect-refused");
@@ -140,7 +125,7 @@ async fn errors_are_distinguished_and_name_no_address() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert_eq!(status, 503);
-    h.shutdown().await;
+    proxy.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -148,16 +133,8 @@ async fn bodies_stream_both_ways() {
     use bytes::Bytes;
     use http_body_util::{BodyExt, StreamBody};
     let b = Backend::start("b").await;
-    let dir = TempDir::new("stream");
-    let port = free_port();
-    dir.write("array.yaml", &array_yaml(&[("web", port, "HTTP", None)]));
-    dir.write(
-        "farm.yaml",
-        &farm_yaml("b", &["b.test"], &["/"], &[addr_server(b.addr)], ""),
-    );
-    let h = start(dir.path()).await;
-    let addr = h.listener_addr(port).unwrap();
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let proxy = Proxy::start("stream", &[plain_farm(&b)]).await;
+    let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
     let (mut sender, conn) =
         hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
             .await
@@ -203,7 +180,7 @@ async fn bodies_stream_both_ways() {
         }
     }
     assert_eq!(total, 16 * 64 * 1024);
-    h.shutdown().await;
+    proxy.shutdown().await;
 }
 
 /// A stream over an mpsc receiver (no tokio-stream dependency).

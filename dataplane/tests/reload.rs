@@ -11,9 +11,6 @@ use common::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_reloads_under_load_lose_nothing_and_keep_pools() {
     let b = Backend::start("b").await;
-    let dir = TempDir::new("reload");
-    let port = free_port();
-    dir.write("array.yaml", &array_yaml(&[("web", port, "HTTP", None)]));
     let farm = |n: usize| {
         farm_yaml(
             "b",
@@ -23,9 +20,8 @@ async fn twenty_reloads_under_load_lose_nothing_and_keep_pools() {
             &format!("  backendHost: v{n}.internal\n"),
         )
     };
-    dir.write("farm.yaml", &farm(0));
-    let h = start(dir.path()).await;
-    let addr = h.listener_addr(port).unwrap();
+    let proxy = Proxy::start("reload", &[farm(0)]).await;
+    let addr = proxy.addr;
     let stop = Arc::new(AtomicBool::new(false));
     let ok = Arc::new(AtomicUsize::new(0));
     let failed = Arc::new(AtomicUsize::new(0));
@@ -45,15 +41,15 @@ async fn twenty_reloads_under_load_lose_nothing_and_keep_pools() {
             }
         }));
     }
-    let mut last = h.config_hash();
     for n in 1..=20 {
-        dir.write("farm.yaml", &farm(n));
-        wait_until(Duration::from_secs(5), || h.config_hash() != last).await;
-        last = h.config_hash();
+        proxy.reload(&[farm(n)]).await;
     }
+    let last = proxy.config_hash();
     // An invalid change is refused and the last good config keeps serving.
-    dir.write("farm.yaml", "kind: ServerFarm\nspec: [not, a, farm]\n");
-    let admin = h.admin_addr();
+    proxy
+        .dir
+        .write("farm.yaml", "kind: ServerFarm\nspec: [not, a, farm]\n");
+    let admin = proxy.admin_addr();
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
         let m = metrics(admin).await;
@@ -71,7 +67,7 @@ async fn twenty_reloads_under_load_lose_nothing_and_keep_pools() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(h.config_hash(), last);
+    assert_eq!(proxy.config_hash(), last);
     tokio::time::sleep(Duration::from_millis(200)).await;
     stop.store(true, Ordering::Relaxed);
     for c in clients {
@@ -87,5 +83,5 @@ async fn twenty_reloads_under_load_lose_nothing_and_keep_pools() {
     );
     let seen = b.seen();
     assert_eq!(seen.last().unwrap().headers["host"], "v20.internal");
-    h.shutdown().await;
+    proxy.shutdown().await;
 }

@@ -8,6 +8,8 @@
 //! - foreign array: a member with another keyring drops the cookies (counted), the
 //!   backend sees none of them, the client gets a new session and no error.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
@@ -18,18 +20,22 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use common::fixtures::keyring;
+use common::{Client, TempDir};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
-use portcullis_crds::keyring::{KeyState, KeyringDoc};
-use tokio::net::{TcpListener, TcpStream};
+use portcullis_crds::keyring::KeyState;
+use tokio::net::TcpListener;
 
 const HOST: &str = "shop.test";
 const FARM: &str = "default/shop";
 const AFFINITY: &str = "shop-affinity";
 /// The backend's own session cookie.
 const APP: &str = "app";
+/// The keyring file in the array's directory.
+const KEYRING: &str = "keyring.yaml";
 
 // ---------------------------------------------------------------------------------------
 // Backends that count sessions
@@ -132,47 +138,6 @@ impl Drop for Backend {
 // Members: the real binary
 // ---------------------------------------------------------------------------------------
 
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "portcullis-session-array-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        ));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-
-    /// Writes atomically (rename), as an operator's tooling or a kubelet would.
-    fn write(&self, name: &str, text: &str) -> PathBuf {
-        let tmp = self.0.join(format!(".{name}.tmp"));
-        std::fs::write(&tmp, text).unwrap();
-        let path = self.0.join(name);
-        std::fs::rename(&tmp, &path).unwrap();
-        path
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn keyring(keys: &[(&str, u8, KeyState)]) -> String {
-    KeyringDoc {
-        keys: keys
-            .iter()
-            .map(|(id, b, s)| KeyringDoc::entry(id, &[*b; 32], "2026-11-21T00:00:00Z", *s))
-            .collect(),
-    }
-    .to_yaml()
-}
-
 /// The manifests: one HTTP listener on `port`, the shop farm on both backends with
 /// cookie affinity and cookie protection.
 fn write_manifests(dir: &Path, port: u16, backends: &[&Backend]) {
@@ -198,11 +163,7 @@ fn write_manifests(dir: &Path, port: u16, backends: &[&Backend]) {
 /// member addresses too.
 fn free_port(ips: &[IpAddr]) -> u16 {
     for _ in 0..50 {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = common::free_port();
         if ips
             .iter()
             .all(|ip| std::net::TcpListener::bind((*ip, port)).is_ok())
@@ -354,32 +315,18 @@ struct Reply {
     body: String,
 }
 
+/// One GET on a fresh connection, with `cookie` unless it is empty.
 async fn send(addr: SocketAddr, host: &str, path: &str, cookie: &str) -> Result<Reply, String> {
-    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(conn);
-    let mut req = http::Request::get(path).header("host", host);
-    if !cookie.is_empty() {
-        req = req.header("cookie", cookie);
-    }
-    let resp = sender
-        .send_request(req.body(Full::new(Bytes::new())).unwrap())
-        .await
-        .map_err(|e| e.to_string())?;
-    let status = resp.status().as_u16();
-    let headers = resp.headers().clone();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
+    let cookie = [("cookie", cookie)];
+    let extra: &[_] = if cookie[0].1.is_empty() { &[] } else { &cookie };
+    let (status, headers, body) = Client::try_connect(addr)
+        .await?
+        .get_with(host, path, extra)
+        .await?;
     Ok(Reply {
         status,
         headers,
-        body: String::from_utf8_lossy(&body).into_owned(),
+        body,
     })
 }
 
@@ -453,9 +400,8 @@ where
 }
 
 struct Array {
-    _dir: TempDir,
-    keyring: PathBuf,
-    dir: PathBuf,
+    /// Holds the manifests, the keyring file and the members' logs.
+    dir: TempDir,
     members: Vec<Member>,
     backends: [Backend; 2],
 }
@@ -468,7 +414,7 @@ impl Array {
         let addrs: Vec<IpAddr> = ips.iter().map(|ip| ip.parse().unwrap()).collect();
         let port = free_port(&addrs);
         write_manifests(&manifests, port, &[&backends[0], &backends[1]]);
-        let keyring = dir.write("keyring.yaml", &keyring(keys));
+        let keyring = dir.write(KEYRING, &keyring(keys));
         let names = ["a", "b", "c", "d"];
         let mut members: Vec<Member> = ips
             .iter()
@@ -479,12 +425,15 @@ impl Array {
             m.wait_ready().await;
         }
         Array {
-            keyring,
-            dir: dir.0.clone(),
-            _dir: dir,
+            dir,
             members,
             backends,
         }
+    }
+
+    /// Replaces the keyring file every member watches.
+    fn set_keyring(&self, keys: &[(&str, u8, KeyState)]) {
+        self.dir.write(KEYRING, &keyring(keys));
     }
 
     fn sessions(&self) -> usize {
@@ -614,12 +563,7 @@ async fn rotation_under_load_rejects_nothing_and_moves_no_session() {
     };
 
     // 1. Add the new key as accept; wait until every member's /status shows it.
-    std::fs::write(
-        array.dir.join(".next.tmp"),
-        keyring(&[("old", 1, KeyState::Active), ("new", 2, KeyState::Accept)]),
-    )
-    .unwrap();
-    std::fs::rename(array.dir.join(".next.tmp"), &array.keyring).unwrap();
+    array.set_keyring(&[("old", 1, KeyState::Active), ("new", 2, KeyState::Accept)]);
     wait_for(
         "every member has the new key",
         Duration::from_secs(15),
@@ -628,12 +572,7 @@ async fn rotation_under_load_rejects_nothing_and_moves_no_session() {
     .await;
 
     // 2. Promote it. Live sessions migrate as their cookies are reissued under it.
-    std::fs::write(
-        array.dir.join(".next.tmp"),
-        keyring(&[("old", 1, KeyState::Accept), ("new", 2, KeyState::Active)]),
-    )
-    .unwrap();
-    std::fs::rename(array.dir.join(".next.tmp"), &array.keyring).unwrap();
+    array.set_keyring(&[("old", 1, KeyState::Accept), ("new", 2, KeyState::Active)]);
     // Every member seals with the new key now (a probe per member; each is a session).
     let probes = AtomicUsize::new(0);
     for &member in &members {
@@ -661,12 +600,7 @@ async fn rotation_under_load_rejects_nothing_and_moves_no_session() {
     .await;
 
     // 3. The window has passed for every live session: retire the old key.
-    std::fs::write(
-        array.dir.join(".next.tmp"),
-        keyring(&[("new", 2, KeyState::Active)]),
-    )
-    .unwrap();
-    std::fs::rename(array.dir.join(".next.tmp"), &array.keyring).unwrap();
+    array.set_keyring(&[("new", 2, KeyState::Active)]);
     wait_for(
         "every member dropped the old key",
         Duration::from_secs(15),

@@ -1,61 +1,25 @@
 //! The session manager as the proxy drives it: affinity cookies, rejections and their
 //! metric, cookie protection on a shared host, rotation, and keyring loading.
 
+mod common;
+
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, SystemTime};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use common::TempDir;
+use common::fixtures::{IDLE, MAX_SESSION, farm, keyring};
 use http::HeaderMap;
 use http::header::{COOKIE, SET_COOKIE};
 use portcullis_crds::config::{
-    AffinityConfig, AffinityMode, CookieProtection, EndpointIdentity, FarmConfig, LoadBalancing,
-    PassiveConfig, SameSite, UpstreamConfig, UpstreamProtocol,
+    AffinityMode, CookieProtection, EndpointIdentity, FarmConfig, SameSite, UpstreamProtocol,
 };
-use portcullis_crds::keyring::{KeyState, KeyringDoc};
+use portcullis_crds::keyring::KeyState;
 use portcullis_dataplane::session::{
     KeyringLoadError, RejectReason, RequestSession, SEALED_NAME_PREFIX, SessionManager,
 };
 use prometheus_client::registry::Registry;
-
-const MAX_SESSION: Duration = Duration::from_secs(3600);
-const IDLE: Duration = Duration::from_secs(600);
-
-fn farm(id: &str, affinity: AffinityMode, protection: CookieProtection) -> FarmConfig {
-    FarmConfig {
-        id: id.into(),
-        backend_host: None,
-        load_balancing: LoadBalancing::RoundRobin,
-        hash_header: None,
-        members: vec![],
-        upstream: UpstreamConfig {
-            tls: None,
-            protocol: UpstreamProtocol::Http1,
-            max_idle_per_endpoint: 8,
-            max_connections_per_endpoint: None,
-            pool_idle_timeout: Duration::from_secs(60).into(),
-            connect_timeout: Duration::from_secs(1).into(),
-            first_byte_timeout: Duration::from_secs(10).into(),
-            idle_timeout: Duration::from_secs(10).into(),
-            retries: 0,
-        },
-        affinity: AffinityConfig {
-            mode: affinity,
-            cookie_name: "portcullis-affinity".into(),
-            max_session_time: MAX_SESSION.into(),
-            idle_timeout: IDLE.into(),
-            same_site: SameSite::Lax,
-        },
-        verifier: None,
-        passive: PassiveConfig {
-            consecutive_failures: 0,
-            count_5xx: false,
-            base_ejection_time: Duration::from_secs(10).into(),
-        },
-        cookie_protection: protection,
-    }
-}
 
 fn web() -> FarmConfig {
     farm("shop/web", AffinityMode::Cookie, CookieProtection::Off)
@@ -65,14 +29,10 @@ fn endpoint(addr: &str) -> EndpointIdentity {
     EndpointIdentity::new(addr.parse().unwrap(), None, UpstreamProtocol::Http1)
 }
 
-fn keyring(keys: &[(&str, u8, KeyState)]) -> String {
-    KeyringDoc {
-        keys: keys
-            .iter()
-            .map(|(id, b, s)| KeyringDoc::entry(id, &[*b; 32], "2026-11-21T00:00:00Z", *s))
-            .collect(),
-    }
-    .to_yaml()
+/// A member holding key `k1`, the `web` farm, one of its endpoints and the time now.
+fn one_member() -> (Member, FarmConfig, EndpointIdentity, SystemTime) {
+    let m = Member::new(&[("k1", 1, KeyState::Active)]);
+    (m, web(), endpoint("10.1.2.3:8080"), SystemTime::now())
 }
 
 struct Member {
@@ -151,6 +111,19 @@ impl Member {
     }
 }
 
+/// The Set-Cookie that starts a session on `chosen` for a plain-HTTP request to `/`.
+fn plain_http_set_cookie(
+    manager: &SessionManager,
+    farm: &FarmConfig,
+    chosen: &EndpointIdentity,
+    now: SystemTime,
+) -> String {
+    let mut headers = HeaderMap::new();
+    let none = RequestSession::default();
+    manager.on_response(farm, &none, chosen, false, "/", &mut headers, now);
+    headers[SET_COOKIE].to_str().unwrap().to_owned()
+}
+
 fn pair_of(set_cookie: &str) -> String {
     set_cookie.split(';').next().unwrap().trim().to_owned()
 }
@@ -178,10 +151,7 @@ fn assert_rejected(m: &Member, farm: &str, reason: RejectReason, expected: u64) 
 
 #[test]
 fn affinity_cookie_round_trips_and_hides_the_endpoint() {
-    let m = Member::new(&[("k1", 1, KeyState::Active)]);
-    let farm = web();
-    let a = endpoint("10.1.2.3:8080");
-    let now = SystemTime::now();
+    let (m, farm, a, now) = one_member();
 
     let (s, _) = m.request(&farm, "", now);
     let set = m.respond(&farm, &s, &a, &[], now);
@@ -242,17 +212,7 @@ fn affinity_cookie_round_trips_and_hides_the_endpoint() {
     // Not secure, SameSite from the farm.
     let mut strict = web();
     strict.affinity.same_site = SameSite::Strict;
-    let mut headers = HeaderMap::new();
-    m.manager.on_response(
-        &strict,
-        &RequestSession::default(),
-        &a,
-        false,
-        "/",
-        &mut headers,
-        now,
-    );
-    let set = headers[SET_COOKIE].to_str().unwrap();
+    let set = plain_http_set_cookie(&m.manager, &strict, &a, now);
     assert!(
         set.contains("; SameSite=Strict") && !set.contains("Secure"),
         "{set}"
@@ -266,10 +226,7 @@ fn affinity_cookie_round_trips_and_hides_the_endpoint() {
 
 #[test]
 fn cookies_that_do_not_open_are_dropped_and_counted_by_reason() {
-    let m = Member::new(&[("k1", 1, KeyState::Active)]);
-    let farm = web();
-    let a = endpoint("10.1.2.3:8080");
-    let now = SystemTime::now();
+    let (m, farm, a, now) = one_member();
     let pair = m.new_session(&farm, &a, now);
     let value = value_of(&pair).to_owned();
     let name = "portcullis-affinity";
@@ -493,30 +450,16 @@ fn rotation_keeps_every_session_open() {
     assert_rejected(&m, "shop/web", RejectReason::UnknownKey, 2);
 }
 
-static FILES: AtomicU32 = AtomicU32::new(0);
-
-fn temp_file(text: &str) -> std::path::PathBuf {
-    let path = std::env::temp_dir().join(format!(
-        "portcullis-session-{}-{}.yaml",
-        std::process::id(),
-        FILES.fetch_add(1, Ordering::Relaxed)
-    ));
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
 #[test]
 fn a_bad_keyring_is_refused_whole_and_the_last_good_one_kept() {
-    let m = Member::new(&[("k1", 1, KeyState::Active)]);
-    let farm = web();
-    let a = endpoint("10.1.2.3:8080");
-    let now = SystemTime::now();
+    let (m, farm, a, now) = one_member();
     let pair = m.new_session(&farm, &a, now);
 
-    let good = temp_file(&keyring(&[
-        ("k1", 1, KeyState::Active),
-        ("k2", 2, KeyState::Accept),
-    ]));
+    let dir = TempDir::new("keyring");
+    let good = dir.write(
+        "good.yaml",
+        &keyring(&[("k1", 1, KeyState::Active), ("k2", 2, KeyState::Accept)]),
+    );
     m.manager.load_keyring_file(&good).unwrap();
     assert_eq!(m.manager.key_ids(), ["k1", "k2"]);
 
@@ -530,7 +473,7 @@ fn a_bad_keyring_is_refused_whole_and_the_last_good_one_kept() {
         format!("keys:\n- id: a\n  secret: {secret}\n  state: bogus\n"),
     ];
     for text in &cases {
-        let bad = temp_file(text);
+        let bad = dir.write("bad.yaml", text);
         let err = m.manager.load_keyring_file(&bad).unwrap_err();
         assert!(matches!(err, KeyringLoadError::Invalid { .. }), "{err:?}");
         let mut shown = format!("{err} {err:?}");
@@ -544,7 +487,6 @@ fn a_bad_keyring_is_refused_whole_and_the_last_good_one_kept() {
             !shown.contains(secret) && !shown.contains("c2VjcmV0"),
             "{shown}"
         );
-        let _ = std::fs::remove_file(bad);
     }
     let missing = good.with_extension("missing");
     assert!(matches!(
@@ -553,7 +495,6 @@ fn a_bad_keyring_is_refused_whole_and_the_last_good_one_kept() {
     ));
     assert_eq!(m.manager.key_ids(), ["k1", "k2"], "last good keyring kept");
     assert_eq!(m.request(&farm, &pair, now).0.sticky, Some(a.key()));
-    let _ = std::fs::remove_file(good);
 }
 
 #[test]
@@ -564,20 +505,11 @@ fn without_a_keyring_a_member_makes_up_its_own() {
     let farm = web();
     let a = endpoint("10.1.2.3:8080");
     let now = SystemTime::now();
-    let mut headers = HeaderMap::new();
-    manager.on_response(
-        &farm,
-        &RequestSession::default(),
-        &a,
-        false,
-        "/",
-        &mut headers,
-        now,
-    );
+    let set = plain_http_set_cookie(&manager, &farm, &a, now);
     let ids = manager.key_ids();
     assert_eq!(ids.len(), 1);
     assert!(ids[0].starts_with("local-"));
-    let pair = pair_of(headers[SET_COOKIE].to_str().unwrap());
+    let pair = pair_of(&set);
     let mut req = HeaderMap::new();
     req.insert(COOKIE, pair.parse().unwrap());
     assert_eq!(

@@ -53,13 +53,10 @@ async fn sni_picks_each_hosts_certificate_and_h2_works() {
         a: write_cert(&dir, "cert-a", "a.test"),
         b: write_cert(&dir, "cert-b", "b.test"),
     };
-    let port = free_port();
-    dir.write(
-        "array.yaml",
-        &array_yaml(&[("tls", port, "HTTPS", Some("cert-a"))]),
-    );
-    dir.write(
-        "farms.yaml",
+    let https = |port| array_yaml(&[("tls", port, "HTTPS", Some("cert-a"))]);
+    let proxy = Proxy::start_in(
+        dir,
+        https,
         &[
             farm_yaml(
                 "a",
@@ -72,15 +69,14 @@ async fn sni_picks_each_hosts_certificate_and_h2_works() {
                 "publish: {hosts: [\"a.test\"], paths: [\"/\"]}",
                 "publish: {hosts: [\"a.test\"], paths: [\"/\"], tls: {secretName: cert-a}}",
             ),
-            farm_yaml("b", &["b.test"], &["/"], &[addr_server(b.addr)], "").replace(
+            plain_farm(&b).replace(
                 "publish: {hosts: [\"b.test\"], paths: [\"/\"]}",
                 "publish: {hosts: [\"b.test\"], paths: [\"/\"], tls: {secretName: cert-b}}",
             ),
-        ]
-        .join("---\n"),
-    );
-    let h = start(dir.path()).await;
-    let addr = h.listener_addr(port).unwrap();
+        ],
+    )
+    .await;
+    let addr = proxy.addr;
 
     for (versions, label) in [
         (&[&rustls::version::TLS13][..], "1.3"),
@@ -149,5 +145,5 @@ async fn sni_picks_each_hosts_certificate_and_h2_works() {
             .iter()
             .any(|s| s.path == "/h2/9" && s.headers["host"] == "a.test")
     );
-    h.shutdown().await;
+    proxy.shutdown().await;
 }

@@ -82,10 +82,9 @@ async fn upstream_tls_with_ca_and_h2_shares_one_connection() {
     let ca = dir.path().join("certs").join("upstream-ca");
     std::fs::create_dir_all(&ca).unwrap();
     std::fs::write(ca.join("ca.crt"), cert.cert.pem()).unwrap();
-    let port = free_port();
-    dir.write("array.yaml", &array_yaml(&[("web", port, "HTTP", None)]));
-    dir.write(
-        "farms.yaml",
+    let proxy = Proxy::start_in(
+        dir,
+        web_array,
         &[
             farm_yaml(
                 "h2",
@@ -108,11 +107,10 @@ async fn upstream_tls_with_ca_and_h2_shares_one_connection() {
                 &[addr_server(baddr)],
                 "  upstream: {retries: {attempts: 0}, tls: {sni: other.internal, caSecretName: upstream-ca}}\n",
             ),
-        ]
-        .join("---\n"),
-    );
-    let h = start(dir.path()).await;
-    let addr = h.listener_addr(port).unwrap();
+        ],
+    )
+    .await;
+    let addr = proxy.addr;
     let mut tasks = Vec::new();
     for _ in 0..20 {
         tasks.push(tokio::spawn(async move { get(addr, "h2.test", "/").await }));
@@ -142,5 +140,5 @@ async fn upstream_tls_with_ca_and_h2_shares_one_connection() {
     let (s, hd, _) = get(addr, "wrong.test", "/").await;
     assert_eq!(s, 502);
     assert_eq!(hd["x-portcullis-error"], "upstream-tls-failed");
-    h.shutdown().await;
+    proxy.shutdown().await;
 }

@@ -10,9 +10,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 #[tokio::test]
 async fn upgraded_connection_echoes_through_five_reloads() {
     let b = Backend::start("b").await;
-    let dir = TempDir::new("ws");
-    let port = free_port();
-    dir.write("array.yaml", &array_yaml(&[("web", port, "HTTP", None)]));
     let farm = |n: usize| {
         farm_yaml(
             "b",
@@ -22,10 +19,8 @@ async fn upgraded_connection_echoes_through_five_reloads() {
             &format!("  backendHost: v{n}.internal\n"),
         )
     };
-    dir.write("farm.yaml", &farm(0));
-    let h = start(dir.path()).await;
-    let addr = h.listener_addr(port).unwrap();
-    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let proxy = Proxy::start("ws", &[farm(0)]).await;
+    let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
     s.write_all(b"GET /ws HTTP/1.1\r\nHost: ws.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n").await.unwrap();
     let mut head = Vec::new();
     let mut byte = [0u8; 1];
@@ -36,11 +31,8 @@ async fn upgraded_connection_echoes_through_five_reloads() {
     let head = String::from_utf8_lossy(&head).to_lowercase();
     assert!(head.starts_with("http/1.1 101"), "{head}");
     assert!(head.contains("upgrade: websocket"), "{head}");
-    let mut last = h.config_hash();
     for n in 1..=5 {
-        dir.write("farm.yaml", &farm(n));
-        wait_until(Duration::from_secs(5), || h.config_hash() != last).await;
-        last = h.config_hash();
+        proxy.reload(&[farm(n)]).await;
         let msg = format!("message {n}");
         s.write_all(msg.as_bytes()).await.unwrap();
         let mut buf = vec![0u8; msg.len()];
@@ -53,5 +45,5 @@ async fn upgraded_connection_echoes_through_five_reloads() {
     assert_eq!(b.seen().len(), 1);
     // Closing the client ends the tunnel, so the drain has nothing to wait for.
     drop(s);
-    h.shutdown().await;
+    proxy.shutdown().await;
 }

@@ -2,6 +2,8 @@
 //! real binary, raw and hyper clients.
 #![allow(dead_code, missing_docs)]
 
+pub mod fixtures;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -196,6 +198,7 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A GatewayArray `edge` with `listeners` (name, port, protocol, TLS secret).
 pub fn array_yaml(listeners: &[(&str, u16, &str, Option<&str>)]) -> String {
     let mut s = String::from(
         "apiVersion: portcullis.io/v1alpha1\nkind: GatewayArray\nmetadata: {name: edge, namespace: default}\nspec:\n  drainTimeout: 10s\n  limits: {headerReadTimeout: 1s}\n  listeners:\n",
@@ -239,6 +242,27 @@ pub fn farm_yaml(
     s
 }
 
+/// A GatewayArray with one HTTP listener `web` on `port`.
+pub fn web_array(port: u16) -> String {
+    array_yaml(&[("web", port, "HTTP", None)])
+}
+
+/// [`web_array`] with `limits` (a YAML flow mapping's content) in place of the default
+/// `headerReadTimeout: 1s`.
+pub fn web_array_with_limits(port: u16, limits: &str) -> String {
+    web_array(port).replace(
+        "limits: {headerReadTimeout: 1s}",
+        &format!("limits: {{{limits}}}"),
+    )
+}
+
+/// The ServerFarm named after `backend` that publishes `<name>.test/` to it alone.
+pub fn plain_farm(backend: &Backend) -> String {
+    let name = &backend.name;
+    let host = format!("{name}.test");
+    farm_yaml(name, &[&host], &["/"], &[addr_server(backend.addr)], "")
+}
+
 pub fn addr_server(addr: SocketAddr) -> String {
     format!("{{address: \"{}\", port: {}}}", addr.ip(), addr.port())
 }
@@ -265,10 +289,23 @@ impl TempDir {
     pub fn path(&self) -> &Path {
         &self.0
     }
-    pub fn write(&self, name: &str, text: &str) {
+    /// Writes atomically (rename), as an operator's tooling or a kubelet would; returns
+    /// the file's path.
+    pub fn write(&self, name: &str, text: &str) -> PathBuf {
         let tmp = self.0.join(format!(".{name}.tmp"));
         std::fs::write(&tmp, text).unwrap();
-        std::fs::rename(&tmp, self.0.join(name)).unwrap();
+        let path = self.0.join(name);
+        std::fs::rename(&tmp, &path).unwrap();
+        path
+    }
+
+    /// Writes `array.yaml`, rendered by `array` for a free port, and `farm.yaml` holding
+    /// `farms`; returns the port.
+    pub fn write_manifests(&self, array: impl FnOnce(u16) -> String, farms: &[String]) -> u16 {
+        let port = free_port();
+        self.write("array.yaml", &array(port));
+        self.write("farm.yaml", &farms.join("---\n"));
+        port
     }
 }
 
@@ -298,6 +335,62 @@ pub async fn start(dir: &Path) -> portcullis_dataplane::Handle {
     h
 }
 
+/// The dataplane running in-process on a temp dir of manifests with one listener.
+pub struct Proxy {
+    pub handle: portcullis_dataplane::Handle,
+    /// The manifests; rewrite `farm.yaml` here to reload.
+    pub dir: TempDir,
+    /// The listener's bound address.
+    pub addr: SocketAddr,
+}
+
+impl Proxy {
+    /// One HTTP listener ([`web_array`]) and `farms`.
+    pub async fn start(tag: &str, farms: &[String]) -> Proxy {
+        Proxy::start_in(TempDir::new(tag), web_array, farms).await
+    }
+
+    /// One HTTP listener with `limits` ([`web_array_with_limits`]) and `farms`.
+    pub async fn with_limits(tag: &str, limits: &str, farms: &[String]) -> Proxy {
+        let array = |port| web_array_with_limits(port, limits);
+        Proxy::start_in(TempDir::new(tag), array, farms).await
+    }
+
+    /// `dir` (which may hold certificates already) with the GatewayArray `array`
+    /// renders for a free port, and `farms`; waits until the dataplane is ready.
+    pub async fn start_in(
+        dir: TempDir,
+        array: impl FnOnce(u16) -> String,
+        farms: &[String],
+    ) -> Proxy {
+        let port = dir.write_manifests(array, farms);
+        let handle = start(dir.path()).await;
+        let addr = handle.listener_addr(port).unwrap();
+        Proxy { handle, dir, addr }
+    }
+
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.handle.admin_addr()
+    }
+
+    pub fn config_hash(&self) -> Option<String> {
+        self.handle.config_hash()
+    }
+
+    /// Replaces `farm.yaml` with `farms` and waits until the dataplane serves a config
+    /// with another hash (5 s at most).
+    pub async fn reload(&self, farms: &[String]) {
+        let before = self.config_hash();
+        self.dir.write("farm.yaml", &farms.join("---\n"));
+        wait_until(Duration::from_secs(5), || self.config_hash() != before).await;
+    }
+
+    /// Drains and stops the dataplane, then removes its manifests.
+    pub async fn shutdown(self) {
+        self.handle.shutdown().await;
+    }
+}
+
 pub async fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) {
     let deadline = tokio::time::Instant::now() + limit;
     while !f() {
@@ -323,27 +416,42 @@ pub struct Client {
     sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
 }
 
+/// An answer: status, headers, body.
+pub type Reply = (u16, http::HeaderMap, String);
+
 impl Client {
     pub async fn connect(addr: SocketAddr) -> Client {
-        let tcp = TcpStream::connect(addr).await.unwrap();
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-            .await
-            .unwrap();
-        tokio::spawn(conn);
-        Client { sender }
+        Client::try_connect(addr).await.unwrap()
     }
 
-    /// GET `path` with `host`; returns (status, headers, body).
-    pub async fn get(
+    /// Connects, or says why not (for peers that may not be up yet).
+    pub async fn try_connect(addr: SocketAddr) -> Result<Client, String> {
+        let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        Ok(Client { sender })
+    }
+
+    /// GET `path` with `host`.
+    pub async fn get(&mut self, host: &str, path: &str) -> Result<Reply, String> {
+        self.get_with(host, path, &[]).await
+    }
+
+    /// GET `path` with `host` and `headers`.
+    pub async fn get_with(
         &mut self,
         host: &str,
         path: &str,
-    ) -> Result<(u16, http::HeaderMap, String), String> {
+        headers: &[(&str, &str)],
+    ) -> Result<Reply, String> {
         self.sender.ready().await.map_err(|e| e.to_string())?;
-        let req = http::Request::get(path)
-            .header("host", host)
-            .body(Full::new(Bytes::new()))
-            .unwrap();
+        let mut req = http::Request::get(path).header("host", host);
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        let req = req.body(Full::new(Bytes::new())).unwrap();
         let resp = self
             .sender
             .send_request(req)
@@ -362,7 +470,7 @@ impl Client {
 }
 
 /// One GET on a fresh connection.
-pub async fn get(addr: SocketAddr, host: &str, path: &str) -> (u16, http::HeaderMap, String) {
+pub async fn get(addr: SocketAddr, host: &str, path: &str) -> Reply {
     Client::connect(addr).await.get(host, path).await.unwrap()
 }
 
