@@ -29,6 +29,10 @@ use portcullis_crds::v1alpha1::{GatewayArray, ServerFarm};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+#[path = "support/api_server.rs"]
+mod api_server;
+use api_server::field_path;
+
 const STAGES: [&str; 4] = ["serde", "schema", "cel", "translate"];
 
 fn examples_dir() -> PathBuf {
@@ -101,111 +105,12 @@ fn load_docs(path: &Path) -> Vec<Doc> {
     docs
 }
 
-/// The openAPIV3Schema of the CRD for `kind`, as JSON Schema with the API server's
-/// strictness: `nullable` allows null, and objects that list their properties refuse
-/// unknown ones (kubectl's default `--validate=strict`).
-fn json_schema_for(kind: &str) -> Value {
-    let crd = portcullis_crds::crds()
-        .into_iter()
-        .find(|c| c.spec.names.kind == kind)
-        .unwrap_or_else(|| panic!("no CRD for kind {kind}"));
-    let schema = crd.spec.versions[0]
-        .schema
-        .as_ref()
-        .and_then(|s| s.open_api_v3_schema.as_ref())
-        .expect("the CRD has an openAPIV3Schema");
-    let mut schema = serde_json::to_value(schema).unwrap();
-    // The API server checks these itself (metadata as ObjectMeta); the CRD omits them.
-    let props = schema["properties"].as_object_mut().unwrap();
-    for (key, t) in [
-        ("apiVersion", "string"),
-        ("kind", "string"),
-        ("metadata", "object"),
-    ] {
-        props
-            .entry(key)
-            .or_insert_with(|| serde_json::json!({ "type": t }));
-    }
-    strict(&mut schema);
-    schema
-}
-
-fn strict(schema: &mut Value) {
-    let Some(map) = schema.as_object_mut() else {
-        return;
-    };
-    if map.get("nullable") == Some(&Value::Bool(true))
-        && let Some(Value::String(t)) = map.get("type").cloned()
-    {
-        map.insert("type".into(), serde_json::json!([t, "null"]));
-    }
-    let preserves = map.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true));
-    if map.contains_key("properties") && !map.contains_key("additionalProperties") && !preserves {
-        map.insert("additionalProperties".into(), Value::Bool(false));
-    }
-    for (key, sub) in map.iter_mut() {
-        match key.as_str() {
-            "properties" => {
-                if let Some(props) = sub.as_object_mut() {
-                    props.values_mut().for_each(strict);
-                }
-            }
-            "items" | "additionalProperties" => strict(sub),
-            "allOf" | "anyOf" | "oneOf" => {
-                if let Some(list) = sub.as_array_mut() {
-                    list.iter_mut().for_each(strict);
-                }
-            }
-            _ => {}
-        }
-    }
-}
-
-/// `/spec/servers/0/port` as a person writes it: `spec.servers[0].port`.
-fn field_path(pointer: &str) -> String {
-    let mut out = String::new();
-    for segment in pointer.split('/').filter(|s| !s.is_empty()) {
-        if segment.bytes().all(|b| b.is_ascii_digit()) {
-            out.push_str(&format!("[{segment}]"));
-        } else {
-            if !out.is_empty() {
-                out.push('.');
-            }
-            out.push_str(&segment.replace("~1", "/").replace("~0", "~"));
-        }
-    }
-    out
-}
-
 fn schema_errors(doc: &Doc) -> Vec<String> {
-    let schema = json_schema_for(&doc.kind);
-    let validator = jsonschema::validator_for(&schema)
-        .unwrap_or_else(|e| panic!("the {} CRD schema is not valid JSON Schema: {e}", doc.kind));
-    validator
-        .iter_errors(&doc.value)
-        .map(|e| format!("{}: {e}", field_path(e.instance_path.as_str())))
-        .collect()
+    api_server::schema_errors(&doc.kind, &doc.value)
 }
 
-/// CEL runs on the raw object, as the API server runs it (after schema defaults), so a
-/// manifest serde refuses still gets its CEL verdict.
 fn cel_errors(doc: &Doc) -> Vec<String> {
-    let crd = portcullis_crds::crds()
-        .into_iter()
-        .find(|c| c.spec.names.kind == doc.kind)
-        .unwrap();
-    let schema = serde_json::to_value(
-        crd.spec.versions[0]
-            .schema
-            .as_ref()
-            .and_then(|s| s.open_api_v3_schema.as_ref())
-            .unwrap(),
-    )
-    .unwrap();
-    match kube::core::cel::Validator::new().validate(&schema, &doc.value, None) {
-        Ok(()) => Vec::new(),
-        Err(errors) => errors.iter().map(ToString::to_string).collect(),
-    }
+    api_server::cel_errors(&doc.kind, &doc.value)
 }
 
 fn parse<T: DeserializeOwned>(doc: &Doc) -> Result<T, Vec<String>> {

@@ -21,6 +21,9 @@ use portcullis_crds::v1alpha1::{GatewayArray, ServerFarm};
 use portcullis_e2e::fixtures;
 use serde_json::{Value, json};
 
+#[path = "../../crds/tests/support/api_server.rs"]
+mod api_server;
+
 fn repo_path(relative: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("..")
@@ -37,80 +40,9 @@ fn yaml_docs(relative: &str) -> Vec<Value> {
         .collect()
 }
 
-fn open_api_schema(kind: &str) -> Value {
-    let crd = portcullis_crds::crds()
-        .into_iter()
-        .find(|c| c.spec.names.kind == kind)
-        .unwrap_or_else(|| panic!("no CRD for kind {kind}"));
-    let schema = crd.spec.versions[0]
-        .schema
-        .as_ref()
-        .and_then(|s| s.open_api_v3_schema.as_ref())
-        .expect("the CRD has an openAPIV3Schema");
-    serde_json::to_value(schema).unwrap()
-}
-
-/// The CRD schema as JSON Schema with the API server's strictness: `nullable` allows
-/// null, objects that list their properties refuse unknown ones.
-fn strict_schema(kind: &str) -> Value {
-    let mut schema = open_api_schema(kind);
-    let props = schema["properties"].as_object_mut().unwrap();
-    for (key, t) in [
-        ("apiVersion", "string"),
-        ("kind", "string"),
-        ("metadata", "object"),
-    ] {
-        props.entry(key).or_insert_with(|| json!({ "type": t }));
-    }
-    strict(&mut schema);
-    schema
-}
-
-fn strict(schema: &mut Value) {
-    let Some(map) = schema.as_object_mut() else {
-        return;
-    };
-    if map.get("nullable") == Some(&Value::Bool(true))
-        && let Some(Value::String(t)) = map.get("type").cloned()
-    {
-        map.insert("type".into(), json!([t, "null"]));
-    }
-    let preserves = map.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true));
-    if map.contains_key("properties") && !map.contains_key("additionalProperties") && !preserves {
-        map.insert("additionalProperties".into(), Value::Bool(false));
-    }
-    for (key, sub) in map.iter_mut() {
-        match key.as_str() {
-            "properties" => {
-                if let Some(props) = sub.as_object_mut() {
-                    props.values_mut().for_each(strict);
-                }
-            }
-            "items" | "additionalProperties" => strict(sub),
-            "allOf" | "anyOf" | "oneOf" => {
-                if let Some(list) = sub.as_array_mut() {
-                    list.iter_mut().for_each(strict);
-                }
-            }
-            _ => {}
-        }
-    }
-}
-
 /// What the API server would say about `object`: schema errors, then CEL errors.
 fn api_server_errors(object: &Value) -> Vec<String> {
-    let kind = object["kind"].as_str().expect("an object has a kind");
-    let validator = jsonschema::validator_for(&strict_schema(kind)).unwrap();
-    let mut errors: Vec<String> = validator
-        .iter_errors(object)
-        .map(|e| format!("{}: {e}", e.instance_path.as_str()))
-        .collect();
-    if let Err(cel) =
-        kube::core::cel::Validator::new().validate(&open_api_schema(kind), object, None)
-    {
-        errors.extend(cel.iter().map(ToString::to_string));
-    }
-    errors
+    api_server::errors(object)
 }
 
 fn assert_accepted(what: &str, object: &Value) {
