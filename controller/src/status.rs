@@ -57,6 +57,20 @@ pub fn error_message(errors: &[TranslateError]) -> String {
         .join("; ")
 }
 
+/// Builds farm conditions that keep `lastTransitionTime` while the status holds.
+fn farm_conditions(
+    farm: &ServerFarm,
+    now: Timestamp,
+) -> impl Fn(&str, &str, &str, String) -> Condition + '_ {
+    let previous = farm
+        .status
+        .as_ref()
+        .map(|s| s.conditions.as_slice())
+        .unwrap_or_default();
+    let generation = farm.metadata.generation;
+    move |t, s, r, m| condition(previous, t, s, r, m, generation, now)
+}
+
 /// The status of a farm.
 pub fn farm_status(
     farm: &ServerFarm,
@@ -65,13 +79,8 @@ pub fn farm_status(
     ready_members: i32,
     now: Timestamp,
 ) -> ServerFarmStatus {
-    let previous = farm
-        .status
-        .as_ref()
-        .map(|s| s.conditions.as_slice())
-        .unwrap_or_default();
     let generation = farm.metadata.generation;
-    let c = |t: &str, s: &str, r: &str, m: String| condition(previous, t, s, r, m, generation, now);
+    let c = farm_conditions(farm, now);
     let array_name = format!(
         "{}/{}",
         array.namespace().unwrap_or_default(),
@@ -212,13 +221,8 @@ pub fn farm_status(
 /// The status of a farm whose `arrayRef` names no existing GatewayArray: nothing
 /// publishes it, and it says which array it is waiting for.
 pub fn orphan_farm_status(farm: &ServerFarm, now: Timestamp) -> ServerFarmStatus {
-    let previous = farm
-        .status
-        .as_ref()
-        .map(|s| s.conditions.as_slice())
-        .unwrap_or_default();
     let generation = farm.metadata.generation;
-    let c = |t: &str, s: &str, r: &str, m: String| condition(previous, t, s, r, m, generation, now);
+    let c = farm_conditions(farm, now);
     let array = format!(
         "{}/{}",
         farm.namespace().unwrap_or_default(),
