@@ -477,10 +477,10 @@ fn pdb(name: &str, metadata: ObjectMeta) -> PodDisruptionBudget {
 }
 
 fn role(name: &str, keys_secret: &str, metadata: ObjectMeta) -> Role {
-    let verbs = vec!["get".to_owned(), "list".to_owned(), "watch".to_owned()];
-    // Members read their Secret with `get` only (they poll it by name). Granting
-    // list/watch would require the controller itself to hold list/watch on Secrets
-    // (the RBAC escalation check), i.e. the right to read every Secret it can see.
+    // Members poll their two objects by name with `get`, and need nothing else. (For the
+    // Secret, list/watch would also require the controller itself to hold list/watch on
+    // Secrets, by the RBAC escalation check: the right to read every Secret it can see.)
+    let verbs = vec!["get".to_owned()];
     let secret_verbs = vec!["get".to_owned()];
     Role {
         metadata,

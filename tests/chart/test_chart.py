@@ -385,27 +385,42 @@ def test_without_leader_election_there_is_no_lease_role(chart: helm.Chart) -> No
     assert not any(a.startswith("--lease-name") for a in container["args"])
 
 
-# The Role the controller gives array members: read their own ConfigMap and Secret. The
-# API server refuses to let anyone create a Role granting more than they hold themselves
-# (RBAC escalation check), so the controller's own rules must cover it. By default the
-# controller holds only `get` on Secrets, so a member Role may grant only `get` on the
-# member's Secret; granting members list/watch on it (a single-object watch) needs
-# secrets.watchClusterWide (see controller/RBAC.md and values.yaml).
-MEMBER_ROLE_DEFAULT = [
-    ("", "configmaps", v) for v in ("get", "list", "watch")
-] + [("", "secrets", "get")]
-MEMBER_ROLE_WATCHING_SECRETS = MEMBER_ROLE_DEFAULT + [("", "secrets", "list"), ("", "secrets", "watch")]
+# The Role the controller gives array members (read their own ConfigMap and Secret), as
+# the controller's builders write it: the fixtures in controller/tests/fixtures are
+# checked against the builders' output by `cargo test`. The API server refuses to let
+# anyone create a Role granting more than they hold themselves (RBAC escalation check), so
+# the controller's own rules must cover it, with every value set.
+MEMBER_ROLE_FIXTURES = sorted((REPO / "controller" / "tests" / "fixtures").glob("*/role.yaml"))
 
 
-@pytest.mark.parametrize(
-    "values,member_rules",
-    [({}, MEMBER_ROLE_DEFAULT), (VALUE_SETS["watch-secrets"], MEMBER_ROLE_WATCHING_SECRETS)],
-    ids=["default", "watch-secrets"],
-)
-def test_controller_holds_what_it_grants_members(chart: helm.Chart, values: dict, member_rules: list) -> None:
-    facts = rules_of(one(manifests(chart, values), "ClusterRole"))
-    for group, resource, verb in member_rules:
-        assert allows(facts, group, resource, verb, "array-config"), (resource, verb)
+def member_rules(path: Path) -> list[tuple[str, str, str, str]]:
+    role = yaml.safe_load(path.read_text())
+    return [
+        (group, resource, verb, name)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+        for name in rule["resourceNames"]
+    ]
+
+
+def test_members_get_their_two_objects_and_nothing_else() -> None:
+    assert MEMBER_ROLE_FIXTURES, "no member Role fixtures"
+    for path in MEMBER_ROLE_FIXTURES:
+        rules = member_rules(path)
+        assert {(g, r, v) for g, r, v, _ in rules} == {("", "configmaps", "get"), ("", "secrets", "get")}, path
+        assert len(rules) == 2, path
+
+
+@pytest.mark.parametrize("value_set", sorted(VALUE_SETS))
+def test_controller_holds_what_it_grants_members(chart: helm.Chart, value_set: str) -> None:
+    docs = manifests(chart, VALUE_SETS[value_set])
+    role = (find(docs, "ClusterRole") or [one(docs, "Role", "portcullis")])[0]
+    facts = rules_of(role)
+    for path in MEMBER_ROLE_FIXTURES:
+        for group, resource, verb, name in member_rules(path):
+            assert allows(facts, group, resource, verb, name), (path.parent.name, resource, verb)
 
 
 # ---------------------------------------------------------------------------------------
