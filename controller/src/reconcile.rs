@@ -163,7 +163,8 @@ pub struct Fetched {
     /// The array's keys Secret (`spec.sessionKeys.secretName`, else `<array>-keys`).
     pub keys: Option<Secret>,
     /// The Secret the keyring was kept in before `spec.sessionKeys.secretName` changed
-    /// (named by `status.keysSecret`), while the move is not done.
+    /// (named by `status.keysSecret`, else the default name), while the move is not
+    /// done; only when this array owns it.
     pub previous_keys: Option<Secret>,
     /// Resolutions of Service servers.
     pub resolutions: Resolutions,
@@ -203,17 +204,22 @@ async fn fetch(array: &GatewayArray, ns: &str, ctx: &Context) -> Result<Fetched,
         .get_opt(&keys_name)
         .await
         .map_err(fetch_err(format!("Secret {ns}/{keys_name}")))?;
-    let previous_keys = match array
+    // Where the keyring was before: `status.keysSecret`, or the default name for arrays
+    // whose status predates that field. Only a Secret this array owns counts: the
+    // controller only ever writes keyrings into Secrets it owns.
+    let previous_name = array
         .status
         .as_ref()
-        .and_then(|s| s.keys_secret.as_ref())
-        .filter(|previous| **previous != keys_name)
-    {
-        Some(previous) => secrets_api
-            .get_opt(previous)
+        .and_then(|s| s.keys_secret.clone())
+        .unwrap_or_else(|| names::default_secret(&array.name_any()));
+    let previous_keys = if previous_name == keys_name {
+        None
+    } else {
+        secrets_api
+            .get_opt(&previous_name)
             .await
-            .map_err(fetch_err(format!("Secret {ns}/{previous}")))?,
-        None => None,
+            .map_err(fetch_err(format!("Secret {ns}/{previous_name}")))?
+            .filter(|s| owned_by(s, array))
     };
 
     let services: BTreeSet<(String, u16)> = farms
@@ -564,6 +570,32 @@ fn keys_secret_errors(
                 owner.kind, owner.name
             ),
         ));
+        return out;
+    }
+    // An existing Secret this array does not own is only taken over when it holds a
+    // keyring (a backup or another installation's keys): anything else (credentials,
+    // a certificate, a typo) is not the controller's to rewrite, own or delete.
+    if let Some(secret) = keys.filter(|s| !owned_by(s, array)) {
+        if secret.type_.as_deref().is_some_and(|t| t != "Opaque") {
+            out.push(keys_field_error(
+                "GatewayArray",
+                array,
+                FIELD,
+                format!(
+                    "Secret {keys_name} has type {}; a keys Secret is Opaque. Name a Secret that does not exist yet and the controller creates it",
+                    secret.type_.as_deref().unwrap_or_default()
+                ),
+            ));
+        } else if stored_keyring(secret).is_none() {
+            out.push(keys_field_error(
+                "GatewayArray",
+                array,
+                FIELD,
+                format!(
+                    "Secret {keys_name} exists and holds no {KEYRING_SECRET_KEY}; the controller takes over only a Secret holding a keyring. Name a Secret that does not exist yet and the controller creates it"
+                ),
+            ));
+        }
     }
     out
 }
@@ -704,18 +736,20 @@ fn step_event(step: &RotationStep) -> Option<(&'static str, &'static str, String
 }
 
 /// After `spec.sessionKeys.secretName` changed and the new Secret was written: deletes
-/// the previous keys Secret when this array owns it (it holds copies of private keys
-/// nobody updates any more), and says so in an event.
+/// the previous keys Secret (owned by this array; it holds copies of private keys nobody
+/// updates any more) once its keyring lives on in the new one, and says so in an event.
+/// When the new Secret brought a keyring of its own, the previous one is kept.
 async fn retire_previous_keys(
     ctx: &Context,
     array: &GatewayArray,
     ns: &str,
     previous: &Secret,
     keys_name: &str,
+    carried_over: bool,
     array_ref: &k8s_openapi::api::core::v1::ObjectReference,
 ) -> Result<(), Error> {
     let old = previous.name_any();
-    let note = if owned_by(previous, array) {
+    let note = if carried_over && owned_by(previous, array) {
         let params = DeleteParams {
             preconditions: Some(Preconditions {
                 uid: previous.uid(),
@@ -738,7 +772,7 @@ async fn retire_previous_keys(
         )
     } else {
         format!(
-            "the keyring now lives in Secret {keys_name}; left the previous keys Secret {old} in place because this array does not own it"
+            "the keyring of Secret {keys_name} was adopted; left the previous keys Secret {old}, whose keyring was not carried over, in place"
         )
     };
     publish(
@@ -766,12 +800,27 @@ pub async fn reconcile(array: Arc<GatewayArray>, ctx: Arc<Context>) -> Result<Ac
     result
 }
 
-async fn reconcile_inner(array: &GatewayArray, ctx: &Context) -> Result<Action, Error> {
-    let name = array.name_any();
-    let ns = array
+async fn reconcile_inner(cached: &GatewayArray, ctx: &Context) -> Result<Action, Error> {
+    let name = cached.name_any();
+    let ns = cached
         .namespace()
         .ok_or_else(|| Error::NoNamespace(name.clone()))?;
     let now = (ctx.clock)();
+
+    // The array as the API server has it now: the cache may not have seen our own last
+    // status write yet, and `status.keysSecret` must be current when the keys Secret is
+    // being renamed (else a quick rename back and forth could look like "no keyring").
+    let Some(array) = api::<GatewayArray>(&ctx.client, &ns)
+        .get_opt(&name)
+        .await
+        .map_err(|source| Error::Fetch {
+            what: format!("GatewayArray {ns}/{name}"),
+            source,
+        })?
+    else {
+        return Ok(Action::await_change());
+    };
+    let array = &array;
 
     // Fetch.
     let fetched = fetch(array, &ns, ctx).await?;
@@ -782,12 +831,20 @@ async fn reconcile_inner(array: &GatewayArray, ctx: &Context) -> Result<Action, 
     // Keyring step (pure), only when a config is going to be written. The keyring comes
     // from the keys Secret; while a renamed keys Secret has none yet, from the previous one.
     let keys_name = names::secret(array);
-    let source = fetched
-        .keys
+    // A valid keyring in the keys Secret wins (adopted); else a valid one in the previous
+    // keys Secret is carried over; only when neither has one is a broken one reported
+    // (and replaced) or a new keyring generated.
+    let target = fetched.keys.as_ref().and_then(stored_keyring);
+    let carried = fetched
+        .previous_keys
         .as_ref()
-        .filter(|s| stored_keyring(s).is_some())
-        .or(fetched.previous_keys.as_ref());
-    let stored = source.and_then(stored_keyring);
+        .and_then(stored_keyring)
+        .filter(Result::is_ok);
+    let (stored, source, carried_over) = match (target, carried) {
+        (Some(Ok(doc)), _) => (Some(Ok(doc)), fetched.keys.as_ref(), false),
+        (_, Some(doc)) => (Some(doc), fetched.previous_keys.as_ref(), true),
+        (target, None) => (target, fetched.keys.as_ref(), false),
+    };
     // Key errors name ids and positions, never key material.
     let keyring_error = stored
         .as_ref()
@@ -843,7 +900,16 @@ async fn reconcile_inner(array: &GatewayArray, ctx: &Context) -> Result<Action, 
         apply::<Service>(c, &ns, &desired.service).await?;
         apply::<PodDisruptionBudget>(c, &ns, &desired.pdb).await?;
         if let Some(previous) = &fetched.previous_keys {
-            retire_previous_keys(ctx, array, &ns, previous, &keys_name, &array_ref).await?;
+            retire_previous_keys(
+                ctx,
+                array,
+                &ns,
+                previous,
+                &keys_name,
+                carried_over,
+                &array_ref,
+            )
+            .await?;
         }
 
         let hash = t.config.content_hash();

@@ -518,6 +518,7 @@ const APPLIES: [&str; 8] = [
 
 fn fetches() -> Vec<String> {
     vec![
+        format!("GET {ARRAY}"),
         format!("GET {FARMS}"),
         format!("GET {SECRETS}/edge-keys"),
         "GET /api/v1/namespaces/shop/services/web".into(),
@@ -565,9 +566,9 @@ async fn first_install_applies_everything_with_owner_refs_and_reports_status() {
         assert_eq!(owner["blockOwnerDeletion"], true, "{}", r.path);
         assert_eq!(owner["kind"], "GatewayArray", "{}", r.path);
     }
-    assert_eq!(reqs[6].body["kind"], "Role");
+    assert_eq!(reqs[7].body["kind"], "Role");
     assert_eq!(
-        reqs[6].body["rules"][1]["resourceNames"],
+        reqs[7].body["rules"][1]["resourceNames"],
         json!(["edge-keys"])
     );
 
@@ -1039,6 +1040,7 @@ async fn missing_listener_secret_writes_nothing_and_says_why() {
     w.fake.put(ARRAY, array);
     let (action, reqs) = w.reconcile().await;
     let mut want = vec![
+        format!("GET {ARRAY}"),
         format!("GET {FARMS}"),
         format!("GET {SECRETS}/default-cert"),
         format!("GET {SECRETS}/edge-keys"),
@@ -1147,7 +1149,13 @@ async fn custom_keys_secret_is_the_one_written_granted_and_reported() {
         sum.contains(&format!("PATCH {SECRETS}/shop-sessions")),
         "{sum:?}"
     );
-    assert!(!sum.iter().any(|r| r.contains("edge-keys")), "{sum:?}");
+    // `<array>-keys` is only looked at (the keyring of arrays from before
+    // status.keysSecret would be there), never written.
+    assert!(
+        !sum.iter()
+            .any(|r| !r.starts_with("GET") && r.contains("edge-keys")),
+        "{sum:?}"
+    );
     let role = reqs.iter().find(|r| r.body["kind"] == "Role").unwrap();
     assert_eq!(
         role.body["rules"][1]["resourceNames"],
@@ -1312,7 +1320,8 @@ async fn a_keys_secret_another_array_controls_is_refused_and_left_alone() {
 #[tokio::test]
 async fn a_farm_may_not_use_the_keys_secret_as_its_certificate() {
     let w = world(default_settings());
-    w.put_tls_secret("edge-keys", "x");
+    w.reconcile().await;
+    let keys_before = w.fake.get(&format!("{SECRETS}/edge-keys")).unwrap();
     w.add_farm(
         "store",
         200,
@@ -1329,16 +1338,144 @@ async fn a_farm_may_not_use_the_keys_secret_as_its_certificate() {
         ),
         "{accepted}"
     );
-    // The other farm is published as before.
-    let web = status_patch(&reqs, &format!("{FARMS}/web")).unwrap();
-    assert_eq!(condition(web, "Accepted")["status"], "True");
-    assert!(
+    // The other farm is published as before, and the keys Secret holds no certificate.
+    assert_eq!(
         w.config()["farms"]
             .as_object()
             .unwrap()
             .keys()
-            .all(|k| !k.contains("store"))
+            .collect::<Vec<_>>(),
+        ["shop/web"]
     );
+    assert_eq!(
+        w.fake.get(&format!("{SECRETS}/edge-keys")).unwrap()["data"],
+        keys_before["data"]
+    );
+}
+
+#[tokio::test]
+async fn an_existing_secret_without_a_keyring_is_never_taken_over() {
+    let w = world(default_settings());
+    // A certificate, and credentials someone else keeps: neither may become the keys
+    // Secret (rewritten, owned by the array, deleted with it).
+    let (cert, _) = w.put_tls_secret("shop-tls", "c");
+    w.fake.put(
+        &format!("{SECRETS}/db-credentials"),
+        json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+               "metadata": {"name": "db-credentials", "namespace": NS, "uid": "uid-db"},
+               "data": {"password": "aHVudGVyMg=="}}),
+    );
+    for (name, problem) in [
+        (
+            "shop-tls",
+            "has type kubernetes.io/tls; a keys Secret is Opaque",
+        ),
+        ("db-credentials", "exists and holds no keyring.yaml"),
+    ] {
+        let before = w.fake.get(&format!("{SECRETS}/{name}")).unwrap();
+        w.set_keys_secret_name(name);
+        let (_, reqs) = w.reconcile().await;
+        let writes: Vec<String> = summary(&reqs)
+            .into_iter()
+            .filter(|r| !r.starts_with("GET") && !r.ends_with("/status") && !r.contains("/events"))
+            .collect();
+        assert!(writes.is_empty(), "{name}: nothing is applied: {writes:?}");
+        let accepted = condition(status_patch(&reqs, ARRAY).unwrap(), "Accepted");
+        assert_eq!(accepted["status"], "False");
+        let message = accepted["message"].as_str().unwrap();
+        assert!(
+            message.starts_with(&format!("spec.sessionKeys.secretName: Secret {name} ")),
+            "{message}"
+        );
+        assert!(message.contains(problem), "{message}");
+        assert_eq!(
+            w.fake.get(&format!("{SECRETS}/{name}")).unwrap(),
+            before,
+            "{name} untouched"
+        );
+    }
+    let secret = w.fake.get(&format!("{SECRETS}/shop-tls")).unwrap();
+    assert_eq!(secret["data"]["tls.crt"], json!(cert));
+}
+
+#[tokio::test]
+async fn a_keys_secret_with_its_own_keyring_is_adopted_and_the_previous_one_kept() {
+    let w = world(default_settings());
+    w.reconcile().await;
+    let live = w.keyring();
+    let backup = KeyringDoc {
+        keys: vec![KeyringDoc::entry(
+            "backup",
+            &[3u8; 32],
+            "2026-11-01T00:00:00Z",
+            KeyState::Active,
+        )],
+    };
+    w.fake.put(
+        &format!("{SECRETS}/restored"),
+        keyring_secret("restored", &backup, Value::Null),
+    );
+    w.set_keys_secret_name("restored");
+    let (_, reqs) = w.reconcile().await;
+    assert_eq!(w.keyring_in("restored").active_id(), Some("backup"));
+    // The live keyring was not carried over, so its Secret is not deleted.
+    assert!(!reqs.iter().any(|r| r.method == "DELETE"));
+    assert_eq!(w.keyring_in("edge-keys"), live);
+    let moved = events(&reqs)
+        .into_iter()
+        .find(|e| e.1 == "KeysSecretMoved")
+        .unwrap();
+    assert_eq!(
+        moved.2,
+        "the keyring of Secret restored was adopted; left the previous keys Secret edge-keys, whose keyring was not carried over, in place"
+    );
+}
+
+#[tokio::test]
+async fn a_broken_keyring_in_the_new_secret_does_not_beat_the_live_one() {
+    let w = world(default_settings());
+    w.reconcile().await;
+    let live = w.keyring();
+    w.fake.put(
+        &format!("{SECRETS}/edge-sessions"),
+        json!({"apiVersion": "v1", "kind": "Secret",
+               "metadata": {"name": "edge-sessions", "namespace": NS, "uid": "uid-edge-sessions"},
+               "data": {"keyring.yaml": base64::engine::general_purpose::STANDARD.encode("keys: [oops")}}),
+    );
+    w.set_keys_secret_name("edge-sessions");
+    let (_, reqs) = w.reconcile().await;
+    assert_eq!(
+        w.keyring_in("edge-sessions"),
+        live,
+        "the live keyring is carried over"
+    );
+    assert!(
+        !events(&reqs)
+            .iter()
+            .any(|e| e.1 == "KeyringReplaced" || e.1 == "KeyringGenerated")
+    );
+    assert!(
+        w.fake.get(&format!("{SECRETS}/edge-keys")).is_none(),
+        "carried over, so deleted"
+    );
+}
+
+#[tokio::test]
+async fn an_array_from_before_status_keys_secret_keeps_its_keyring_when_renamed() {
+    let w = world(default_settings());
+    w.reconcile().await;
+    let live = w.keyring();
+    // Status written by an older controller: no keysSecret.
+    let mut array = w.fake.get(ARRAY).unwrap();
+    array["status"]
+        .as_object_mut()
+        .unwrap()
+        .remove("keysSecret");
+    w.fake.put(ARRAY, array);
+    w.set_keys_secret_name("edge-sessions");
+    let (_, reqs) = w.reconcile().await;
+    assert_eq!(w.keyring_in("edge-sessions"), live);
+    assert!(!events(&reqs).iter().any(|e| e.1 == "KeyringGenerated"));
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1439,5 +1576,30 @@ fn the_rbac_check_refuses_what_the_contract_does_not_grant() {
             "patch /pods (PATCH /api/v1/namespaces/shop/pods/edge-a)".to_owned(),
             "create /pods (PATCH /api/v1/namespaces/shop/pods/edge-a)".to_owned(),
         ]
+    );
+}
+
+#[tokio::test]
+async fn renaming_back_with_a_stale_cache_keeps_the_keyring() {
+    let w = world(default_settings());
+    w.reconcile().await;
+    let live = w.keyring();
+    // What the informer cache holds while our own status writes are still on their way.
+    let stale: GatewayArray = serde_json::from_value(w.fake.get(ARRAY).unwrap()).unwrap();
+    w.set_keys_secret_name("edge-sessions");
+    w.reconcile().await;
+    assert!(w.fake.get(&format!("{SECRETS}/edge-keys")).is_none());
+    // Renamed back at once; the reconcile starts from the stale object (spec and status
+    // both say edge-keys), but the controller reads the array afresh and carries the
+    // keyring over from edge-sessions instead of generating a new one.
+    w.set_keys_secret_name("edge-keys");
+    w.fake.log.lock().clear();
+    reconcile(Arc::new(stale), w.ctx.clone()).await.unwrap();
+    w.assert_within_rbac();
+    assert_eq!(w.keyring(), live);
+    assert!(
+        !events(&w.fake.log.lock())
+            .iter()
+            .any(|e| e.1 == "KeyringGenerated")
     );
 }
