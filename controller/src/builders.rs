@@ -174,11 +174,13 @@ pub fn selector_query(name: &str) -> String {
         .join(",")
 }
 
-/// Secret data key names for the TLS material of Secret `secret`.
+/// Secret data key names for the TLS material of Secret `secret`: `<secret>.tls.crt`,
+/// `<secret>.tls.key`, `<secret>.ca.crt`. No key can be read two ways, even for Secret
+/// names with dots (`x.ca`'s certificate is `x.ca.tls.crt`, `x`'s CA is `x.ca.crt`).
 pub fn tls_keys(secret: &str) -> [String; 3] {
     [
-        format!("{secret}.crt"),
-        format!("{secret}.key"),
+        format!("{secret}.tls.crt"),
+        format!("{secret}.tls.key"),
         format!("{secret}.ca.crt"),
     ]
 }

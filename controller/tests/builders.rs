@@ -269,10 +269,10 @@ spec:
     assert_no_secrets_outside_secret(&d, &tls);
     let data = d.secret.data.as_ref().unwrap();
     for k in [
-        "default-cert.crt",
-        "default-cert.key",
-        "cms-cert.crt",
-        "cms-cert.key",
+        "default-cert.tls.crt",
+        "default-cert.tls.key",
+        "cms-cert.tls.crt",
+        "cms-cert.tls.key",
         "cms-ca.ca.crt",
         "keyring.yaml",
     ] {

@@ -897,8 +897,8 @@ async fn referenced_secret_missing_then_created() {
         .iter()
         .find(|r| r.method == "PATCH" && r.path == format!("{SECRETS}/edge-keys"))
         .unwrap();
-    assert_eq!(secret_patch.body["data"]["tls-cert.crt"], json!(pem));
-    assert_eq!(secret_patch.body["data"]["tls-cert.key"], json!(key));
+    assert_eq!(secret_patch.body["data"]["tls-cert.tls.crt"], json!(pem));
+    assert_eq!(secret_patch.body["data"]["tls-cert.tls.key"], json!(key));
     for r in &reqs {
         if r.path == format!("{SECRETS}/edge-keys") || r.method == "GET" {
             continue;

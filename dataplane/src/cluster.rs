@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::{Api, Client};
-use portcullis_crds::config::CONFIG_KEY;
+use portcullis_crds::config::{CONFIG_KEY, DataplaneConfig};
 use portcullis_crds::keyring::KEYRING_SECRET_KEY;
 
 use crate::runtime::{Handle, Options, RunError};
@@ -115,6 +115,13 @@ pub async fn sync_once(client: &Client, opts: &ClusterOptions) -> Result<(), Clu
             tracing::warn!(namespace = %ns, name = %secret_name, "the array's Secret does not exist yet");
             None
         }
+        // During a rename of the keys Secret the member Role already names the new one
+        // while this (old) member still asks for the old one: keep the last keyring and
+        // certificates, and keep following the ConfigMap until the rollout replaces us.
+        Err(kube::Error::Api(status)) if status.code == 403 => {
+            tracing::warn!(namespace = %ns, name = %secret_name, "not allowed to read the keys Secret; keeping the last keyring and certificates");
+            None
+        }
         Err(source) => {
             return Err(ClusterError::Get {
                 kind: "Secret",
@@ -140,10 +147,38 @@ pub async fn sync_once(client: &Client, opts: &ClusterOptions) -> Result<(), Clu
     // Then private keys that left the Secret leave the disk. The config written above no
     // longer names them (the controller copies exactly what the config uses), and a
     // loaded certificate stays in memory until the reload replaces it.
-    if let Some(written) = certs {
-        remove_stale_certs(&opts.state_dir.join("certs"), &written)?;
+    if let Some(mut keep) = certs {
+        // The ConfigMap may be a poll older than the Secret (the controller writes the
+        // Secret first): files the config just written still names stay until it does
+        // not. A config that does not parse removes nothing.
+        let Ok(written_config) = DataplaneConfig::from_json(config) else {
+            return Ok(());
+        };
+        for name in referenced_secrets(&written_config) {
+            for file in ["tls.crt", "tls.key", "ca.crt"] {
+                keep.insert(opts.state_dir.join("certs").join(&name).join(file));
+            }
+        }
+        remove_stale_certs(&opts.state_dir.join("certs"), &keep)?;
     }
     Ok(())
+}
+
+/// The Secrets whose certificates or CAs `config` loads.
+fn referenced_secrets(config: &DataplaneConfig) -> std::collections::BTreeSet<String> {
+    let mut out = std::collections::BTreeSet::new();
+    for l in &config.listeners {
+        out.extend(l.default_certificate.iter().map(|c| c.secret.clone()));
+        out.extend(l.sni.iter().map(|s| s.certificate.secret.clone()));
+    }
+    for f in config.farms.values() {
+        if let Some(portcullis_crds::config::UpstreamTrust::Ca { secret }) =
+            f.upstream.tls.as_ref().map(|t| &t.trust)
+        {
+            out.insert(secret.clone());
+        }
+    }
+    out
 }
 
 /// Removes files under `certs/` that the Secret no longer has, and directories left
@@ -195,9 +230,9 @@ fn secret_path(state: &Path, key: &str) -> Option<PathBuf> {
     }
     let (name, file) = if let Some(n) = key.strip_suffix(".ca.crt") {
         (n, "ca.crt")
-    } else if let Some(n) = key.strip_suffix(".crt") {
+    } else if let Some(n) = key.strip_suffix(".tls.crt") {
         (n, "tls.crt")
-    } else if let Some(n) = key.strip_suffix(".key") {
+    } else if let Some(n) = key.strip_suffix(".tls.key") {
         (n, "tls.key")
     } else {
         return None;
@@ -294,4 +329,39 @@ pub async fn run(
     handle.shutdown().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_keys_map_to_one_file_each_even_with_dotted_names() {
+        let st = Path::new("/state");
+        let p = |k: &str| secret_path(st, k).map(|p| p.display().to_string());
+        assert_eq!(p("keyring.yaml").as_deref(), Some("/state/keyring.yaml"));
+        // `x` and `x.ca` are both valid Secret names: their keys must not collide.
+        assert_eq!(p("x.ca.crt").as_deref(), Some("/state/certs/x/ca.crt"));
+        assert_eq!(
+            p("x.ca.tls.crt").as_deref(),
+            Some("/state/certs/x.ca/tls.crt")
+        );
+        assert_eq!(
+            p("x.ca.tls.key").as_deref(),
+            Some("/state/certs/x.ca/tls.key")
+        );
+        assert_eq!(p("x.tls.crt").as_deref(), Some("/state/certs/x/tls.crt"));
+        // Nothing escapes certs/, and unknown keys are skipped.
+        for bad in [
+            "..tls.crt",
+            "..ca.crt",
+            ".tls.key",
+            "a/b.tls.crt",
+            "x.crt",
+            "x.key",
+            "x",
+        ] {
+            assert_eq!(p(bad), None, "{bad}");
+        }
+    }
 }

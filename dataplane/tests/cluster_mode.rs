@@ -31,6 +31,8 @@ struct Api {
     requests: Vec<(String, String)>,
     /// Answer 404 for the ConfigMap (the controller has not written it yet).
     no_configmap: bool,
+    /// Answer 403 for the Secret (the member Role names another keys Secret now).
+    secret_forbidden: bool,
 }
 
 fn config(farms: &[String]) -> DataplaneConfig {
@@ -76,6 +78,13 @@ async fn serve_api(state: Arc<Mutex<Api>>) -> std::net::SocketAddr {
                                 CM_PATH if get && !st.no_configmap => {
                                     (200, configmap_json(&st.config_json))
                                 }
+                                SECRET_PATH if get && st.secret_forbidden => (
+                                    403,
+                                    serde_json::json!({"kind": "Status", "apiVersion": "v1",
+                                    "status": "Failure", "reason": "Forbidden", "code": 403,
+                                    "message": "forbidden"})
+                                    .to_string(),
+                                ),
                                 SECRET_PATH if get => (200, st.secret.clone()),
                                 _ => (
                                     404,
@@ -124,8 +133,8 @@ async fn syncs_configmap_and_secret_through_gets_only() {
         "metadata": {"name": "shared-keys", "namespace": "ns1"},
         "data": {
             KEYRING_SECRET_KEY: b64.encode(keyring.to_yaml()),
-            "web-tls.crt": b64.encode("not a real certificate"),
-            "web-tls.key": b64.encode("not a real key"),
+            "web-tls.tls.crt": b64.encode("not a real certificate"),
+            "web-tls.tls.key": b64.encode("not a real key"),
         },
     })
     .to_string();
@@ -191,7 +200,9 @@ async fn syncs_configmap_and_secret_through_gets_only() {
     assert_eq!(get(addr, "b.test", "/").await.0, 200);
     assert_eq!(get(addr, "a.test", "/").await.0, 200);
 
-    // A certificate that leaves the Secret leaves the disk; the keyring stays.
+    // A certificate that leaves the Secret leaves the disk (once the config in force no
+    // longer names it; a config that does not parse removes nothing); the keyring stays.
+    state.lock().config_json = two.to_json();
     let keyring_only = serde_json::json!({
         "apiVersion": "v1", "kind": "Secret",
         "metadata": {"name": "shared-keys", "namespace": "ns1"},
@@ -205,6 +216,20 @@ async fn syncs_configmap_and_secret_through_gets_only() {
     .await;
     assert!(st.join("keyring.yaml").exists());
     assert_eq!(get(addr, "b.test", "/").await.0, 200);
+
+    // Not allowed to read the keys Secret any more (it was renamed): the member keeps its
+    // keyring and goes on following the ConfigMap.
+    state.lock().secret_forbidden = true;
+    let one = config(std::slice::from_ref(&farm_a));
+    state.lock().config_json = one.to_json();
+    wait_until(Duration::from_secs(10), || {
+        h.config_hash().as_deref() == Some(one.content_hash().as_str())
+    })
+    .await;
+    assert!(st.join("keyring.yaml").exists());
+    let status: serde_json::Value =
+        serde_json::from_str(&get(h.admin_addr(), "admin", "/status").await.2).unwrap();
+    assert_eq!(status["keyIds"], serde_json::json!(["k1"]));
 
     h.shutdown().await;
     let requests = state.lock().requests.clone();
