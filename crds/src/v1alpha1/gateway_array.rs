@@ -192,11 +192,11 @@ pub enum ServiceType {
 pub struct SessionKeys {
     /// The Secret the controller keeps the keyring (and the copies of the TLS material
     /// members need) in, in the array's namespace; defaults to `<array>-keys`. Created
-    /// and owned by the array when absent. When it already exists and holds a keyring
-    /// (`keyring.yaml`), that keyring is adopted, so keys can be carried over from a
-    /// backup or another installation. Renaming it moves the keyring to the new Secret
-    /// and deletes the old one. It must not be a Secret the array or its farms use for
-    /// certificates, nor one another array owns.
+    /// and owned by the array when absent. An existing Secret is taken over only when it
+    /// is Opaque and holds a keyring (`keyring.yaml`), which is then adopted, so keys can
+    /// be carried over from a backup or another installation. Renaming it moves the
+    /// keyring to the new Secret and deletes the old one. It must not be a Secret the
+    /// array or its farms use for certificates, nor one another object controls.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
         regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"),
