@@ -138,6 +138,24 @@ fn since(now: Timestamp, then: Timestamp) -> Duration {
     Duration::from_secs(u64::try_from(d).unwrap_or(0))
 }
 
+/// The keyring after the keys Secret moved to one that brought a valid keyring of its
+/// own: that keyring, plus every key of the previous one it lacks (by id) as a retired,
+/// accept-only key, so cookies sealed before the move keep opening until
+/// `acceptRetiredFor` has passed and the rotation removes them.
+pub fn merge_previous(adopted: &KeyringDoc, previous: &KeyringDoc, now: Timestamp) -> KeyringDoc {
+    let mut out = adopted.clone();
+    for key in &previous.keys {
+        if out.keys.iter().any(|k| k.id == key.id) {
+            continue;
+        }
+        let mut key = key.clone();
+        key.state = KeyState::Accept;
+        key.retired = Some(key.retired.unwrap_or_else(|| rfc3339(now)));
+        out.keys.push(key);
+    }
+    out
+}
+
 /// Runs one step.
 pub fn step(inputs: &RotationInputs<'_>) -> RotationPlan {
     let now = inputs.now;

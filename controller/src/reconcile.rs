@@ -586,15 +586,28 @@ fn keys_secret_errors(
                     secret.type_.as_deref().unwrap_or_default()
                 ),
             ));
-        } else if stored_keyring(secret).is_none() {
-            out.push(keys_field_error(
-                "GatewayArray",
-                array,
-                FIELD,
-                format!(
-                    "Secret {keys_name} exists and holds no {KEYRING_SECRET_KEY}; the controller takes over only a Secret holding a keyring. Name a Secret that does not exist yet and the controller creates it"
-                ),
-            ));
+        } else {
+            match stored_keyring(secret) {
+                None => out.push(keys_field_error(
+                    "GatewayArray",
+                    array,
+                    FIELD,
+                    format!(
+                        "Secret {keys_name} exists and holds no {KEYRING_SECRET_KEY}; the controller takes over only a Secret holding a keyring. Name a Secret that does not exist yet and the controller creates it"
+                    ),
+                )),
+                // Its keyring would be replaced, and the Secret owned (and later deleted):
+                // refuse instead, so a backup with a typo is fixed, not lost.
+                Some(Err(e)) => out.push(keys_field_error(
+                    "GatewayArray",
+                    array,
+                    FIELD,
+                    format!(
+                        "Secret {keys_name} holds an unusable {KEYRING_SECRET_KEY} ({e}); fix it, or name a Secret that does not exist yet"
+                    ),
+                )),
+                Some(Ok(_)) => {}
+            }
         }
     }
     out
@@ -737,8 +750,8 @@ fn step_event(step: &RotationStep) -> Option<(&'static str, &'static str, String
 
 /// After `spec.sessionKeys.secretName` changed and the new Secret was written: deletes
 /// the previous keys Secret (owned by this array; it holds copies of private keys nobody
-/// updates any more) once its keyring lives on in the new one, and says so in an event.
-/// When the new Secret brought a keyring of its own, the previous one is kept.
+/// updates any more) once its keys live on in the new one, and says so in an event. A
+/// previous Secret without a valid keyring had nothing to carry over and is kept.
 async fn retire_previous_keys(
     ctx: &Context,
     array: &GatewayArray,
@@ -772,7 +785,7 @@ async fn retire_previous_keys(
         )
     } else {
         format!(
-            "the keyring of Secret {keys_name} was adopted; left the previous keys Secret {old}, whose keyring was not carried over, in place"
+            "the keyring now lives in Secret {keys_name}; left the previous keys Secret {old}, which held no usable keyring, in place"
         )
     };
     publish(
@@ -831,19 +844,25 @@ async fn reconcile_inner(cached: &GatewayArray, ctx: &Context) -> Result<Action,
     // Keyring step (pure), only when a config is going to be written. The keyring comes
     // from the keys Secret; while a renamed keys Secret has none yet, from the previous one.
     let keys_name = names::secret(array);
-    // A valid keyring in the keys Secret wins (adopted); else a valid one in the previous
-    // keys Secret is carried over; only when neither has one is a broken one reported
-    // (and replaced) or a new keyring generated.
+    // The keys of a valid keyring in the previous keys Secret are never dropped: carried
+    // over as they are when the keys Secret has no valid keyring, else merged into the one
+    // it brought as retired accept-only keys. Only when neither has a valid keyring is a
+    // broken one reported (and replaced) or a new keyring generated.
     let target = fetched.keys.as_ref().and_then(stored_keyring);
     let carried = fetched
         .previous_keys
         .as_ref()
         .and_then(stored_keyring)
-        .filter(Result::is_ok);
-    let (stored, source, carried_over) = match (target, carried) {
-        (Some(Ok(doc)), _) => (Some(Ok(doc)), fetched.keys.as_ref(), false),
-        (_, Some(doc)) => (Some(doc), fetched.previous_keys.as_ref(), true),
-        (target, None) => (target, fetched.keys.as_ref(), false),
+        .and_then(Result::ok);
+    let carried_over = carried.is_some();
+    let (stored, source) = match (target, carried) {
+        (Some(Ok(adopted)), Some(previous)) => (
+            Some(Ok(keyring::merge_previous(&adopted, &previous, now))),
+            fetched.keys.as_ref(),
+        ),
+        (Some(Ok(adopted)), None) => (Some(Ok(adopted)), fetched.keys.as_ref()),
+        (_, Some(previous)) => (Some(Ok(previous)), fetched.previous_keys.as_ref()),
+        (target, None) => (target, fetched.keys.as_ref()),
     };
     // Key errors name ids and positions, never key material.
     let keyring_error = stored

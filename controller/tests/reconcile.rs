@@ -1098,7 +1098,11 @@ async fn unusable_keyring_is_replaced_with_a_warning_that_quotes_no_secret() {
     let garbage = "keys:\n- id: k1\n  secret: TOPSECRETVALUE\n  created: x\n  state: active\n";
     w.fake.put(
         &format!("{SECRETS}/edge-keys"),
-        json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "edge-keys", "namespace": NS},
+        // The array's own keys Secret, damaged by hand.
+        json!({"apiVersion": "v1", "kind": "Secret",
+               "metadata": {"name": "edge-keys", "namespace": NS, "uid": "uid-edge-keys",
+                            "ownerReferences": [{"apiVersion": "portcullis.io/v1alpha1",
+                                "kind": "GatewayArray", "name": "edge", "uid": "uid-edge", "controller": true}]},
                "data": {"keyring.yaml": base64::engine::general_purpose::STANDARD.encode(garbage)}}),
     );
     let (_, reqs) = w.reconcile().await;
@@ -1399,7 +1403,7 @@ async fn an_existing_secret_without_a_keyring_is_never_taken_over() {
 }
 
 #[tokio::test]
-async fn a_keys_secret_with_its_own_keyring_is_adopted_and_the_previous_one_kept() {
+async fn renaming_to_a_secret_with_its_own_keyring_keeps_the_live_keys_accepted() {
     let w = world(default_settings());
     w.reconcile().await;
     let live = w.keyring();
@@ -1407,7 +1411,7 @@ async fn a_keys_secret_with_its_own_keyring_is_adopted_and_the_previous_one_kept
         keys: vec![KeyringDoc::entry(
             "backup",
             &[3u8; 32],
-            "2026-11-01T00:00:00Z",
+            "2027-01-15T07:00:00Z",
             KeyState::Active,
         )],
     };
@@ -1417,46 +1421,52 @@ async fn a_keys_secret_with_its_own_keyring_is_adopted_and_the_previous_one_kept
     );
     w.set_keys_secret_name("restored");
     let (_, reqs) = w.reconcile().await;
-    assert_eq!(w.keyring_in("restored").active_id(), Some("backup"));
-    // The live keyring was not carried over, so its Secret is not deleted.
+    // The adopted keyring is in force, and the live key still opens cookies sealed with
+    // it, as a retired accept-only key, until acceptRetiredFor has passed.
+    let kr = w.keyring_in("restored");
+    assert_eq!(kr.active_id(), Some("backup"));
+    assert_eq!(kr.ids(), ["backup".to_owned(), format!("k{T0}")]);
+    let old = kr.keys.iter().find(|k| k.id == format!("k{T0}")).unwrap();
+    assert_eq!(old.state, KeyState::Accept);
+    assert_eq!(old.secret, live.keys[0].secret);
+    assert!(old.retired.is_some());
+    // Its keys live on, so the previous Secret is deleted.
+    assert!(w.fake.get(&format!("{SECRETS}/edge-keys")).is_none());
+    assert!(reqs.iter().any(|r| r.method == "DELETE"));
+    // A retry (say a later apply failed) finds nothing new to merge.
+    let (_, reqs) = w.reconcile().await;
+    assert_eq!(w.keyring_in("restored"), kr);
     assert!(!reqs.iter().any(|r| r.method == "DELETE"));
-    assert_eq!(w.keyring_in("edge-keys"), live);
-    let moved = events(&reqs)
-        .into_iter()
-        .find(|e| e.1 == "KeysSecretMoved")
-        .unwrap();
-    assert_eq!(
-        moved.2,
-        "the keyring of Secret restored was adopted; left the previous keys Secret edge-keys, whose keyring was not carried over, in place"
-    );
 }
 
 #[tokio::test]
-async fn a_broken_keyring_in_the_new_secret_does_not_beat_the_live_one() {
+async fn a_secret_with_a_broken_keyring_is_refused_not_taken_over() {
     let w = world(default_settings());
     w.reconcile().await;
     let live = w.keyring();
-    w.fake.put(
-        &format!("{SECRETS}/edge-sessions"),
-        json!({"apiVersion": "v1", "kind": "Secret",
-               "metadata": {"name": "edge-sessions", "namespace": NS, "uid": "uid-edge-sessions"},
-               "data": {"keyring.yaml": base64::engine::general_purpose::STANDARD.encode("keys: [oops")}}),
-    );
+    let broken = json!({"apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "edge-sessions", "namespace": NS, "uid": "uid-edge-sessions"},
+        "data": {"keyring.yaml": base64::engine::general_purpose::STANDARD.encode("keys: [oops")}});
+    w.fake
+        .put(&format!("{SECRETS}/edge-sessions"), broken.clone());
+    let stored_before = w.fake.get(&format!("{SECRETS}/edge-sessions")).unwrap();
     w.set_keys_secret_name("edge-sessions");
     let (_, reqs) = w.reconcile().await;
+    let accepted = condition(status_patch(&reqs, ARRAY).unwrap(), "Accepted");
+    assert_eq!(accepted["status"], "False");
+    assert!(
+        accepted["message"].as_str().unwrap().starts_with(
+            "spec.sessionKeys.secretName: Secret edge-sessions holds an unusable keyring.yaml (failed to parse keyring"
+        ),
+        "{accepted}"
+    );
+    assert!(!reqs.iter().any(|r| r.method == "DELETE"
+        || (r.method == "PATCH" && r.path.ends_with("/secrets/edge-sessions"))));
+    assert_eq!(w.keyring(), live, "the live keyring is untouched");
     assert_eq!(
-        w.keyring_in("edge-sessions"),
-        live,
-        "the live keyring is carried over"
-    );
-    assert!(
-        !events(&reqs)
-            .iter()
-            .any(|e| e.1 == "KeyringReplaced" || e.1 == "KeyringGenerated")
-    );
-    assert!(
-        w.fake.get(&format!("{SECRETS}/edge-keys")).is_none(),
-        "carried over, so deleted"
+        w.fake.get(&format!("{SECRETS}/edge-sessions")).unwrap(),
+        stored_before,
+        "the backup with a typo is left for a person to fix"
     );
 }
 

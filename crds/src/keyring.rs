@@ -80,13 +80,12 @@ pub enum KeyringError {
     /// Zero or several active keys.
     #[error("keyring must have exactly one active key, found {0}")]
     ActiveCount(usize),
-    /// A bad id.
-    #[error("keyring key #{index}: id {id:?} must be 1-32 characters of A-Z a-z 0-9 _ -")]
+    /// A bad id. The id is not quoted: an id that is not an id may be a misplaced
+    /// secret.
+    #[error("keyring key #{index}: the id must be 1-32 characters of A-Z a-z 0-9 _ -")]
     BadId {
         /// Position in the list.
         index: usize,
-        /// The id.
-        id: String,
     },
     /// Two keys share an id.
     #[error("keyring key id {0:?} appears twice")]
@@ -174,10 +173,7 @@ impl KeyringDoc {
         let mut keys = Vec::with_capacity(self.keys.len());
         for (index, k) in self.keys.iter().enumerate() {
             if !valid_key_id(&k.id) {
-                return Err(KeyringError::BadId {
-                    index,
-                    id: k.id.chars().take(40).collect(),
-                });
+                return Err(KeyringError::BadId { index });
             }
             if !seen.insert(k.id.clone()) {
                 return Err(KeyringError::DuplicateId(k.id.clone()));

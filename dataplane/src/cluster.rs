@@ -118,7 +118,11 @@ pub async fn sync_once(client: &Client, opts: &ClusterOptions) -> Result<(), Clu
         // During a rename of the keys Secret the member Role already names the new one
         // while this (old) member still asks for the old one: keep the last keyring and
         // certificates, and keep following the ConfigMap until the rollout replaces us.
-        Err(kube::Error::Api(status)) if status.code == 403 => {
+        // Only once a keyring was written: a member that never had one waits (retrying)
+        // rather than start with a key of its own no other member can read.
+        Err(kube::Error::Api(status))
+            if status.code == 403 && opts.state_dir.join("keyring.yaml").exists() =>
+        {
             tracing::warn!(namespace = %ns, name = %secret_name, "not allowed to read the keys Secret; keeping the last keyring and certificates");
             None
         }

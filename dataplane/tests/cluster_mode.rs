@@ -311,3 +311,67 @@ async fn sigterm_while_waiting_for_the_first_config_exits_zero() {
     };
     assert_eq!(code.code(), Some(0));
 }
+
+/// A member that never had a keyring and may not read its keys Secret (RBAC not in
+/// effect yet) waits instead of starting with a key of its own, then starts with the
+/// array's keyring once it may read it.
+#[tokio::test]
+async fn a_member_without_a_keyring_waits_for_its_secret() {
+    let a = Backend::start("a").await;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let keyring = KeyringDoc {
+        keys: vec![KeyringDoc::entry(
+            "k1",
+            &[7u8; 32],
+            "2026-01-01T00:00:00Z",
+            KeyState::Active,
+        )],
+    };
+    let state = Arc::new(Mutex::new(Api {
+        config_json: config(&[plain_farm(&a)]).to_json(),
+        secret: serde_json::json!({
+            "apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "shared-keys", "namespace": "ns1"},
+            "data": {KEYRING_SECRET_KEY: b64.encode(keyring.to_yaml())},
+        })
+        .to_string(),
+        secret_forbidden: true,
+        ..Api::default()
+    }));
+    let api = serve_api(state.clone()).await;
+    let client =
+        kube::Client::try_from(kube::Config::new(format!("http://{api}").parse().unwrap()))
+            .unwrap();
+    let dir = TempDir::new("cluster-forbidden");
+    let mut opts = options(dir.path());
+    opts.manifests = None;
+    let cluster = ClusterOptions {
+        array: "edge".into(),
+        namespace: "ns1".into(),
+        keys_secret: "shared-keys".into(),
+        state_dir: dir.path().join("state"),
+        poll: Duration::from_millis(100),
+    };
+    let starting = tokio::spawn(start(client, cluster, opts));
+    wait_until(Duration::from_secs(10), || {
+        state
+            .lock()
+            .requests
+            .iter()
+            .filter(|(_, u)| u == SECRET_PATH)
+            .count()
+            >= 2
+    })
+    .await;
+    assert!(!starting.is_finished(), "started without a keyring");
+    state.lock().secret_forbidden = false;
+    let h = tokio::time::timeout(Duration::from_secs(15), starting)
+        .await
+        .expect("started once the Secret was readable")
+        .unwrap()
+        .unwrap();
+    let status: serde_json::Value =
+        serde_json::from_str(&get(h.admin_addr(), "admin", "/status").await.2).unwrap();
+    assert_eq!(status["keyIds"], serde_json::json!(["k1"]));
+    h.shutdown().await;
+}
