@@ -139,18 +139,31 @@ fn since(now: Timestamp, then: Timestamp) -> Duration {
 }
 
 /// The keyring after the keys Secret moved to one that brought a valid keyring of its
-/// own: that keyring, plus every key of the previous one it lacks (by id) as a retired,
-/// accept-only key, so cookies sealed before the move keep opening until
-/// `acceptRetiredFor` has passed and the rotation removes them.
+/// own, while the previous keys Secret (which members still use) has one too. Adopting the
+/// new keyring's active key at once would let members that loaded it seal cookies the
+/// others cannot open, so it goes through the two-phase rotation instead: the previous
+/// keyring stays in force, the adopted active key joins as the pending key (promoted by
+/// [`step`] once every ready member has loaded it), and the adopted keyring's other keys
+/// join as retired accept-only keys. Any pending key the previous keyring had is retired
+/// (it never sealed anything). Keys are matched by id; the previous one wins a clash.
 pub fn merge_previous(adopted: &KeyringDoc, previous: &KeyringDoc, now: Timestamp) -> KeyringDoc {
-    let mut out = adopted.clone();
-    for key in &previous.keys {
+    let mut out = previous.clone();
+    for key in &mut out.keys {
+        if key.state == KeyState::Accept && key.retired.is_none() {
+            key.retired = Some(rfc3339(now));
+        }
+    }
+    for key in &adopted.keys {
         if out.keys.iter().any(|k| k.id == key.id) {
             continue;
         }
         let mut key = key.clone();
-        key.state = KeyState::Accept;
-        key.retired = Some(key.retired.unwrap_or_else(|| rfc3339(now)));
+        if key.state == KeyState::Active {
+            key.state = KeyState::Accept;
+            key.retired = None;
+        } else if key.retired.is_none() {
+            key.retired = Some(rfc3339(now));
+        }
         out.keys.push(key);
     }
     out

@@ -845,8 +845,9 @@ async fn reconcile_inner(cached: &GatewayArray, ctx: &Context) -> Result<Action,
     // from the keys Secret; while a renamed keys Secret has none yet, from the previous one.
     let keys_name = names::secret(array);
     // The keys of a valid keyring in the previous keys Secret are never dropped: carried
-    // over as they are when the keys Secret has no valid keyring, else merged into the one
-    // it brought as retired accept-only keys. Only when neither has a valid keyring is a
+    // over as they are when the keys Secret has no valid keyring, else merged with the one
+    // it brought, whose active key then rotates in through the two-phase protocol (see
+    // `keyring::merge_previous`). Only when neither has a valid keyring is a
     // broken one reported (and replaced) or a new keyring generated.
     let target = fetched.keys.as_ref().and_then(stored_keyring);
     let carried = fetched
@@ -856,9 +857,10 @@ async fn reconcile_inner(cached: &GatewayArray, ctx: &Context) -> Result<Action,
         .and_then(Result::ok);
     let carried_over = carried.is_some();
     let (stored, source) = match (target, carried) {
+        // The previous keyring is the one in force (and remembers handled rotations).
         (Some(Ok(adopted)), Some(previous)) => (
             Some(Ok(keyring::merge_previous(&adopted, &previous, now))),
-            fetched.keys.as_ref(),
+            fetched.previous_keys.as_ref(),
         ),
         (Some(Ok(adopted)), None) => (Some(Ok(adopted)), fetched.keys.as_ref()),
         (_, Some(previous)) => (Some(Ok(previous)), fetched.previous_keys.as_ref()),

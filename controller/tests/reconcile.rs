@@ -1403,10 +1403,12 @@ async fn an_existing_secret_without_a_keyring_is_never_taken_over() {
 }
 
 #[tokio::test]
-async fn renaming_to_a_secret_with_its_own_keyring_keeps_the_live_keys_accepted() {
+async fn renaming_to_a_secret_with_its_own_keyring_rotates_it_in_two_phases() {
     let w = world(default_settings());
     w.reconcile().await;
     let live = w.keyring();
+    let live_id = format!("k{T0}");
+    w.members_report(&[("edge-a", &[&live_id]), ("edge-b", &[&live_id])]);
     let backup = KeyringDoc {
         keys: vec![KeyringDoc::entry(
             "backup",
@@ -1421,21 +1423,39 @@ async fn renaming_to_a_secret_with_its_own_keyring_keeps_the_live_keys_accepted(
     );
     w.set_keys_secret_name("restored");
     let (_, reqs) = w.reconcile().await;
-    // The adopted keyring is in force, and the live key still opens cookies sealed with
-    // it, as a retired accept-only key, until acceptRetiredFor has passed.
+    // The live key stays active (members seal with it until all of them can open the
+    // adopted one); the adopted key is pending.
     let kr = w.keyring_in("restored");
-    assert_eq!(kr.active_id(), Some("backup"));
-    assert_eq!(kr.ids(), ["backup".to_owned(), format!("k{T0}")]);
-    let old = kr.keys.iter().find(|k| k.id == format!("k{T0}")).unwrap();
-    assert_eq!(old.state, KeyState::Accept);
-    assert_eq!(old.secret, live.keys[0].secret);
-    assert!(old.retired.is_some());
-    // Its keys live on, so the previous Secret is deleted.
+    assert_eq!(kr.active_id(), Some(live_id.as_str()));
+    assert_eq!(kr.ids(), [live_id.clone(), "backup".to_owned()]);
+    assert_eq!(kr.keys[0].secret, live.keys[0].secret);
+    let pending = &kr.keys[1];
+    assert_eq!(
+        (pending.state, pending.retired.as_deref()),
+        (KeyState::Accept, None)
+    );
+    // The live keys now live on in the new Secret, so the previous one is deleted.
     assert!(w.fake.get(&format!("{SECRETS}/edge-keys")).is_none());
     assert!(reqs.iter().any(|r| r.method == "DELETE"));
-    // A retry (say a later apply failed) finds nothing new to merge.
+    assert_eq!(
+        condition(status_patch(&reqs, ARRAY).unwrap(), "KeysRotating")["status"],
+        "True"
+    );
+    // Not promoted while a member has not loaded it.
+    w.members_report(&[("edge-a", &[&live_id, "backup"]), ("edge-b", &[&live_id])]);
+    w.reconcile().await;
+    assert_eq!(w.keyring_in("restored").active_id(), Some(live_id.as_str()));
+    // Promoted once every ready member has; the live key is retired and still accepted.
+    w.members_report(&[
+        ("edge-a", &[&live_id, "backup"]),
+        ("edge-b", &[&live_id, "backup"]),
+    ]);
     let (_, reqs) = w.reconcile().await;
-    assert_eq!(w.keyring_in("restored"), kr);
+    let kr = w.keyring_in("restored");
+    assert_eq!(kr.active_id(), Some("backup"));
+    assert_eq!(kr.keys[0].state, KeyState::Accept);
+    assert!(kr.keys[0].retired.is_some());
+    assert!(events(&reqs).iter().any(|e| e.1 == "KeyPromoted"));
     assert!(!reqs.iter().any(|r| r.method == "DELETE"));
 }
 
