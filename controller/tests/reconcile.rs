@@ -467,6 +467,17 @@ impl World {
     }
 }
 
+/// No request body carries `needle` (key material).
+fn assert_not_sent(reqs: &[Req], needle: &str) {
+    for r in reqs {
+        assert!(
+            !r.body.to_string().contains(needle),
+            "{} carries it",
+            r.path
+        );
+    }
+}
+
 fn summary(reqs: &[Req]) -> Vec<String> {
     reqs.iter()
         .map(|r| format!("{} {}", r.method, r.path))
@@ -1110,9 +1121,7 @@ async fn unusable_keyring_is_replaced_with_a_warning_that_quotes_no_secret() {
     let replaced = ev.iter().find(|e| e.1 == "KeyringReplaced").unwrap();
     assert_eq!(replaced.0, "Warning");
     assert!(replaced.2.contains("k1"), "{}", replaced.2);
-    for r in &reqs {
-        assert!(!r.body.to_string().contains("TOPSECRETVALUE"), "{}", r.path);
-    }
+    assert_not_sent(&reqs, "TOPSECRETVALUE");
     assert_eq!(w.keyring().ids(), [format!("k{T0}")]);
 }
 
@@ -1126,6 +1135,18 @@ impl World {
         array["metadata"]["generation"] =
             json!(array["metadata"]["generation"].as_i64().unwrap() + 1);
         self.fake.put(ARRAY, array);
+    }
+}
+
+/// A keyring with one active key of `byte`s.
+fn one_key(id: &str, byte: u8, created: &str) -> KeyringDoc {
+    KeyringDoc {
+        keys: vec![KeyringDoc::entry(
+            id,
+            &[byte; 32],
+            created,
+            KeyState::Active,
+        )],
     }
 }
 
@@ -1189,14 +1210,7 @@ async fn custom_keys_secret_is_the_one_written_granted_and_reported() {
 #[tokio::test]
 async fn an_existing_keyring_in_the_named_secret_is_adopted() {
     let w = world(default_settings());
-    let imported = KeyringDoc {
-        keys: vec![KeyringDoc::entry(
-            "imported",
-            &[9u8; 32],
-            "2026-11-01T00:00:00Z",
-            KeyState::Active,
-        )],
-    };
+    let imported = one_key("imported", 9, "2026-11-01T00:00:00Z");
     w.fake.put(
         &format!("{SECRETS}/carried"),
         keyring_secret("carried", &imported, Value::Null),
@@ -1282,14 +1296,7 @@ async fn renaming_the_keys_secret_carries_the_keyring_over_and_deletes_the_old_s
 #[tokio::test]
 async fn a_keys_secret_another_array_controls_is_refused_and_left_alone() {
     let w = world(default_settings());
-    let theirs = KeyringDoc {
-        keys: vec![KeyringDoc::entry(
-            "theirs",
-            &[5u8; 32],
-            "2026-11-01T00:00:00Z",
-            KeyState::Active,
-        )],
-    };
+    let theirs = one_key("theirs", 5, "2026-11-01T00:00:00Z");
     let owner = json!({"apiVersion": "portcullis.io/v1alpha1", "kind": "GatewayArray",
                        "name": "other", "uid": "uid-other", "controller": true});
     w.fake.put(
@@ -1312,13 +1319,7 @@ async fn a_keys_secret_another_array_controls_is_refused_and_left_alone() {
     );
     // The other array's keys are not touched, and not quoted anywhere.
     assert_eq!(w.keyring_in("other-keys"), theirs);
-    for r in &reqs {
-        assert!(
-            !r.body.to_string().contains(theirs.keys[0].secret.as_str()),
-            "{}",
-            r.path
-        );
-    }
+    assert_not_sent(&reqs, theirs.keys[0].secret.as_str());
 }
 
 #[tokio::test]
@@ -1409,14 +1410,7 @@ async fn renaming_to_a_secret_with_its_own_keyring_rotates_it_in_two_phases() {
     let live = w.keyring();
     let live_id = format!("k{T0}");
     w.members_report(&[("edge-a", &[&live_id]), ("edge-b", &[&live_id])]);
-    let backup = KeyringDoc {
-        keys: vec![KeyringDoc::entry(
-            "backup",
-            &[3u8; 32],
-            "2027-01-15T07:00:00Z",
-            KeyState::Active,
-        )],
-    };
+    let backup = one_key("backup", 3, "2027-01-15T07:00:00Z");
     w.fake.put(
         &format!("{SECRETS}/restored"),
         keyring_secret("restored", &backup, Value::Null),

@@ -35,6 +35,29 @@ struct Api {
     secret_forbidden: bool,
 }
 
+/// The member of array `edge` in `ns1`, keys Secret `shared-keys`, state under `dir`.
+fn cluster_options(dir: &TempDir) -> ClusterOptions {
+    ClusterOptions {
+        array: "edge".into(),
+        namespace: "ns1".into(),
+        keys_secret: "shared-keys".into(),
+        state_dir: dir.path().join("state"),
+        poll: Duration::from_millis(100),
+    }
+}
+
+/// A keyring with the one active key `k1`.
+fn k1_keyring() -> KeyringDoc {
+    KeyringDoc {
+        keys: vec![KeyringDoc::entry(
+            "k1",
+            &[7u8; 32],
+            "2026-01-01T00:00:00Z",
+            KeyState::Active,
+        )],
+    }
+}
+
 fn config(farms: &[String]) -> DataplaneConfig {
     let array: GatewayArray = serde_yaml::from_str(&web_array(8080)).unwrap();
     let farms: Vec<ServerFarm> = farms
@@ -120,14 +143,7 @@ async fn syncs_configmap_and_secret_through_gets_only() {
     let farm_a = plain_farm(&a);
     let farm_b = plain_farm(&b);
     let b64 = base64::engine::general_purpose::STANDARD;
-    let keyring = KeyringDoc {
-        keys: vec![KeyringDoc::entry(
-            "k1",
-            &[7u8; 32],
-            "2026-01-01T00:00:00Z",
-            KeyState::Active,
-        )],
-    };
+    let keyring = k1_keyring();
     let secret = serde_json::json!({
         "apiVersion": "v1", "kind": "Secret",
         "metadata": {"name": "shared-keys", "namespace": "ns1"},
@@ -149,13 +165,7 @@ async fn syncs_configmap_and_secret_through_gets_only() {
     let dir = TempDir::new("cluster");
     let mut opts = options(dir.path());
     opts.manifests = None;
-    let cluster = ClusterOptions {
-        array: "edge".into(),
-        namespace: "ns1".into(),
-        keys_secret: "shared-keys".into(),
-        state_dir: dir.path().join("state"),
-        poll: Duration::from_millis(100),
-    };
+    let cluster = cluster_options(&dir);
     let h = start(client, cluster, opts).await.unwrap();
     wait_until(Duration::from_secs(10), || h.is_ready()).await;
     let addr = h.listener_addr(0).unwrap();
@@ -319,14 +329,7 @@ async fn sigterm_while_waiting_for_the_first_config_exits_zero() {
 async fn a_member_without_a_keyring_waits_for_its_secret() {
     let a = Backend::start("a").await;
     let b64 = base64::engine::general_purpose::STANDARD;
-    let keyring = KeyringDoc {
-        keys: vec![KeyringDoc::entry(
-            "k1",
-            &[7u8; 32],
-            "2026-01-01T00:00:00Z",
-            KeyState::Active,
-        )],
-    };
+    let keyring = k1_keyring();
     let state = Arc::new(Mutex::new(Api {
         config_json: config(&[plain_farm(&a)]).to_json(),
         secret: serde_json::json!({
@@ -345,13 +348,7 @@ async fn a_member_without_a_keyring_waits_for_its_secret() {
     let dir = TempDir::new("cluster-forbidden");
     let mut opts = options(dir.path());
     opts.manifests = None;
-    let cluster = ClusterOptions {
-        array: "edge".into(),
-        namespace: "ns1".into(),
-        keys_secret: "shared-keys".into(),
-        state_dir: dir.path().join("state"),
-        poll: Duration::from_millis(100),
-    };
+    let cluster = cluster_options(&dir);
     let starting = tokio::spawn(start(client, cluster, opts));
     wait_until(Duration::from_secs(10), || {
         state

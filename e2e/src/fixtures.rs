@@ -115,6 +115,19 @@ pub fn cookie_affinity() -> Value {
     json!({"affinity": {"mode": "Cookie", "cookieName": AFFINITY_COOKIE}})
 }
 
+/// The session flows' set-up: the demo backend `demo` with `backends` pods, the array
+/// `edge` with `members` members and the farm `shop` (host `shop.e2e.test`, cookie
+/// affinity) in front of it; returns once the farm is Ready and every member serves the
+/// latest config, with the array as it is then.
+pub async fn sticky_shop(ctx: &Ctx, members: i32, backends: i32) -> anyhow::Result<GatewayArray> {
+    create_demo_backend(ctx, "demo", backends).await?;
+    let array = array("edge", members, json!({}))?;
+    let farm = farm("shop", "edge", "shop.e2e.test", "demo", cookie_affinity())?;
+    apply(ctx, &array, &[farm]).await?;
+    wait_farm_condition(ctx, "shop", "Ready", "True").await?;
+    wait_array_ready(ctx, "edge", members).await
+}
+
 /// The affinity cookie name the session flows configure.
 pub const AFFINITY_COOKIE: &str = "portcullis-e2e-session";
 

@@ -19,12 +19,7 @@ const CLIENTS: usize = 6;
 #[ignore = "needs a cluster: run e2e/kind.sh"]
 async fn rotation_under_traffic_rejects_no_cookie() {
     with_temp_ns("key-rotation", |ctx: Ctx| async move {
-        fixtures::create_demo_backend(&ctx, "demo", 4).await?;
-        let array = fixtures::array("edge", 2, json!({}))?;
-        let farm = fixtures::farm("shop", "edge", "shop.e2e.test", "demo", fixtures::cookie_affinity())?;
-        fixtures::apply(&ctx, &array, &[farm]).await?;
-        fixtures::wait_farm_condition(&ctx, "shop", "Ready", "True").await?;
-        let before = fixtures::wait_array_ready(&ctx, "edge", 2).await?;
+        let before = fixtures::sticky_shop(&ctx, 2, 4).await?;
         let old_key = before.status.as_ref().and_then(|s| s.active_key_id.clone()).context("no active key before rotation")?;
         let rejected_before = fixtures::cookies_rejected(&ctx, "edge").await?;
 

@@ -14,18 +14,7 @@ use serde_json::json;
 #[ignore = "needs a cluster: run e2e/kind.sh"]
 async fn renaming_the_keys_secret_keeps_sessions() {
     with_temp_ns("keys-secret", |ctx: Ctx| async move {
-        fixtures::create_demo_backend(&ctx, "demo", 3).await?;
-        let array = fixtures::array("edge", 2, json!({}))?;
-        let farm = fixtures::farm(
-            "shop",
-            "edge",
-            "shop.e2e.test",
-            "demo",
-            fixtures::cookie_affinity(),
-        )?;
-        fixtures::apply(&ctx, &array, &[farm]).await?;
-        fixtures::wait_farm_condition(&ctx, "shop", "Ready", "True").await?;
-        let before = fixtures::wait_array_ready(&ctx, "edge", 2).await?;
+        let before = fixtures::sticky_shop(&ctx, 2, 3).await?;
         let status = before.status.context("no status")?;
         ensure!(
             status.keys_secret.as_deref() == Some("edge-keys"),

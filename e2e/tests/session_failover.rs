@@ -6,24 +6,12 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::api::DeleteParams;
 use portcullis_e2e::http::CookieJar;
 use portcullis_e2e::{Ctx, fixtures, owned, wait, with_temp_ns};
-use serde_json::json;
 
 #[tokio::test]
 #[ignore = "needs a cluster: run e2e/kind.sh"]
 async fn session_survives_member_deletion() {
     with_temp_ns("session-failover", |ctx: Ctx| async move {
-        fixtures::create_demo_backend(&ctx, "demo", 4).await?;
-        let array = fixtures::array("edge", 3, json!({}))?;
-        let farm = fixtures::farm(
-            "shop",
-            "edge",
-            "shop.e2e.test",
-            "demo",
-            fixtures::cookie_affinity(),
-        )?;
-        fixtures::apply(&ctx, &array, &[farm]).await?;
-        fixtures::wait_farm_condition(&ctx, "shop", "Ready", "True").await?;
-        fixtures::wait_array_ready(&ctx, "edge", 3).await?;
+        fixtures::sticky_shop(&ctx, 3, 4).await?;
 
         let members = fixtures::forward_members(&ctx, "edge").await?;
         let names: Vec<String> = members.keys().cloned().collect();
