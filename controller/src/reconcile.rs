@@ -575,7 +575,11 @@ fn keys_secret_errors(
     // An existing Secret this array does not own is only taken over when it holds a
     // keyring (a backup or another installation's keys): anything else (credentials,
     // a certificate, a typo) is not the controller's to rewrite, own or delete.
-    if let Some(secret) = keys.filter(|s| !owned_by(s, array)) {
+    // The type is immutable: an apply of an Opaque Secret over another type would fail
+    // on every reconcile, owned or not, so it is refused here with a reason instead.
+    if let Some(secret) =
+        keys.filter(|s| !owned_by(s, array) || s.type_.as_deref().is_some_and(|t| t != "Opaque"))
+    {
         if secret.type_.as_deref().is_some_and(|t| t != "Opaque") {
             out.push(keys_field_error(
                 "GatewayArray",
