@@ -1627,3 +1627,27 @@ async fn renaming_back_with_a_stale_cache_keeps_the_keyring() {
             .any(|e| e.1 == "KeyringGenerated")
     );
 }
+
+#[tokio::test]
+async fn an_owned_keys_secret_of_another_type_is_reported_not_reapplied_forever() {
+    let w = world(default_settings());
+    w.fake.put(
+        &format!("{SECRETS}/edge-keys"),
+        json!({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+               "metadata": {"name": "edge-keys", "namespace": NS, "uid": "uid-edge-keys",
+                            "ownerReferences": [{"apiVersion": "portcullis.io/v1alpha1",
+                                "kind": "GatewayArray", "name": "edge", "uid": "uid-edge", "controller": true}]},
+               "data": {"tls.crt": "eA==", "tls.key": "eA=="}}),
+    );
+    let (_, reqs) = w.reconcile().await;
+    assert!(!summary(&reqs).contains(&format!("PATCH {SECRETS}/edge-keys")));
+    let accepted = condition(status_patch(&reqs, ARRAY).unwrap(), "Accepted");
+    assert_eq!(accepted["status"], "False");
+    assert!(
+        accepted["message"]
+            .as_str()
+            .unwrap()
+            .contains("Secret edge-keys has type kubernetes.io/tls; a keys Secret is Opaque"),
+        "{accepted}"
+    );
+}
