@@ -110,22 +110,44 @@ pub fn arrays_for_service(
     }
 }
 
-/// Secret names a farm references: its publish certificate and its upstream CA.
-pub fn farm_secrets(farm: &ServerFarm) -> Vec<String> {
+/// What a farm needs from a Secret it names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SecretUse {
+    /// `tls.crt` and `tls.key`: the certificate it publishes with.
+    Certificate,
+    /// `ca.crt`: the CA its upstream TLS trusts.
+    Ca,
+}
+
+/// The Secrets a farm names, each with the field that names it and what it needs: its
+/// publish certificate and its upstream CA.
+pub fn farm_secret_refs(farm: &ServerFarm) -> Vec<(&'static str, &str, SecretUse)> {
     let mut out = Vec::new();
     if let Some(tls) = &farm.spec.publish.tls {
-        out.push(tls.secret_name.clone());
+        out.push((
+            "spec.publish.tls.secretName",
+            tls.secret_name.as_str(),
+            SecretUse::Certificate,
+        ));
     }
     if let Some(ca) = farm
         .spec
         .upstream
         .as_ref()
         .and_then(|u| u.tls.as_ref())
-        .and_then(|t| t.ca_secret_name.clone())
+        .and_then(|t| t.ca_secret_name.as_deref())
     {
-        out.push(ca);
+        out.push(("spec.upstream.tls.caSecretName", ca, SecretUse::Ca));
     }
     out
+}
+
+/// Secret names a farm references: its publish certificate and its upstream CA.
+pub fn farm_secrets(farm: &ServerFarm) -> Vec<String> {
+    farm_secret_refs(farm)
+        .into_iter()
+        .map(|(_, name, _)| name.to_owned())
+        .collect()
 }
 
 /// Secret names an array references directly: listener default certificates.

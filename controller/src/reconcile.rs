@@ -26,7 +26,7 @@ use serde::de::DeserializeOwned;
 
 use crate::builders::{self, BuildInputs, FIELD_MANAGER, TlsMaterial, names};
 use crate::keyring::{self, Member, RotationInputs, RotationStep};
-use crate::mapping::{array_secrets, farm_secrets};
+use crate::mapping::{SecretUse, array_secrets, farm_secret_refs, farm_secrets};
 use crate::members::MemberStatusSource;
 use crate::metrics::Metrics;
 use crate::resolve::{SERVICE_NAME_LABEL, private_target_errors, service_endpoints};
@@ -333,8 +333,10 @@ fn tls_material(fetched: &Fetched) -> (BTreeMap<String, TlsMaterial>, BTreeMap<S
     (material, problems)
 }
 
-fn cert_problem(
+/// What is wrong with Secret `name` for `need`: missing, or without the keys it needs.
+fn secret_problem(
     name: &str,
+    need: SecretUse,
     material: &BTreeMap<String, TlsMaterial>,
     missing: &BTreeMap<String, String>,
 ) -> Option<String> {
@@ -342,21 +344,14 @@ fn cert_problem(
         return Some(p.clone());
     }
     let m = material.get(name)?;
-    (m.cert.is_none() || m.key.is_none())
-        .then(|| format!("Secret {name} has no tls.crt and tls.key"))
-}
-
-fn ca_problem(
-    name: &str,
-    material: &BTreeMap<String, TlsMaterial>,
-    missing: &BTreeMap<String, String>,
-) -> Option<String> {
-    if let Some(p) = missing.get(name) {
-        return Some(p.clone());
+    match need {
+        SecretUse::Certificate => (m.cert.is_none() || m.key.is_none())
+            .then(|| format!("Secret {name} has no tls.crt and tls.key")),
+        SecretUse::Ca => {
+            m.ca.is_none()
+                .then(|| format!("Secret {name} has no ca.crt"))
+        }
     }
-    let m = material.get(name)?;
-    m.ca.is_none()
-        .then(|| format!("Secret {name} has no ca.crt"))
 }
 
 /// The result of validation and translation, before anything is built.
@@ -379,7 +374,7 @@ pub fn validate(array: &GatewayArray, fetched: &Fetched, settings: &Settings) ->
     let (material, missing) = tls_material(fetched);
     let array_missing: Vec<String> = array_secrets(array)
         .iter()
-        .filter_map(|s| cert_problem(s, &material, &missing))
+        .filter_map(|s| secret_problem(s, SecretUse::Certificate, &material, &missing))
         .collect();
     let keys_name = names::secret(array);
     let mut verdicts = BTreeMap::new();
@@ -398,19 +393,10 @@ pub fn validate(array: &GatewayArray, fetched: &Fetched, settings: &Settings) ->
                 continue;
             }
         }
-        let mut problems: Vec<String> = Vec::new();
-        if let Some(tls) = &farm.spec.publish.tls {
-            problems.extend(cert_problem(&tls.secret_name, &material, &missing));
-        }
-        if let Some(ca) = farm
-            .spec
-            .upstream
-            .as_ref()
-            .and_then(|u| u.tls.as_ref())
-            .and_then(|t| t.ca_secret_name.as_ref())
-        {
-            problems.extend(ca_problem(ca, &material, &missing));
-        }
+        let problems: Vec<String> = farm_secret_refs(farm)
+            .into_iter()
+            .filter_map(|(_, name, need)| secret_problem(name, need, &material, &missing))
+            .collect();
         if !problems.is_empty() {
             verdicts.insert(id, FarmVerdict::MissingRefs(problems));
             continue;
@@ -444,20 +430,10 @@ pub fn validate(array: &GatewayArray, fetched: &Fetched, settings: &Settings) ->
         }
     }
     // Only Secrets the config actually names travel into the array's Secret.
-    let mut used = BTreeSet::new();
-    if let Some(t) = &translation {
-        for l in &t.config.listeners {
-            used.extend(l.default_certificate.iter().map(|c| c.secret.clone()));
-            used.extend(l.sni.iter().map(|s| s.certificate.secret.clone()));
-        }
-        for f in t.config.farms.values() {
-            if let Some(portcullis_crds::config::UpstreamTrust::Ca { secret }) =
-                f.upstream.tls.as_ref().map(|t| &t.trust)
-            {
-                used.insert(secret.clone());
-            }
-        }
-    }
+    let used = translation
+        .as_ref()
+        .map(|t| t.config.certificate_secrets())
+        .unwrap_or_default();
     let tls = material
         .into_iter()
         .filter(|(name, _)| used.contains(name))
@@ -500,42 +476,20 @@ fn keys_field_error(
 /// A farm may not use the array's keys Secret as a certificate: the controller writes
 /// that Secret, so the two would overwrite each other.
 fn keys_secret_clashes(farm: &ServerFarm, keys_name: &str) -> Vec<TranslateError> {
-    let message = || {
-        format!(
-            "Secret {keys_name} is the array's keyring Secret (written by the controller); name a certificate Secret of its own"
-        )
-    };
-    let mut out = Vec::new();
-    if farm
-        .spec
-        .publish
-        .tls
-        .as_ref()
-        .is_some_and(|t| t.secret_name == keys_name)
-    {
-        out.push(keys_field_error(
-            "ServerFarm",
-            farm,
-            "spec.publish.tls.secretName",
-            message(),
-        ));
-    }
-    if farm
-        .spec
-        .upstream
-        .as_ref()
-        .and_then(|u| u.tls.as_ref())
-        .and_then(|t| t.ca_secret_name.as_deref())
-        == Some(keys_name)
-    {
-        out.push(keys_field_error(
-            "ServerFarm",
-            farm,
-            "spec.upstream.tls.caSecretName",
-            message(),
-        ));
-    }
-    out
+    farm_secret_refs(farm)
+        .into_iter()
+        .filter(|(_, name, _)| *name == keys_name)
+        .map(|(field, _, _)| {
+            keys_field_error(
+                "ServerFarm",
+                farm,
+                field,
+                format!(
+                    "Secret {keys_name} is the array's keyring Secret (written by the controller); name a certificate Secret of its own"
+                ),
+            )
+        })
+        .collect()
 }
 
 /// Problems with the array's keys Secret: it is a listener certificate, or another

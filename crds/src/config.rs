@@ -517,6 +517,22 @@ impl DataplaneConfig {
         format!("sha256:{}", hex::encode(Sha256::digest(&bytes)))
     }
 
+    /// The Secrets whose material the config loads: listener certificates (default and
+    /// SNI) and upstream CAs.
+    pub fn certificate_secrets(&self) -> std::collections::BTreeSet<String> {
+        let mut out = std::collections::BTreeSet::new();
+        for l in &self.listeners {
+            out.extend(l.default_certificate.iter().map(|c| c.secret.clone()));
+            out.extend(l.sni.iter().map(|s| s.certificate.secret.clone()));
+        }
+        for f in self.farms.values() {
+            if let Some(UpstreamTrust::Ca { secret }) = f.upstream.tls.as_ref().map(|t| &t.trust) {
+                out.insert(secret.clone());
+            }
+        }
+        out
+    }
+
     /// The canonical JSON text.
     pub fn to_json(&self) -> String {
         serde_json::to_string_pretty(self).expect("a config always serializes")

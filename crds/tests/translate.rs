@@ -230,6 +230,14 @@ fn upstream_tls_parameters_and_protocol_separate_identities() {
         tls_farm("e", "protocol: HTTP1\n"),
     ];
     let t = ok(translate(&edge(), &farms, &Resolutions::default()));
+    // The only Secret this config loads is farm c's upstream CA.
+    assert_eq!(
+        t.config
+            .certificate_secrets()
+            .into_iter()
+            .collect::<Vec<_>>(),
+        ["upstream-ca"]
+    );
     let key = |id: &str| identities(&t.config.farms[&format!("default/{id}")]).remove(0);
     assert_eq!(
         key("a"),
@@ -474,6 +482,13 @@ fn two_certificates_for_one_host_reject_the_newer_farm() {
     assert_eq!(
         (l.sni[0].host.as_str(), l.sni[0].certificate.secret.as_str()),
         ("shop.example.com", "shop-tls")
+    ); // What the config loads: the default and SNI certificates, not the rejected farm's.
+    assert_eq!(
+        t.config
+            .certificate_secrets()
+            .into_iter()
+            .collect::<Vec<_>>(),
+        ["default-tls", "shop-tls"]
     );
 }
 

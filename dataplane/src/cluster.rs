@@ -158,7 +158,7 @@ pub async fn sync_once(client: &Client, opts: &ClusterOptions) -> Result<(), Clu
         let Ok(written_config) = DataplaneConfig::from_json(config) else {
             return Ok(());
         };
-        for name in referenced_secrets(&written_config) {
+        for name in written_config.certificate_secrets() {
             for file in ["tls.crt", "tls.key", "ca.crt"] {
                 keep.insert(opts.state_dir.join("certs").join(&name).join(file));
             }
@@ -166,23 +166,6 @@ pub async fn sync_once(client: &Client, opts: &ClusterOptions) -> Result<(), Clu
         remove_stale_certs(&opts.state_dir.join("certs"), &keep)?;
     }
     Ok(())
-}
-
-/// The Secrets whose certificates or CAs `config` loads.
-fn referenced_secrets(config: &DataplaneConfig) -> std::collections::BTreeSet<String> {
-    let mut out = std::collections::BTreeSet::new();
-    for l in &config.listeners {
-        out.extend(l.default_certificate.iter().map(|c| c.secret.clone()));
-        out.extend(l.sni.iter().map(|s| s.certificate.secret.clone()));
-    }
-    for f in config.farms.values() {
-        if let Some(portcullis_crds::config::UpstreamTrust::Ca { secret }) =
-            f.upstream.tls.as_ref().map(|t| &t.trust)
-        {
-            out.insert(secret.clone());
-        }
-    }
-    out
 }
 
 /// Removes files under `certs/` that the Secret no longer has, and directories left
