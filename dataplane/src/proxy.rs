@@ -374,14 +374,7 @@ async fn serve(
                     .observe(first_byte.as_secs_f64());
                 let status = resp.status();
                 farm.record(i, status.is_server_error() && farm.cfg.passive.count_5xx);
-                shared
-                    .metrics
-                    .requests
-                    .get_or_create(&FarmStatus {
-                        farm: farm.cfg.id.clone(),
-                        status: status.as_u16(),
-                    })
-                    .inc();
+                count_request(shared, &farm, status);
                 if status == StatusCode::SWITCHING_PROTOCOLS
                     && let Some(client_up) = client_upgrade
                 {
@@ -449,6 +442,12 @@ fn finish_error(
     status: StatusCode,
     reason: &'static str,
 ) -> Response<RespBody> {
+    count_request(shared, farm, status);
+    error_response(status, reason)
+}
+
+/// Counts a response of `farm` in `portcullis_requests_total{farm,status}`.
+fn count_request(shared: &Shared, farm: &FarmRt, status: StatusCode) {
     shared
         .metrics
         .requests
@@ -457,7 +456,6 @@ fn finish_error(
             status: status.as_u16(),
         })
         .inc();
-    error_response(status, reason)
 }
 
 fn connect_status(e: &ConnectError) -> (StatusCode, &'static str) {

@@ -163,16 +163,25 @@ pub(crate) fn build(
     }
     let registry = endpoints.sync(&wanted);
 
+    // Each farm's upstream TLS client, looked up once for both uses below.
+    let farm_tls: HashMap<&str, _> = config
+        .farms
+        .iter()
+        .map(|(id, farm)| {
+            let tls = farm.upstream.tls.as_ref().and_then(|t| {
+                clients
+                    .get(&(
+                        t.trust.clone(),
+                        farm.upstream.protocol == UpstreamProtocol::Http2,
+                    ))
+                    .cloned()
+            });
+            (id.as_str(), tls)
+        })
+        .collect();
     let mut wants = Vec::new();
     for (id, farm) in &config.farms {
-        let tls = farm.upstream.tls.as_ref().and_then(|t| {
-            clients
-                .get(&(
-                    t.trust.clone(),
-                    farm.upstream.protocol == UpstreamProtocol::Http2,
-                ))
-                .cloned()
-        });
+        let tls = &farm_tls[id.as_str()];
         if let Some(v) = &farm.verifier {
             for (ident, _, _) in &farm_members[id.as_str()] {
                 let ep = registry[ident].clone();
@@ -190,14 +199,7 @@ pub(crate) fn build(
 
     let mut farms = HashMap::new();
     for (id, farm) in &config.farms {
-        let tls = farm.upstream.tls.as_ref().and_then(|t| {
-            clients
-                .get(&(
-                    t.trust.clone(),
-                    farm.upstream.protocol == UpstreamProtocol::Http2,
-                ))
-                .cloned()
-        });
+        let tls = farm_tls[id.as_str()].clone();
         let eps = farm_members[id.as_str()]
             .iter()
             .map(|(ident, weight, draining)| {
