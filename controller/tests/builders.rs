@@ -149,17 +149,18 @@ fn build(
     (d, t.config)
 }
 
-#[test]
-fn minimal_http_array() {
-    let a = array(
-        r#"
+/// An array with one plain HTTP listener and nothing else set.
+const MINIMAL_ARRAY: &str = r#"
 apiVersion: portcullis.io/v1alpha1
 kind: GatewayArray
 metadata: {name: edge, namespace: shop, uid: 6f1c0a3e-0000-4000-8000-000000000001}
 spec:
   listeners: [{name: http, port: 8080, protocol: HTTP}]
-"#,
-    );
+"#;
+
+#[test]
+fn minimal_http_array() {
+    let a = array(MINIMAL_ARRAY);
     let f = farm(
         r#"
 apiVersion: portcullis.io/v1alpha1
@@ -300,15 +301,7 @@ spec:
 
 #[test]
 fn every_object_is_owned_by_the_array() {
-    let a = array(
-        r#"
-apiVersion: portcullis.io/v1alpha1
-kind: GatewayArray
-metadata: {name: edge, namespace: shop, uid: 6f1c0a3e-0000-4000-8000-000000000001}
-spec:
-  listeners: [{name: http, port: 8080, protocol: HTTP}]
-"#,
-    );
+    let a = array(MINIMAL_ARRAY);
     let (d, _) = build(&a, &[], &BTreeMap::new());
     for (kind, yaml) in objects(&d) {
         let v: serde_yaml::Value = serde_yaml::from_str(&yaml).unwrap();

@@ -52,7 +52,13 @@ struct Fake {
 
 /// `controller/rbac-rules.json`, the rules the chart grants the controller (the chart
 /// tests check the rendered ClusterRole equals it): (group, resource) -> verbs.
-fn rbac_contract() -> BTreeMap<(String, String), Vec<String>> {
+fn rbac_contract() -> &'static BTreeMap<(String, String), Vec<String>> {
+    static CONTRACT: std::sync::LazyLock<BTreeMap<(String, String), Vec<String>>> =
+        std::sync::LazyLock::new(parse_rbac_contract);
+    &CONTRACT
+}
+
+fn parse_rbac_contract() -> BTreeMap<(String, String), Vec<String>> {
     let text = include_str!("../rbac-rules.json");
     let doc: Value = serde_json::from_str(text).unwrap();
     doc["rules"]
@@ -478,6 +484,16 @@ fn assert_not_sent(reqs: &[Req], needle: &str) {
     }
 }
 
+/// The keys of a JSON object, in order.
+fn keys_of(object: &Value) -> Vec<String> {
+    object.as_object().unwrap().keys().cloned().collect()
+}
+
+/// The reasons of the events sent, in order.
+fn event_reasons(reqs: &[Req]) -> Vec<String> {
+    events(reqs).into_iter().map(|e| e.1).collect()
+}
+
 fn summary(reqs: &[Req]) -> Vec<String> {
     reqs.iter()
         .map(|r| format!("{} {}", r.method, r.path))
@@ -585,14 +601,7 @@ async fn first_install_applies_everything_with_owner_refs_and_reports_status() {
 
     // Config, keyring, events.
     let config = w.config();
-    assert_eq!(
-        config["endpoints"]
-            .as_object()
-            .unwrap()
-            .keys()
-            .collect::<Vec<_>>(),
-        ["http1://10.1.0.1:8080"]
-    );
+    assert_eq!(keys_of(&config["endpoints"]), ["http1://10.1.0.1:8080"]);
     let kr = w.keyring();
     assert_eq!(kr.ids(), [format!("k{T0}")]);
     kr.validate().unwrap();
@@ -704,27 +713,14 @@ async fn farm_added_is_published_without_touching_the_other_farm_status() {
     );
     let (_, reqs) = w.reconcile().await;
     let config = w.config();
-    assert_eq!(
-        config["farms"]
-            .as_object()
-            .unwrap()
-            .keys()
-            .collect::<Vec<_>>(),
-        ["shop/api", "shop/web"]
-    );
+    assert_eq!(keys_of(&config["farms"]), ["shop/api", "shop/web"]);
     assert!(
         status_patch(&reqs, &format!("{FARMS}/web")).is_none(),
         "unchanged farm status is not rewritten"
     );
     let api = status_patch(&reqs, &format!("{FARMS}/api")).unwrap();
     assert_eq!(condition(api, "Accepted")["status"], "True");
-    assert_eq!(
-        events(&reqs)
-            .iter()
-            .map(|e| e.1.as_str())
-            .collect::<Vec<_>>(),
-        ["ConfigApplied"]
-    );
+    assert_eq!(event_reasons(&reqs), ["ConfigApplied"]);
     // Members still serve the old hash: the array says so.
     let array = status_patch(&reqs, ARRAY).unwrap();
     assert_eq!(condition(array, "Ready")["reason"], "ConfigNotLoaded");
@@ -762,14 +758,7 @@ async fn invalid_farm_is_rejected_with_field_and_message_and_the_rest_keeps_work
         "{msg}"
     );
     // Only the good farm is in the config, which did not change, so no ConfigMap event.
-    assert_eq!(
-        w.config()["farms"]
-            .as_object()
-            .unwrap()
-            .keys()
-            .collect::<Vec<_>>(),
-        ["shop/web"]
-    );
+    assert_eq!(keys_of(&w.config()["farms"]), ["shop/web"]);
     let ev = events(&reqs);
     assert_eq!(ev.len(), 2, "{ev:?}");
     assert!(ev.iter().all(|e| e.0 == "Warning" && e.1 == "FarmRejected"));
@@ -954,13 +943,7 @@ async fn rotation_step_by_step() {
         secret["metadata"]["annotations"]["portcullis.io/rotate-keys-handled"],
         "2027-01-15T08:00"
     );
-    assert_eq!(
-        events(&reqs)
-            .iter()
-            .map(|e| e.1.as_str())
-            .collect::<Vec<_>>(),
-        ["KeyAdded"]
-    );
+    assert_eq!(event_reasons(&reqs), ["KeyAdded"]);
     assert_eq!(action, Action::requeue(Duration::from_secs(10)));
     let status = status_patch(&reqs, ARRAY).unwrap();
     assert_eq!(status["activeKeyId"], k0);
@@ -1344,14 +1327,7 @@ async fn a_farm_may_not_use_the_keys_secret_as_its_certificate() {
         "{accepted}"
     );
     // The other farm is published as before, and the keys Secret holds no certificate.
-    assert_eq!(
-        w.config()["farms"]
-            .as_object()
-            .unwrap()
-            .keys()
-            .collect::<Vec<_>>(),
-        ["shop/web"]
-    );
+    assert_eq!(keys_of(&w.config()["farms"]), ["shop/web"]);
     assert_eq!(
         w.fake.get(&format!("{SECRETS}/edge-keys")).unwrap()["data"],
         keys_before["data"]
@@ -1532,12 +1508,7 @@ impl World {
 async fn a_farm_moved_to_a_missing_array_leaves_the_old_one_and_says_why() {
     let w = world(default_settings());
     w.reconcile().await;
-    assert!(
-        w.config()["farms"]
-            .as_object()
-            .unwrap()
-            .contains_key("shop/web")
-    );
+    assert!(keys_of(&w.config()["farms"]).contains(&"shop/web".to_owned()));
 
     // A farm whose array exists is that array's business: one GET, nothing written.
     let reqs = w.reconcile_farm("web").await;
@@ -1578,7 +1549,7 @@ async fn a_farm_moved_to_a_missing_array_leaves_the_old_one_and_says_why() {
 
     // The array it left stops publishing it, and does not touch its status.
     let (_, reqs) = w.reconcile().await;
-    assert!(w.config()["farms"].as_object().unwrap().is_empty());
+    assert!(keys_of(&w.config()["farms"]).is_empty());
     assert!(status_patch(&reqs, &format!("{FARMS}/web")).is_none());
 }
 

@@ -49,18 +49,7 @@ async fn session_survives_member_deletion() {
         ctx.api::<Pod>()
             .delete(&names[0], &DeleteParams::default())
             .await?;
-        for (name, pf) in &members {
-            for _ in 0..5 {
-                let r = jar
-                    .fetch(pf.local_port, "shop.e2e.test", "/hostname")
-                    .await?;
-                ensure!(
-                    r.status == 200 && r.body.trim() == backend,
-                    "right after the deletion, {name} served {:?} instead of {backend}",
-                    r.body
-                );
-            }
-        }
+        every_member_serves(&mut jar, &members, &backend, "right after the deletion").await?;
         drop(members);
         // So does the replacement member, once ready.
         let deleted = names[0].clone();
@@ -74,21 +63,32 @@ async fn session_survives_member_deletion() {
         })
         .await?;
         let members = fixtures::forward_members(&ctx, "edge").await?;
-        for (name, pf) in &members {
-            for _ in 0..5 {
-                let r = jar
-                    .fetch(pf.local_port, "shop.e2e.test", "/hostname")
-                    .await?;
-                ensure!(
-                    r.status == 200 && r.body.trim() == backend,
-                    "after failover, {name} served {:?} instead of {backend}",
-                    r.body
-                );
-            }
-        }
+        every_member_serves(&mut jar, &members, &backend, "after failover").await?;
         let rejected = fixtures::cookies_rejected(&ctx, "edge").await?;
         ensure!(rejected == 0.0, "{rejected} cookies were rejected");
         Ok(())
     })
     .await;
+}
+
+/// Five requests with the session's cookie through each member all reach `backend`.
+async fn every_member_serves(
+    jar: &mut CookieJar,
+    members: &std::collections::BTreeMap<String, portcullis_e2e::kubectl::PortForward>,
+    backend: &str,
+    when: &str,
+) -> anyhow::Result<()> {
+    for (name, pf) in members {
+        for _ in 0..5 {
+            let r = jar
+                .fetch(pf.local_port, "shop.e2e.test", "/hostname")
+                .await?;
+            ensure!(
+                r.status == 200 && r.body.trim() == backend,
+                "{when}, {name} served {:?} instead of {backend}",
+                r.body
+            );
+        }
+    }
+    Ok(())
 }
