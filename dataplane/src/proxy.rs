@@ -132,8 +132,9 @@ pub(crate) async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<RespBody>, Infallible> {
     let start = Instant::now();
+    // For the error log line: clones that share the request's buffers, no allocation.
     let method = req.method().clone();
-    let path = req.uri().path().to_owned();
+    let uri = req.uri().clone();
     let mut resp = serve(&shared, conn, req, start).await;
     if shared.draining.load(Ordering::Relaxed) {
         resp.headers_mut()
@@ -148,7 +149,7 @@ pub(crate) async fn handle(
             error = reason.to_str().unwrap_or(""),
             total_ms = start.elapsed().as_secs_f64() * 1000.0,
             method = %method,
-            path = %path,
+            path = uri.path(),
             client = %conn.client,
         );
     }
@@ -174,7 +175,7 @@ async fn serve(
     let Some(route) = snapshot.routes.find(&host, req.uri().path()) else {
         return error_response(StatusCode::NOT_FOUND, "no-route");
     };
-    let route_prefix = route.prefix.to_owned();
+    let route_prefix = route.prefix;
     let Some(farm) = snapshot.farms.get(route.farm).cloned() else {
         return error_response(StatusCode::NOT_FOUND, "no-route");
     };
@@ -273,7 +274,7 @@ async fn serve(
 
     let bytes_in = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let method = req.method().clone();
-    let path = req.uri().path().to_owned();
+    let uri = req.uri().clone();
     let attempts = 1 + farm.cfg.upstream.retries.min(3);
     let mut tried: Option<usize> = None;
     let mut last_error = (StatusCode::SERVICE_UNAVAILABLE, "no-healthy-endpoint");
@@ -405,7 +406,7 @@ async fn serve(
                     &session,
                     &endpoint.identity,
                     conn.tls,
-                    &route_prefix,
+                    route_prefix,
                     &mut parts.headers,
                     SystemTime::now(),
                 );
@@ -417,10 +418,10 @@ async fn serve(
                         endpoint,
                         sender: h1_sender,
                         _guard: guard,
-                        farm: farm.cfg.id.clone(),
+                        farm: farm.clone(),
                         status: status.as_u16(),
-                        method: method.to_string(),
-                        path: path.clone(),
+                        method: method.clone(),
+                        uri: uri.clone(),
                         client: conn.client,
                         start,
                         first_byte,
@@ -518,10 +519,10 @@ struct Done {
     endpoint: Arc<Endpoint>,
     sender: Option<http1::SendRequest<ReqBody>>,
     _guard: InFlight,
-    farm: String,
+    farm: Arc<FarmRt>,
     status: u16,
-    method: String,
-    path: String,
+    method: http::Method,
+    uri: http::Uri,
     client: SocketAddr,
     start: Instant,
     first_byte: Duration,
@@ -539,7 +540,7 @@ impl Drop for Done {
         }
         tracing::info!(
             target: "access",
-            farm = %self.farm,
+            farm = %self.farm.cfg.id,
             endpoint = %self.endpoint.key,
             status = self.status,
             total_ms = self.start.elapsed().as_secs_f64() * 1000.0,
@@ -548,7 +549,7 @@ impl Drop for Done {
             bytes_out = self.bytes_out,
             complete = self.clean,
             method = %self.method,
-            path = %self.path,
+            path = self.uri.path(),
             client = %self.client,
         );
     }

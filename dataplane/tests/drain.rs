@@ -40,6 +40,8 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
         assert!(Instant::now() < deadline, "dataplane never became ready");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // A request the proxy answers itself gets an access line too.
+    assert_eq!(get(addr, "nowhere.test", "/missing?secret=q").await.0, 404);
     let mut slow = Vec::new();
     for _ in 0..5 {
         slow.push(tokio::spawn(async move {
@@ -84,8 +86,13 @@ async fn sigterm_drains_in_flight_requests_then_exits_zero() {
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter(|v| v["target"] == "access")
         .collect();
-    assert_eq!(access.len(), 5, "{log}");
-    let line = &access[0];
+    assert_eq!(access.len(), 6, "{log}");
+    let refused = &access[0];
+    assert_eq!(refused["status"], 404);
+    assert_eq!(refused["error"], "no-route");
+    assert_eq!(refused["path"], "/missing");
+    assert_eq!(refused["method"], "GET");
+    let line = &access[1];
     assert_eq!(line["farm"], "default/b");
     assert_eq!(line["endpoint"], format!("http1://{}", b.addr));
     assert_eq!(line["status"], 200);
