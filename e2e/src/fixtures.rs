@@ -246,7 +246,7 @@ pub async fn forward_members(
 /// config asynchronously, so the first requests may still see the previous one.
 pub async fn wait_routed(
     ctx: &Ctx,
-    port: u16,
+    addr: std::net::SocketAddr,
     host: &str,
     backend: &str,
 ) -> anyhow::Result<String> {
@@ -254,7 +254,7 @@ pub async fn wait_routed(
         &format!("Host {host} routed to {backend}"),
         ctx.timeout,
         || async {
-            let r = http::get(port, host, "/hostname", None).await?;
+            let r = http::get(addr, host, "/hostname", None).await?;
             Ok((r.status == 200 && served_by(&r.body, backend)).then(|| r.body.trim().to_owned()))
         },
     )
@@ -275,7 +275,7 @@ pub async fn cookies_rejected(ctx: &Ctx, array: &str) -> anyhow::Result<f64> {
             .kubectl()
             .port_forward(&format!("pod/{}", pod.name_any()), owned::admin_port(&pod))
             .await?;
-        let metrics = http::get(pf.local_port, "localhost", "/metrics", None).await?;
+        let metrics = http::get(pf.addr, "localhost", "/metrics", None).await?;
         anyhow::ensure!(
             metrics.status == 200,
             "{} /metrics answered {}",

@@ -1,7 +1,8 @@
-//! A small HTTP/1.1 client (hyper) for requests through a port-forward, with a cookie
-//! jar so a test can play one browser session.
+//! A small HTTP/1.1 client (hyper) for requests through a port-forward (or straight to a
+//! pod IP on the local cluster), with a cookie jar so a test can play one browser session.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -21,26 +22,26 @@ pub struct Response {
     pub body: String,
 }
 
-/// Sends `GET path` with `Host: host` (and `Cookie`, when given) to `127.0.0.1:port`.
+/// Sends `GET path` with `Host: host` (and `Cookie`, when given) to `addr`.
 pub async fn get(
-    port: u16,
+    addr: SocketAddr,
     host: &str,
     path: &str,
     cookie: Option<&str>,
 ) -> anyhow::Result<Response> {
-    tokio::time::timeout(Duration::from_secs(15), get_inner(port, host, path, cookie))
+    tokio::time::timeout(Duration::from_secs(15), get_inner(addr, host, path, cookie))
         .await
-        .with_context(|| format!("GET http://{host}{path} via 127.0.0.1:{port} timed out"))?
-        .with_context(|| format!("GET http://{host}{path} via 127.0.0.1:{port}"))
+        .with_context(|| format!("GET http://{host}{path} via {addr} timed out"))?
+        .with_context(|| format!("GET http://{host}{path} via {addr}"))
 }
 
 async fn get_inner(
-    port: u16,
+    addr: SocketAddr,
     host: &str,
     path: &str,
     cookie: Option<&str>,
 ) -> anyhow::Result<Response> {
-    let stream = TcpStream::connect(("127.0.0.1", port)).await?;
+    let stream = TcpStream::connect(addr).await?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
     let driver = tokio::spawn(conn);
     let mut req = hyper::Request::get(path)
@@ -111,9 +112,14 @@ impl CookieJar {
         })
     }
 
-    /// `GET` through `port`, sending and then absorbing cookies.
-    pub async fn fetch(&mut self, port: u16, host: &str, path: &str) -> anyhow::Result<Response> {
-        let response = get(port, host, path, self.header().as_deref()).await?;
+    /// `GET` through `addr`, sending and then absorbing cookies.
+    pub async fn fetch(
+        &mut self,
+        addr: SocketAddr,
+        host: &str,
+        path: &str,
+    ) -> anyhow::Result<Response> {
+        let response = get(addr, host, path, self.header().as_deref()).await?;
         self.absorb(&response);
         Ok(response)
     }

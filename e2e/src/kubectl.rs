@@ -2,8 +2,12 @@
 //!
 //! Port-forwarding goes through `kubectl port-forward` rather than the API's websocket
 //! subresource so that the tests reach the array exactly the way a person following the
-//! quick start does.
+//! quick start does. On the local cluster (`PORTCULLIS_E2E_POD_NETWORK=direct`) there is
+//! no kubelet streaming API to forward through, but the test process reaches pod IPs
+//! directly: a "forward" then resolves its target to a pod IP and port the way
+//! `kubectl port-forward` picks them (a Service's ready endpoint, its target port).
 
+use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -65,12 +69,21 @@ impl Kubectl {
     }
 
     /// Starts `kubectl port-forward TARGET :REMOTE` (TARGET is `service/NAME` or
-    /// `pod/NAME`) and waits until it listens on an ephemeral loopback port.
+    /// `pod/NAME`) and waits until it listens on an ephemeral loopback port; on the local
+    /// cluster, resolves TARGET to a pod address instead.
     pub async fn port_forward(
         &self,
         target: &str,
         remote_port: u16,
     ) -> anyhow::Result<PortForward> {
+        if direct_pod_network() {
+            let addr = self.resolve_direct(target, remote_port).await?;
+            return Ok(PortForward {
+                addr,
+                target: target.to_owned(),
+                _child: None,
+            });
+        }
         let mut child = self
             .command()
             .args([
@@ -101,11 +114,71 @@ impl Kubectl {
         // Keep draining stdout ("Handling connection for ...") so kubectl never blocks.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         Ok(PortForward {
-            local_port,
+            addr: SocketAddr::from(([127, 0, 0, 1], local_port)),
             target: target.to_owned(),
-            _child: child,
+            _child: Some(child),
         })
     }
+
+    /// The pod address `kubectl port-forward TARGET :PORT` would reach.
+    async fn resolve_direct(&self, target: &str, port: u16) -> anyhow::Result<SocketAddr> {
+        if let Some(pod) = target.strip_prefix("pod/") {
+            let ip = self
+                .output(&["get", "pod", pod, "-o", "jsonpath={.status.podIP}"])
+                .await?;
+            let ip = ip
+                .trim()
+                .parse()
+                .with_context(|| format!("pod {pod} has no IP yet"))?;
+            return Ok(SocketAddr::new(ip, port));
+        }
+        let Some(service) = target.strip_prefix("service/") else {
+            bail!("cannot resolve {target}: only pod/NAME and service/NAME");
+        };
+        let svc: serde_json::Value = serde_json::from_str(
+            &self
+                .output(&["get", "service", service, "-o", "json"])
+                .await?,
+        )?;
+        let port_name = svc["spec"]["ports"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|p| p["port"].as_u64() == Some(u64::from(port)))
+            .map(|p| p["name"].as_str().unwrap_or_default().to_owned())
+            .with_context(|| format!("service {service} has no port {port}"))?;
+        let label = format!("kubernetes.io/service-name={service}");
+        let slices: serde_json::Value = serde_json::from_str(
+            &self
+                .output(&["get", "endpointslices", "-l", &label, "-o", "json"])
+                .await?,
+        )?;
+        for slice in slices["items"].as_array().into_iter().flatten() {
+            let Some(target_port) = slice["ports"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|p| p["name"].as_str().unwrap_or_default() == port_name)
+                .and_then(|p| p["port"].as_u64())
+            else {
+                continue;
+            };
+            for endpoint in slice["endpoints"].as_array().into_iter().flatten() {
+                if endpoint["conditions"]["ready"].as_bool() != Some(true) {
+                    continue;
+                }
+                if let Some(ip) = endpoint["addresses"][0].as_str() {
+                    return Ok(SocketAddr::new(ip.parse()?, u16::try_from(target_port)?));
+                }
+            }
+        }
+        bail!("service {service} has no ready endpoint for port {port}")
+    }
+}
+
+/// Whether the test process reaches pod IPs directly (the local cluster).
+pub fn direct_pod_network() -> bool {
+    std::env::var("PORTCULLIS_E2E_POD_NETWORK").is_ok_and(|v| v == "direct")
 }
 
 fn parse_forwarding_line(line: &str) -> Option<u16> {
@@ -113,14 +186,15 @@ fn parse_forwarding_line(line: &str) -> Option<u16> {
     rest.split_whitespace().next()?.parse().ok()
 }
 
-/// A running `kubectl port-forward`; stopped when dropped.
+/// A running `kubectl port-forward` (stopped when dropped), or on the local cluster the
+/// pod address it resolved to.
 #[derive(Debug)]
 pub struct PortForward {
-    /// The loopback port that reaches the target.
-    pub local_port: u16,
+    /// The address that reaches the target.
+    pub addr: SocketAddr,
     /// What it forwards to (`service/NAME` or `pod/NAME`).
     pub target: String,
-    _child: Child,
+    _child: Option<Child>,
 }
 
 #[cfg(test)]

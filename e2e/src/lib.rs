@@ -16,6 +16,10 @@
 //! - `PORTCULLIS_E2E_ARTIFACTS` — directory for failure dumps (default `e2e/artifacts`).
 //! - `PORTCULLIS_E2E_TIMEOUT_SECS` — how long to wait for anything to become ready
 //!   (default 180).
+//! - `PORTCULLIS_E2E_POD_NETWORK=direct` — the test process reaches pod IPs (the local
+//!   cluster of `e2e/cluster/up.sh`): "port-forwards" resolve to pod addresses.
+//! - `PORTCULLIS_E2E_POD_LOGS` — where container logs are files (the local cluster's node
+//!   agent writes them there), read instead of `kubectl logs`.
 
 pub mod fixtures;
 pub mod http;
@@ -246,6 +250,18 @@ pub async fn dump_namespace(ctx: &Ctx, dir: &std::path::Path) {
         ])
         .await
         .unwrap_or_default();
+    // On the local cluster there is no `kubectl logs`: the node agent writes each
+    // container's output to `<dir>/<namespace>_<pod>_<container>.log`.
+    if let Some(logs) = std::env::var_os("PORTCULLIS_E2E_POD_LOGS").map(PathBuf::from) {
+        let prefix = format!("{}_", ctx.ns);
+        for entry in std::fs::read_dir(&logs).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(&prefix) {
+                let _ = std::fs::copy(entry.path(), dir.join(&name));
+            }
+        }
+        return;
+    }
     for pod in pods.lines().filter(|p| !p.is_empty()) {
         for (suffix, extra) in [("log", None), ("previous.log", Some("--previous"))] {
             let mut args = vec!["logs", pod, "--all-containers", "--timestamps"];

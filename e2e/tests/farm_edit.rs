@@ -40,7 +40,7 @@ async fn farm_edit_applies_without_restarting_members() {
         let members_before = member_identity(&ctx).await?;
 
         let pf = fixtures::forward_array_service(&ctx, "edge").await?;
-        fixtures::wait_routed(&ctx, pf.local_port, "site.e2e.test", "demo-a").await?;
+        fixtures::wait_routed(&ctx, pf.addr, "site.e2e.test", "demo-a").await?;
 
         // Point the farm at the other backend.
         let patch = json!({"spec": {"servers": [{"service": {"name": "demo-b", "port": 80}}]}});
@@ -69,10 +69,9 @@ async fn farm_edit_applies_without_restarting_members() {
         )
         .await?;
         // The same port-forward (the same member) now reaches the new servers.
-        fixtures::wait_routed(&ctx, pf.local_port, "site.e2e.test", "demo-b").await?;
+        fixtures::wait_routed(&ctx, pf.addr, "site.e2e.test", "demo-b").await?;
         for _ in 0..20 {
-            let r = portcullis_e2e::http::get(pf.local_port, "site.e2e.test", "/hostname", None)
-                .await?;
+            let r = portcullis_e2e::http::get(pf.addr, "site.e2e.test", "/hostname", None).await?;
             ensure!(
                 r.status == 200 && fixtures::served_by(&r.body, "demo-b"),
                 "after the edit: {} {:?}",

@@ -68,10 +68,10 @@ async fn install() {
             .port_forward(&format!("service/{}-metrics", controller.name_any()), 9902)
             .await?;
         for path in ["/healthz", "/readyz"] {
-            let r = http::get(pf.local_port, "localhost", path, None).await?;
+            let r = http::get(pf.addr, "localhost", path, None).await?;
             ensure!(r.status == 200, "controller {path} answered {}", r.status);
         }
-        let metrics = http::get(pf.local_port, "localhost", "/metrics", None).await?;
+        let metrics = http::get(pf.addr, "localhost", "/metrics", None).await?;
         ensure!(
             metrics.status == 200 && metrics.body.contains("# TYPE"),
             "controller /metrics is not Prometheus text"

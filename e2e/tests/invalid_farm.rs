@@ -16,7 +16,7 @@ async fn invalid_farm_is_reported_and_isolated() {
         fixtures::wait_farm_condition(&ctx, "good", "Ready", "True").await?;
         fixtures::wait_array_ready(&ctx, "edge", 2).await?;
         let pf = fixtures::forward_array_service(&ctx, "edge").await?;
-        fixtures::wait_routed(&ctx, pf.local_port, "good.e2e.test", "demo").await?;
+        fixtures::wait_routed(&ctx, pf.addr, "good.e2e.test", "demo").await?;
 
         // Passes the CRD schema, but targets the cloud metadata address, which the
         // controller refuses in-cluster (the chart leaves allowPrivateTargets off).
@@ -39,7 +39,7 @@ async fn invalid_farm_is_reported_and_isolated() {
         ensure!(good.status == "True");
         fixtures::wait_array_ready(&ctx, "edge", 2).await?;
         for _ in 0..20 {
-            let r = http::get(pf.local_port, "good.e2e.test", "/hostname", None).await?;
+            let r = http::get(pf.addr, "good.e2e.test", "/hostname", None).await?;
             ensure!(
                 r.status == 200 && fixtures::served_by(&r.body, "demo"),
                 "good farm: {} {:?}",
@@ -47,7 +47,7 @@ async fn invalid_farm_is_reported_and_isolated() {
                 r.body
             );
         }
-        let r = http::get(pf.local_port, "bad.e2e.test", "/hostname", None).await?;
+        let r = http::get(pf.addr, "bad.e2e.test", "/hostname", None).await?;
         ensure!(
             r.status != 200,
             "the rejected farm served traffic: {:?}",

@@ -24,7 +24,7 @@ async fn rotation_under_traffic_rejects_no_cookie() {
         let rejected_before = fixtures::cookies_rejected(&ctx, "edge").await?;
 
         let members = fixtures::forward_members(&ctx, "edge").await?;
-        let ports: Vec<u16> = members.values().map(|pf| pf.local_port).collect();
+        let ports: Vec<std::net::SocketAddr> = members.values().map(|pf| pf.addr).collect();
         fixtures::wait_routed(&ctx, ports[0], "shop.e2e.test", "demo").await?;
 
         // Each client starts a session and remembers its backend.

@@ -25,11 +25,9 @@ async fn renaming_the_keys_secret_keeps_sessions() {
 
         // A session, through the array's Service.
         let pf = fixtures::forward_array_service(&ctx, "edge").await?;
-        fixtures::wait_routed(&ctx, pf.local_port, "shop.e2e.test", "demo").await?;
+        fixtures::wait_routed(&ctx, pf.addr, "shop.e2e.test", "demo").await?;
         let mut jar = CookieJar::default();
-        let r = jar
-            .fetch(pf.local_port, "shop.e2e.test", "/hostname")
-            .await?;
+        let r = jar.fetch(pf.addr, "shop.e2e.test", "/hostname").await?;
         ensure!(r.status == 200, "first request: {}", r.status);
         let backend = r.body.trim().to_owned();
         jar.get(fixtures::AFFINITY_COOKIE)
@@ -67,9 +65,7 @@ async fn renaming_the_keys_secret_keeps_sessions() {
         // The old cookie opens on the new members and keeps its backend.
         let pf = fixtures::forward_array_service(&ctx, "edge").await?;
         for i in 0..10 {
-            let r = jar
-                .fetch(pf.local_port, "shop.e2e.test", "/hostname")
-                .await?;
+            let r = jar.fetch(pf.addr, "shop.e2e.test", "/hostname").await?;
             ensure!(r.status == 200, "request {i}: {}", r.status);
             ensure!(
                 r.body.trim() == backend,

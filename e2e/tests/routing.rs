@@ -25,8 +25,8 @@ async fn traffic_reaches_the_right_farm() {
         fixtures::wait_array_ready(&ctx, "edge", 2).await?;
 
         let pf = fixtures::forward_array_service(&ctx, "edge").await?;
-        fixtures::wait_routed(&ctx, pf.local_port, "a.e2e.test", "demo-a").await?;
-        fixtures::wait_routed(&ctx, pf.local_port, "b.e2e.test", "demo-b").await?;
+        fixtures::wait_routed(&ctx, pf.addr, "a.e2e.test", "demo-a").await?;
+        fixtures::wait_routed(&ctx, pf.addr, "b.e2e.test", "demo-b").await?;
         // Every request lands on its own farm's backend, never the other's.
         for i in 0..40 {
             let (host, backend) = if i % 2 == 0 {
@@ -34,7 +34,7 @@ async fn traffic_reaches_the_right_farm() {
             } else {
                 ("b.e2e.test", "demo-b")
             };
-            let r = http::get(pf.local_port, host, "/hostname", None).await?;
+            let r = http::get(pf.addr, host, "/hostname", None).await?;
             ensure!(r.status == 200, "{host}: status {}", r.status);
             ensure!(
                 fixtures::served_by(&r.body, backend),
@@ -43,7 +43,7 @@ async fn traffic_reaches_the_right_farm() {
             );
         }
         // A host no farm publishes reaches no backend.
-        let r = http::get(pf.local_port, "nobody.e2e.test", "/hostname", None).await?;
+        let r = http::get(pf.addr, "nobody.e2e.test", "/hostname", None).await?;
         ensure!(
             r.status == 404,
             "unpublished host answered {} {:?}",

@@ -20,10 +20,8 @@ async fn session_survives_member_deletion() {
         // The session starts on the first member.
         let first = &members[&names[0]];
         let mut jar = CookieJar::default();
-        fixtures::wait_routed(&ctx, first.local_port, "shop.e2e.test", "demo").await?;
-        let r = jar
-            .fetch(first.local_port, "shop.e2e.test", "/hostname")
-            .await?;
+        fixtures::wait_routed(&ctx, first.addr, "shop.e2e.test", "demo").await?;
+        let r = jar.fetch(first.addr, "shop.e2e.test", "/hostname").await?;
         ensure!(r.status == 200, "first request: {}", r.status);
         jar.get(fixtures::AFFINITY_COOKIE)
             .context("no affinity cookie was set")?;
@@ -33,7 +31,7 @@ async fn session_survives_member_deletion() {
         for name in &names {
             for _ in 0..5 {
                 let r = jar
-                    .fetch(members[name].local_port, "shop.e2e.test", "/hostname")
+                    .fetch(members[name].addr, "shop.e2e.test", "/hostname")
                     .await?;
                 ensure!(
                     r.status == 200 && r.body.trim() == backend,
@@ -80,9 +78,7 @@ async fn every_member_serves(
 ) -> anyhow::Result<()> {
     for (name, pf) in members {
         for _ in 0..5 {
-            let r = jar
-                .fetch(pf.local_port, "shop.e2e.test", "/hostname")
-                .await?;
+            let r = jar.fetch(pf.addr, "shop.e2e.test", "/hostname").await?;
             ensure!(
                 r.status == 200 && r.body.trim() == backend,
                 "{when}, {name} served {:?} instead of {backend}",
