@@ -157,7 +157,7 @@ pub async fn run(node: Arc<Node>, mut rx: watch::Receiver<Option<Pod>>) {
             }
             let current = rx.borrow().clone().unwrap_or_else(|| pod.clone());
             mounts_by_volume =
-                crate::volumes::materialize(&node.client, &current, &pod_dir.join("volumes"))
+                crate::volumes::materialize(&node.client, &current, &pod_dir.join("volumes"), true)
                     .await?;
             anyhow::Ok(())
         }
@@ -205,9 +205,11 @@ pub async fn run(node: Arc<Node>, mut rx: watch::Receiver<Option<Pod>>) {
         }
     }
 
-    // Wait for deletion, refreshing volumes (tokens, ConfigMaps, Secrets) meanwhile.
-    let mut refresh = tokio::time::interval(Duration::from_secs(30));
+    // Wait for deletion, refreshing ConfigMap and Secret volumes every minute and tokens
+    // every 40 minutes (80% of the 3607 s the ServiceAccount admission plugin asks for).
+    let mut refresh = tokio::time::interval(Duration::from_secs(60));
     refresh.tick().await;
+    let mut tokens_renewed = Instant::now();
     let stop = loop {
         if let Some(stop) = deletion_requested(&rx) {
             break stop;
@@ -220,8 +222,12 @@ pub async fn run(node: Arc<Node>, mut rx: watch::Receiver<Option<Pod>>) {
             }
             _ = refresh.tick() => {
                 let current = rx.borrow().clone();
-                if let Some(current) = current
-                    && let Err(e) = crate::volumes::materialize(&node.client, &current, &pod_dir.join("volumes")).await {
+                let new_tokens = tokens_renewed.elapsed() > Duration::from_secs(40 * 60);
+                if new_tokens {
+                    tokens_renewed = Instant::now();
+                }
+                if let Some(current) = current.filter(|p| p.metadata.deletion_timestamp.is_none())
+                    && let Err(e) = crate::volumes::materialize(&node.client, &current, &pod_dir.join("volumes"), new_tokens).await {
                         warn!(pod = %format!("{ns}/{name}"), error = %format!("{e:#}"), "volume refresh failed");
                     }
             }

@@ -19,11 +19,14 @@ use kube::{Api, Client};
 use serde_json::json;
 
 /// Writes every volume of `pod` under `root/<volume name>`; returns each volume's
-/// directory by name. Called again to refresh tokens, ConfigMaps and Secrets.
+/// directory by name. Called again to refresh ConfigMaps and Secrets, and, when
+/// `new_tokens`, ServiceAccount tokens (a token that exists is otherwise kept: the kubelet
+/// too renews a token only when 80% of its lifetime has passed).
 pub async fn materialize(
     client: &Client,
     pod: &Pod,
     root: &Path,
+    new_tokens: bool,
 ) -> anyhow::Result<BTreeMap<String, PathBuf>> {
     let mut dirs = BTreeMap::new();
     let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
@@ -36,7 +39,7 @@ pub async fn materialize(
         let dir = root.join(&volume.name);
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("failed to create {}", dir.display()))?;
-        write_volume(client, pod, ns, volume, &dir)
+        write_volume(client, pod, ns, volume, &dir, new_tokens)
             .await
             .with_context(|| format!("volume {:?}", volume.name))?;
         dirs.insert(volume.name.clone(), dir);
@@ -50,6 +53,7 @@ async fn write_volume(
     ns: &str,
     volume: &Volume,
     dir: &Path,
+    new_tokens: bool,
 ) -> anyhow::Result<()> {
     if volume.empty_dir.is_some() {
         // World-writable, as the kubelet makes it, so a `runAsUser` can write.
@@ -73,7 +77,9 @@ async fn write_volume(
     }
     if let Some(projected) = &volume.projected {
         for source in projected.sources.as_deref().unwrap_or_default() {
-            if let Some(token) = &source.service_account_token {
+            if let Some(token) = &source.service_account_token
+                && (new_tokens || !dir.join(&token.path).is_file())
+            {
                 let value = request_token(
                     client,
                     pod,
