@@ -526,3 +526,23 @@ fn without_a_keyring_a_member_makes_up_its_own() {
         1
     );
 }
+
+/// Issue 17, finding 4: a Cookie segment without `=` that looks sealed is ours too.
+#[test]
+fn bare_sealed_looking_cookie_tokens_never_reach_a_server() {
+    let m = Member::new(&[("k1", 1, KeyState::Active)]);
+    let shop = farm("shop/web", AffinityMode::Cookie, CookieProtection::Encrypt);
+    let now = SystemTime::now();
+    let (_, fwd) = m.request(&shop, "__pc_", now);
+    assert_eq!(fwd, None);
+    let (_, fwd) = m.request(&shop, "portcullis-affinity=zz; __pc_v1.k1.abc; sid=1", now);
+    assert_eq!(fwd.as_deref(), Some("sid=1"));
+    let (_, fwd) = m.request(&shop, "a=1; =__pc_v1.k1.abc; b=2", now);
+    assert_eq!(fwd.as_deref(), Some("a=1; b=2"));
+    // Each dropped piece is counted (the affinity value `zz` too).
+    assert_rejected(&m, "shop/web", RejectReason::Malformed, 4);
+    // Without protection too: a sealed-looking token is never passed on.
+    let plain = farm("shop/legacy", AffinityMode::None, CookieProtection::Off);
+    let (_, fwd) = m.request(&plain, "__pc_v1.k1.abc; sid=1", now);
+    assert_eq!(fwd.as_deref(), Some("sid=1"));
+}
