@@ -546,3 +546,33 @@ fn bare_sealed_looking_cookie_tokens_never_reach_a_server() {
     let (_, fwd) = m.request(&plain, "__pc_v1.k1.abc; sid=1", now);
     assert_eq!(fwd.as_deref(), Some("sid=1"));
 }
+
+/// Issue 17, finding 5: a name too long to seal within what opening accepts is refused
+/// (and counted) when the server sets it, instead of becoming a cookie that never opens.
+#[test]
+fn names_too_long_to_open_are_refused_when_sealed() {
+    let m = Member::new(&[("k1", 1, KeyState::Active)]);
+    let shop = farm("shop/web", AffinityMode::None, CookieProtection::Encrypt);
+    let a = endpoint("10.1.2.3:8080");
+    let now = SystemTime::now();
+    let (none, _) = m.request(&shop, "", now);
+    let mut longest_ok = 0;
+    for len in [100usize, 2000, 2900, 2950, 3000, 3100, 4096, 10_000] {
+        let name = "n".repeat(len);
+        let sets = m.respond(&shop, &none, &a, &[&format!("{name}=v; Path=/")], now);
+        let Some(set) = sets.first() else {
+            continue;
+        };
+        longest_ok = len;
+        // Whatever is set opens again, under its original name.
+        let (_, fwd) = m.request(&shop, &pair_of(set), now);
+        assert_eq!(fwd, Some(format!("{name}=v")), "len {len}");
+    }
+    assert!((2000..4096).contains(&longest_ok), "{longest_ok}");
+    assert_rejected(&m, "shop/web", RejectReason::TooLong, 3);
+    assert_eq!(
+        m.manager
+            .rejected_total("shop/web", RejectReason::Malformed),
+        0
+    );
+}

@@ -393,7 +393,14 @@ impl SessionManager {
                 tracing::debug!(farm = %farm.id, "dropped a Set-Cookie whose name is not a cookie token");
                 continue;
             }
-            let sealed = seal_name(ring, &farm.id, name);
+            let sealed = match seal_name(ring, &farm.id, name) {
+                Ok(sealed) => sealed,
+                Err(reason) => {
+                    // Never set a cookie no member could open again.
+                    self.reject(farm, reason, b"");
+                    continue;
+                }
+            };
             let mut out = Vec::with_capacity(sealed.len() + bytes.len() - eq);
             out.extend_from_slice(sealed.as_bytes());
             out.extend_from_slice(&bytes[eq..]);
@@ -453,13 +460,19 @@ impl SessionManager {
                 farm.affinity.max_session_time.get(),
             ),
         };
-        let sealed = seal::seal(
+        let sealed = match seal::seal(
             ring,
             Purpose::Affinity,
             &farm.affinity.cookie_name,
             &claim.encode(),
             NonceMode::Random,
-        );
+        ) {
+            Ok(sealed) => sealed,
+            Err(reason) => {
+                self.reject(farm, reason, b"");
+                return;
+            }
+        };
         let path = if route_path.starts_with('/')
             && route_path
                 .bytes()

@@ -51,7 +51,9 @@
 //! A cookie that does not open is treated as absent: removed from the request, counted
 //! in `portcullis_session_cookie_rejected_total{farm,reason}` ([`RejectReason`]), and
 //! logged at debug with its key id and reason only. Keys never appear in logs, errors or
-//! metrics.
+//! metrics. A cookie name too long to seal into a text that opens again (the sealed text
+//! is capped at 4096 bytes, so names over about 3 KB) is refused when the server sets it
+//! and counted as `too_long`: nothing is sealed that could not be opened.
 //!
 //! # No keyring
 //!
@@ -83,6 +85,9 @@ pub enum RejectReason {
     OtherFarm,
     /// Not the shape of a sealed cookie.
     Malformed,
+    /// Too long to seal into a text that opens again: a `Set-Cookie` refused on the
+    /// response (never set), or an affinity cookie not issued.
+    TooLong,
 }
 
 impl RejectReason {
@@ -94,6 +99,7 @@ impl RejectReason {
             RejectReason::Expired => "expired",
             RejectReason::OtherFarm => "other_farm",
             RejectReason::Malformed => "malformed",
+            RejectReason::TooLong => "too_long",
         }
     }
 }
