@@ -7,6 +7,7 @@
 mod admin;
 mod balance;
 pub mod cluster;
+mod framing;
 mod health;
 mod hygiene;
 mod listener;
