@@ -482,9 +482,10 @@ pub struct LimitsConfig {
 /// Why a config document was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// Not JSON of the expected shape.
+    /// Not JSON of the expected shape; the message starts with the path of the field at
+    /// fault (`limits.headerReadTimeout: ...`).
     #[error("failed to parse dataplane config: {0}")]
-    Parse(#[from] serde_json::Error),
+    Parse(#[from] serde_path_to_error::Error<serde_json::Error>),
     /// A version this build does not know.
     #[error(
         "failed to load dataplane config: version {found} is not supported (this build reads {CONFIG_VERSION})"
@@ -545,11 +546,19 @@ impl DataplaneConfig {
         struct Versioned {
             version: u32,
         }
-        let v: Versioned = serde_json::from_str(text)?;
+        fn parse<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, ConfigError> {
+            let mut de = serde_json::Deserializer::from_str(text);
+            let value = serde_path_to_error::deserialize(&mut de)?;
+            // Trailing characters are an error too, as with `serde_json::from_str`.
+            de.end()
+                .map_err(|e| ConfigError::Invalid(format!("after the document: {e}")))?;
+            Ok(value)
+        }
+        let v: Versioned = parse(text)?;
         if v.version != CONFIG_VERSION {
             return Err(ConfigError::Version { found: v.version });
         }
-        let config: DataplaneConfig = serde_json::from_str(text)?;
+        let config: DataplaneConfig = parse(text)?;
         config.check()?;
         Ok(config)
     }

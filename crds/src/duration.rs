@@ -108,12 +108,13 @@ impl FromStr for Duration {
             }
             let unit = &s[unit_start..i];
             if number.is_empty() {
+                // Name the whole character found instead (it may be several bytes long).
                 let what = if unit.is_empty() {
-                    &s[i..(i + 1).min(s.len())]
+                    s[i..].chars().next().map(String::from).unwrap_or_default()
                 } else {
-                    unit
+                    unit.to_owned()
                 };
-                return Err(DurationError::MissingNumber(s.to_owned(), what.to_owned()));
+                return Err(DurationError::MissingNumber(s.to_owned(), what));
             }
             if unit.is_empty() {
                 return Err(DurationError::MissingUnit(s.to_owned()));
@@ -244,6 +245,25 @@ mod tests {
             "99999999999999999999h".parse::<Duration>(),
             Err(DurationError::Overflow(_))
         ));
+    }
+
+    #[test]
+    fn non_ascii_is_an_error_not_a_panic() {
+        // Issue 17, finding 3: a multi-byte character where a digit is expected.
+        for s in ["é", "1sé", "1é", "é1s", "1s\u{1F600}", "\u{0663}s"] {
+            let err = s.parse::<Duration>().unwrap_err();
+            assert!(
+                err.to_string().contains("failed to parse duration"),
+                "{s}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_bad_duration_in_a_manifest_names_the_field() {
+        let yaml = "apiVersion: portcullis.io/v1alpha1\nkind: GatewayArray\nmetadata: {name: a}\nspec:\n  maxSessionTime: \"é\"\n";
+        let err = serde_yaml::from_str::<crate::v1alpha1::GatewayArray>(yaml).unwrap_err();
+        assert!(err.to_string().contains("maxSessionTime"), "{err}");
     }
 
     #[test]

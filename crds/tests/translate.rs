@@ -664,6 +664,14 @@ fn config_json_round_trips_and_refuses_what_it_cannot_serve() {
 
     let e = edit(&|v| v["listeners"][0]["colour"] = "blue".into()).unwrap_err();
     assert!(matches!(e, ConfigError::Parse(_)), "{e}");
+    // Issue 17, finding 3: a duration with a non-ASCII character is an error naming
+    // the field (it was a panic).
+    for bad in ["é", "1sé"] {
+        let e = edit(&|v| v["limits"]["headerReadTimeout"] = bad.into()).unwrap_err();
+        assert!(matches!(e, ConfigError::Parse(_)), "{e}");
+        assert!(e.to_string().contains("limits.headerReadTimeout"), "{e}");
+        assert!(e.to_string().contains("failed to parse duration"), "{e}");
+    }
     assert!(DataplaneConfig::from_json("not json").is_err());
 }
 

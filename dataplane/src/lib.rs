@@ -7,6 +7,9 @@
 mod admin;
 mod balance;
 pub mod cluster;
+mod framing;
+#[doc(hidden)]
+pub mod fuzz;
 mod health;
 mod hygiene;
 mod listener;

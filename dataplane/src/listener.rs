@@ -16,6 +16,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+use crate::framing::{Framer, Gate};
 use crate::proxy::{self, ConnInfo};
 use crate::runtime::Shared;
 use crate::tls::{ListenerCerts, server_config};
@@ -129,17 +130,7 @@ async fn serve_connection(
         client,
         tls: tls.is_some(),
     };
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout + Duration::from_secs(1))
-        .max_headers(max_headers)
-        .max_buf_size(max_header_bytes.max(8192));
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(max_header_bytes as u32);
+    let mut builder = http_builder(header_timeout, max_headers, max_header_bytes);
     let mut h2 = false;
     let io: Pin<Box<dyn crate::pool::Io>> = match tls {
         None => Box::pin(tcp),
@@ -154,31 +145,37 @@ async fn serve_connection(
             _ => return,
         },
     };
-    let sniffer = Sniffer::new(max_header_bytes.max(8192), !h2);
-    let verdicts = sniffer.verdicts.clone();
+    let framer = if h2 {
+        Framer::off()
+    } else {
+        Framer::new(max_buf_size(max_header_bytes), max_headers)
+    };
+    let framing = framer.framing();
     let shared_c = shared.clone();
     let armed3 = armed.clone();
     let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
         armed3.store(false, Ordering::Relaxed);
-        let verdict = if req.version() <= http::Version::HTTP_11 {
-            verdicts.lock().pop_front().flatten()
-        } else {
-            None
-        };
+        let admitted = framing.admit(req.method(), req.version());
         let shared = shared_c.clone();
         async move {
-            match verdict {
-                Some(reason) => Ok(proxy::error_response(http::StatusCode::BAD_REQUEST, reason)),
-                None => proxy::handle(shared, info, req).await,
+            let admitted = match admitted {
+                Ok(admitted) => admitted,
+                Err(reason) => {
+                    return Ok(proxy::error_response(http::StatusCode::BAD_REQUEST, reason));
+                }
+            };
+            let resp = proxy::handle(shared, info, req).await;
+            if let Ok(r) = &resp {
+                admitted.answered(r.status());
             }
+            resp
         }
     });
     let io = HeadTimeout {
-        inner: io,
+        inner: Box::pin(Gate::new(io, framer)),
         sleep: Box::pin(tokio::time::sleep(header_timeout)),
         armed,
         fired: false,
-        sniffer,
         born,
         activity: activity.clone(),
     };
@@ -206,6 +203,31 @@ async fn serve_connection(
     }
 }
 
+/// hyper's read buffer limit for request heads.
+pub(crate) fn max_buf_size(max_header_bytes: usize) -> usize {
+    max_header_bytes.max(8192)
+}
+
+/// The HTTP server of one connection, as every listener configures it.
+pub(crate) fn http_builder(
+    header_timeout: Duration,
+    max_headers: usize,
+    max_header_bytes: usize,
+) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout + Duration::from_secs(1))
+        .max_headers(max_headers)
+        .max_buf_size(max_buf_size(max_header_bytes));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(max_header_bytes as u32);
+    builder
+}
+
 const TIMEOUT_408: &[u8] =
     b"HTTP/1.1 408 Request Timeout\r\ncontent-type: text/plain\r\nx-portcullis-error: header-read-timeout\r\ncontent-length: 16\r\nconnection: close\r\n\r\nrequest timeout\n";
 
@@ -218,183 +240,6 @@ struct HeadTimeout {
     born: tokio::time::Instant,
     /// Milliseconds after `born` of the last byte read or written.
     activity: Arc<std::sync::atomic::AtomicU64>,
-    sniffer: Sniffer,
-}
-
-/// Reads HTTP/1 request heads as they arrive, before hyper normalizes them, to spot
-/// framing that two parsers could read differently (hyper quietly drops a second
-/// `Content-Length`, and `Content-Length` beside `Transfer-Encoding`). Each head's verdict
-/// is queued; the service takes them in order, since HTTP/1 requests are served in order.
-pub(crate) struct Sniffer {
-    state: SniffState,
-    buf: Vec<u8>,
-    max: usize,
-    pub(crate) verdicts: Arc<parking_lot::Mutex<std::collections::VecDeque<Option<&'static str>>>>,
-}
-
-enum SniffState {
-    Head,
-    Body(u64),
-    /// A chunk-size line (or the CRLF ending the previous chunk).
-    ChunkLine,
-    ChunkData(u64),
-    /// Trailer lines up to the empty line.
-    Trailers,
-    /// HTTP/2, an upgrade, or a connection about to close: no more sniffing.
-    Off,
-}
-
-impl Sniffer {
-    fn new(max: usize, on: bool) -> Self {
-        Sniffer {
-            state: if on {
-                SniffState::Head
-            } else {
-                SniffState::Off
-            },
-            buf: Vec::new(),
-            max,
-            verdicts: Arc::default(),
-        }
-    }
-
-    fn feed(&mut self, mut data: &[u8]) {
-        while !data.is_empty() {
-            match self.state {
-                SniffState::Off => return,
-                SniffState::Body(n) => {
-                    let take = (n as usize).min(data.len());
-                    data = &data[take..];
-                    let left = n - take as u64;
-                    self.state = if left == 0 {
-                        SniffState::Head
-                    } else {
-                        SniffState::Body(left)
-                    };
-                }
-                SniffState::ChunkData(n) => {
-                    let take = (n as usize).min(data.len());
-                    data = &data[take..];
-                    let left = n - take as u64;
-                    self.state = if left == 0 {
-                        SniffState::ChunkLine
-                    } else {
-                        SniffState::ChunkData(left)
-                    };
-                }
-                SniffState::ChunkLine | SniffState::Trailers => {
-                    let Some(nl) = data.iter().position(|c| *c == b'\n') else {
-                        self.buf.extend_from_slice(data);
-                        if self.buf.len() > 4096 {
-                            self.state = SniffState::Off;
-                        }
-                        return;
-                    };
-                    self.buf.extend_from_slice(&data[..nl]);
-                    data = &data[nl + 1..];
-                    let line = std::mem::take(&mut self.buf);
-                    let line = line.strip_suffix(b"\r").unwrap_or(&line);
-                    self.state = match self.state {
-                        SniffState::Trailers if line.is_empty() => SniffState::Head,
-                        SniffState::Trailers => SniffState::Trailers,
-                        _ if line.is_empty() => SniffState::ChunkLine,
-                        _ => {
-                            let size = line.split(|c| *c == b';').next().unwrap_or_default();
-                            match std::str::from_utf8(size)
-                                .ok()
-                                .and_then(|s| u64::from_str_radix(s.trim(), 16).ok())
-                            {
-                                Some(0) => SniffState::Trailers,
-                                Some(n) => SniffState::ChunkData(n),
-                                // hyper refuses this too and closes the connection.
-                                None => SniffState::Off,
-                            }
-                        }
-                    };
-                }
-                SniffState::Head => {
-                    if self.buf.is_empty() && data.starts_with(b"PRI * HTTP/2.0") {
-                        self.state = SniffState::Off;
-                        return;
-                    }
-                    let before = self.buf.len();
-                    self.buf.extend_from_slice(data);
-                    let Some(end) = find_head_end(&self.buf) else {
-                        if self.buf.len() > self.max {
-                            self.state = SniffState::Off;
-                        }
-                        return;
-                    };
-                    let consumed = end - before;
-                    data = &data[consumed.min(data.len())..];
-                    let head = std::mem::take(&mut self.buf);
-                    let (verdict, next) = judge(&head[..end]);
-                    self.verdicts.lock().push_back(verdict);
-                    self.state = next;
-                }
-            }
-        }
-    }
-}
-
-fn find_head_end(b: &[u8]) -> Option<usize> {
-    // Leading empty lines before a request line are allowed.
-    let start = b.iter().position(|c| *c != b'\r' && *c != b'\n')?;
-    let rest = &b[start..];
-    rest.windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|p| start + p + 4)
-        .or_else(|| {
-            rest.windows(2)
-                .position(|w| w == b"\n\n")
-                .map(|p| start + p + 2)
-        })
-}
-
-fn judge(head: &[u8]) -> (Option<&'static str>, SniffState) {
-    let mut cl = 0usize;
-    let mut cl_value: Option<u64> = None;
-    let mut te = false;
-    let mut chunked = false;
-    let mut upgrade = false;
-    for line in head.split(|c| *c == b'\n').skip(1) {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let Some(colon) = line.iter().position(|c| *c == b':') else {
-            continue;
-        };
-        let name = line[..colon].trim_ascii();
-        let value = line[colon + 1..].trim_ascii();
-        if name.eq_ignore_ascii_case(b"content-length") {
-            cl += 1;
-            cl_value = std::str::from_utf8(value).ok().and_then(|v| v.parse().ok());
-        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
-            te = true;
-            chunked = value
-                .rsplit(|c| *c == b',')
-                .next()
-                .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        } else if name.eq_ignore_ascii_case(b"upgrade") {
-            upgrade = true;
-        }
-    }
-    let verdict = if cl > 1 {
-        Some("duplicate-content-length")
-    } else if cl > 0 && te {
-        Some("content-length-and-transfer-encoding")
-    } else {
-        None
-    };
-    let next = if upgrade || verdict.is_some() || (te && !chunked) {
-        SniffState::Off
-    } else if chunked {
-        SniffState::ChunkLine
-    } else {
-        match cl_value {
-            Some(n) if n > 0 => SniffState::Body(n),
-            _ => SniffState::Head,
-        }
-    };
-    (verdict, next)
 }
 
 impl HeadTimeout {
@@ -430,14 +275,9 @@ impl AsyncRead for HeadTimeout {
                 "header read timeout",
             )));
         }
-        let before = buf.filled().len();
         let r = self.inner.as_mut().poll_read(cx, buf);
         if r.is_ready() {
             self.touch();
-        }
-        if r.is_ready() && !matches!(self.sniffer.state, SniffState::Off) {
-            let new = buf.filled()[before..].to_vec();
-            self.sniffer.feed(&new);
         }
         r
     }
@@ -470,37 +310,5 @@ impl AsyncWrite for HeadTimeout {
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Sniffer;
-
-    fn verdicts(input: &[u8], step: usize) -> Vec<Option<&'static str>> {
-        let mut s = Sniffer::new(8192, true);
-        for piece in input.chunks(step) {
-            s.feed(piece);
-        }
-        s.verdicts.lock().iter().copied().collect()
-    }
-
-    #[test]
-    fn sniffer_follows_lengths_and_chunks_across_requests() {
-        let stream: &[u8] = b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello\
-POST /b HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n0\r\nX-T: 1\r\n\r\n\
-GET /c HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n";
-        for step in [1, 3, 7, stream.len()] {
-            assert_eq!(
-                verdicts(stream, step),
-                vec![None, None, Some("duplicate-content-length")],
-                "step {step}"
-            );
-        }
-        let smuggle = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n";
-        assert_eq!(
-            verdicts(smuggle, 5),
-            vec![Some("content-length-and-transfer-encoding")]
-        );
     }
 }

@@ -110,11 +110,23 @@ fn load_manifests(dir: &Path) -> Result<DataplaneConfig, SourceError> {
         })
         .collect();
     files.sort();
-    let mut arrays: Vec<GatewayArray> = Vec::new();
-    let mut farms: Vec<ServerFarm> = Vec::new();
+    let mut texts = Vec::with_capacity(files.len());
     for path in files {
         let text = read(&path)?;
-        for doc in serde_yaml::Deserializer::from_str(&text) {
+        texts.push((path, text));
+    }
+    from_manifests(dir, &texts)
+}
+
+/// Translates manifests already read: `(file, text)` in file-name order.
+pub(crate) fn from_manifests(
+    dir: &Path,
+    texts: &[(PathBuf, String)],
+) -> Result<DataplaneConfig, SourceError> {
+    let mut arrays: Vec<GatewayArray> = Vec::new();
+    let mut farms: Vec<ServerFarm> = Vec::new();
+    for (path, text) in texts {
+        for doc in serde_yaml::Deserializer::from_str(text) {
             let value = serde_yaml::Value::deserialize(doc).map_err(|e| SourceError::Manifest {
                 path: path.clone(),
                 message: e.to_string(),
@@ -127,13 +139,16 @@ fn load_manifests(dir: &Path) -> Result<DataplaneConfig, SourceError> {
                 .and_then(|k| k.as_str())
                 .unwrap_or("")
                 .to_owned();
-            let bad = |e: serde_yaml::Error| SourceError::Manifest {
+            // The error names the field at fault (`spec.maxSessionTime: ...`).
+            let bad = |e: serde_path_to_error::Error<serde_yaml::Error>| SourceError::Manifest {
                 path: path.clone(),
                 message: format!("{kind}: {e}"),
             };
             match kind.as_str() {
-                "GatewayArray" => arrays.push(serde_yaml::from_value(value).map_err(bad)?),
-                "ServerFarm" => farms.push(serde_yaml::from_value(value).map_err(bad)?),
+                "GatewayArray" => {
+                    arrays.push(serde_path_to_error::deserialize(value).map_err(bad)?)
+                }
+                "ServerFarm" => farms.push(serde_path_to_error::deserialize(value).map_err(bad)?),
                 _ => {}
             }
         }
@@ -188,5 +203,24 @@ fn walk(path: &Path, out: &mut Vec<(PathBuf, u64, Option<SystemTime>)>, depth: u
         }
     } else {
         out.push((path.to_owned(), meta.len(), meta.modified().ok()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::{Path, PathBuf};
+
+    use super::{SourceError, from_manifests};
+
+    #[test]
+    fn a_bad_duration_is_an_error_naming_its_field() {
+        // Issue 17, finding 3: this panicked in the duration parser.
+        let array = "apiVersion: portcullis.io/v1alpha1\nkind: GatewayArray\nmetadata: {name: a, namespace: n}\nspec:\n  maxSessionTime: \"é\"\n  listeners:\n  - {name: web, port: 8080, protocol: HTTP}\n";
+        let texts = [(PathBuf::from("m/array.yaml"), array.to_owned())];
+        let err = from_manifests(Path::new("m"), &texts).unwrap_err();
+        assert!(matches!(err, SourceError::Manifest { .. }), "{err}");
+        let message = err.to_string();
+        assert!(message.contains("spec.maxSessionTime"), "{message}");
+        assert!(message.contains("failed to parse duration"), "{message}");
     }
 }

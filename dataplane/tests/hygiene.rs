@@ -137,3 +137,89 @@ POST /two HTTP/1.1\r\nHost: b.test\r\nContent-Length: 4\r\nTransfer-Encoding: ch
     assert_eq!(seen[0].path, "/one");
     proxy.shutdown().await;
 }
+
+/// Sends `bytes` in one write and reads every answer until the proxy closes.
+async fn statuses(addr: std::net::SocketAddr, bytes: &[u8]) -> Vec<u16> {
+    let text = raw(addr, bytes).await;
+    text.match_indices("HTTP/1.1 ")
+        .filter_map(|(at, _)| text.get(at + 9..at + 12)?.parse().ok())
+        .collect()
+}
+
+/// Issue 17, finding 1: a head that ends in a bare `\n\n` (or `\n\r\n`) is a message
+/// boundary for the serving parser, so the checks must see the request after it.
+#[tokio::test]
+async fn a_refused_request_after_a_bare_lf_head_is_refused() {
+    let b = Backend::start("b").await;
+    let proxy = Proxy::start("lf-boundary", &[plain_farm(&b)]).await;
+    let mut first = b"POST / HTTP/1.1\nHost: b.test\nContent-Length: 100\n\n".to_vec();
+    first.extend_from_slice(&[b'x'; 96]);
+    first.extend_from_slice(b"\r\n\r\n");
+    let seconds: [&[u8]; 2] = [
+        b"POST / HTTP/1.1\r\nHost: b.test\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: b.test\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n",
+    ];
+    let lf_cr_lf = b"GET / HTTP/1.1\nHost: b.test\n\r\n".to_vec();
+    let mut seen = 0;
+    for head in [first, lf_cr_lf] {
+        for second in seconds {
+            let mut stream = head.clone();
+            stream.extend_from_slice(second);
+            let got = statuses(proxy.addr, &stream).await;
+            assert_eq!(got, [200, 400], "{:?}", String::from_utf8_lossy(&stream));
+            seen += 1;
+            assert_eq!(
+                b.seen().len(),
+                seen,
+                "only the first request may reach the backend"
+            );
+        }
+    }
+    proxy.shutdown().await;
+}
+
+/// Issue 17, finding 1: the verdicts do not depend on how TCP splits the bytes.
+#[tokio::test]
+async fn verdicts_do_not_depend_on_segmentation() {
+    let b = Backend::start("b").await;
+    let proxy = Proxy::start("segments", &[plain_farm(&b)]).await;
+    let stream: &[u8] = b"GET / HTTP/1.1\nHost: b.test\n\nGET / HTTP/1.1\r\nHost: b.test\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n";
+    let whole = statuses(proxy.addr, stream).await;
+    let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    for byte in stream {
+        s.write_all(&[*byte]).await.unwrap();
+        s.flush().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out);
+    let split: Vec<u16> = text
+        .match_indices("HTTP/1.1 ")
+        .filter_map(|(at, _)| text.get(at + 9..at + 12)?.parse().ok())
+        .collect();
+    assert_eq!(whole, [200, 400]);
+    assert_eq!(split, whole);
+    assert_eq!(b.seen().len(), 2);
+    proxy.shutdown().await;
+}
+
+/// Issue 17, finding 2: an `Upgrade` header without a relayed 101 leaves the checks on.
+#[tokio::test]
+async fn checks_stay_on_after_an_upgrade_that_did_not_happen() {
+    let b = Backend::start("b").await;
+    let proxy = Proxy::start("no-upgrade", &[plain_farm(&b)]).await;
+    let firsts: [&[u8]; 2] = [
+        b"GET / HTTP/1.1\r\nHost: b.test\r\nUpgrade: x\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: b.test\r\nConnection: upgrade\r\nUpgrade: x\r\n\r\n",
+    ];
+    for (n, first) in firsts.into_iter().enumerate() {
+        let mut stream = first.to_vec();
+        stream.extend_from_slice(
+            b"POST / HTTP/1.1\r\nHost: b.test\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n",
+        );
+        assert_eq!(statuses(proxy.addr, &stream).await, [200, 400]);
+        assert_eq!(b.seen().len(), n + 1);
+    }
+    proxy.shutdown().await;
+}

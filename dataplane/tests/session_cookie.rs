@@ -526,3 +526,53 @@ fn without_a_keyring_a_member_makes_up_its_own() {
         1
     );
 }
+
+/// Issue 17, finding 4: a Cookie segment without `=` that looks sealed is ours too.
+#[test]
+fn bare_sealed_looking_cookie_tokens_never_reach_a_server() {
+    let m = Member::new(&[("k1", 1, KeyState::Active)]);
+    let shop = farm("shop/web", AffinityMode::Cookie, CookieProtection::Encrypt);
+    let now = SystemTime::now();
+    let (_, fwd) = m.request(&shop, "__pc_", now);
+    assert_eq!(fwd, None);
+    let (_, fwd) = m.request(&shop, "portcullis-affinity=zz; __pc_v1.k1.abc; sid=1", now);
+    assert_eq!(fwd.as_deref(), Some("sid=1"));
+    let (_, fwd) = m.request(&shop, "a=1; =__pc_v1.k1.abc; b=2", now);
+    assert_eq!(fwd.as_deref(), Some("a=1; b=2"));
+    // Each dropped piece is counted (the affinity value `zz` too).
+    assert_rejected(&m, "shop/web", RejectReason::Malformed, 4);
+    // Without protection too: a sealed-looking token is never passed on.
+    let plain = farm("shop/legacy", AffinityMode::None, CookieProtection::Off);
+    let (_, fwd) = m.request(&plain, "__pc_v1.k1.abc; sid=1", now);
+    assert_eq!(fwd.as_deref(), Some("sid=1"));
+}
+
+/// Issue 17, finding 5: a name too long to seal within what opening accepts is refused
+/// (and counted) when the server sets it, instead of becoming a cookie that never opens.
+#[test]
+fn names_too_long_to_open_are_refused_when_sealed() {
+    let m = Member::new(&[("k1", 1, KeyState::Active)]);
+    let shop = farm("shop/web", AffinityMode::None, CookieProtection::Encrypt);
+    let a = endpoint("10.1.2.3:8080");
+    let now = SystemTime::now();
+    let (none, _) = m.request(&shop, "", now);
+    let mut longest_ok = 0;
+    for len in [100usize, 2000, 2900, 2950, 3000, 3100, 4096, 10_000] {
+        let name = "n".repeat(len);
+        let sets = m.respond(&shop, &none, &a, &[&format!("{name}=v; Path=/")], now);
+        let Some(set) = sets.first() else {
+            continue;
+        };
+        longest_ok = len;
+        // Whatever is set opens again, under its original name.
+        let (_, fwd) = m.request(&shop, &pair_of(set), now);
+        assert_eq!(fwd, Some(format!("{name}=v")), "len {len}");
+    }
+    assert!((2000..4096).contains(&longest_ok), "{longest_ok}");
+    assert_rejected(&m, "shop/web", RejectReason::TooLong, 3);
+    assert_eq!(
+        m.manager
+            .rejected_total("shop/web", RejectReason::Malformed),
+        0
+    );
+}

@@ -203,11 +203,11 @@ impl SessionManager {
         }
         let affinity = (farm.affinity.mode == AffinityMode::Cookie)
             .then_some(farm.affinity.cookie_name.as_bytes());
-        let ours = |name: &[u8]| is_sealed_name(name) || Some(name) == affinity;
+        let ours = |p: &Pair<'_>| p.looks_sealed() || Some(p.name) == affinity;
         if !headers
             .get_all(COOKIE)
             .iter()
-            .any(|v| pairs(v.as_bytes()).any(|p| ours(p.name)))
+            .any(|v| pairs(v.as_bytes()).any(|p| ours(&p)))
         {
             return session;
         }
@@ -250,6 +250,10 @@ impl SessionManager {
                             self.reject(farm, reason, &p.name[SEALED_NAME_PREFIX.len()..]);
                         }
                     }
+                } else if p.looks_sealed() {
+                    // A sealed-looking piece without a name (`__pc_...` with no `=`):
+                    // garbled, and ours all the same.
+                    self.reject(farm, RejectReason::Malformed, p.value);
                 } else {
                     kept.push(Kept::Plain(p.raw));
                 }
@@ -389,7 +393,14 @@ impl SessionManager {
                 tracing::debug!(farm = %farm.id, "dropped a Set-Cookie whose name is not a cookie token");
                 continue;
             }
-            let sealed = seal_name(ring, &farm.id, name);
+            let sealed = match seal_name(ring, &farm.id, name) {
+                Ok(sealed) => sealed,
+                Err(reason) => {
+                    // Never set a cookie no member could open again.
+                    self.reject(farm, reason, b"");
+                    continue;
+                }
+            };
             let mut out = Vec::with_capacity(sealed.len() + bytes.len() - eq);
             out.extend_from_slice(sealed.as_bytes());
             out.extend_from_slice(&bytes[eq..]);
@@ -449,13 +460,19 @@ impl SessionManager {
                 farm.affinity.max_session_time.get(),
             ),
         };
-        let sealed = seal::seal(
+        let sealed = match seal::seal(
             ring,
             Purpose::Affinity,
             &farm.affinity.cookie_name,
             &claim.encode(),
             NonceMode::Random,
-        );
+        ) {
+            Ok(sealed) => sealed,
+            Err(reason) => {
+                self.reject(farm, reason, b"");
+                return;
+            }
+        };
         let path = if route_path.starts_with('/')
             && route_path
                 .bytes()
@@ -499,6 +516,14 @@ struct Pair<'a> {
     name: &'a [u8],
     value: &'a [u8],
     raw: &'a [u8],
+}
+
+impl Pair<'_> {
+    /// Whether the piece is a sealed name, or a piece with no name whose text is one:
+    /// either way it is ours and never goes upstream as it is.
+    fn looks_sealed(&self) -> bool {
+        is_sealed_name(self.name) || (self.name.is_empty() && is_sealed_name(self.value))
+    }
 }
 
 fn pairs(header: &[u8]) -> impl Iterator<Item = Pair<'_>> {

@@ -51,7 +51,9 @@
 //! A cookie that does not open is treated as absent: removed from the request, counted
 //! in `portcullis_session_cookie_rejected_total{farm,reason}` ([`RejectReason`]), and
 //! logged at debug with its key id and reason only. Keys never appear in logs, errors or
-//! metrics.
+//! metrics. A cookie name too long to seal into a text that opens again (the sealed text
+//! is capped at 4096 bytes, so names over about 3 KB) is refused when the server sets it
+//! and counted as `too_long`: nothing is sealed that could not be opened.
 //!
 //! # No keyring
 //!
@@ -83,6 +85,9 @@ pub enum RejectReason {
     OtherFarm,
     /// Not the shape of a sealed cookie.
     Malformed,
+    /// Too long to seal into a text that opens again: a `Set-Cookie` refused on the
+    /// response (never set), or an affinity cookie not issued.
+    TooLong,
 }
 
 impl RejectReason {
@@ -94,6 +99,66 @@ impl RejectReason {
             RejectReason::Expired => "expired",
             RejectReason::OtherFarm => "other_farm",
             RejectReason::Malformed => "malformed",
+            RejectReason::TooLong => "too_long",
+        }
+    }
+}
+
+/// The cookie-open fuzz target's body (see `crate::fuzz::cookie_open`): `data` as a
+/// sealed text must not open (no forgery); as a change to a sealed text, must not open
+/// once it changed anything (no malleability); as a plaintext and a cookie name, seals
+/// (or is refused as too long) and opens again only for its own purpose and farm.
+pub(crate) fn fuzz_seal_open(data: &[u8]) {
+    use portcullis_crds::keyring::{KeyState, KeyringDoc};
+    use seal::{NonceMode, Purpose};
+    let doc = KeyringDoc {
+        keys: vec![
+            KeyringDoc::entry("k0", &[7; 32], "2026-01-01T00:00:00Z", KeyState::Accept),
+            KeyringDoc::entry("k1", &[9; 32], "2026-01-02T00:00:00Z", KeyState::Active),
+        ],
+    };
+    let ring = keyring::Ring::from_keys(&doc.validate().expect("the fixed keyring is valid"));
+    // Arbitrary bytes never open, under either purpose.
+    for purpose in [Purpose::Affinity, Purpose::CookieName] {
+        assert!(seal::open(&ring, purpose, "aff", data).is_err());
+        assert!(seal::open(&ring, purpose, "", data).is_err());
+    }
+    assert!(protection::open_name(&ring, "ns/a", data).is_err());
+    // A sealed text changed by `data` (xor) opens only if unchanged.
+    let sealed = seal::seal(&ring, Purpose::Affinity, "aff", b"claim", NonceMode::Random)
+        .expect("a short plaintext seals");
+    let mut changed = sealed.clone().into_bytes();
+    for (i, b) in data.iter().enumerate() {
+        let at = i % changed.len();
+        changed[at] ^= b;
+    }
+    if changed != sealed.as_bytes() {
+        assert!(seal::open(&ring, Purpose::Affinity, "aff", &changed).is_err());
+    }
+    // `data` as a plaintext: what seals opens to it, for its own purpose and name only.
+    match seal::seal(&ring, Purpose::Affinity, "aff", data, NonceMode::Random) {
+        Ok(text) => {
+            let opened = seal::open(&ring, Purpose::Affinity, "aff", text.as_bytes())
+                .expect("what seals opens");
+            assert_eq!(opened.plaintext, data);
+            assert!(seal::open(&ring, Purpose::Affinity, "other", text.as_bytes()).is_err());
+            assert!(seal::open(&ring, Purpose::CookieName, "aff", text.as_bytes()).is_err());
+        }
+        Err(reason) => assert_eq!(reason, RejectReason::TooLong),
+    }
+    // `data` as a cookie name.
+    if protection::is_token(data) {
+        match protection::seal_name(&ring, "ns/a", data) {
+            Ok(name) => {
+                let opened = protection::open_name(&ring, "ns/a", name.as_bytes())
+                    .expect("a sealed name opens");
+                assert_eq!(opened.name.as_bytes(), data);
+                assert!(matches!(
+                    protection::open_name(&ring, "ns/b", name.as_bytes()),
+                    Err(RejectReason::OtherFarm)
+                ));
+            }
+            Err(reason) => assert_eq!(reason, RejectReason::TooLong),
         }
     }
 }

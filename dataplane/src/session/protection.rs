@@ -51,19 +51,20 @@ fn plaintext(farm: &str, name: &[u8]) -> Vec<u8> {
 
 /// The sealed name of cookie `name` of `farm` under the active key. Deterministic for a
 /// given key, farm and name, so a browser replaces the cookie when the server sets it
-/// again instead of keeping both.
-pub(crate) fn seal_name(ring: &Ring, farm: &str, name: &[u8]) -> String {
+/// again instead of keeping both. Refuses ([`RejectReason::TooLong`]) a name too long
+/// to open again once sealed.
+pub(crate) fn seal_name(ring: &Ring, farm: &str, name: &[u8]) -> Result<String, RejectReason> {
     let sealed = seal::seal(
         ring,
         Purpose::CookieName,
         "",
         &plaintext(farm, name),
         NonceMode::Synthetic,
-    );
+    )?;
     let mut out = String::with_capacity(SEALED_NAME_PREFIX.len() + sealed.len());
     out.push_str(SEALED_NAME_PREFIX);
     out.push_str(&sealed);
-    out
+    Ok(out)
 }
 
 /// An opened cookie name.

@@ -15,8 +15,9 @@ use super::keyring::{Ring, SealKey};
 pub(crate) const VERSION: &str = "v1";
 const NONCE_LEN: usize = 24;
 const TAG_LEN: usize = 16;
-/// Longest sealed text accepted; cookies are far shorter, this bounds the work.
-const MAX_SEALED_LEN: usize = 4096;
+/// Longest sealed text accepted; cookies are far shorter, this bounds the work. Sealing
+/// refuses what would be longer, so everything sealed opens again.
+pub(crate) const MAX_SEALED_LEN: usize = 4096;
 
 /// What a sealed value is for; part of the associated data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -64,14 +65,22 @@ pub(crate) enum NonceMode {
     Synthetic,
 }
 
-/// Seals `plaintext` with the ring's active key.
+/// The length of the sealed text of a `plaintext_len`-byte plaintext under key `key_id`.
+fn sealed_len(key_id: &str, plaintext_len: usize) -> usize {
+    let body = NONCE_LEN + plaintext_len + TAG_LEN;
+    // Unpadded base64: four characters per three bytes, rounded up.
+    VERSION.len() + 1 + key_id.len() + 1 + (body * 4).div_ceil(3)
+}
+
+/// Seals `plaintext` with the ring's active key; refuses ([`RejectReason::TooLong`]) a
+/// plaintext whose sealed text [`open`] would refuse as too long.
 pub(crate) fn seal(
     ring: &Ring,
     purpose: Purpose,
     name: &str,
     plaintext: &[u8],
     mode: NonceMode,
-) -> String {
+) -> Result<String, RejectReason> {
     seal_with(ring.active(), purpose, name, plaintext, mode)
 }
 
@@ -81,7 +90,10 @@ pub(crate) fn seal_with(
     name: &str,
     plaintext: &[u8],
     mode: NonceMode,
-) -> String {
+) -> Result<String, RejectReason> {
+    if sealed_len(&key.id, plaintext.len()) > MAX_SEALED_LEN {
+        return Err(RejectReason::TooLong);
+    }
     let mut nonce = [0u8; NONCE_LEN];
     match mode {
         NonceMode::Random => rand::rng().fill_bytes(&mut nonce),
@@ -116,7 +128,8 @@ pub(crate) fn seal_with(
     out.push_str(&key.id);
     out.push('.');
     URL_SAFE_NO_PAD.encode_string(&body, &mut out);
-    out
+    debug_assert_eq!(out.len(), sealed_len(&key.id, plaintext.len()));
+    Ok(out)
 }
 
 /// What opening gave.

@@ -1,0 +1,755 @@
+//! HTTP/1 request framing for the refusal checks.
+//!
+//! hyper quietly normalizes the framing headers it serves from (it drops a second equal
+//! `Content-Length`, and a `Content-Length` beside `Transfer-Encoding`), so the checks
+//! that refuse such requests must read the raw bytes. They used to do so with a sniffer
+//! of their own that found message boundaries differently from hyper, which let a
+//! request slip past them (issue 17). Now:
+//!
+//! - Heads are parsed with httparse, configured as hyper configures it, over the same
+//!   bytes hyper reads, so both find the same end of every head whatever the
+//!   segmentation (httparse answers `Partial` until a head is complete).
+//! - Bodies are followed with hyper's own grammar (digits-only `Content-Length`; its
+//!   chunked state machine, byte for byte).
+//! - [`Gate`] sits between the socket and hyper and hands hyper only bytes the
+//!   [`Framer`] has framed: hyper can never be ahead of the checks. After a refused head
+//!   nothing more is handed over; where the framer cannot follow a body, the connection
+//!   fails instead of letting hyper guess.
+//! - Each request hyper serves takes the next framed head ([`Framing::admit`]); one
+//!   missing or for another method is refused as `unframed-request`, so a disagreement
+//!   fails closed.
+//! - After a request that may switch protocols (an `Upgrade` header or `CONNECT`), the
+//!   gate holds back further bytes until the answer is known: only a relayed `101` (or a
+//!   2xx to `CONNECT`) turns framing off; any other answer keeps the checks on.
+
+use std::collections::VecDeque;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+
+use http::{Method, StatusCode, Version};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Why a request was refused (the `x-portcullis-error` value).
+pub(crate) type Refusal = &'static str;
+
+/// The HTTP/2 connection preface; hyper-util serves HTTP/2 when a connection opens with it.
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Headers parsed on the stack; more (up to the configured maximum) go on the heap.
+const INLINE_HEADERS: usize = 128;
+
+/// One request head as the framer parsed it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FramedHead {
+    /// The request method.
+    pub method: Method,
+    /// How many header lines the head has.
+    pub headers: usize,
+    /// Why the checks refuse it, if they do.
+    pub refusal: Option<Refusal>,
+    /// Whether the request may switch protocols (hyper's rule: `CONNECT`, or an
+    /// `Upgrade` header on HTTP/1.1).
+    pub upgrade: bool,
+}
+
+/// What the framer and the service share on one connection.
+#[derive(Default)]
+struct Exchange {
+    heads: VecDeque<FramedHead>,
+    /// The answer to the last request that may switch protocols: `Some(true)` when it
+    /// switched.
+    switched: Option<bool>,
+    waker: Option<Waker>,
+}
+
+/// The service's side of a connection's framing.
+#[derive(Clone, Default)]
+pub(crate) struct Framing {
+    exchange: Arc<parking_lot::Mutex<Exchange>>,
+}
+
+/// A request the checks let through; for one that may switch protocols, tell the
+/// framer what the answer was with [`Admitted::answered`] (dropping it says "no switch").
+#[derive(Default)]
+pub(crate) struct Admitted {
+    watch: Option<Framing>,
+    method_connect: bool,
+}
+
+impl Admitted {
+    /// Records the status relayed to the client.
+    pub(crate) fn answered(mut self, status: StatusCode) {
+        if let Some(f) = self.watch.take() {
+            let switched = status == StatusCode::SWITCHING_PROTOCOLS
+                || (self.method_connect && status.is_success());
+            f.decide(switched);
+        }
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        if let Some(f) = self.watch.take() {
+            f.decide(false);
+        }
+    }
+}
+
+impl Framing {
+    /// Takes the framed head of the next request hyper serves and applies the checks.
+    pub(crate) fn admit(&self, method: &Method, version: Version) -> Result<Admitted, Refusal> {
+        // HTTP/2 frames its own messages; this framer only ever sees HTTP/1 heads.
+        if version > Version::HTTP_11 {
+            return Ok(Admitted::default());
+        }
+        let head = self.exchange.lock().heads.pop_front();
+        let Some(head) = head else {
+            return Err("unframed-request");
+        };
+        let watch = head.upgrade.then(|| self.clone());
+        let admitted = Admitted {
+            watch,
+            method_connect: head.method == Method::CONNECT,
+        };
+        if head.method != *method {
+            return Err("unframed-request");
+        }
+        match head.refusal {
+            // Dropping `admitted` answers "no switch".
+            Some(reason) => Err(reason),
+            None => Ok(admitted),
+        }
+    }
+
+    /// Records whether the last request that may switch protocols switched.
+    pub(crate) fn decide(&self, switched: bool) {
+        let mut x = self.exchange.lock();
+        x.switched = Some(switched);
+        if let Some(w) = x.waker.take() {
+            w.wake();
+        }
+    }
+}
+
+/// Where the framer is in the byte stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// The start of a connection, which may be the HTTP/2 preface.
+    Preface,
+    /// Reading a request head.
+    Head,
+    /// A `Content-Length` body with this many bytes left.
+    Length(u64),
+    /// A chunked body.
+    Chunked(Chunk),
+    /// A request that may switch protocols is complete; waiting for its answer.
+    AwaitSwitch,
+    /// A head was refused or could not be parsed: nothing more is framed.
+    Stopped,
+    /// A body could not be followed: the connection fails.
+    Broken,
+    /// HTTP/2, or a switched protocol: bytes pass unread.
+    Off,
+}
+
+/// hyper's chunked-body states (`proto/h1/decode.rs`), with the same transitions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Chunk {
+    Start,
+    Size(u64),
+    SizeLws(u64),
+    Extension(u64),
+    SizeLf(u64),
+    Data(u64),
+    DataCr,
+    DataLf,
+    Trailer,
+    TrailerLf,
+    EndCr,
+    EndLf,
+}
+
+/// Frames HTTP/1 requests as they arrive and queues each head for the service.
+pub(crate) struct Framer {
+    state: State,
+    /// The bytes of a head not yet complete.
+    head: Vec<u8>,
+    max_head: usize,
+    max_headers: usize,
+    /// The current message may switch protocols.
+    switch: bool,
+    framing: Framing,
+}
+
+impl Framer {
+    /// A framer for a new connection; `max_head` and `max_headers` are hyper's
+    /// `max_buf_size` and `max_headers`.
+    pub(crate) fn new(max_head: usize, max_headers: usize) -> Self {
+        Framer {
+            state: State::Preface,
+            head: Vec::new(),
+            max_head,
+            max_headers: max_headers.max(1),
+            switch: false,
+            framing: Framing::default(),
+        }
+    }
+
+    /// A framer that reads nothing (HTTP/2 negotiated with ALPN).
+    pub(crate) fn off() -> Self {
+        Framer {
+            state: State::Off,
+            head: Vec::new(),
+            max_head: 0,
+            max_headers: 1,
+            switch: false,
+            framing: Framing::default(),
+        }
+    }
+
+    /// The service's side.
+    pub(crate) fn framing(&self) -> Framing {
+        self.framing.clone()
+    }
+
+    /// Frames `data`, the next bytes of the stream, and returns how many of them may be
+    /// handed to hyper now. Fewer than all when the framer stopped, broke, or waits for
+    /// the answer to a request that may switch protocols.
+    pub(crate) fn feed(&mut self, data: &[u8]) -> usize {
+        let mut at = 0;
+        while at < data.len() {
+            match self.state {
+                State::Off => return data.len(),
+                State::Stopped | State::Broken | State::AwaitSwitch => return at,
+                State::Preface => at += self.preface(&data[at..]),
+                State::Head => at += self.read_head(&data[at..]),
+                State::Length(left) => {
+                    let take = left.min((data.len() - at) as u64);
+                    at += take as usize;
+                    if take == left {
+                        self.end_message();
+                    } else {
+                        self.state = State::Length(left - take);
+                    }
+                }
+                State::Chunked(Chunk::Data(left)) => {
+                    let take = left.min((data.len() - at) as u64);
+                    at += take as usize;
+                    self.state = State::Chunked(if take == left {
+                        Chunk::DataCr
+                    } else {
+                        Chunk::Data(left - take)
+                    });
+                }
+                State::Chunked(chunk) => match step(chunk, data[at]) {
+                    Some(Some(next)) => {
+                        at += 1;
+                        self.state = State::Chunked(next);
+                    }
+                    Some(None) => {
+                        at += 1;
+                        self.end_message();
+                    }
+                    None => {
+                        self.state = State::Broken;
+                        return at;
+                    }
+                },
+            }
+        }
+        at
+    }
+
+    fn preface(&mut self, data: &[u8]) -> usize {
+        let seen = self.head.len();
+        let take = (H2_PREFACE.len() - seen).min(data.len());
+        if H2_PREFACE[seen..].starts_with(&data[..take]) {
+            self.head.extend_from_slice(&data[..take]);
+            if self.head.len() == H2_PREFACE.len() {
+                self.head = Vec::new();
+                self.state = State::Off;
+            }
+            return take;
+        }
+        // HTTP/1: the bytes kept so far start the first head.
+        self.state = State::Head;
+        0
+    }
+
+    fn read_head(&mut self, data: &[u8]) -> usize {
+        let before = self.head.len();
+        // A head that arrives whole is parsed where it lies; only a partial one is kept.
+        let parsed = if before == 0 {
+            parse_head(data, self.max_headers)
+        } else {
+            self.head.extend_from_slice(data);
+            parse_head(&self.head, self.max_headers)
+        };
+        let (end, judged) = match parsed {
+            Parsed::Complete(end, judged) => (end, judged),
+            Parsed::Partial => {
+                if before == 0 {
+                    self.head.extend_from_slice(data);
+                }
+                if self.head.len() >= self.max_head {
+                    // hyper answers 431 to the same bytes.
+                    self.stop();
+                }
+                return data.len();
+            }
+            Parsed::Invalid => {
+                // hyper answers 400 to the same bytes; nothing after them is framed.
+                self.stop();
+                return data.len();
+            }
+        };
+        self.head.clear();
+        let consumed = end.saturating_sub(before);
+        let Some((head, body)) = judged else {
+            self.stop();
+            return consumed;
+        };
+        self.switch = head.upgrade;
+        let refused = head.refusal.is_some();
+        self.framing.exchange.lock().heads.push_back(head);
+        if refused {
+            self.stop();
+        } else {
+            match body {
+                Body::None => self.end_message(),
+                Body::Length(n) => self.state = State::Length(n),
+                Body::Chunked => self.state = State::Chunked(Chunk::Start),
+            }
+        }
+        consumed
+    }
+
+    fn stop(&mut self) {
+        self.head = Vec::new();
+        self.state = State::Stopped;
+    }
+
+    fn end_message(&mut self) {
+        self.state = if std::mem::take(&mut self.switch) {
+            State::AwaitSwitch
+        } else {
+            State::Head
+        };
+    }
+
+    /// Resolves a wait for the answer to a request that may switch protocols.
+    pub(crate) fn poll_switch(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.state != State::AwaitSwitch {
+            return Poll::Ready(());
+        }
+        let mut x = self.framing.exchange.lock();
+        match x.switched.take() {
+            Some(true) => self.state = State::Off,
+            Some(false) => self.state = State::Head,
+            None => {
+                x.waker = Some(cx.waker().clone());
+                return Poll::Pending;
+            }
+        }
+        Poll::Ready(())
+    }
+
+    /// Takes the heads framed so far that the service has not taken (for the framer
+    /// on its own, with no service).
+    pub(crate) fn take_heads(&self) -> Vec<FramedHead> {
+        self.framing.exchange.lock().heads.drain(..).collect()
+    }
+
+    /// Waits for the answer to a request that may switch protocols.
+    pub(crate) fn is_awaiting_switch(&self) -> bool {
+        self.state == State::AwaitSwitch
+    }
+
+    /// Reads nothing more: HTTP/2, or a switched protocol.
+    pub(crate) fn is_off(&self) -> bool {
+        self.state == State::Off
+    }
+
+    /// Frames nothing more: a refused or unparsable head, or a body it cannot follow.
+    pub(crate) fn is_stopped(&self) -> bool {
+        matches!(self.state, State::Stopped | State::Broken)
+    }
+}
+
+enum Body {
+    None,
+    Length(u64),
+    Chunked,
+}
+
+enum Parsed {
+    /// The head ends at this offset; `None` for a head hyper refuses itself.
+    Complete(usize, Option<(FramedHead, Body)>),
+    Partial,
+    Invalid,
+}
+
+/// Parses a head as hyper's server does: httparse with its default configuration and
+/// room for `max_headers` headers.
+fn parse_head(buf: &[u8], max_headers: usize) -> Parsed {
+    let mut inline = [httparse::EMPTY_HEADER; INLINE_HEADERS];
+    let mut heap = Vec::new();
+    let headers = if max_headers <= INLINE_HEADERS {
+        &mut inline[..max_headers]
+    } else {
+        heap.resize(max_headers, httparse::EMPTY_HEADER);
+        &mut heap[..]
+    };
+    let mut req = httparse::Request::new(headers);
+    match httparse::ParserConfig::default().parse_request(&mut req, buf) {
+        Ok(httparse::Status::Complete(end)) => Parsed::Complete(end, judge(&req)),
+        Ok(httparse::Status::Partial) => Parsed::Partial,
+        Err(_) => Parsed::Invalid,
+    }
+}
+
+/// The checks, on what httparse parsed, and the body that follows. `None` for a head
+/// hyper refuses itself (a method it cannot represent).
+fn judge(req: &httparse::Request<'_, '_>) -> Option<(FramedHead, Body)> {
+    let method = Method::from_bytes(req.method?.as_bytes()).ok()?;
+    let http11 = req.version? == 1;
+    let mut lengths = 0usize;
+    let mut length = None;
+    let mut te = false;
+    let mut chunked = false;
+    let mut upgrade = method == Method::CONNECT;
+    for h in req.headers.iter() {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            lengths += 1;
+            length = content_length(h.value);
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            // hyper: the last Transfer-Encoding line decides.
+            te = true;
+            chunked = ends_in_chunked(h.value);
+        } else if h.name.eq_ignore_ascii_case("upgrade") {
+            upgrade = http11;
+        }
+    }
+    let refusal = if lengths > 1 {
+        Some("duplicate-content-length")
+    } else if lengths > 0 && te {
+        Some("content-length-and-transfer-encoding")
+    } else if te && (!http11 || !chunked) {
+        Some("bad-transfer-encoding")
+    } else if lengths == 1 && length.is_none() {
+        Some("bad-content-length")
+    } else {
+        None
+    };
+    let body = if te {
+        Body::Chunked
+    } else {
+        match length {
+            Some(n) if n > 0 => Body::Length(n),
+            _ => Body::None,
+        }
+    };
+    let head = FramedHead {
+        method,
+        headers: req.headers.len(),
+        refusal,
+        upgrade,
+    };
+    Some((head, body))
+}
+
+/// hyper's rule: ASCII digits only, no sign, no list, below its largest length.
+fn content_length(v: &[u8]) -> Option<u64> {
+    if v.is_empty() {
+        return None;
+    }
+    let mut n: u64 = 0;
+    for &b in v {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        n = n.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
+    }
+    (n <= u64::MAX - 2).then_some(n)
+}
+
+/// hyper's rule: the value is visible ASCII and its last coding is `chunked`.
+fn ends_in_chunked(v: &[u8]) -> bool {
+    let visible = v.iter().all(|&b| (32..127).contains(&b) || b == b'\t');
+    visible
+        && v.rsplit(|&b| b == b',')
+            .next()
+            .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"))
+}
+
+fn hex(b: u8) -> Option<u64> {
+    match b {
+        b'0'..=b'9' => Some(u64::from(b - b'0')),
+        b'a'..=b'f' => Some(u64::from(b - b'a' + 10)),
+        b'A'..=b'F' => Some(u64::from(b - b'A' + 10)),
+        _ => None,
+    }
+}
+
+/// One byte of a chunked body: the next state, `Some(None)` at the end of the body, or
+/// `None` where hyper fails the body.
+fn step(chunk: Chunk, b: u8) -> Option<Option<Chunk>> {
+    use Chunk::*;
+    let next = match (chunk, b) {
+        (Start, b) => Size(hex(b)?),
+        (Size(n), b) if hex(b).is_some() => Size(n.checked_mul(16)?.checked_add(hex(b)?)?),
+        (Size(n) | SizeLws(n), b'\t' | b' ') => SizeLws(n),
+        (Size(n) | SizeLws(n), b';') => Extension(n),
+        (Size(n) | SizeLws(n) | Extension(n), b'\r') => SizeLf(n),
+        (Extension(_), b'\n') => return None,
+        (Extension(n), _) => Extension(n),
+        (SizeLf(0), b'\n') => EndCr,
+        (SizeLf(n), b'\n') => Data(n),
+        (DataCr, b'\r') => DataLf,
+        (DataLf, b'\n') => Start,
+        (EndCr, b'\r') => EndLf,
+        (Trailer, b'\r') => TrailerLf,
+        (EndCr | Trailer, _) => Trailer,
+        (TrailerLf, b'\n') => EndCr,
+        (EndLf, b'\n') => return Some(None),
+        _ => return None,
+    };
+    Some(Some(next))
+}
+
+/// An HTTP/1 connection as hyper reads it: only framed bytes get through.
+pub(crate) struct Gate<T> {
+    inner: T,
+    framer: Framer,
+    /// Bytes read from `inner` but held back from hyper, from `held_at` on.
+    held: Vec<u8>,
+    held_at: usize,
+}
+
+impl<T> Gate<T> {
+    pub(crate) fn new(inner: T, framer: Framer) -> Self {
+        Gate {
+            inner,
+            framer,
+            held: Vec::new(),
+            held_at: 0,
+        }
+    }
+
+    /// Frames the bytes just put into `buf` after `before`, keeps back what may not
+    /// pass yet, and says whether anything passed.
+    fn pass(&mut self, buf: &mut ReadBuf<'_>, before: usize, from_held: bool) -> bool {
+        let new = &buf.filled()[before..];
+        let len = new.len();
+        let passed = self.framer.feed(new);
+        if from_held {
+            self.held_at += passed;
+        } else if passed < len && self.framer.state == State::AwaitSwitch {
+            self.held.extend_from_slice(&new[passed..]);
+        }
+        if matches!(self.framer.state, State::Stopped | State::Broken)
+            || self.held_at >= self.held.len()
+        {
+            self.held.clear();
+            self.held_at = 0;
+        }
+        buf.set_filled(before + passed);
+        passed > 0
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Gate<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        loop {
+            if this.framer.state == State::Off && this.held.is_empty() {
+                return Pin::new(&mut this.inner).poll_read(cx, buf);
+            }
+            if this.framer.poll_switch(cx).is_pending() {
+                return Poll::Pending;
+            }
+            match this.framer.state {
+                // The refused request is answered (400, connection: close); hyper needs
+                // nothing more from this connection.
+                State::Stopped => return Poll::Pending,
+                State::Broken => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "request body framing that the checks cannot follow",
+                    )));
+                }
+                _ => {}
+            }
+            if buf.remaining() == 0 {
+                return Poll::Ready(Ok(()));
+            }
+            let before = buf.filled().len();
+            if this.held_at < this.held.len() {
+                let n = buf.remaining().min(this.held.len() - this.held_at);
+                buf.put_slice(&this.held[this.held_at..this.held_at + n]);
+                if this.pass(buf, before, true) {
+                    return Poll::Ready(Ok(()));
+                }
+                continue;
+            }
+            match Pin::new(&mut this.inner).poll_read(cx, buf) {
+                Poll::Ready(Ok(())) => {
+                    if buf.filled().len() == before || this.pass(buf, before, false) {
+                        return Poll::Ready(Ok(()));
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Gate<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::{FramedHead, Framer};
+
+    /// The verdicts of the framer alone, fed `input` in pieces of `step` bytes; a
+    /// request that may switch protocols is answered "no switch".
+    fn verdicts(input: &[u8], step: usize) -> Vec<Option<&'static str>> {
+        let mut f = Framer::new(8192, 100);
+        let framing = f.framing();
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let mut heads: Vec<FramedHead> = Vec::new();
+        for piece in input.chunks(step) {
+            let mut rest = piece;
+            while !rest.is_empty() {
+                let n = f.feed(rest);
+                heads.extend(f.take_heads());
+                rest = &rest[n..];
+                if f.is_awaiting_switch() {
+                    framing.decide(false);
+                    let _ = f.poll_switch(&mut cx);
+                } else if n == 0 {
+                    break;
+                }
+            }
+        }
+        heads.into_iter().map(|h| h.refusal).collect()
+    }
+
+    #[test]
+    fn follows_lengths_and_chunks_across_requests() {
+        let stream: &[u8] = b"POST /a HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello\
+POST /b HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=1\r\nhello\r\n0\r\nX-T: 1\r\n\r\n\
+GET /c HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n";
+        for step in [1, 3, 7, stream.len()] {
+            assert_eq!(
+                verdicts(stream, step),
+                vec![None, None, Some("duplicate-content-length")],
+                "step {step}"
+            );
+        }
+        let smuggle = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(
+            verdicts(smuggle, 5),
+            vec![Some("content-length-and-transfer-encoding")]
+        );
+    }
+
+    #[test]
+    fn bare_lf_heads_end_where_httparse_ends_them() {
+        // Issue 17, finding 1: `\n\n` and `\n\r\n` end a head, however the bytes arrive.
+        let dup = b"GET / HTTP/1.1\r\nHost: a\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n";
+        for first in [
+            &b"GET / HTTP/1.1\nHost: a\n\n"[..],
+            b"GET / HTTP/1.1\nHost: a\n\r\n",
+        ] {
+            let mut stream = first.to_vec();
+            stream.extend_from_slice(dup);
+            for step in [1, 2, 5, stream.len()] {
+                let got = verdicts(&stream, step);
+                assert_eq!(
+                    got.last(),
+                    Some(&Some("duplicate-content-length")),
+                    "step {step}"
+                );
+            }
+        }
+        // `G\n\nG\r\n\r\n` (no valid head: hyper answers 400): the same whole and byte
+        // by byte.
+        assert_eq!(
+            verdicts(b"G\n\nG\r\n\r\n", 1),
+            verdicts(b"G\n\nG\r\n\r\n", 9)
+        );
+    }
+
+    #[test]
+    fn a_chunk_line_hyper_refuses_stops_the_framer() {
+        let mut f = Framer::new(8192, 100);
+        let head = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(f.feed(head), head.len());
+        // hyper wants CRLF after a chunk size; nothing after the bare LF is handed on.
+        assert_eq!(f.feed(b"5\nhello"), 1);
+        assert!(f.is_stopped());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+        /// The checks' verdicts on a stream delivered in one write and byte by byte.
+        #[test]
+        fn verdicts_do_not_depend_on_segmentation(
+            parts in proptest::collection::vec(prop_oneof![
+                Just(&b"GET / HTTP/1.1"[..]),
+                Just(&b"POST / HTTP/1.1"[..]),
+                Just(&b"G"[..]),
+                Just(&b"\r\n"[..]),
+                Just(&b"\n"[..]),
+                Just(&b"\r"[..]),
+                Just(&b"Host: a"[..]),
+                Just(&b"Content-Length: 0"[..]),
+                Just(&b"Content-Length: 3"[..]),
+                Just(&b"Transfer-Encoding: chunked"[..]),
+                Just(&b"Upgrade: x"[..]),
+                Just(&b"0"[..]),
+                Just(&b"3"[..]),
+                Just(&b"xyz"[..]),
+            ], 0..40),
+            step in 2usize..17,
+        ) {
+            let stream: Vec<u8> = parts.concat();
+            let whole = verdicts(&stream, stream.len().max(1));
+            prop_assert_eq!(&verdicts(&stream, 1), &whole);
+            prop_assert_eq!(&verdicts(&stream, step), &whole);
+        }
+    }
+}
