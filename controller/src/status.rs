@@ -389,6 +389,8 @@ pub fn array_status(i: &ArrayStatusInputs<'_>) -> GatewayArrayStatus {
         ready_members,
         config_hash: i.config_hash.map(str::to_owned),
         loaded_config_hash,
+        // For the scale subresource: what an HorizontalPodAutoscaler measures.
+        selector: Some(crate::builders::selector_query(&i.array.name_any())),
         keys_secret: i.keys_secret.map(str::to_owned),
         active_key_id: i.keyring.and_then(|k| k.active_id().map(str::to_owned)),
         key_ids: i.keyring.map(KeyringDoc::ids).unwrap_or_default(),
