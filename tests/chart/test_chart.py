@@ -408,12 +408,13 @@ def test_leader_election_role_is_limited_to_the_lease(chart: helm.Chart) -> None
         ("coordination.k8s.io", "leases", "create", ()),
         ("coordination.k8s.io", "leases", "get", ("portcullis-leader",)),
         ("coordination.k8s.io", "leases", "update", ("portcullis-leader",)),
-        ("coordination.k8s.io", "leases", "patch", ("portcullis-leader",)),
     }
     container = controller_container(docs)
     assert "--lease-name=portcullis-leader" in container["args"]
     assert env_of(container)["POD_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
     assert env_of(container)["PORTCULLIS_LEADER_ELECTION"] == "true"
+    # Each replica holds the Lease under its own name (the pod's).
+    assert env_of(container)["POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     binding = one(docs, "RoleBinding", "portcullis-leader-election")
     assert binding["roleRef"]["name"] == "portcullis-leader-election"
 
