@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
     ExecAction, HTTPGetAction, Lifecycle, LifecycleHandler, ObjectFieldSelector,
     PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, Secret, SecurityContext,
-    Service, ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
+    Service, ServiceAccount, ServicePort, ServiceSpec, Sysctl, Volume, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
@@ -319,10 +319,13 @@ fn deployment(
             namespace.to_owned(),
             "--keys-secret".to_owned(),
             names::secret(inputs.array),
+            // The unspecified IPv6 address with IPV6_V6ONLY off takes IPv4 connections
+            // too: probes and traffic reach the member on single-stack IPv4, single-stack
+            // IPv6 and dual-stack clusters alike.
             "--admin".to_owned(),
-            format!("0.0.0.0:{MEMBER_ADMIN_PORT}"),
+            format!("[::]:{MEMBER_ADMIN_PORT}"),
             "--bind".to_owned(),
-            "0.0.0.0".to_owned(),
+            "::".to_owned(),
         ]),
         env: Some(vec![EnvVar {
             name: "POD_NAME".to_owned(),
@@ -404,6 +407,12 @@ fn deployment(
                             type_: "RuntimeDefault".to_owned(),
                             ..SeccompProfile::default()
                         }),
+                        sysctls: unprivileged_port_start(spec).map(|port| {
+                            vec![Sysctl {
+                                name: UNPRIVILEGED_PORT_START.to_owned(),
+                                value: port.to_string(),
+                            }]
+                        }),
                         ..PodSecurityContext::default()
                     }),
                     containers: vec![container],
@@ -423,6 +432,21 @@ fn deployment(
         },
         ..Deployment::default()
     }
+}
+
+/// The namespaced sysctl (a "safe" one, allowed by PodSecurity `restricted`) below which
+/// binding a port needs `CAP_NET_BIND_SERVICE`. It covers IPv6 too, despite its name.
+pub const UNPRIVILEGED_PORT_START: &str = "net.ipv4.ip_unprivileged_port_start";
+
+/// For an array with listeners below 1024: the lowest listener port, so the member (which
+/// runs as non-root with every capability dropped) may bind its listeners on runtimes
+/// that do not lower the limit themselves, and no port below them.
+fn unprivileged_port_start(spec: &portcullis_crds::v1alpha1::GatewayArraySpec) -> Option<u16> {
+    spec.listeners
+        .iter()
+        .map(|l| l.port)
+        .min()
+        .filter(|p| *p < 1024)
 }
 
 fn service(inputs: &BuildInputs<'_>, name: &str, mut metadata: ObjectMeta) -> Service {

@@ -489,7 +489,8 @@ def test_probes_and_admin_port(chart: helm.Chart) -> None:
     assert container["ports"] == [{"name": "admin", "containerPort": 9999, "protocol": "TCP"}]
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}
-    assert env_of(container)["PORTCULLIS_ADMIN"] == "0.0.0.0:9999"
+    # Every address of both families: the kubelet probes the pod IP, IPv4 or IPv6.
+    assert env_of(container)["PORTCULLIS_ADMIN"] == "[::]:9999"
 
 
 def test_controller_command_and_contract_env(chart: helm.Chart) -> None:
