@@ -27,7 +27,10 @@ use portcullis_crds::v1alpha1::{GatewayArray, ServiceType};
 /// The field manager of every server-side apply the controller sends.
 pub const FIELD_MANAGER: &str = "portcullis-controller";
 /// The port members serve `/healthz`, `/readyz` and `/status` on.
-pub const MEMBER_ADMIN_PORT: u16 = 9901;
+pub use portcullis_crds::v1alpha1::MEMBER_ADMIN_PORT;
+/// The most data (the bytes of its values) a Secret or a ConfigMap may hold: the API
+/// server refuses more.
+pub const MAX_DATA_BYTES: usize = 1024 * 1024;
 /// Annotation on the keys Secret: the last `portcullis.io/rotate-keys` value handled.
 pub const ROTATION_HANDLED_ANNOTATION: &str = "portcullis.io/rotate-keys-handled";
 /// Annotation on the Deployment (not the pod template: members hot-reload, a hash in
@@ -183,6 +186,50 @@ pub fn tls_keys(secret: &str) -> [String; 3] {
         format!("{secret}.tls.key"),
         format!("{secret}.ca.crt"),
     ]
+}
+
+/// The objects the API server would refuse for their size: each says what it would hold
+/// and by how much that is too much. Names objects and sizes, never contents.
+pub fn oversized(desired: &Desired) -> Vec<String> {
+    let secret: usize = desired
+        .secret
+        .data
+        .iter()
+        .flatten()
+        .map(|(_, v)| v.0.len())
+        .sum();
+    let config: usize = desired
+        .config_map
+        .data
+        .iter()
+        .flatten()
+        .map(|(_, v)| v.len())
+        .sum();
+    let mut out = Vec::new();
+    for (kind, object, size, holds) in [
+        (
+            "Secret",
+            &desired.secret.metadata,
+            secret,
+            "the keyring and a copy of every certificate and CA the config uses",
+        ),
+        (
+            "ConfigMap",
+            &desired.config_map.metadata,
+            config,
+            "the dataplane config of every accepted farm",
+        ),
+    ] {
+        if size > MAX_DATA_BYTES {
+            out.push(format!(
+                "{kind} {}/{} would hold {size} bytes, {} more than the {MAX_DATA_BYTES} a {kind} may hold; it carries {holds}",
+                object.namespace.as_deref().unwrap_or_default(),
+                object.name.as_deref().unwrap_or_default(),
+                size - MAX_DATA_BYTES
+            ));
+        }
+    }
+    out
 }
 
 /// Builds every object of the array.
