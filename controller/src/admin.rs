@@ -52,7 +52,15 @@ pub(crate) async fn serve(
     addr: SocketAddr,
     admin: Arc<Admin>,
 ) -> std::io::Result<tokio::task::JoinHandle<()>> {
-    let listener = TcpListener::bind(addr).await?;
+    // `[::]` takes IPv4 clients too (a pod's network namespace starts with
+    // net.ipv6.bindv6only=0); a kernel without IPv6 (EAFNOSUPPORT) gets `0.0.0.0`.
+    let listener = match TcpListener::bind(addr).await {
+        Err(e) if addr.ip().is_unspecified() && addr.is_ipv6() && e.raw_os_error() == Some(97) => {
+            tracing::warn!(%addr, "no IPv6 on this host; the admin endpoint listens on IPv4 only");
+            TcpListener::bind((std::net::Ipv4Addr::UNSPECIFIED, addr.port())).await?
+        }
+        r => r?,
+    };
     tracing::info!(%addr, "admin endpoint listening");
     Ok(serve_on(listener, admin))
 }

@@ -12,7 +12,7 @@ use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMap, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
     ExecAction, HTTPGetAction, Lifecycle, LifecycleHandler, ObjectFieldSelector,
     PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, Secret, SecurityContext,
-    Service, ServiceAccount, ServicePort, ServiceSpec, Volume, VolumeMount,
+    Service, ServiceAccount, ServicePort, ServiceSpec, Sysctl, Volume, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
@@ -27,7 +27,10 @@ use portcullis_crds::v1alpha1::{GatewayArray, ServiceType};
 /// The field manager of every server-side apply the controller sends.
 pub const FIELD_MANAGER: &str = "portcullis-controller";
 /// The port members serve `/healthz`, `/readyz` and `/status` on.
-pub const MEMBER_ADMIN_PORT: u16 = 9901;
+pub use portcullis_crds::v1alpha1::MEMBER_ADMIN_PORT;
+/// The most data (the bytes of its values) a Secret or a ConfigMap may hold: the API
+/// server refuses more.
+pub const MAX_DATA_BYTES: usize = 1024 * 1024;
 /// Annotation on the keys Secret: the last `portcullis.io/rotate-keys` value handled.
 pub const ROTATION_HANDLED_ANNOTATION: &str = "portcullis.io/rotate-keys-handled";
 /// Annotation on the Deployment (not the pod template: members hot-reload, a hash in
@@ -185,6 +188,50 @@ pub fn tls_keys(secret: &str) -> [String; 3] {
     ]
 }
 
+/// The objects the API server would refuse for their size: each says what it would hold
+/// and by how much that is too much. Names objects and sizes, never contents.
+pub fn oversized(desired: &Desired) -> Vec<String> {
+    let secret: usize = desired
+        .secret
+        .data
+        .iter()
+        .flatten()
+        .map(|(_, v)| v.0.len())
+        .sum();
+    let config: usize = desired
+        .config_map
+        .data
+        .iter()
+        .flatten()
+        .map(|(_, v)| v.len())
+        .sum();
+    let mut out = Vec::new();
+    for (kind, object, size, holds) in [
+        (
+            "Secret",
+            &desired.secret.metadata,
+            secret,
+            "the keyring and a copy of every certificate and CA the config uses",
+        ),
+        (
+            "ConfigMap",
+            &desired.config_map.metadata,
+            config,
+            "the dataplane config of every accepted farm",
+        ),
+    ] {
+        if size > MAX_DATA_BYTES {
+            out.push(format!(
+                "{kind} {}/{} would hold {size} bytes, {} more than the {MAX_DATA_BYTES} a {kind} may hold; it carries {holds}",
+                object.namespace.as_deref().unwrap_or_default(),
+                object.name.as_deref().unwrap_or_default(),
+                size - MAX_DATA_BYTES
+            ));
+        }
+    }
+    out
+}
+
 /// Builds every object of the array.
 pub fn build(inputs: &BuildInputs<'_>) -> Result<Desired, BuildError> {
     let array = inputs.array;
@@ -319,10 +366,13 @@ fn deployment(
             namespace.to_owned(),
             "--keys-secret".to_owned(),
             names::secret(inputs.array),
+            // The unspecified IPv6 address with IPV6_V6ONLY off takes IPv4 connections
+            // too: probes and traffic reach the member on single-stack IPv4, single-stack
+            // IPv6 and dual-stack clusters alike.
             "--admin".to_owned(),
-            format!("0.0.0.0:{MEMBER_ADMIN_PORT}"),
+            format!("[::]:{MEMBER_ADMIN_PORT}"),
             "--bind".to_owned(),
-            "0.0.0.0".to_owned(),
+            "::".to_owned(),
         ]),
         env: Some(vec![EnvVar {
             name: "POD_NAME".to_owned(),
@@ -404,6 +454,12 @@ fn deployment(
                             type_: "RuntimeDefault".to_owned(),
                             ..SeccompProfile::default()
                         }),
+                        sysctls: unprivileged_port_start(spec).map(|port| {
+                            vec![Sysctl {
+                                name: UNPRIVILEGED_PORT_START.to_owned(),
+                                value: port.to_string(),
+                            }]
+                        }),
                         ..PodSecurityContext::default()
                     }),
                     containers: vec![container],
@@ -423,6 +479,21 @@ fn deployment(
         },
         ..Deployment::default()
     }
+}
+
+/// The namespaced sysctl (a "safe" one, allowed by PodSecurity `restricted`) below which
+/// binding a port needs `CAP_NET_BIND_SERVICE`. It covers IPv6 too, despite its name.
+pub const UNPRIVILEGED_PORT_START: &str = "net.ipv4.ip_unprivileged_port_start";
+
+/// For an array with listeners below 1024: the lowest listener port, so the member (which
+/// runs as non-root with every capability dropped) may bind its listeners on runtimes
+/// that do not lower the limit themselves, and no port below them.
+fn unprivileged_port_start(spec: &portcullis_crds::v1alpha1::GatewayArraySpec) -> Option<u16> {
+    spec.listeners
+        .iter()
+        .map(|l| l.port)
+        .min()
+        .filter(|p| *p < 1024)
 }
 
 fn service(inputs: &BuildInputs<'_>, name: &str, mut metadata: ObjectMeta) -> Service {

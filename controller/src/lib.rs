@@ -7,6 +7,7 @@
 mod admin;
 pub mod builders;
 pub mod keyring;
+pub mod leader;
 pub mod mapping;
 pub mod members;
 pub mod metrics;

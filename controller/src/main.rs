@@ -17,8 +17,9 @@ enum LogFormat {
 #[derive(Debug, Parser)]
 #[command(name = "portcullis-controller", version)]
 struct Cli {
-    /// Address of the admin endpoint (/healthz, /readyz, /metrics).
-    #[arg(long, env = "PORTCULLIS_ADMIN", default_value = "0.0.0.0:9902")]
+    /// Address of the admin endpoint (/healthz, /readyz, /metrics). `[::]` takes IPv4
+    /// and IPv6 clients alike.
+    #[arg(long, env = "PORTCULLIS_ADMIN", default_value = "[::]:9902")]
     admin: SocketAddr,
     /// Image of dataplane members when a GatewayArray sets no spec.pod.image.
     #[arg(long, env = "PORTCULLIS_DATAPLANE_IMAGE")]

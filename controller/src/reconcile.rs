@@ -30,7 +30,7 @@ use crate::mapping::{SecretUse, array_secrets, farm_secret_refs, farm_secrets};
 use crate::members::MemberStatusSource;
 use crate::metrics::Metrics;
 use crate::resolve::{SERVICE_NAME_LABEL, private_target_errors, service_endpoints};
-use crate::status::{self, ArrayStatusInputs, FarmVerdict};
+use crate::status::{self, ArrayStatusInputs, Blocked, FarmVerdict};
 
 /// How the controller runs, from flags.
 #[derive(Clone, Debug)]
@@ -49,6 +49,8 @@ pub const SECRET_POLL: Duration = Duration::from_secs(60);
 pub const MAX_REQUEUE: Duration = Duration::from_secs(300);
 /// Re-check interval while members catch up with the config.
 pub const CONVERGE_POLL: Duration = Duration::from_secs(15);
+/// The longest event note (events.k8s.io `note`) the API server accepts.
+pub const MAX_EVENT_NOTE: usize = 1024;
 
 /// Everything a reconcile needs besides the array.
 pub struct Context {
@@ -166,10 +168,86 @@ pub struct Fetched {
     /// (named by `status.keysSecret`, else the default name), while the move is not
     /// done; only when this array owns it.
     pub previous_keys: Option<Secret>,
+    /// Existing objects with the names of the array's objects that the array does not
+    /// control: never modified, and reported.
+    pub foreign: Vec<ForeignObject>,
     /// Resolutions of Service servers.
     pub resolutions: Resolutions,
     /// Members.
     pub members: Vec<Member>,
+}
+
+/// An existing object whose name one of the array's objects would take, and which the
+/// array does not control (a user's Service, another array's Deployment).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ForeignObject {
+    /// Its kind.
+    pub kind: String,
+    /// Its name.
+    pub name: String,
+    /// `Kind name` of its controller, when it has one.
+    pub controller: Option<String>,
+}
+
+/// The object `name` of kind `K` when it exists and `array` does not control it.
+async fn foreign<K>(
+    client: &Client,
+    ns: &str,
+    name: &str,
+    array: &GatewayArray,
+) -> Result<Option<ForeignObject>, Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + std::fmt::Debug,
+{
+    let kind = K::kind(&()).into_owned();
+    let Some(found) = api::<K>(client, ns)
+        .get_metadata_opt(name)
+        .await
+        .map_err(|source| Error::Fetch {
+            what: format!("{kind} {ns}/{name}"),
+            source,
+        })?
+    else {
+        return Ok(None);
+    };
+    let controller = found
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true));
+    if controller.is_some_and(|o| Some(o.uid.as_str()) == array.uid().as_deref()) {
+        return Ok(None);
+    }
+    Ok(Some(ForeignObject {
+        kind,
+        name: name.to_owned(),
+        controller: controller.map(|o| format!("{} {}", o.kind, o.name)),
+    }))
+}
+
+/// The objects the array would write (besides its keys Secret, checked on its own) that
+/// exist and are not the array's.
+async fn foreign_objects(
+    client: &Client,
+    ns: &str,
+    array: &GatewayArray,
+) -> Result<Vec<ForeignObject>, Error> {
+    let name = array.name_any();
+    let dataplane = names::dataplane(&name);
+    let found = [
+        foreign::<ServiceAccount>(client, ns, &dataplane, array).await?,
+        foreign::<Role>(client, ns, &dataplane, array).await?,
+        foreign::<RoleBinding>(client, ns, &dataplane, array).await?,
+        foreign::<ConfigMap>(client, ns, &names::config_map(&name), array).await?,
+        foreign::<Deployment>(client, ns, &name, array).await?,
+        foreign::<Service>(client, ns, &name, array).await?,
+        foreign::<PodDisruptionBudget>(client, ns, &name, array).await?,
+    ];
+    Ok(found.into_iter().flatten().collect())
 }
 
 async fn fetch(array: &GatewayArray, ns: &str, ctx: &Context) -> Result<Fetched, Error> {
@@ -187,9 +265,19 @@ async fn fetch(array: &GatewayArray, ns: &str, ctx: &Context) -> Result<Fetched,
     farms.sort_by_key(translate::farm_id);
 
     let secrets_api: Api<Secret> = Api::namespaced(client.clone(), ns);
-    let mut wanted: BTreeSet<String> = array_secrets(array).into_iter().collect();
+    // Only names that can be object names are read: `get("")` would be a list, and one
+    // farm's typo must not fail the reconcile of every farm of the array. Validation
+    // reports the others on the farm (or the array) that wrote them.
+    let mut wanted: BTreeSet<String> = array_secrets(array)
+        .into_iter()
+        .filter(|n| translate::is_dns_subdomain(n))
+        .collect();
     for f in &farms {
-        wanted.extend(farm_secrets(f));
+        wanted.extend(
+            farm_secrets(f)
+                .into_iter()
+                .filter(|n| translate::is_dns_subdomain(n)),
+        );
     }
     let mut secrets = BTreeMap::new();
     for name in wanted {
@@ -200,10 +288,14 @@ async fn fetch(array: &GatewayArray, ns: &str, ctx: &Context) -> Result<Fetched,
         secrets.insert(name, s);
     }
     let keys_name = names::secret(array);
-    let keys = secrets_api
-        .get_opt(&keys_name)
-        .await
-        .map_err(fetch_err(format!("Secret {ns}/{keys_name}")))?;
+    let keys = if translate::is_dns_subdomain(&keys_name) {
+        secrets_api
+            .get_opt(&keys_name)
+            .await
+            .map_err(fetch_err(format!("Secret {ns}/{keys_name}")))?
+    } else {
+        None
+    };
     // Where the keyring was before: `status.keysSecret`, or the default name for arrays
     // whose status predates that field. Only a Secret this array owns counts: the
     // controller only ever writes keyrings into Secrets it owns.
@@ -212,20 +304,29 @@ async fn fetch(array: &GatewayArray, ns: &str, ctx: &Context) -> Result<Fetched,
         .as_ref()
         .and_then(|s| s.keys_secret.clone())
         .unwrap_or_else(|| names::default_secret(&array.name_any()));
-    let previous_keys = if previous_name == keys_name {
-        None
+    let previous_keys =
+        if previous_name == keys_name || !translate::is_dns_subdomain(&previous_name) {
+            None
+        } else {
+            secrets_api
+                .get_opt(&previous_name)
+                .await
+                .map_err(fetch_err(format!("Secret {ns}/{previous_name}")))?
+                .filter(|s| owned_by(s, array))
+        };
+
+    // Only an array with a valid name writes anything (validation says why not).
+    let foreign = if translate::is_dns_label(&array.name_any()) {
+        foreign_objects(&client, ns, array).await?
     } else {
-        secrets_api
-            .get_opt(&previous_name)
-            .await
-            .map_err(fetch_err(format!("Secret {ns}/{previous_name}")))?
-            .filter(|s| owned_by(s, array))
+        Vec::new()
     };
 
     let services: BTreeSet<(String, u16)> = farms
         .iter()
         .flat_map(|f| f.spec.servers.iter())
         .filter_map(|s| s.service.as_ref().map(|r| (r.name.clone(), r.port)))
+        .filter(|(name, _)| translate::is_dns_label(name))
         .collect();
     let svc_api: Api<Service> = Api::namespaced(client.clone(), ns);
     let slice_api: Api<EndpointSlice> = Api::namespaced(client.clone(), ns);
@@ -303,6 +404,7 @@ async fn fetch(array: &GatewayArray, ns: &str, ctx: &Context) -> Result<Fetched,
         secrets,
         keys,
         previous_keys,
+        foreign,
         resolutions,
         members,
     })
@@ -381,6 +483,16 @@ pub fn validate(array: &GatewayArray, fetched: &Fetched, settings: &Settings) ->
     let mut eligible = Vec::new();
     for farm in &fetched.farms {
         let id = translate::farm_id(farm);
+        // Names that cannot be object names were not read: refuse the farm for them
+        // before its Secrets are looked up, so it is not reported as "not found".
+        let bad_names = translate::farm_reference_errors(farm);
+        if !bad_names.is_empty() {
+            verdicts.insert(
+                id,
+                FarmVerdict::Translated(FarmOutcome::Rejected(bad_names)),
+            );
+            continue;
+        }
         let clashes = keys_secret_clashes(farm, &keys_name);
         if !clashes.is_empty() {
             verdicts.insert(id, FarmVerdict::Translated(FarmOutcome::Rejected(clashes)));
@@ -408,7 +520,22 @@ pub fn validate(array: &GatewayArray, fetched: &Fetched, settings: &Settings) ->
             Ok(t) => (Some(t), Vec::new()),
             Err(errors) => (None, errors),
         };
-    let keys_errors = keys_secret_errors(array, &keys_name, fetched.keys.as_ref());
+    let mut keys_errors = keys_secret_errors(array, &keys_name, fetched.keys.as_ref());
+    keys_errors.extend(fetched.foreign.iter().map(|f| {
+        let owner = match &f.controller {
+            Some(c) => format!("is controlled by {c}"),
+            None => "has no controller".to_owned(),
+        };
+        keys_field_error(
+            "GatewayArray",
+            array,
+            "metadata.name",
+            format!(
+                "{} {} already exists and {owner}, and an array never modifies an object it does not control: delete or rename that {}, or give the array another name",
+                f.kind, f.name, f.kind
+            ),
+        )
+    }));
     if !keys_errors.is_empty() {
         array_errors.extend(keys_errors);
         translation = None;
@@ -665,7 +792,8 @@ async fn publish(
     let event = Event {
         type_,
         reason: reason.to_owned(),
-        note: Some(note),
+        // The API server refuses the whole event for a longer note.
+        note: Some(status::truncate(note, MAX_EVENT_NOTE)),
         action: action.to_owned(),
         secondary: None,
     };
@@ -792,6 +920,12 @@ async fn reconcile_inner(cached: &GatewayArray, ctx: &Context) -> Result<Action,
         return Ok(Action::await_change());
     };
     let array = &array;
+    // Being deleted (foreground deletion waits for the owned objects to go first): writing
+    // anything now would re-create what the garbage collector just removed.
+    if array.metadata.deletion_timestamp.is_some() {
+        tracing::debug!("being deleted; leaving the owned objects to the garbage collector");
+        return Ok(Action::await_change());
+    }
 
     // Fetch.
     let fetched = fetch(array, &ns, ctx).await?;
@@ -842,6 +976,11 @@ async fn reconcile_inner(cached: &GatewayArray, ctx: &Context) -> Result<Action,
     let array_ref = array.object_ref(&());
 
     let mut plan = None;
+    let mut blocked: Option<Blocked> = None;
+    let mut apply_error: Option<Error> = None;
+    // What this reconcile wrote: status reports the keyring and config hash in force.
+    let mut secret_written = false;
+    let mut config_written = false;
     if let Some(t) = &validated.translation {
         let p = keyring::step(&RotationInputs {
             current: keys_data.as_ref(),
@@ -868,32 +1007,55 @@ async fn reconcile_inner(cached: &GatewayArray, ctx: &Context) -> Result<Action,
             default_image: &ctx.settings.dataplane_image,
         })?;
 
-        // Apply: identity and permissions first, then data, then the workload.
-        let c = &ctx.client;
-        apply::<ServiceAccount>(c, &ns, &desired.service_account).await?;
-        apply::<Role>(c, &ns, &desired.role).await?;
-        apply::<RoleBinding>(c, &ns, &desired.role_binding).await?;
-        apply::<Secret>(c, &ns, &desired.secret).await?;
-        apply::<ConfigMap>(c, &ns, &desired.config_map).await?;
-        apply::<Deployment>(c, &ns, &desired.deployment).await?;
-        apply::<Service>(c, &ns, &desired.service).await?;
-        apply::<PodDisruptionBudget>(c, &ns, &desired.pdb).await?;
-        if let Some(previous) = &fetched.previous_keys {
-            retire_previous_keys(
-                ctx,
-                array,
-                &ns,
-                previous,
-                &keys_name,
-                carried_over,
-                &array_ref,
-            )
-            .await?;
+        // An object the API server would refuse for its size is not sent, nor is any
+        // other: the last objects written stay consistent with each other.
+        let oversized = builders::oversized(&desired);
+        if !oversized.is_empty() {
+            blocked = Some(Blocked {
+                reason: "ObjectTooLarge",
+                message: oversized.join("; "),
+                spec_problem: true,
+            });
+        } else {
+            // Apply: identity and permissions first, then data, then the workload. A
+            // refusal stops here; what was written before keeps serving, and status says
+            // which object and why.
+            let c = &ctx.client;
+            let applied: Result<(), Error> = async {
+                apply::<ServiceAccount>(c, &ns, &desired.service_account).await?;
+                apply::<Role>(c, &ns, &desired.role).await?;
+                apply::<RoleBinding>(c, &ns, &desired.role_binding).await?;
+                apply::<Secret>(c, &ns, &desired.secret).await?;
+                secret_written = true;
+                apply::<ConfigMap>(c, &ns, &desired.config_map).await?;
+                config_written = true;
+                apply::<Deployment>(c, &ns, &desired.deployment).await?;
+                apply::<Service>(c, &ns, &desired.service).await?;
+                apply::<PodDisruptionBudget>(c, &ns, &desired.pdb).await?;
+                if let Some(previous) = &fetched.previous_keys {
+                    retire_previous_keys(
+                        ctx,
+                        array,
+                        &ns,
+                        previous,
+                        &keys_name,
+                        carried_over,
+                        &array_ref,
+                    )
+                    .await?;
+                }
+                Ok(())
+            }
+            .await;
+            if let Err(e) = applied {
+                blocked = Some(blocked_by(&e));
+                apply_error = Some(e);
+            }
         }
 
         let hash = t.config.content_hash();
         let previous_hash = array.status.as_ref().and_then(|s| s.config_hash.as_deref());
-        if previous_hash != Some(hash.as_str()) {
+        if config_written && previous_hash != Some(hash.as_str()) {
             publish(
                 ctx,
                 &array_ref,
@@ -908,37 +1070,40 @@ async fn reconcile_inner(cached: &GatewayArray, ctx: &Context) -> Result<Action,
             )
             .await;
         }
-        if let (Some(error), RotationStep::Generated { id }) = (&keyring_error, &p.step) {
-            publish(
-                ctx,
-                &array_ref,
-                EventType::Warning,
-                "KeyringReplaced",
-                "RotateKeys",
-                format!("the stored keyring was unusable ({error}); generated a new one with key {id}, so existing sessions restart"),
-            )
-            .await;
+        if secret_written {
+            if let (Some(error), RotationStep::Generated { id }) = (&keyring_error, &p.step) {
+                publish(
+                    ctx,
+                    &array_ref,
+                    EventType::Warning,
+                    "KeyringReplaced",
+                    "RotateKeys",
+                    format!("the stored keyring was unusable ({error}); generated a new one with key {id}, so existing sessions restart"),
+                )
+                .await;
+            }
+            if let Some((reason, label, note)) = step_event(&p.step) {
+                ctx.metrics.key_step(label);
+                tracing::info!(step = label, "keyring step");
+                publish(
+                    ctx,
+                    &array_ref,
+                    EventType::Normal,
+                    reason,
+                    "RotateKeys",
+                    note,
+                )
+                .await;
+            }
+            plan = Some(p);
         }
-        if let Some((reason, label, note)) = step_event(&p.step) {
-            ctx.metrics.key_step(label);
-            tracing::info!(step = label, "keyring step");
-            publish(
-                ctx,
-                &array_ref,
-                EventType::Normal,
-                reason,
-                "RotateKeys",
-                note,
-            )
-            .await;
-        }
-        plan = Some(p);
     }
 
     // Status.
     let config_hash = validated
         .translation
         .as_ref()
+        .filter(|_| config_written)
         .map(|t| t.config.content_hash())
         .or_else(|| array.status.as_ref().and_then(|s| s.config_hash.clone()));
     let keyring_for_status = plan.as_ref().map(|p| &p.keyring).or(keys_data.as_ref());
@@ -955,6 +1120,7 @@ async fn reconcile_inner(cached: &GatewayArray, ctx: &Context) -> Result<Action,
         keyring: keyring_for_status,
         rotation: plan.as_ref().map(|p| &p.step),
         members: &fetched.members,
+        blocked: blocked.as_ref(),
         now,
     });
     let ready = array_status.ready_members;
@@ -971,7 +1137,7 @@ async fn reconcile_inner(cached: &GatewayArray, ctx: &Context) -> Result<Action,
         let Some(verdict) = validated.verdicts.get(&id) else {
             continue;
         };
-        let new = status::farm_status(farm, array, verdict, ready, now);
+        let new = status::farm_status(farm, array, verdict, ready, blocked.as_ref(), now);
         if farm.status.as_ref() == Some(&new) {
             continue;
         }
@@ -996,11 +1162,19 @@ async fn reconcile_inner(cached: &GatewayArray, ctx: &Context) -> Result<Action,
         }
     }
     if array.status.as_ref() != Some(&array_status) {
-        let was_invalid = array.status.as_ref().is_some_and(|s| {
+        let previous = array.status.as_ref();
+        let was_invalid = previous.is_some_and(|s| {
             s.conditions
                 .iter()
                 .any(|c| c.type_ != "Ready" && c.type_ != "KeysRotating" && c.status == "False")
         });
+        let was_blocked = |b: &Blocked| {
+            previous.is_some_and(|s| {
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.reason == b.reason)
+            })
+        };
         apply_status::<GatewayArray>(&ctx.client, &ns, &name, &array_status).await?;
         let problems: Vec<String> = status::error_message(&validated.array_errors)
             .split("; ")
@@ -1019,8 +1193,53 @@ async fn reconcile_inner(cached: &GatewayArray, ctx: &Context) -> Result<Action,
             )
             .await;
         }
+        if let Some(b) = blocked.as_ref().filter(|b| !was_blocked(b)) {
+            publish(
+                ctx,
+                &array_ref,
+                EventType::Warning,
+                b.reason,
+                "Apply",
+                format!("{}; the last objects written keep serving", b.message),
+            )
+            .await;
+        }
+    }
+    // A refused apply is also a failed reconcile: counted, logged and retried with backoff.
+    if let Some(e) = apply_error {
+        return Err(e);
     }
     Ok(Action::requeue(requeue))
+}
+
+/// What status says about a failed apply: the object, and the API server's own words.
+fn blocked_by(error: &Error) -> Blocked {
+    let (what, source) = match error {
+        Error::Apply { what, source } => (what.as_str(), source),
+        other => {
+            return Blocked {
+                reason: "ApplyFailed",
+                message: other.to_string(),
+                spec_problem: false,
+            };
+        }
+    };
+    match source {
+        kube::Error::Api(status) => Blocked {
+            reason: "ApplyFailed",
+            message: format!(
+                "the API server refused {what} ({} {}): {}",
+                status.code, status.reason, status.message
+            ),
+            // Invalid or malformed: only a change of the spec helps.
+            spec_problem: matches!(status.code, 400 | 422),
+        },
+        other => Blocked {
+            reason: "ApplyFailed",
+            message: format!("failed to apply {what}: {other}"),
+            spec_problem: false,
+        },
+    }
 }
 
 /// Reconciles one ServerFarm, for the one case no array reconcile sees: its `arrayRef`
@@ -1034,14 +1253,16 @@ pub async fn reconcile_farm(farm: Arc<ServerFarm>, ctx: Arc<Context>) -> Result<
         .namespace()
         .ok_or_else(|| Error::NoNamespace(name.clone()))?;
     let array = &farm.spec.array_ref.name;
-    let exists = api::<GatewayArray>(&ctx.client, &ns)
-        .get_opt(array)
-        .await
-        .map_err(|source| Error::Fetch {
-            what: format!("GatewayArray {ns}/{array}"),
-            source,
-        })?
-        .is_some();
+    // A name no array can have is not looked up (`get("")` would be a list).
+    let exists = translate::is_dns_label(array)
+        && api::<GatewayArray>(&ctx.client, &ns)
+            .get_opt(array)
+            .await
+            .map_err(|source| Error::Fetch {
+                what: format!("GatewayArray {ns}/{array}"),
+                source,
+            })?
+            .is_some();
     if exists {
         return Ok(Action::await_change());
     }

@@ -19,6 +19,7 @@ use portcullis_crds::v1alpha1::{GatewayArray, ServerFarm};
 
 use crate::admin::{self, Admin};
 use crate::builders::FIELD_MANAGER;
+use crate::leader::{self, ElectionConfig, ElectionError, Leadership};
 use crate::mapping;
 use crate::members::HttpMemberStatus;
 use crate::metrics::Metrics;
@@ -56,7 +57,7 @@ pub enum RunError {
     },
     /// Leader election failed.
     #[error("failed to run leader election")]
-    Lease(#[source] kube_lease_manager::LeaseManagerError),
+    Lease(#[source] ElectionError),
     /// Leadership was lost; the process exits so a fresh one can compete again.
     #[error("lost leadership of the lease; exiting")]
     LostLease,
@@ -87,50 +88,37 @@ pub async fn run(config: RunConfig) -> Result<(), RunError> {
             source,
         })?;
 
-    let (lost_tx, lost_rx) = tokio::sync::oneshot::channel::<()>();
-    let mut lease_task = None;
+    let mut leadership = None;
     if let Some((lease_name, lease_ns)) = &config.leader_election {
-        let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), lease_name)
-            .with_namespace(lease_ns)
-            .with_identity(&config.identity)
-            .with_field_manager(FIELD_MANAGER)
-            .build()
-            .await
-            .map_err(RunError::Lease)?;
-        let (mut leader, task) = manager.watch().await;
         // Ready as a standby too: readiness says the process works, not that it leads.
         admin.ready.store(true, Ordering::Relaxed);
-        tracing::info!(lease = %lease_name, namespace = %lease_ns, "waiting for leadership");
-        while !*leader.borrow_and_update() {
-            if leader.changed().await.is_err() {
-                return Err(RunError::LostLease);
+        tracing::info!(lease = %lease_name, namespace = %lease_ns, identity = %config.identity, "waiting for leadership");
+        let election = ElectionConfig::new(lease_name, lease_ns, &config.identity);
+        // A standby stops on SIGTERM too, instead of waiting for the kubelet's SIGKILL.
+        let acquired = tokio::select! {
+            acquired = leader::acquire(client.clone(), election) => acquired.map_err(RunError::Lease)?,
+            () = terminate_or(async { let _ = tokio::signal::ctrl_c().await; }) => {
+                tracing::info!("stopped while standing by");
+                return Ok(());
             }
-        }
-        tracing::info!("acquired leadership");
-        lease_task = Some(task);
-        tokio::spawn(async move {
-            while *leader.borrow_and_update() {
-                if leader.changed().await.is_err() {
-                    break;
-                }
-            }
-            let _ = lost_tx.send(());
-        });
-    } else {
-        drop(lost_tx);
+        };
+        leadership = Some(acquired);
     }
-
+    let lost_rx = leadership.as_mut().map(Leadership::lost);
     let lost = Arc::new(AtomicBool::new(false));
     let lost_flag = lost.clone();
-    let leader_election = config.leader_election.is_some();
     let shutdown = async move {
+        let lost = async move {
+            match lost_rx {
+                Some(lost) => lost.await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = tokio::signal::ctrl_c() => tracing::info!("shutting down"),
-            r = lost_rx, if leader_election => {
-                if r.is_ok() {
-                    lost_flag.store(true, Ordering::Relaxed);
-                    tracing::error!("lost leadership; stopping");
-                }
+            () = lost => {
+                lost_flag.store(true, Ordering::Relaxed);
+                tracing::error!("lost leadership; stopping");
             }
         }
     };
@@ -233,8 +221,15 @@ pub async fn run(config: RunConfig) -> Result<(), RunError> {
             futures::future::ready(())
         });
     futures::future::join(array_controller, farm_controller).await;
-    if let Some(task) = lease_task {
-        task.abort();
+    // Nothing reconciles any more: give the Lease up so a standby takes over at once
+    // rather than after it expires. Bounded, so a slow API server cannot hold up exit.
+    if let Some(leadership) = leadership
+        && !lost.load(Ordering::Relaxed)
+        && tokio::time::timeout(Duration::from_secs(5), leadership.release())
+            .await
+            .is_err()
+    {
+        tracing::warn!("timed out releasing the lease; it expires on its own");
     }
     if lost.load(Ordering::Relaxed) {
         return Err(RunError::LostLease);

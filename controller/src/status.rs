@@ -24,7 +24,41 @@ pub enum FarmVerdict {
     ArrayInvalid(String),
 }
 
+/// Why this reconcile wrote fewer objects than it built: the API server refused one
+/// (`ApplyFailed`), or one would be too large for it (`ObjectTooLarge`). The objects
+/// written before keep serving.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Blocked {
+    /// The condition and event reason.
+    pub reason: &'static str,
+    /// Which object, and what the API server said (or would say).
+    pub message: String,
+    /// Whether the spec must change (the API server refused the object as invalid, or it
+    /// is too large), so `Accepted` is `False` too; else only `Ready` is.
+    pub spec_problem: bool,
+}
+
+/// The longest condition message the API server accepts.
+pub const MAX_CONDITION_MESSAGE: usize = 32 * 1024;
+
+/// `text` cut to at most `max` bytes on a character boundary, saying so at the end. The
+/// API server refuses a whole status (or event) for one message over its limit.
+pub fn truncate(mut text: String, max: usize) -> String {
+    const MARK: &str = " … (truncated)";
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max.saturating_sub(MARK.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text.push_str(MARK);
+    text
+}
+
 /// Builds a condition, keeping the previous transition time when the status is unchanged.
+/// Messages are cut to [`MAX_CONDITION_MESSAGE`].
 pub fn condition(
     previous: &[Condition],
     type_: &str,
@@ -42,7 +76,7 @@ pub fn condition(
         type_: type_.to_owned(),
         status: status.to_owned(),
         reason: reason.to_owned(),
-        message,
+        message: truncate(message, MAX_CONDITION_MESSAGE),
         observed_generation: generation,
         last_transition_time,
     }
@@ -71,12 +105,13 @@ fn farm_conditions(
     move |t, s, r, m| condition(previous, t, s, r, m, generation, now)
 }
 
-/// The status of a farm.
+/// The status of a farm. `blocked` says why the array's objects were not all written.
 pub fn farm_status(
     farm: &ServerFarm,
     array: &GatewayArray,
     verdict: &FarmVerdict,
     ready_members: i32,
+    blocked: Option<&Blocked>,
     now: Timestamp,
 ) -> ServerFarmStatus {
     let generation = farm.metadata.generation;
@@ -108,7 +143,17 @@ pub fn farm_status(
             };
             let has_targets =
                 !endpoints.is_empty() || farm.spec.servers.iter().any(|s| s.host.is_some());
-            let ready = if ready_members == 0 {
+            let ready = if let Some(b) = blocked {
+                c(
+                    "Ready",
+                    "False",
+                    b.reason,
+                    format!(
+                        "GatewayArray {array_name} could not write its objects: {}; members serve the last config written",
+                        b.message
+                    ),
+                )
+            } else if ready_members == 0 {
                 c(
                     "Ready",
                     "False",
@@ -228,6 +273,16 @@ pub fn orphan_farm_status(farm: &ServerFarm, now: Timestamp) -> ServerFarmStatus
         farm.namespace().unwrap_or_default(),
         farm.spec.array_ref.name
     );
+    let refs = if portcullis_crds::translate::is_dns_label(&farm.spec.array_ref.name) {
+        format!(
+            "spec.arrayRef.name: GatewayArray {array} does not exist; create it or name an existing array"
+        )
+    } else {
+        format!(
+            "spec.arrayRef.name: {:?} cannot be a GatewayArray name (a DNS-1035 label: at most 63 lower-case letters, digits and '-', starting with a letter)",
+            farm.spec.array_ref.name
+        )
+    };
     ServerFarmStatus {
         observed_generation: generation,
         conditions: vec![
@@ -237,14 +292,7 @@ pub fn orphan_farm_status(farm: &ServerFarm, now: Timestamp) -> ServerFarmStatus
                 "ArrayNotFound",
                 format!("not published: GatewayArray {array} does not exist"),
             ),
-            c(
-                "ResolvedRefs",
-                "False",
-                "ArrayNotFound",
-                format!(
-                    "spec.arrayRef.name: GatewayArray {array} does not exist; create it or name an existing array"
-                ),
-            ),
+            c("ResolvedRefs", "False", "ArrayNotFound", refs),
             c(
                 "Ready",
                 "False",
@@ -275,6 +323,8 @@ pub struct ArrayStatusInputs<'a> {
     pub rotation: Option<&'a RotationStep>,
     /// The members.
     pub members: &'a [Member],
+    /// Why the objects were not all written.
+    pub blocked: Option<&'a Blocked>,
     /// Now.
     pub now: Timestamp,
 }
@@ -301,10 +351,15 @@ pub fn array_status(i: &ArrayStatusInputs<'_>) -> GatewayArrayStatus {
         _ => None,
     };
     let mut conditions = Vec::new();
-    conditions.push(if i.errors.is_empty() {
-        c("Accepted", "True", "Accepted", "the spec is valid".into())
-    } else {
-        c("Accepted", "False", "Invalid", error_message(i.errors))
+    conditions.push(match i.blocked {
+        _ if !i.errors.is_empty() => c("Accepted", "False", "Invalid", error_message(i.errors)),
+        Some(b) if b.spec_problem => c(
+            "Accepted",
+            "False",
+            b.reason,
+            format!("{}; the last objects written keep serving", b.message),
+        ),
+        _ => c("Accepted", "True", "Accepted", "the spec is valid".into()),
     });
     conditions.push(if i.missing_refs.is_empty() {
         c(
@@ -336,6 +391,13 @@ pub fn array_status(i: &ArrayStatusInputs<'_>) -> GatewayArrayStatus {
             "False",
             "NotAccepted",
             "the controller cannot write a config; see Accepted and ResolvedRefs".into(),
+        )
+    } else if let Some(b) = i.blocked {
+        c(
+            "Ready",
+            "False",
+            b.reason,
+            format!("{}; the last objects written keep serving", b.message),
         )
     } else if ready_members < desired {
         c(
@@ -389,6 +451,8 @@ pub fn array_status(i: &ArrayStatusInputs<'_>) -> GatewayArrayStatus {
         ready_members,
         config_hash: i.config_hash.map(str::to_owned),
         loaded_config_hash,
+        // For the scale subresource: what an HorizontalPodAutoscaler measures.
+        selector: Some(crate::builders::selector_query(&i.array.name_any())),
         keys_secret: i.keys_secret.map(str::to_owned),
         active_key_id: i.keyring.and_then(|k| k.active_id().map(str::to_owned)),
         key_ids: i.keyring.map(KeyringDoc::ids).unwrap_or_default(),
@@ -413,6 +477,16 @@ pub fn array_status(i: &ArrayStatusInputs<'_>) -> GatewayArrayStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn truncation_keeps_short_text_and_cuts_long_text_on_a_character_boundary() {
+        assert_eq!(truncate("short".into(), 1024), "short");
+        let long = "é".repeat(1000); // 2000 bytes
+        let cut = truncate(long, 1024);
+        assert!(cut.len() <= 1024, "{}", cut.len());
+        assert!(cut.ends_with(" … (truncated)"));
+        assert!(cut.starts_with("éé"));
+    }
 
     #[test]
     fn transition_time_moves_only_on_status_change() {

@@ -324,3 +324,42 @@ fn every_object_is_owned_by_the_array() {
         );
     }
 }
+
+#[test]
+fn members_listen_on_both_address_families_and_may_bind_low_ports() {
+    let args_and_sysctls = |a: &GatewayArray| {
+        let (d, _) = build(a, &[], &BTreeMap::new());
+        let pod = d.deployment.spec.template.spec.unwrap();
+        let args = pod.containers[0].args.clone().unwrap();
+        let sysctls: Vec<(String, String)> = pod
+            .security_context
+            .unwrap()
+            .sysctls
+            .unwrap_or_default()
+            .into_iter()
+            .map(|s| (s.name, s.value))
+            .collect();
+        (args, sysctls)
+    };
+    // IPv4-only, IPv6-only and dual-stack clusters: the pod IP may be either family.
+    let (args, sysctls) = args_and_sysctls(&array(MINIMAL_ARRAY));
+    assert!(args.windows(2).any(|w| w == ["--bind", "::"]), "{args:?}");
+    assert!(
+        args.windows(2).any(|w| w == ["--admin", "[::]:9901"]),
+        "{args:?}"
+    );
+    assert!(sysctls.is_empty(), "8080 needs no sysctl: {sysctls:?}");
+    // Ports 80 and 443 as a non-root member with every capability dropped.
+    let low = array(&MINIMAL_ARRAY.replace(
+        "listeners: [{name: http, port: 8080, protocol: HTTP}]",
+        "listeners: [{name: http, port: 443, protocol: HTTP}, {name: alt, port: 80, protocol: HTTP}]",
+    ));
+    let (_, sysctls) = args_and_sysctls(&low);
+    assert_eq!(
+        sysctls,
+        [(
+            "net.ipv4.ip_unprivileged_port_start".to_owned(),
+            "80".to_owned()
+        )]
+    );
+}

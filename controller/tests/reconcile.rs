@@ -48,6 +48,75 @@ struct Fake {
     next_rv: Mutex<u64>,
     /// Requests the controller's RBAC contract does not allow.
     forbidden: Mutex<Vec<String>>,
+    /// `METHOD path` -> (code, message): what the API server answers instead.
+    refuse: Mutex<BTreeMap<String, (u16, String)>>,
+}
+
+/// 1 MiB: the most data a Secret or a ConfigMap may hold.
+const MAX_DATA_BYTES: usize = 1024 * 1024;
+
+/// What the API server refuses with 422 whatever the RBAC: the validation rules the
+/// controller's writes can run into (events.k8s.io notes, condition messages, Secret and
+/// ConfigMap sizes), with the API server's wording.
+fn invalid(method: &str, path: &str, body: &Value) -> Option<String> {
+    if method == "POST" && path == EVENTS {
+        let note = body["note"].as_str().unwrap_or("");
+        if note.len() > 1024 {
+            return Some(format!(
+                "Event.events.k8s.io is invalid: note: Too long: may not be more than 1024 bytes ({} bytes)",
+                note.len()
+            ));
+        }
+    }
+    if method == "PATCH" && path.ends_with("/status") {
+        for c in body["status"]["conditions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            let len = c["message"].as_str().unwrap_or("").len();
+            if len > 32768 {
+                return Some(format!(
+                    "status.conditions.message: Too long: may not be more than 32768 bytes ({len} bytes)"
+                ));
+            }
+        }
+    }
+    if method == "PATCH" && (path.contains("/secrets/") || path.contains("/configmaps/")) {
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let size: usize = body["data"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(_, v)| {
+                let v = v.as_str().unwrap_or("");
+                if path.contains("/secrets/") {
+                    b64.decode(v).map_or(v.len(), |d| d.len())
+                } else {
+                    v.len()
+                }
+            })
+            .sum();
+        if size > MAX_DATA_BYTES {
+            return Some(format!(
+                "{} is invalid: data: Too long: may not be more than {MAX_DATA_BYTES} bytes",
+                path.rsplit('/').next().unwrap()
+            ));
+        }
+    }
+    None
+}
+
+fn status_error(code: u16, message: &str) -> Value {
+    let reason = match code {
+        400 => "BadRequest",
+        403 => "Forbidden",
+        409 => "Conflict",
+        422 => "Invalid",
+        _ => "InternalError",
+    };
+    json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+           "reason": reason, "code": code, "message": message})
 }
 
 /// `controller/rbac-rules.json`, the rules the chart grants the controller (the chart
@@ -191,6 +260,13 @@ impl Fake {
                     .lock()
                     .push(format!("{verb} {group}/{resource} ({method} {path})"));
             }
+        }
+        let refused = self.refuse.lock().get(&format!("{method} {path}")).cloned();
+        if let Some((code, message)) = refused {
+            return json_response(code, &status_error(code, &message));
+        }
+        if let Some(message) = invalid(method, path, &body) {
+            return json_response(422, &status_error(422, &message));
         }
         let not_found = json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
                                "reason": "NotFound", "code": 404, "message": format!("{path} not found")});
@@ -435,11 +511,21 @@ impl World {
     }
 
     async fn reconcile(&self) -> (Action, Vec<Req>) {
+        let (result, reqs) = self.try_reconcile().await;
+        (result.unwrap(), reqs)
+    }
+
+    async fn try_reconcile(
+        &self,
+    ) -> (
+        Result<Action, portcullis_controller::reconcile::Error>,
+        Vec<Req>,
+    ) {
         self.fake.log.lock().clear();
         let array: GatewayArray = serde_json::from_value(self.fake.get(ARRAY).unwrap()).unwrap();
-        let action = reconcile(Arc::new(array), self.ctx.clone()).await.unwrap();
+        let result = reconcile(Arc::new(array), self.ctx.clone()).await;
         self.assert_within_rbac();
-        (action, self.fake.log.lock().clone())
+        (result, self.fake.log.lock().clone())
     }
 
     /// Every request so far is allowed by the RBAC the chart grants the controller.
@@ -543,15 +629,38 @@ const APPLIES: [&str; 8] = [
     "PATCH /apis/policy/v1/namespaces/shop/poddisruptionbudgets/edge",
 ];
 
+/// The objects an array writes besides its keys Secret, in the order their owners are
+/// checked.
+const OWNED: [&str; 7] = [
+    "/api/v1/namespaces/shop/serviceaccounts/edge-dataplane",
+    "/apis/rbac.authorization.k8s.io/v1/namespaces/shop/roles/edge-dataplane",
+    "/apis/rbac.authorization.k8s.io/v1/namespaces/shop/rolebindings/edge-dataplane",
+    "/api/v1/namespaces/shop/configmaps/edge-config",
+    DEPLOYMENT,
+    SERVICE,
+    "/apis/policy/v1/namespaces/shop/poddisruptionbudgets/edge",
+];
+const DEPLOYMENT: &str = "/apis/apps/v1/namespaces/shop/deployments/edge";
+const SERVICE: &str = "/api/v1/namespaces/shop/services/edge";
+
+/// Who controls each existing object the array would write.
+fn owner_checks() -> Vec<String> {
+    OWNED.iter().map(|p| format!("GET {p}")).collect()
+}
+
 fn fetches() -> Vec<String> {
-    vec![
+    let mut out = vec![
         format!("GET {ARRAY}"),
         format!("GET {FARMS}"),
         format!("GET {SECRETS}/edge-keys"),
+    ];
+    out.extend(owner_checks());
+    out.extend([
         "GET /api/v1/namespaces/shop/services/web".into(),
         format!("GET {SLICES}"),
         format!("GET {PODS}"),
-    ]
+    ]);
+    out
 }
 
 #[tokio::test]
@@ -593,11 +702,12 @@ async fn first_install_applies_everything_with_owner_refs_and_reports_status() {
         assert_eq!(owner["blockOwnerDeletion"], true, "{}", r.path);
         assert_eq!(owner["kind"], "GatewayArray", "{}", r.path);
     }
-    assert_eq!(reqs[7].body["kind"], "Role");
-    assert_eq!(
-        reqs[7].body["rules"][1]["resourceNames"],
-        json!(["edge-keys"])
-    );
+    let role = reqs
+        .iter()
+        .find(|r| r.method == "PATCH" && r.path == OWNED[1])
+        .unwrap();
+    assert_eq!(role.body["kind"], "Role");
+    assert_eq!(role.body["rules"][1]["resourceNames"], json!(["edge-keys"]));
 
     // Config, keyring, events.
     let config = w.config();
@@ -626,6 +736,11 @@ async fn first_install_applies_everything_with_owner_refs_and_reports_status() {
     assert_eq!(farm["endpoints"][0]["servers"], json!(["service web:80"]));
     let array = status_patch(&reqs, ARRAY).unwrap();
     assert_eq!(array["readyMembers"], 2);
+    // The scale subresource's labelSelectorPath: the pods an autoscaler measures.
+    assert_eq!(
+        array["selector"],
+        "app.kubernetes.io/name=portcullis-dataplane,portcullis.io/array=edge"
+    );
     assert_eq!(array["activeKeyId"], format!("k{T0}"));
     assert_eq!(array["configHash"], json!(w.config_hash()));
     // Members have not loaded anything yet: not Ready, re-checked soon.
@@ -1038,10 +1153,13 @@ async fn missing_listener_secret_writes_nothing_and_says_why() {
         format!("GET {FARMS}"),
         format!("GET {SECRETS}/default-cert"),
         format!("GET {SECRETS}/edge-keys"),
+    ];
+    want.extend(owner_checks());
+    want.extend([
         "GET /api/v1/namespaces/shop/services/web".into(),
         format!("GET {SLICES}"),
         format!("GET {PODS}"),
-    ];
+    ]);
     want.extend([
         format!("PATCH {FARMS}/web/status"),
         format!("POST {EVENTS}"),
@@ -1621,4 +1739,357 @@ async fn an_owned_keys_secret_of_another_type_is_reported_not_reapplied_forever(
             .contains("Secret edge-keys has type kubernetes.io/tls; a keys Secret is Opaque"),
         "{accepted}"
     );
+}
+
+// ---------------------------------------------------------------------------------------
+// Names Kubernetes refuses
+
+#[tokio::test]
+async fn a_farm_naming_objects_by_non_names_is_refused_alone_and_nothing_is_read_by_them() {
+    let w = world(default_settings());
+    // `get("")` would be a list of every Secret; a dotted Service name no Service has.
+    w.add_farm(
+        "blank-cert",
+        200,
+        json!([{"address": "10.2.0.1", "port": 80}]),
+        json!({"secretName": ""}),
+    );
+    w.add_farm(
+        "dotted-svc",
+        300,
+        json!([{"service": {"name": "web.prod", "port": 80}}]),
+        json!(null),
+    );
+    let (_, reqs) = w.reconcile().await;
+    let sum = summary(&reqs);
+    assert!(
+        !sum.iter()
+            .any(|r| r.ends_with("/secrets/") || r.contains("web.prod")),
+        "{sum:?}"
+    );
+    // The good farm is published; each bad one says which field is wrong.
+    assert_eq!(keys_of(&w.config()["farms"]), ["shop/web"]);
+    for (farm, message) in [
+        (
+            "blank-cert",
+            "spec.publish.tls.secretName: \"\" is not a Secret name",
+        ),
+        (
+            "dotted-svc",
+            "spec.servers[0].service.name: \"web.prod\" is not a Service name",
+        ),
+    ] {
+        let status = status_patch(&reqs, &format!("{FARMS}/{farm}")).unwrap();
+        let accepted = condition(status, "Accepted");
+        assert_eq!(accepted["status"], "False", "{farm}");
+        assert_eq!(accepted["reason"], "Invalid", "{farm}");
+        assert!(
+            accepted["message"].as_str().unwrap().starts_with(message),
+            "{accepted}"
+        );
+    }
+    // An arrayRef no array can have is not looked up either.
+    w.move_farm("blank-cert", "Edge_1");
+    let reqs = w.reconcile_farm("blank-cert").await;
+    assert!(
+        !summary(&reqs).iter().any(|r| r.starts_with("GET")),
+        "{:?}",
+        summary(&reqs)
+    );
+    let status = status_patch(&reqs, &format!("{FARMS}/blank-cert")).unwrap();
+    assert!(
+        condition(status, "ResolvedRefs")["message"]
+            .as_str()
+            .unwrap()
+            .contains("\"Edge_1\" cannot be a GatewayArray name"),
+        "{status}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// What the API server refuses, and objects that are not the array's
+
+impl World {
+    fn bump_array(&self, edit: impl FnOnce(&mut Value)) {
+        let mut array = self.fake.get(ARRAY).unwrap();
+        edit(&mut array);
+        array["metadata"]["generation"] =
+            json!(array["metadata"]["generation"].as_i64().unwrap() + 1);
+        self.fake.put(ARRAY, array);
+    }
+}
+
+/// The writes of objects (not status, not events) among `reqs`.
+fn object_writes(reqs: &[Req]) -> Vec<String> {
+    summary(reqs)
+        .into_iter()
+        .filter(|r| !r.starts_with("GET") && !r.ends_with("/status") && !r.contains("/events"))
+        .collect()
+}
+
+#[tokio::test]
+async fn an_apply_the_api_server_refuses_is_reported_on_the_array_and_its_farms() {
+    let w = world(default_settings());
+    w.install().await;
+    let served = w.config_hash();
+    // Something admission refuses in the Deployment (any 422 goes the same way).
+    w.bump_array(|a| {
+        a["spec"]["pod"] = json!({"resources": {"requests": {"cpu": "2"}, "limits": {"cpu": "1"}}});
+    });
+    let refusal = "Deployment.apps \"edge\" is invalid: spec.template.spec.containers[0].resources.requests: Invalid value: \"2\": must be less than or equal to cpu limit of 1";
+    w.fake
+        .refuse
+        .lock()
+        .insert(format!("PATCH {DEPLOYMENT}"), (422, refusal.into()));
+    let (result, reqs) = w.try_reconcile().await;
+    assert!(result.is_err(), "a refused apply is retried with backoff");
+    // Nothing after the refused object is sent, and nothing is deleted.
+    let writes = object_writes(&reqs);
+    assert_eq!(writes.last().unwrap(), &format!("PATCH {DEPLOYMENT}"));
+    assert!(
+        !writes.iter().any(|r| r.starts_with("DELETE")),
+        "{writes:?}"
+    );
+    assert_eq!(w.config_hash(), served, "the config in force is unchanged");
+
+    let array = status_patch(&reqs, ARRAY).expect("the array's status says what failed");
+    for type_ in ["Accepted", "Ready"] {
+        let c = condition(array, type_);
+        assert_eq!(c["status"], "False", "{type_}");
+        assert_eq!(c["reason"], "ApplyFailed", "{type_}");
+        let message = c["message"].as_str().unwrap();
+        assert!(
+            message.contains("Deployment shop/edge") && message.contains(refusal),
+            "{message}"
+        );
+    }
+    let farm = status_patch(&reqs, &format!("{FARMS}/web")).expect("the farm says it too");
+    assert_eq!(condition(farm, "Accepted")["status"], "True");
+    assert_eq!(condition(farm, "Ready")["reason"], "ApplyFailed");
+    let warnings: Vec<_> = events(&reqs)
+        .into_iter()
+        .filter(|e| e.0 == "Warning")
+        .collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert_eq!(warnings[0].1, "ApplyFailed");
+    assert!(
+        warnings[0].2.contains("Deployment shop/edge"),
+        "{warnings:?}"
+    );
+
+    // Refused again: the same status, so no write and no second event.
+    let (result, reqs) = w.try_reconcile().await;
+    assert!(result.is_err());
+    assert!(status_patch(&reqs, ARRAY).is_none());
+    assert!(events(&reqs).is_empty(), "{:?}", events(&reqs));
+
+    // Fixed: everything is applied, and the conditions clear.
+    w.fake.refuse.lock().clear();
+    let (_, reqs) = w.reconcile().await;
+    let array = status_patch(&reqs, ARRAY).unwrap();
+    assert_eq!(condition(array, "Accepted")["status"], "True");
+    assert_ne!(condition(array, "Ready")["reason"], "ApplyFailed");
+    assert_ne!(
+        condition(
+            status_patch(&reqs, &format!("{FARMS}/web")).unwrap(),
+            "Ready"
+        )["reason"],
+        "ApplyFailed"
+    );
+}
+
+#[tokio::test]
+async fn a_forbidden_apply_leaves_the_spec_accepted_and_says_why_it_is_not_ready() {
+    let w = world(default_settings());
+    w.fake.refuse.lock().insert(
+        format!("PATCH {}", OWNED[1]),
+        (
+            403,
+            "roles.rbac.authorization.k8s.io \"edge-dataplane\" is forbidden: attempting to grant RBAC permissions not currently held".into(),
+        ),
+    );
+    let (result, reqs) = w.try_reconcile().await;
+    assert!(result.is_err());
+    let array = status_patch(&reqs, ARRAY).unwrap();
+    assert_eq!(condition(array, "Accepted")["status"], "True");
+    let ready = condition(array, "Ready");
+    assert_eq!(ready["reason"], "ApplyFailed");
+    assert!(
+        ready["message"]
+            .as_str()
+            .unwrap()
+            .contains("Role shop/edge-dataplane (403 Forbidden)"),
+        "{ready}"
+    );
+    // The keyring was never written: no key id is reported as in force.
+    assert!(array.get("activeKeyId").is_none(), "{array}");
+}
+
+#[tokio::test]
+async fn existing_objects_the_array_does_not_control_are_never_modified() {
+    let w = world(default_settings());
+    // A user's Service that happens to have the array's name, and a Deployment another
+    // controller owns.
+    let user_service = json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "edge", "namespace": NS, "uid": "uid-user-svc"},
+        "spec": {"selector": {"app": "web"}, "ports": [{"port": 80}]}});
+    w.fake.put(SERVICE, user_service);
+    let theirs = json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "edge", "namespace": NS, "uid": "uid-their-deploy",
+                     "ownerReferences": [{"apiVersion": "example.com/v1", "kind": "App",
+                         "name": "edge", "uid": "uid-app", "controller": true}]},
+        "spec": {"replicas": 1}});
+    w.fake.put(DEPLOYMENT, theirs);
+    let before = (
+        w.fake.get(SERVICE).unwrap(),
+        w.fake.get(DEPLOYMENT).unwrap(),
+    );
+    let (_, reqs) = w.reconcile().await;
+    assert_eq!(
+        object_writes(&reqs),
+        Vec::<String>::new(),
+        "nothing is applied"
+    );
+    assert_eq!(
+        (
+            w.fake.get(SERVICE).unwrap(),
+            w.fake.get(DEPLOYMENT).unwrap()
+        ),
+        before
+    );
+    let array = status_patch(&reqs, ARRAY).unwrap();
+    let accepted = condition(array, "Accepted");
+    assert_eq!(accepted["status"], "False");
+    let message = accepted["message"].as_str().unwrap();
+    assert!(
+        message.contains(
+            "metadata.name: Deployment edge already exists and is controlled by App edge"
+        ),
+        "{message}"
+    );
+    assert!(
+        message.contains("metadata.name: Service edge already exists and has no controller"),
+        "{message}"
+    );
+    let farm = status_patch(&reqs, &format!("{FARMS}/web")).unwrap();
+    assert_eq!(condition(farm, "Accepted")["reason"], "ArrayInvalid");
+    assert!(
+        events(&reqs).iter().any(|e| e.1 == "ArrayNotApplied"),
+        "{:?}",
+        events(&reqs)
+    );
+
+    // Once they are gone, the array writes its own.
+    w.fake.objects.lock().remove(SERVICE);
+    w.fake.objects.lock().remove(DEPLOYMENT);
+    let (_, reqs) = w.reconcile().await;
+    assert_eq!(object_writes(&reqs).len(), 8);
+    let owner = &w.fake.get(SERVICE).unwrap()["metadata"]["ownerReferences"][0];
+    assert_eq!(owner["uid"], "uid-edge");
+}
+
+#[tokio::test]
+async fn an_array_being_deleted_is_left_to_the_garbage_collector() {
+    let w = world(default_settings());
+    w.install().await;
+    // Foreground deletion (Argo CD's default): the array stays, with a deletionTimestamp,
+    // until the garbage collector has deleted what it owns, the Deployment first here.
+    let mut array = w.fake.get(ARRAY).unwrap();
+    array["metadata"]["deletionTimestamp"] = json!("2027-01-15T08:00:00Z");
+    array["metadata"]["finalizers"] = json!(["foregroundDeletion"]);
+    w.fake.put(ARRAY, array);
+    w.fake.objects.lock().remove(DEPLOYMENT);
+    let (action, reqs) = w.reconcile().await;
+    assert_eq!(summary(&reqs), [format!("GET {ARRAY}")]);
+    assert!(w.fake.get(DEPLOYMENT).is_none(), "not re-created");
+    assert_eq!(action, Action::await_change());
+}
+
+#[tokio::test]
+async fn long_problem_lists_fit_the_api_servers_limits_for_events_and_conditions() {
+    let w = world(default_settings());
+    w.install().await;
+    // 64 path prefixes of 1000 bytes that do not start with '/': far over the 1024 bytes
+    // of an event note and the 32768 of a condition message.
+    let paths: Vec<String> = (0..64)
+        .map(|i| format!("{i:02}{}", "x".repeat(998)))
+        .collect();
+    w.fake.put(
+        &format!("{FARMS}/long"),
+        json!({"apiVersion": "portcullis.io/v1alpha1", "kind": "ServerFarm",
+               "metadata": {"name": "long", "namespace": NS, "generation": 1,
+                            "creationTimestamp": Timestamp::from_second(T0 + 900).unwrap().to_string()},
+               "spec": {"arrayRef": {"name": "edge"},
+                        "publish": {"hosts": ["long.example.com"], "paths": paths},
+                        "servers": [{"address": "10.2.0.1", "port": 80}]}}),
+    );
+    let (_, reqs) = w.reconcile().await;
+    let farm = status_patch(&reqs, &format!("{FARMS}/long")).unwrap();
+    let message = condition(farm, "Accepted")["message"].as_str().unwrap();
+    assert!(message.len() <= 32768, "{}", message.len());
+    assert!(
+        message.starts_with("spec.publish.paths[0]: "),
+        "{message:.80}"
+    );
+    assert!(
+        message.ends_with("(truncated)"),
+        "{}",
+        &message[message.len() - 40..]
+    );
+    let rejected: Vec<_> = reqs
+        .iter()
+        .filter(|r| r.path == EVENTS && r.body["reason"] == "FarmRejected")
+        .collect();
+    assert_eq!(rejected.len(), 1);
+    let note = rejected[0].body["note"].as_str().unwrap();
+    assert!(note.len() <= 1024, "{}", note.len());
+    assert!(note.starts_with("spec.publish.paths[0]: "), "{note:.80}");
+    assert!(
+        w.fake
+            .objects
+            .lock()
+            .values()
+            .any(|o| o["reason"] == "FarmRejected"),
+        "the event was stored"
+    );
+}
+
+#[tokio::test]
+async fn objects_over_the_size_limit_are_not_sent_and_status_says_which_and_by_how_much() {
+    let w = world(default_settings());
+    w.install().await;
+    // A listener certificate chain of 1.1 MiB: the keys Secret carries a copy of it.
+    w.bump_array(|a| {
+        a["spec"]["listeners"].as_array_mut().unwrap().push(
+            json!({"name": "https", "port": 8443, "protocol": "HTTPS", "tls": {"secretName": "big-cert"}}),
+        );
+    });
+    let body = "A".repeat(1_150_000);
+    let (_, key) = w.put_tls_secret("big-cert", &body);
+    let (_, reqs) = w.reconcile().await;
+    assert_eq!(
+        object_writes(&reqs),
+        Vec::<String>::new(),
+        "nothing is sent"
+    );
+    let array = status_patch(&reqs, ARRAY).unwrap();
+    let accepted = condition(array, "Accepted");
+    assert_eq!(accepted["status"], "False");
+    assert_eq!(accepted["reason"], "ObjectTooLarge");
+    let message = accepted["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("Secret shop/edge-keys would hold ")
+            && message.contains("more than the 1048576 a Secret may hold"),
+        "{message}"
+    );
+    assert_eq!(condition(array, "Ready")["reason"], "ObjectTooLarge");
+    let ev = events(&reqs);
+    assert!(
+        ev.iter()
+            .any(|e| e.0 == "Warning" && e.1 == "ObjectTooLarge"),
+        "{ev:?}"
+    );
+    // Sizes, never contents.
+    assert_not_sent(&reqs, &key[..64]);
+    assert_not_sent(&reqs, "AAAAAAAAAAAAAAAA");
 }

@@ -340,8 +340,9 @@ fn farm_error(farm: &ServerFarm, field: String, message: String) -> TranslateErr
     }
 }
 
-/// A Kubernetes object name: a DNS-1123 subdomain.
-fn is_dns_subdomain(name: &str) -> bool {
+/// A Kubernetes object name (a Secret, a ConfigMap): a DNS-1123 subdomain, at most 253
+/// characters.
+pub fn is_dns_subdomain(name: &str) -> bool {
     name.len() <= 253
         && name.split('.').all(|label| {
             !label.is_empty()
@@ -351,6 +352,85 @@ fn is_dns_subdomain(name: &str) -> bool {
                 && !label.starts_with('-')
                 && !label.ends_with('-')
         })
+}
+
+/// A Service name: a DNS-1035 label (at most 63 lower-case letters, digits and '-',
+/// starting with a letter, not ending with '-'). The array's name is one too, since it
+/// names the array's Service.
+pub fn is_dns_label(name: &str) -> bool {
+    name.len() <= 63
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && !name.ends_with('-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// A container port name (an IANA service name): 1-15 lower-case letters, digits and
+/// '-', at least one letter, no leading, trailing or double '-'.
+pub fn is_port_name(name: &str) -> bool {
+    (1..=15).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && name.bytes().any(|b| b.is_ascii_lowercase())
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+        && !name.contains("--")
+}
+
+const SECRET_NAME_RULE: &str =
+    "is not a Secret name (a DNS subdomain: lower-case letters, digits, '-' and '.', at most 253)";
+const SERVICE_NAME_RULE: &str = "is not a Service name (a DNS-1035 label: at most 63 lower-case letters, digits and '-', starting with a letter)";
+
+/// The names a farm gives other objects (its array, Services, Secrets) that cannot be
+/// object names. The controller checks these before it reads anything by those names, so
+/// such a farm is refused on its own instead of failing its whole array's reconcile.
+pub fn farm_reference_errors(farm: &ServerFarm) -> Vec<TranslateError> {
+    let spec = &farm.spec;
+    let mut errors = Vec::new();
+    if !is_dns_label(&spec.array_ref.name) {
+        errors.push(farm_error(
+            farm,
+            "spec.arrayRef.name".into(),
+            format!(
+                "{:?} is not a GatewayArray name (a DNS-1035 label: at most 63 lower-case letters, digits and '-', starting with a letter)",
+                spec.array_ref.name
+            ),
+        ));
+    }
+    let secrets = [
+        (
+            "spec.publish.tls.secretName",
+            spec.publish.tls.as_ref().map(|t| &t.secret_name),
+        ),
+        (
+            "spec.upstream.tls.caSecretName",
+            spec.upstream
+                .as_ref()
+                .and_then(|u| u.tls.as_ref())
+                .and_then(|t| t.ca_secret_name.as_ref()),
+        ),
+    ];
+    for (field, name) in secrets {
+        if let Some(name) = name.filter(|n| !is_dns_subdomain(n)) {
+            errors.push(farm_error(
+                farm,
+                field.into(),
+                format!("{name:?} {SECRET_NAME_RULE}"),
+            ));
+        }
+    }
+    for (i, server) in spec.servers.iter().enumerate() {
+        if let Some(svc) = server.service.as_ref().filter(|s| !is_dns_label(&s.name)) {
+            errors.push(farm_error(
+                farm,
+                format!("spec.servers[{i}].service.name"),
+                format!("{:?} {SERVICE_NAME_RULE}", svc.name),
+            ));
+        }
+    }
+    errors
 }
 
 fn validate_array(array: &GatewayArray) -> Result<ArrayDefaults, Vec<TranslateError>> {
@@ -372,27 +452,54 @@ fn validate_array(array: &GatewayArray) -> Result<ArrayDefaults, Vec<TranslateEr
         errors.push(array_error(
             array,
             "spec.sessionKeys.secretName",
-            format!("{name:?} is not a Secret name (a DNS subdomain: lower-case letters, digits, '-' and '.', at most 253)"),
+            format!("{name:?} {SECRET_NAME_RULE}"),
+        ));
+    }
+    let name = array.name_any();
+    if !is_dns_label(&name) {
+        errors.push(array_error(
+            array,
+            "metadata.name",
+            format!("{name:?} {SERVICE_NAME_RULE}; the array's Service takes its name"),
         ));
     }
     let mut names = BTreeSet::new();
     let mut ports = BTreeSet::new();
     for (i, l) in spec.listeners.iter().enumerate() {
-        let dns_label = !l.name.is_empty()
-            && l.name.len() <= 15
-            && l.name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            && !l.name.starts_with('-')
-            && !l.name.ends_with('-');
-        if !dns_label {
+        if !is_port_name(&l.name) {
             errors.push(array_error(
                 array,
                 format!("spec.listeners[{i}].name"),
                 format!(
-                    "{:?} is not a port name (1-15 lower-case letters, digits and '-')",
+                    "{:?} is not a port name (1-15 lower-case letters, digits and '-', with at least one letter and no '--')",
                     l.name
                 ),
+            ));
+        } else if l.name == v1alpha1::MEMBER_ADMIN_PORT_NAME {
+            errors.push(array_error(
+                array,
+                format!("spec.listeners[{i}].name"),
+                format!(
+                    "{:?} names the members' admin port; choose another listener name",
+                    l.name
+                ),
+            ));
+        }
+        if l.port == v1alpha1::MEMBER_ADMIN_PORT {
+            errors.push(array_error(
+                array,
+                format!("spec.listeners[{i}].port"),
+                format!(
+                    "port {} is the members' admin port; choose another listener port",
+                    l.port
+                ),
+            ));
+        }
+        if let Some(tls) = l.tls.as_ref().filter(|t| !is_dns_subdomain(&t.secret_name)) {
+            errors.push(array_error(
+                array,
+                format!("spec.listeners[{i}].tls.secretName"),
+                format!("{:?} {SECRET_NAME_RULE}", tls.secret_name),
             ));
         }
         if !names.insert(&l.name) {
@@ -576,7 +683,7 @@ fn build_farm(
 ) -> Result<BuiltFarm, Vec<TranslateError>> {
     let spec = &farm.spec;
     let namespace = farm.namespace().unwrap_or_default();
-    let mut errors = Vec::new();
+    let mut errors = farm_reference_errors(farm);
     let mut err = |field: String, message: String| errors.push(farm_error(farm, field, message));
 
     let mut hosts = Vec::new();

@@ -140,3 +140,56 @@ fn every_cel_rule_compiles_and_stays_within_the_cost_budget() {
     assert!(rules >= 10, "only {rules} rules found: the walk is broken");
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
+
+fn version_of(kind: &str) -> serde_json::Value {
+    let crd = portcullis_crds::crds()
+        .into_iter()
+        .find(|c| c.spec.names.kind == kind)
+        .unwrap();
+    serde_json::to_value(&crd.spec.versions[0]).unwrap()
+}
+
+#[test]
+fn status_conditions_are_list_maps_keyed_by_type() {
+    // Server-side apply merges a list-type map item by item; an atomic list would make
+    // every status writer replace every other writer's conditions.
+    for kind in ["GatewayArray", "ServerFarm"] {
+        let v = version_of(kind);
+        let conditions =
+            &v["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]["conditions"];
+        assert_eq!(conditions["x-kubernetes-list-type"], "map", "{kind}");
+        assert_eq!(
+            conditions["x-kubernetes-list-map-keys"],
+            serde_json::json!(["type"]),
+            "{kind}"
+        );
+        // A map key must be required in the item schema, or the API server refuses the CRD.
+        let required = conditions["items"]["required"].as_array().unwrap();
+        assert!(required.iter().any(|r| r == "type"), "{kind}: {required:?}");
+    }
+}
+
+#[test]
+fn the_scale_subresource_names_a_label_selector() {
+    // An HorizontalPodAutoscaler reads the pods to measure from labelSelectorPath.
+    let v = version_of("GatewayArray");
+    let scale = &v["subresources"]["scale"];
+    assert_eq!(scale["labelSelectorPath"], ".status.selector");
+    let status = &v["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"];
+    assert_eq!(status["selector"]["type"], "string");
+}
+
+#[test]
+fn the_admin_port_rule_uses_the_admin_port() {
+    // The CEL rule spells the port as a literal; it must be the one members use.
+    let yaml = portcullis_crds::crds_yaml();
+    let port = portcullis_crds::v1alpha1::MEMBER_ADMIN_PORT;
+    assert!(
+        yaml.contains(&format!("rule: self != {port}")),
+        "no rule refuses {port}"
+    );
+    assert!(yaml.contains(&format!(
+        "rule: self != '{}'",
+        portcullis_crds::v1alpha1::MEMBER_ADMIN_PORT_NAME
+    )));
+}

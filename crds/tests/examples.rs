@@ -442,3 +442,25 @@ fn multi_document_files_are_split_and_comment_only_documents_skipped() {
     assert_eq!(kinds, ["GatewayArray", "ServerFarm"]);
     assert_eq!(docs[1].value["metadata"]["name"], "b");
 }
+
+#[test]
+fn a_farm_naming_its_array_by_a_non_name_is_refused_by_schema_and_by_the_controller_check() {
+    // Not an `examples/invalid` file: such a farm names no array of the quick start, so
+    // translation never sees it. The API server refuses it, and the controller checks it
+    // before reading the array by that name.
+    let farm = serde_json::json!({
+        "apiVersion": "portcullis.io/v1alpha1", "kind": "ServerFarm",
+        "metadata": {"name": "f", "namespace": "default"},
+        "spec": {"arrayRef": {"name": "Demo_Array"}, "publish": {"hosts": ["a.example.com"]},
+                 "servers": [{"address": "10.0.0.1", "port": 80}]}
+    });
+    let errors = api_server::schema_errors("ServerFarm", &farm);
+    assert!(
+        errors.iter().any(|e| e.starts_with("spec.arrayRef.name")),
+        "{errors:?}"
+    );
+    let typed: ServerFarm = serde_json::from_value(farm).unwrap();
+    let errors = portcullis_crds::translate::farm_reference_errors(&typed);
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].field, "spec.arrayRef.name");
+}

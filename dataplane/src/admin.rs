@@ -84,7 +84,7 @@ fn answer(shared: &Shared, path: &str) -> Response<Full<Bytes>> {
     }
 }
 
-/// Binds the admin address.
+/// Binds the admin address (`[::]` takes both families).
 pub(crate) async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    TcpListener::bind(addr).await
+    crate::bind::listen(addr, 128)
 }

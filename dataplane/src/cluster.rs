@@ -2,7 +2,11 @@
 //!
 //! Every poll interval the member GETs (never lists or watches: its Role only grants
 //! `get` on these two names) the array's ConfigMap `<array>-config` and its keys Secret
-//! (`--keys-secret`, `<array>-keys` by default), and writes them atomically into the state directory as `config.json`,
+//! (`--keys-secret`, `<array>-keys` by default). The GETs are served from the API
+//! server's watch cache, not by a quorum read of etcd: the first at any version
+//! (`resourceVersion=0`), each later one at a version no older than the last one seen, so
+//! a member never steps back to an older object (another API server's cache may lag).
+//! It writes them atomically into the state directory as `config.json`,
 //! `keyring.yaml` and `certs/<secret>/{tls.crt,tls.key,ca.crt}`. The runtime serves those
 //! files exactly as `--config`/`--keyring`/`--certs` would, so a cluster change goes
 //! through the same reload path as a file change: atomic, last good kept on error.
@@ -13,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::api::GetParams;
 use kube::{Api, Client};
 use portcullis_crds::config::{CONFIG_KEY, DataplaneConfig};
 use portcullis_crds::keyring::KEYRING_SECRET_KEY;
@@ -82,14 +87,31 @@ pub enum ClusterError {
     Run(#[from] RunError),
 }
 
+/// The resourceVersions of the ConfigMap and the Secret last read.
+#[derive(Clone, Debug, Default)]
+pub struct Seen {
+    config_map: Option<String>,
+    secret: Option<String>,
+}
+
+/// A GET served from the watch cache: at any version the first time, then at one no
+/// older than `seen`.
+fn cached(seen: Option<&String>) -> GetParams {
+    seen.map_or_else(GetParams::any, |rv| GetParams::at(rv))
+}
+
 /// Fetches the ConfigMap and Secret once and writes what changed into the state
 /// directory. A missing Secret is logged and leaves the keyring and certificates as they
 /// were; a missing ConfigMap is an error.
-pub async fn sync_once(client: &Client, opts: &ClusterOptions) -> Result<(), ClusterError> {
+pub async fn sync_once(
+    client: &Client,
+    opts: &ClusterOptions,
+    seen: &mut Seen,
+) -> Result<(), ClusterError> {
     let ns = &opts.namespace;
     let cm_name = opts.config_map();
     let cm = Api::<ConfigMap>::namespaced(client.clone(), ns)
-        .get(&cm_name)
+        .get_with(&cm_name, &cached(seen.config_map.as_ref()))
         .await
         .map_err(|source| ClusterError::Get {
             kind: "ConfigMap",
@@ -97,6 +119,9 @@ pub async fn sync_once(client: &Client, opts: &ClusterOptions) -> Result<(), Clu
             name: cm_name.clone(),
             source: Box::new(source),
         })?;
+    if let Some(rv) = cm.metadata.resource_version.clone() {
+        seen.config_map = Some(rv);
+    }
     let config = cm
         .data
         .as_ref()
@@ -107,10 +132,15 @@ pub async fn sync_once(client: &Client, opts: &ClusterOptions) -> Result<(), Clu
         })?;
     let secret_name = opts.secret();
     let secret = match Api::<Secret>::namespaced(client.clone(), ns)
-        .get(&secret_name)
+        .get_with(&secret_name, &cached(seen.secret.as_ref()))
         .await
     {
-        Ok(s) => Some(s),
+        Ok(s) => {
+            if let Some(rv) = s.metadata.resource_version.clone() {
+                seen.secret = Some(rv);
+            }
+            Some(s)
+        }
         Err(kube::Error::Api(status)) if status.is_not_found() => {
             tracing::warn!(namespace = %ns, name = %secret_name, "the array's Secret does not exist yet");
             None
@@ -264,8 +294,9 @@ pub async fn start(
     mut opts: Options,
 ) -> Result<Handle, ClusterError> {
     let mut backoff = Duration::from_millis(200);
+    let mut seen = Seen::default();
     loop {
-        match sync_once(&client, &cluster).await {
+        match sync_once(&client, &cluster, &mut seen).await {
             Ok(()) => break,
             Err(e @ ClusterError::Write { .. }) => return Err(e),
             Err(e) => {
@@ -284,7 +315,7 @@ pub async fn start(
     let sync = tokio::spawn(async move {
         loop {
             tokio::time::sleep(cluster.poll).await;
-            if let Err(e) = sync_once(&client, &cluster).await {
+            if let Err(e) = sync_once(&client, &cluster, &mut seen).await {
                 tracing::warn!(error = %e, "cluster sync failed; the last files keep serving");
             }
         }

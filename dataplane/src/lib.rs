@@ -6,6 +6,7 @@
 
 mod admin;
 mod balance;
+mod bind;
 pub mod cluster;
 mod framing;
 #[doc(hidden)]

@@ -35,14 +35,7 @@ pub(crate) async fn bind(
     cfg: &ListenerConfig,
     ip: IpAddr,
 ) -> io::Result<Bound> {
-    let sock = if ip.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    sock.set_reuseaddr(true)?;
-    sock.bind(SocketAddr::new(ip, cfg.port))?;
-    let listener = sock.listen(1024)?;
+    let listener = crate::bind::listen(SocketAddr::new(ip, cfg.port), 1024)?;
     let addr = listener.local_addr()?;
     let certs = Arc::new(ArcSwap::from_pointee(ListenerCerts::default()));
     let stop = shared.shutdown.child_token();
@@ -75,6 +68,9 @@ async fn accept_loop(
                 }
             },
         };
+        // On `[::]`, IPv4 clients arrive IPv4-mapped (`::ffff:a.b.c.d`): every later use
+        // (X-Forwarded-For, source-address affinity, source ranges, logs) wants `a.b.c.d`.
+        let client = SocketAddr::new(client.ip().to_canonical(), client.port());
         let max = shared
             .snapshot
             .load()

@@ -54,7 +54,7 @@ struct Args {
         env = "PORTCULLIS_CLUSTER_POLL"
     )]
     cluster_poll: portcullis_crds::Duration,
-    /// Address the listeners bind to.
+    /// Address the listeners bind to. `::` takes IPv4 and IPv6 clients alike.
     #[arg(
         long,
         value_name = "IP",

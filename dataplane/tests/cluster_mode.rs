@@ -71,10 +71,27 @@ fn config(farms: &[String]) -> DataplaneConfig {
     config
 }
 
+/// The path of a request URI, without its query.
+fn path_of(uri: &str) -> &str {
+    uri.split('?').next().unwrap_or(uri)
+}
+
+/// The `resourceVersion` query parameter of a request URI.
+fn resource_version(uri: &str) -> Option<&str> {
+    uri.split_once('?')?
+        .1
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("resourceVersion="))
+}
+
+/// The resourceVersions the fake serves its two objects at.
+const CM_RV: &str = "7";
+const SECRET_RV: &str = "9";
+
 fn configmap_json(config_json: &str) -> String {
     serde_json::json!({
         "apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": "edge-config", "namespace": "ns1"},
+        "metadata": {"name": "edge-config", "namespace": "ns1", "resourceVersion": CM_RV},
         "data": {CONFIG_KEY: config_json},
     })
     .to_string()
@@ -95,8 +112,7 @@ async fn serve_api(state: Arc<Mutex<Api>>) -> std::net::SocketAddr {
                             let mut st = state.lock();
                             st.requests
                                 .push((req.method().to_string(), req.uri().to_string()));
-                            let get =
-                                req.method() == hyper::Method::GET && req.uri().query().is_none();
+                            let get = req.method() == hyper::Method::GET;
                             let (code, body) = match req.uri().path() {
                                 CM_PATH if get && !st.no_configmap => {
                                     (200, configmap_json(&st.config_json))
@@ -108,7 +124,13 @@ async fn serve_api(state: Arc<Mutex<Api>>) -> std::net::SocketAddr {
                                     "message": "forbidden"})
                                     .to_string(),
                                 ),
-                                SECRET_PATH if get => (200, st.secret.clone()),
+                                SECRET_PATH if get => {
+                                    let mut secret: serde_json::Value =
+                                        serde_json::from_str(&st.secret).unwrap();
+                                    secret["metadata"]["resourceVersion"] =
+                                        serde_json::json!(SECRET_RV);
+                                    (200, secret.to_string())
+                                }
                                 _ => (
                                     404,
                                     serde_json::json!({"kind": "Status", "apiVersion": "v1",
@@ -244,11 +266,26 @@ async fn syncs_configmap_and_secret_through_gets_only() {
     h.shutdown().await;
     let requests = state.lock().requests.clone();
     assert!(requests.len() >= 4, "{requests:?}");
+    // Every GET is served from the API server's watch cache, never a quorum read of
+    // etcd: the first at any version (`resourceVersion=0`), the next ones at one no older
+    // than the last seen, so a member never steps back to an older config.
+    for (path, rv) in [(CM_PATH, CM_RV), (SECRET_PATH, SECRET_RV)] {
+        let versions: Vec<Option<&str>> = requests
+            .iter()
+            .filter(|(_, u)| path_of(u) == path)
+            .map(|(_, u)| resource_version(u))
+            .collect();
+        assert!(versions.len() >= 2, "{requests:?}");
+        assert_eq!(versions[0], Some("0"), "{requests:?}");
+        for v in &versions[1..] {
+            assert_eq!(*v, Some(rv), "{requests:?}");
+        }
+    }
     for (method, uri) in &requests {
         assert_eq!(method, "GET", "{requests:?}");
-        assert!(uri == CM_PATH || uri == SECRET_PATH, "{requests:?}");
+        let path = path_of(uri);
+        assert!(path == CM_PATH || path == SECRET_PATH, "{requests:?}");
     }
-    assert!(requests.iter().any(|(_, u)| u == SECRET_PATH));
     drop(b);
 }
 
@@ -297,7 +334,7 @@ async fn sigterm_while_waiting_for_the_first_config_exits_zero() {
             .lock()
             .requests
             .iter()
-            .filter(|(_, u)| u == CM_PATH)
+            .filter(|(_, u)| path_of(u) == CM_PATH)
             .count()
             >= 2
     })
@@ -355,7 +392,7 @@ async fn a_member_without_a_keyring_waits_for_its_secret() {
             .lock()
             .requests
             .iter()
-            .filter(|(_, u)| u == SECRET_PATH)
+            .filter(|(_, u)| path_of(u) == SECRET_PATH)
             .count()
             >= 2
     })

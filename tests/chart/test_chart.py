@@ -28,9 +28,19 @@ CHART = REPO / "charts" / "portcullis"
 CRD_FILE = CHART / "crds" / "portcullis.io.yaml"
 RELEASE = "portcullis"
 NAMESPACE = "portcullis-system"
+
+def kube_version_floor() -> str:
+    """The oldest Kubernetes the chart supports: Chart.yaml's `kubeVersion: ">=X.Y.Z-0"`."""
+    constraint = yaml.safe_load((CHART / "Chart.yaml").read_text())["kubeVersion"]
+    match = re.fullmatch(r">=\s*(\d+\.\d+\.\d+)(-0)?", constraint.strip())
+    assert match, f"kubeVersion {constraint!r} is not a plain floor"
+    return match.group(1)
+
+
 # The oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest schema
 # kubernetes-validate ships: every manifest must be valid for both.
-KUBE_VERSIONS = ["1.30.0", kubernetes_validate.latest_version()]
+FLOOR = kube_version_floor()
+KUBE_VERSIONS = [FLOOR, kubernetes_validate.latest_version()]
 IMAGE = "ghcr.io/portcullis-io/portcullis:0.1.0"
 
 # Named value sets rendered and validated by every structural test.
@@ -146,7 +156,7 @@ def allows(facts: set, group: str, resource: str, verb: str, name: str | None = 
 
 
 def test_lint_is_clean() -> None:
-    report = helm.lint(CHART, strict=True, kube_version="v1.30.0", namespace=NAMESPACE)
+    report = helm.lint(CHART, strict=True, kube_version=f"v{FLOOR}", namespace=NAMESPACE)
     assert report["errors"] == []
     problems = [m for m in report["messages"] if m["severity"] >= 2]
     assert problems == [], problems
@@ -154,8 +164,39 @@ def test_lint_is_clean() -> None:
 
 @pytest.mark.parametrize("name", sorted(VALUE_SETS))
 def test_lint_each_value_set(name: str) -> None:
-    report = helm.lint(CHART, VALUE_SETS[name], strict=True, kube_version="v1.30.0", namespace=NAMESPACE)
+    report = helm.lint(CHART, VALUE_SETS[name], strict=True, kube_version=f"v{FLOOR}", namespace=NAMESPACE)
     assert report["errors"] == [], report
+
+
+# What CRD validation rules use, by the first Kubernetes release whose API server accepts
+# it in a CRD: a CRD using any of these is refused whole by an older API server.
+CRD_FEATURE_RELEASES: list[tuple[str, str, tuple[int, int]]] = [
+    ("rule", r"\bisIP\(|\bip\(|\bisCIDR\(|\bcidr\(", (1, 31)),  # CEL IP and CIDR libraries
+    ("rule", r"\bisQuantity\(|\bquantity\(", (1, 29)),  # CEL quantity library
+    ("key", "messageExpression", (1, 27)),
+    ("key", "fieldPath", (1, 28)),
+    ("key", "reason", (1, 28)),
+]
+
+
+def test_kube_version_floor_covers_every_crd_feature() -> None:
+    floor = tuple(int(x) for x in FLOOR.split(".")[:2])
+    needed: list[str] = []
+    for crd in crd_file_docs():
+        for version in crd["spec"]["versions"]:
+            stack = [version["schema"]["openAPIV3Schema"]]
+            while stack:
+                node = stack.pop()
+                if isinstance(node, dict):
+                    for rule in node.get("x-kubernetes-validations", []):
+                        for where, pattern, release in CRD_FEATURE_RELEASES:
+                            hit = re.search(pattern, rule["rule"]) if where == "rule" else pattern in rule
+                            if hit and release > floor:
+                                needed.append(f"{crd['metadata']['name']}: {rule} needs {release}")
+                    stack.extend(node.values())
+                elif isinstance(node, list):
+                    stack.extend(node)
+    assert not needed, f"Chart.yaml kubeVersion {FLOOR} is too old:\n" + "\n".join(needed)
 
 
 def test_chart_metadata(chart: helm.Chart) -> None:
@@ -194,7 +235,7 @@ def test_strict_validation_catches_unknown_fields() -> None:
     """Guards the guard: kubernetes-validate in strict mode rejects an unknown field."""
     bad = {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "x"}, "bogus": True}
     with pytest.raises(kubernetes_validate.ValidationError):
-        kubernetes_validate.validate(bad, "1.30.0", strict=True)
+        kubernetes_validate.validate(bad, FLOOR, strict=True)
 
 
 def test_expected_objects_by_default(chart: helm.Chart) -> None:
@@ -367,12 +408,13 @@ def test_leader_election_role_is_limited_to_the_lease(chart: helm.Chart) -> None
         ("coordination.k8s.io", "leases", "create", ()),
         ("coordination.k8s.io", "leases", "get", ("portcullis-leader",)),
         ("coordination.k8s.io", "leases", "update", ("portcullis-leader",)),
-        ("coordination.k8s.io", "leases", "patch", ("portcullis-leader",)),
     }
     container = controller_container(docs)
     assert "--lease-name=portcullis-leader" in container["args"]
     assert env_of(container)["POD_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
     assert env_of(container)["PORTCULLIS_LEADER_ELECTION"] == "true"
+    # Each replica holds the Lease under its own name (the pod's).
+    assert env_of(container)["POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     binding = one(docs, "RoleBinding", "portcullis-leader-election")
     assert binding["roleRef"]["name"] == "portcullis-leader-election"
 
@@ -447,7 +489,8 @@ def test_probes_and_admin_port(chart: helm.Chart) -> None:
     assert container["ports"] == [{"name": "admin", "containerPort": 9999, "protocol": "TCP"}]
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}
-    assert env_of(container)["PORTCULLIS_ADMIN"] == "0.0.0.0:9999"
+    # Every address of both families: the kubelet probes the pod IP, IPv4 or IPv6.
+    assert env_of(container)["PORTCULLIS_ADMIN"] == "[::]:9999"
 
 
 def test_controller_command_and_contract_env(chart: helm.Chart) -> None:

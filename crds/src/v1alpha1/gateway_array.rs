@@ -14,6 +14,13 @@ use crate::Duration;
 /// free text (a timestamp is a good choice); each new value starts one rotation.
 pub const ROTATE_KEYS_ANNOTATION: &str = "portcullis.io/rotate-keys";
 
+/// The port array members serve `/healthz`, `/readyz`, `/metrics` and `/status` on (the
+/// container port named `admin`). No listener may use it, nor that name.
+pub const MEMBER_ADMIN_PORT: u16 = 9901;
+
+/// The container port name of [`MEMBER_ADMIN_PORT`]; listener names may not take it.
+pub const MEMBER_ADMIN_PORT_NAME: &str = "admin";
+
 /// A set of identical proxy pods ("array members") that publish ServerFarms, load the
 /// same configuration and share a keyring, so that any member can continue a session
 /// another member started.
@@ -31,7 +38,10 @@ pub const ROTATE_KEYS_ANNOTATION: &str = "portcullis.io/rotate-keys";
     status = "GatewayArrayStatus",
     derive = "PartialEq",
     cel,
-    scale = r#"{"specReplicasPath":".spec.replicas", "statusReplicasPath":".status.readyMembers"}"#,
+    scale = r#"{"specReplicasPath":".spec.replicas", "statusReplicasPath":".status.readyMembers", "labelSelectorPath":".status.selector"}"#,
+    // The array's name becomes its Service's name (a DNS-1035 label) and label values.
+    validation = Rule::new("self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("metadata.name must be a DNS-1035 label (lower-case letters, digits and '-', starting with a letter, no dots): it names the array's Service"),
+    validation = Rule::new("size(self.metadata.name) <= 63").message("metadata.name must be at most 63 characters: it names the array's Service and is a label value"),
     printcolumn(name = "Desired", type_ = "integer", json_path = ".spec.replicas"),
     printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyMembers"),
     printcolumn(
@@ -104,11 +114,19 @@ fn default_replicas() -> i32 {
 #[x_kube(validation = Rule::new("self.protocol != 'HTTPS' || has(self.tls)").message("an HTTPS listener needs tls.secretName (the default certificate)").field_path(".tls"))]
 #[x_kube(validation = Rule::new("self.protocol != 'HTTP' || !has(self.tls)").message("an HTTP listener takes no tls").field_path(".tls"))]
 pub struct Listener {
-    /// A name unique in the array; it names the Service port too.
+    /// A name unique in the array. It names the member container's port and the
+    /// Service's target port, so it is an IANA service name: 1-15 lower-case letters,
+    /// digits and '-', with at least one letter and no `--`. `admin` is taken by the
+    /// members' admin port.
     #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"), length(max = 15))]
+    #[x_kube(validation = Rule::new("self.matches('[a-z]')").message("a listener name needs at least one letter: it names a container port"))]
+    #[x_kube(validation = Rule::new("!self.contains('--')").message("a listener name may not contain '--': it names a container port"))]
+    #[x_kube(validation = Rule::new("self != 'admin'").message("'admin' names the members' admin port; choose another listener name"))]
     pub name: String,
-    /// The TCP port.
+    /// The TCP port. 9901 is the members' admin port. Ports below 1024 work: the member
+    /// pods then allow unprivileged processes to bind them (a namespaced sysctl).
     #[schemars(range(min = 1, max = 65535))]
+    #[x_kube(validation = Rule::new("self != 9901").message("port 9901 is the members' admin port; choose another listener port"))]
     pub port: u16,
     /// `HTTP` or `HTTPS`.
     pub protocol: ListenerProtocol,
@@ -137,6 +155,10 @@ pub enum ListenerProtocol {
 pub struct ListenerTls {
     /// A `kubernetes.io/tls` Secret in the array's namespace (in local mode,
     /// `certs/<secretName>/tls.crt` and `tls.key` under the manifests directory).
+    #[schemars(
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"),
+        length(max = 253)
+    )]
     pub secret_name: String,
 }
 
@@ -266,8 +288,13 @@ pub struct GatewayArrayStatus {
     /// What each member reports having loaded.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub members: Vec<MemberStatus>,
-    /// `Ready`, `ConfigApplied` and `KeysRotating` conditions.
+    /// The label selector of the member pods, for the scale subresource (so a
+    /// HorizontalPodAutoscaler can target the array).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
+    /// `Accepted`, `ResolvedRefs`, `Ready` and `KeysRotating` conditions, one per type.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
 }
 

@@ -106,6 +106,7 @@ pub struct ServerFarmSpec {
 pub struct ArrayRef {
     /// Name of a GatewayArray in the farm's namespace.
     #[x_kube(validation = Rule::new("self.size() > 0").message("arrayRef.name must not be empty"))]
+    #[schemars(regex(pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"), length(max = 63))]
     pub name: String,
 }
 
@@ -142,6 +143,10 @@ pub struct TlsCertificateRef {
     /// Name of a Secret of type `kubernetes.io/tls` in the same namespace. In local mode,
     /// the PEM files `certs/<secretName>/tls.crt` and `tls.key` under the manifests
     /// directory.
+    #[schemars(
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"),
+        length(max = 253)
+    )]
     pub secret_name: String,
 }
 
@@ -189,6 +194,7 @@ fn default_weight() -> u32 {
 #[serde(rename_all = "camelCase")]
 pub struct ServiceRef {
     /// Name of the Service, in the farm's namespace.
+    #[schemars(regex(pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"), length(max = 63))]
     pub name: String,
     /// The Service port (its `port`, not the target port).
     #[schemars(range(min = 1, max = 65535))]
@@ -400,6 +406,10 @@ pub struct UpstreamTls {
     /// A Secret whose `ca.crt` holds the CA bundle that signs the servers' certificates.
     /// The system roots are used when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"),
+        length(max = 253)
+    )]
     pub ca_secret_name: Option<String>,
 
     /// Skip certificate verification. For testing only.
@@ -474,8 +484,9 @@ pub struct ServerFarmStatus {
 
     /// `Accepted` (the spec is valid and published), `ResolvedRefs` (the array, Services
     /// and Secrets it names exist) and `Ready` (members serve it with at least one
-    /// healthy endpoint).
+    /// healthy endpoint), one per type.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
 
     /// The endpoints the servers resolved to, by endpoint identity.
