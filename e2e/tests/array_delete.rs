@@ -8,7 +8,7 @@ use portcullis_e2e::{Ctx, fixtures, owned, wait, with_temp_ns};
 use serde_json::json;
 
 #[tokio::test]
-#[ignore = "needs a cluster: run e2e/kind.sh"]
+#[ignore = "needs a cluster: run e2e/cluster/e2e.sh or e2e/kind.sh"]
 async fn deleting_the_array_removes_what_it_owned() {
     with_temp_ns("array-delete", |ctx: Ctx| async move {
         fixtures::create_demo_backend(&ctx, "demo", 1).await?;

@@ -27,7 +27,7 @@ async fn member_identity(ctx: &Ctx) -> anyhow::Result<BTreeMap<String, i32>> {
 }
 
 #[tokio::test]
-#[ignore = "needs a cluster: run e2e/kind.sh"]
+#[ignore = "needs a cluster: run e2e/cluster/e2e.sh or e2e/kind.sh"]
 async fn farm_edit_applies_without_restarting_members() {
     with_temp_ns("farm-edit", |ctx: Ctx| async move {
         fixtures::create_demo_backend(&ctx, "demo-a", 2).await?;

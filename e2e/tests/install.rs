@@ -12,7 +12,7 @@ use portcullis_e2e::{Ctx, fixtures, http, with_temp_ns};
 use serde_json::json;
 
 #[tokio::test]
-#[ignore = "needs a cluster: run e2e/kind.sh"]
+#[ignore = "needs a cluster: run e2e/cluster/e2e.sh or e2e/kind.sh"]
 async fn install() {
     with_temp_ns("install", |ctx: Ctx| async move {
         // CRDs established and accepted.

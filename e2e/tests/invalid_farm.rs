@@ -6,7 +6,7 @@ use portcullis_e2e::{Ctx, fixtures, http, with_temp_ns};
 use serde_json::json;
 
 #[tokio::test]
-#[ignore = "needs a cluster: run e2e/kind.sh"]
+#[ignore = "needs a cluster: run e2e/cluster/e2e.sh or e2e/kind.sh"]
 async fn invalid_farm_is_reported_and_isolated() {
     with_temp_ns("invalid-farm", |ctx: Ctx| async move {
         fixtures::create_demo_backend(&ctx, "demo", 2).await?;

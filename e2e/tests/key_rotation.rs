@@ -16,7 +16,7 @@ use serde_json::json;
 const CLIENTS: usize = 6;
 
 #[tokio::test]
-#[ignore = "needs a cluster: run e2e/kind.sh"]
+#[ignore = "needs a cluster: run e2e/cluster/e2e.sh or e2e/kind.sh"]
 async fn rotation_under_traffic_rejects_no_cookie() {
     with_temp_ns("key-rotation", |ctx: Ctx| async move {
         let before = fixtures::sticky_shop(&ctx, 2, 4).await?;

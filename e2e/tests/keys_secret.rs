@@ -11,7 +11,7 @@ use portcullis_e2e::{Ctx, fixtures, wait, with_temp_ns};
 use serde_json::json;
 
 #[tokio::test]
-#[ignore = "needs a cluster: run e2e/kind.sh"]
+#[ignore = "needs a cluster: run e2e/cluster/e2e.sh or e2e/kind.sh"]
 async fn renaming_the_keys_secret_keeps_sessions() {
     with_temp_ns("keys-secret", |ctx: Ctx| async move {
         let before = fixtures::sticky_shop(&ctx, 2, 3).await?;

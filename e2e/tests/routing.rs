@@ -6,7 +6,7 @@ use portcullis_e2e::{Ctx, fixtures, http, with_temp_ns};
 use serde_json::json;
 
 #[tokio::test]
-#[ignore = "needs a cluster: run e2e/kind.sh"]
+#[ignore = "needs a cluster: run e2e/cluster/e2e.sh or e2e/kind.sh"]
 async fn traffic_reaches_the_right_farm() {
     with_temp_ns("routing", |ctx: Ctx| async move {
         fixtures::create_demo_backend(&ctx, "demo-a", 2).await?;

@@ -8,7 +8,7 @@ use portcullis_e2e::http::CookieJar;
 use portcullis_e2e::{Ctx, fixtures, owned, wait, with_temp_ns};
 
 #[tokio::test]
-#[ignore = "needs a cluster: run e2e/kind.sh"]
+#[ignore = "needs a cluster: run e2e/cluster/e2e.sh or e2e/kind.sh"]
 async fn session_survives_member_deletion() {
     with_temp_ns("session-failover", |ctx: Ctx| async move {
         fixtures::sticky_shop(&ctx, 3, 4).await?;
