@@ -12,8 +12,11 @@ cargo fmt --all -- --check
 echo "== cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+echo "== cargo build of every test target (one feature set for the whole workspace)"
+cargo test --workspace --locked --no-run
+
 echo "== chart tests (Helm 4 engine, offline schema validation)"
-python3 -m pytest -q tests/chart
+PORTCULLIS_CRDGEN="${CARGO_TARGET_DIR:-$PWD/target}/debug/crdgen" python3 -m pytest -q tests/chart
 
 echo "== cargo test (unit, in-process, multi-process, mocked API server; cluster tests stay ignored)"
 cargo test --workspace --locked
