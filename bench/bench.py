@@ -49,6 +49,10 @@ class Settings:
         self.idle_conns = env_int("BENCH_IDLE_CONNS", 10000)
         self.h2_conns = env_int("BENCH_H2_CONNS", 16)
         self.h2_streams = env_int("BENCH_H2_STREAMS", 32)
+        self.churn_conns = env_int("BENCH_CHURN_CONNS", 64)
+        self.scenarios = [
+            s.strip() for s in os.environ.get("BENCH_SCENARIOS", "all").split(",") if s.strip()
+        ]
         self.proxy_cpu = os.environ.get("BENCH_PROXY_CPU", "0")
         self.load_cpu = os.environ.get("BENCH_LOAD_CPU", "1")
         self.load_threads = env_int("BENCH_LOAD_THREADS", 1)
@@ -79,6 +83,13 @@ class Settings:
     @property
     def admin_port(self):
         return self.port_base + 39
+
+    @property
+    def origin_status_port(self):
+        return self.port_base + 1
+
+    def wants(self, scenario):
+        return "all" in self.scenarios or scenario in self.scenarios
 
 
 S = None  # the Settings, set in main()
@@ -240,6 +251,7 @@ def base_values(proxy=None):
     values = {
         "OUT": S.out,
         "ORIGIN_PORT": S.origin_port,
+        "ORIGIN_STATUS_PORT": S.origin_status_port,
         "NOFILE": S.nofile,
         "WORKER_CONNECTIONS": S.nofile,
         "MAXCONN": S.idle_conns + 64,
@@ -466,6 +478,43 @@ def latency_at_rate(proxy, url):
     return res
 
 
+CHURN_LUA = """-- Spreads requests over the three churn farms, one Host per request in turn.
+local hosts = {"churn-a.localhost", "churn-b.localhost", "churn-c.localhost"}
+local n = 0
+request = function()
+  n = n + 1
+  return wrk.format("GET", "/", {Host = hosts[n % 3 + 1]})
+end
+"""
+
+
+def origin_accepts():
+    """Connections the origin accepted so far (nginx stub_status)."""
+    status, _, body = http_get(S.origin_status_port)
+    if status != 200:
+        raise RuntimeError(f"origin stub_status answered {status}")
+    lines = body.decode().splitlines()
+    return int(lines[2].split()[0])
+
+
+def churn(proxy, port):
+    """The seeds' churn: 64 keep-alive clients over three farms (or upstreams) that name
+    one origin; counts the origin connections the proxy opened meanwhile."""
+    script = os.path.join(S.out, "churn.lua")
+    with open(script, "w") as f:
+        f.write(CHURN_LUA)
+    time.sleep(1.0)
+    before = origin_accepts()
+    argv = ["wrk", f"-t{S.load_threads}", f"-c{S.churn_conns}", f"-d{S.seconds}s", "-s", script,
+            f"http://127.0.0.1:{port}/"]
+    res = parse_wrk(run_tool(f"{proxy}.churn", pinned(S.load_cpu, argv), S.seconds * 4 + 60))
+    res["origin_connections_opened"] = origin_accepts() - before
+    res["origin_connections_per_10k_requests"] = (
+        res["origin_connections_opened"] / res["requests"] * 1e4 if res.get("requests") else None)
+    log(f"churn: {json.dumps(res)}")
+    return res
+
+
 def idle_memory(proc, port):
     time.sleep(1.0)
     before = rss_kib(proc.pid)
@@ -544,6 +593,8 @@ def bench_proxy(proxy):
 
     def step(key, fn):
         """One scenario; a failure is recorded and the next scenario still runs."""
+        if key != "warmup" and not S.wants(key):
+            return
         if not proc.alive():
             results[key] = {"error": f"{proxy} is no longer running"}
             return
@@ -561,7 +612,8 @@ def bench_proxy(proxy):
         step("latency", lambda: measured(
             proc, "latency", lambda: latency_at_rate(proxy, http_url)))
         step("https", lambda: measured(proc, "https", lambda: wrk(proxy, "https", https_url)))
-        results["handshake_closes"] = closes_on_request(https_port)
+        if S.wants("handshakes"):
+            results["handshake_closes"] = closes_on_request(https_port)
         step("handshakes", lambda: measured(
             proc, "handshakes",
             lambda: wrk(proxy, "handshakes", https_url, headers=["Connection: close"])))
@@ -569,13 +621,14 @@ def bench_proxy(proxy):
             f"-t{S.load_threads}", f"-c{S.h2_conns}", f"-m{S.h2_streams}",
             f"-D{S.seconds}", https_url,
         ], S.seconds * 4 + 60)))
-        if "protocol" in results["h2"] and results["h2"]["protocol"] != "h2":
+        if "protocol" in results.get("h2", {}) and results["h2"]["protocol"] != "h2":
             results["h2"]["note"] = f"negotiated {results['h2']['protocol']}, not h2"
-        if proxy in ("haproxy", "portcullis"):
+        if proxy in ("haproxy", "portcullis") and S.wants("affinity"):
             results["affinity_sets_cookie"] = affinity_sets_cookie(http_port)
             step("affinity", lambda: measured(
                 proc, "affinity",
                 lambda: wrk(proxy, "affinity", http_url, headers=["Host: affinity.localhost"])))
+        step("churn", lambda: churn(proxy, http_port))
         results["rss_end_kib"] = rss_kib(proc.pid)
     finally:
         proc.stop()
@@ -679,6 +732,10 @@ ROWS = [
      ("affinity", "rps"), "higher", 0),
     ("Proxy CPU per 100k requests with cookie affinity, s",
      ("affinity", "cpu_s_per_100k"), "lower", 2),
+    ("**Origin connections opened, churn run** (3 farms naming one origin, {churn_c} "
+     "keep-alive clients, {seconds} s)", ("churn", "origin_connections_opened"), "lower", 0),
+    ("Origin connections opened per 10k requests, churn run",
+     ("churn", "origin_connections_per_10k_requests"), "lower", 2),
 ]
 
 
@@ -686,6 +743,7 @@ def table(results):
     labels = {
         "conns": S.conns, "rate_k": f"{S.rate / 1000:g}", "rate_conns": S.rate_conns,
         "idle_k": f"{S.idle_conns / 1000:g}", "h2c": S.h2_conns, "h2s": S.h2_streams,
+        "churn_c": S.churn_conns, "seconds": S.seconds,
     }
     names = {"nginx": "nginx", "haproxy": "HAProxy", "portcullis": "Portcullis"}
     cols = [p for p in ("nginx", "haproxy", "portcullis") if p in results]
