@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -169,6 +169,13 @@ pub struct FarmConfig {
     pub passive: PassiveConfig,
     /// Cookie name sealing.
     pub cookie_protection: CookieProtection,
+    /// `Upgrade` tokens clients may switch to, lower case.
+    #[serde(default = "default_allowed_upgrades")]
+    pub allowed_upgrades: Vec<String>,
+}
+
+fn default_allowed_upgrades() -> Vec<String> {
+    vec!["websocket".to_owned()]
 }
 
 /// A farm member: one server as the operator wrote it, and where it leads.
@@ -447,6 +454,17 @@ pub struct PassiveConfig {
     /// Without a verifier, how long an ejected endpoint stays out before it is tried
     /// again.
     pub base_ejection_time: Duration,
+    /// The largest share of the farm's endpoints (percent) passive health may have out
+    /// at once; the last one in service is never ejected.
+    #[serde(default = "default_max_ejected_percent")]
+    pub max_ejected_percent: u32,
+}
+
+/// Default of [`PassiveConfig::max_ejected_percent`].
+pub const DEFAULT_MAX_EJECTED_PERCENT: u32 = 50;
+
+fn default_max_ejected_percent() -> u32 {
+    DEFAULT_MAX_EJECTED_PERCENT
 }
 
 /// Session and keyring settings of the array.
@@ -477,6 +495,91 @@ pub struct LimitsConfig {
     pub header_read_timeout: Duration,
     /// Keep-alive idle timeout for client connections.
     pub client_idle_timeout: Duration,
+    /// Concurrent client connections per client address.
+    #[serde(default = "default_max_connections_per_client")]
+    pub max_connections_per_client: u32,
+    /// Proxies whose forwarding headers are believed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trusted_proxies: Vec<IpRange>,
+}
+
+/// Default of [`LimitsConfig::max_connections_per_client`].
+pub const DEFAULT_MAX_CONNECTIONS_PER_CLIENT: u32 = 1000;
+
+fn default_max_connections_per_client() -> u32 {
+    DEFAULT_MAX_CONNECTIONS_PER_CLIENT
+}
+
+/// An address range in CIDR notation (`10.0.0.0/8`, `2001:db8::/32`; a bare address is
+/// the range of that one address).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct IpRange {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl IpRange {
+    /// Whether `ip` is in the range. IPv4-mapped IPv6 addresses count as IPv4.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.addr, ip.to_canonical()) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl std::str::FromStr for IpRange {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: IpAddr = addr
+            .parse()
+            .map_err(|_| format!("{s:?} is not an address or CIDR range"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("{s:?} has a prefix length that is not 0-{max}"))?,
+        };
+        Ok(IpRange { addr, prefix })
+    }
+}
+
+impl fmt::Display for IpRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+impl Serialize for IpRange {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for IpRange {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
 }
 
 /// Why a config document was refused.

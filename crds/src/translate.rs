@@ -290,6 +290,65 @@ pub fn translate(
     })
 }
 
+/// Serves farm `id` as `previous` served it, in a config where its new version was
+/// refused: the farm, its routes that no farm of `config` claims now, the SNI
+/// certificates of those hosts and the endpoints its members name. A site whose edit
+/// fails validation keeps its last good version instead of answering 404.
+///
+/// Returns false (and changes nothing) when `previous` has no such farm.
+pub fn keep_last_good(config: &mut DataplaneConfig, previous: &DataplaneConfig, id: &str) -> bool {
+    let Some(farm) = previous.farms.get(id) else {
+        return false;
+    };
+    if config.farms.contains_key(id) {
+        return false;
+    }
+    let taken: BTreeSet<(String, String)> = config
+        .routes
+        .iter()
+        .map(|r| (r.host.clone(), r.path_prefix.clone()))
+        .collect();
+    let routes: Vec<RouteConfig> = previous
+        .routes
+        .iter()
+        .filter(|r| r.farm == id && !taken.contains(&(r.host.clone(), r.path_prefix.clone())))
+        .cloned()
+        .collect();
+    let hosts: BTreeSet<&str> = routes.iter().map(|r| r.host.as_str()).collect();
+    for l in &mut config.listeners {
+        let Some(old) = previous.listeners.iter().find(|o| o.port == l.port) else {
+            continue;
+        };
+        if l.protocol != ListenerProtocol::Https {
+            continue;
+        }
+        for s in &old.sni {
+            if hosts.contains(s.host.as_str()) && !l.sni.iter().any(|n| n.host == s.host) {
+                l.sni.push(s.clone());
+            }
+        }
+        l.sni.sort_by(|a, b| {
+            (a.host.starts_with("*."), &a.host).cmp(&(b.host.starts_with("*."), &b.host))
+        });
+    }
+    for m in &farm.members {
+        if let MemberTarget::Endpoints { identities } = &m.target {
+            for key in identities {
+                if let Some(ep) = previous.endpoints.get(key) {
+                    config
+                        .endpoints
+                        .entry(key.clone())
+                        .or_insert_with(|| ep.clone());
+                }
+            }
+        }
+    }
+    config.routes.extend(routes);
+    config.routes.sort_by_key(route_precedence);
+    config.farms.insert(id.to_owned(), farm.clone());
+    true
+}
+
 /// Sort key giving route precedence: exact hosts first, then wildcards with longer
 /// suffixes, then longer path prefixes.
 fn route_precedence(
@@ -586,7 +645,18 @@ fn validate_array(array: &GatewayArray) -> Result<ArrayDefaults, Vec<TranslateEr
         client_idle_timeout: limits
             .client_idle_timeout
             .unwrap_or(Duration::from_secs(60)),
+        max_connections_per_client: limits
+            .max_connections_per_client
+            .unwrap_or(DEFAULT_MAX_CONNECTIONS_PER_CLIENT),
+        trusted_proxies: Vec::new(),
     };
+    let mut limits = limits;
+    for (i, range) in spec.trusted_proxies.iter().enumerate() {
+        match range.parse::<IpRange>() {
+            Ok(r) => limits.trusted_proxies.push(r),
+            Err(m) => errors.push(array_error(array, format!("spec.trustedProxies[{i}]"), m)),
+        }
+    }
     if limits.header_read_timeout.is_zero() {
         errors.push(array_error(
             array,
@@ -1155,8 +1225,31 @@ fn build_farm(
         consecutive_failures: passive_spec.as_ref().map_or(5, |p| p.consecutive_failures),
         count_5xx: passive_spec.as_ref().is_none_or(|p| p.count_5xx),
         base_ejection_time: Duration::from_secs(30),
+        max_ejected_percent: passive_spec
+            .as_ref()
+            .map_or(DEFAULT_MAX_EJECTED_PERCENT, |p| p.max_ejected_percent),
     };
 
+    let allowed_upgrades: Vec<String> = match &spec.allowed_upgrades {
+        None => vec!["websocket".to_owned()],
+        Some(list) => list.iter().map(|u| u.trim().to_ascii_lowercase()).collect(),
+    };
+    for (i, u) in allowed_upgrades.iter().enumerate() {
+        if u == "h2c" {
+            errors.push(farm_error(
+                farm,
+                format!("spec.allowedUpgrades[{i}]"),
+                "h2c is never tunnelled: the client would speak HTTP/2 past the proxy's checks"
+                    .into(),
+            ));
+        } else if u.is_empty() || !u.bytes().all(|b| b.is_ascii_graphic() && b != b',') {
+            errors.push(farm_error(
+                farm,
+                format!("spec.allowedUpgrades[{i}]"),
+                format!("{u:?} is not an Upgrade token"),
+            ));
+        }
+    }
     if !errors.is_empty() {
         return Err(errors);
     }
@@ -1186,6 +1279,7 @@ fn build_farm(
             verifier,
             passive,
             cookie_protection: spec.cookie_protection,
+            allowed_upgrades,
         },
         hosts,
         paths,

@@ -8,7 +8,8 @@ use portcullis_crds::config::{
     CONFIG_VERSION, ConfigError, DataplaneConfig, FarmConfig, MemberTarget,
 };
 use portcullis_crds::translate::{
-    FarmOutcome, Resolutions, ServiceEndpoint, ServiceKey, TranslateError, Translation, translate,
+    FarmOutcome, Resolutions, ServiceEndpoint, ServiceKey, TranslateError, Translation,
+    keep_last_good, translate,
 };
 use portcullis_crds::v1alpha1::{GatewayArray, ServerFarm};
 
@@ -393,6 +394,78 @@ fn a_bad_farm_is_rejected_by_field_and_the_others_are_still_published() {
     assert!(!t.config.endpoints.keys().any(|k| k.contains("10.9.9.9")));
 }
 
+/// Issue 12, finding 2: a farm edit that fails validation keeps the farm's last good
+/// version (routes, endpoints, certificate) instead of leaving the site to 404.
+#[test]
+fn a_refused_edit_keeps_the_last_good_version_of_that_farm_only() {
+    let tls_edge = array(
+        "listeners:\n- name: https\n  port: 8443\n  protocol: HTTPS\n  tls: {secretName: default-cert}\n",
+    );
+    let shop = |server: &str| {
+        farm(
+            "shop",
+            &format!(
+                "publish:\n  hosts: [shop.example.com]\n  paths: [/, /api]\n  tls: {{secretName: shop-cert}}\nservers:\n{server}"
+            ),
+        )
+    };
+    let good_shop = shop("- address: 10.0.0.7\n  port: 80\n");
+    let blog = site("blog", &["blog.example.com"], &["/"]);
+    let before = ok(translate(
+        &tls_edge,
+        &[good_shop, blog.clone()],
+        &Resolutions::default(),
+    ))
+    .config;
+
+    // The edit names a server by host and address at once; meanwhile the blog moved to a
+    // new path and a new farm claimed one of the shop's old routes.
+    let bad_shop = shop("- host: web\n  address: 10.0.0.8\n  port: 80\n");
+    let blog = site("blog", &["blog.example.com"], &["/v2"]);
+    let taker = site("taker", &["shop.example.com"], &["/api"]);
+    let t = ok(translate(
+        &tls_edge,
+        &[bad_shop, blog, taker],
+        &Resolutions::default(),
+    ));
+    rejected(&t, "default/shop");
+    let mut config = t.config;
+    assert!(keep_last_good(&mut config, &before, "default/shop"));
+    config.check().expect("the merged config is consistent");
+
+    let shop = &config.farms["default/shop"];
+    assert_eq!(shop, &before.farms["default/shop"]);
+    let keys = identities(shop);
+    assert!(
+        keys.iter().all(|k| config.endpoints.contains_key(k)),
+        "{keys:?}"
+    );
+    assert!(keys.iter().any(|k| k.contains("10.0.0.7")));
+    // Its route that nobody claims now comes back; the one the new farm took stays taken.
+    assert_eq!(
+        config.route("shop.example.com", "/").unwrap().farm,
+        "default/shop"
+    );
+    assert_eq!(
+        config.route("shop.example.com", "/api/x").unwrap().farm,
+        "default/taker"
+    );
+    // The blog is the new version: only the refused farm is held back.
+    assert!(config.route("blog.example.com", "/").is_none());
+    assert_eq!(
+        config.route("blog.example.com", "/v2").unwrap().farm,
+        "default/blog"
+    );
+    // Its certificate is still served by SNI.
+    let sni = &config.listeners[0].sni;
+    assert!(
+        sni.iter()
+            .any(|s| s.host == "shop.example.com" && s.certificate.secret == "shop-cert")
+    );
+    // A farm that never had a good version has nothing to keep.
+    assert!(!keep_last_good(&mut config, &before, "default/nobody"));
+}
+
 #[test]
 fn every_problem_of_a_farm_is_reported_at_once() {
     let bad = farm(
@@ -759,4 +832,44 @@ fn a_probe_path_may_carry_a_query_but_not_a_fragment() {
         rejected(&t, "default/probe")[0].field,
         "spec.connectivityVerifier.path"
     );
+}
+
+/// Issue 12, finding 3: forwarding headers are believed only from configured proxies.
+#[test]
+fn trusted_proxies_are_ranges_and_a_bad_one_names_its_index() {
+    use portcullis_crds::config::IpRange;
+    let r: IpRange = "10.1.0.0/16".parse().unwrap();
+    assert!(r.contains(ip("10.1.200.3")));
+    assert!(!r.contains(ip("10.2.0.1")));
+    assert!(
+        r.contains(ip("::ffff:10.1.0.9")),
+        "IPv4-mapped counts as IPv4"
+    );
+    let v6: IpRange = "2001:db8::/32".parse().unwrap();
+    assert!(v6.contains(ip("2001:db8:1::1")));
+    assert!(!v6.contains(ip("2001:db9::1")));
+    let one: IpRange = "192.0.2.7".parse().unwrap();
+    assert!(one.contains(ip("192.0.2.7")) && !one.contains(ip("192.0.2.8")));
+    let all: IpRange = "0.0.0.0/0".parse().unwrap();
+    assert!(all.contains(ip("203.0.113.1")) && !all.contains(ip("::1")));
+    assert_eq!(serde_json::to_string(&r).unwrap(), "\"10.1.0.0/16\"");
+    for bad in ["10.0.0.0/33", "nonsense", "10.0.0.0/", "::/129"] {
+        assert!(bad.parse::<IpRange>().is_err(), "{bad} parsed");
+    }
+
+    let edge = array(
+        "listeners:\n- name: http\n  port: 8080\n  protocol: HTTP\ntrustedProxies: [10.0.0.0/8, 10.0.0.0/40]\n",
+    );
+    let errors = translate(&edge, &[], &Resolutions::default()).unwrap_err();
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].field, "spec.trustedProxies[1]");
+    let ok_edge = array(
+        "listeners:\n- name: http\n  port: 8080\n  protocol: HTTP\ntrustedProxies: [10.0.0.0/8]\nlimits: {maxConnectionsPerClient: 7}\n",
+    );
+    let t = ok(translate(&ok_edge, &[], &Resolutions::default()));
+    assert_eq!(
+        t.config.limits.trusted_proxies,
+        ["10.0.0.0/8".parse::<IpRange>().unwrap()]
+    );
+    assert_eq!(t.config.limits.max_connections_per_client, 7);
 }

@@ -102,6 +102,14 @@ pub struct GatewayArraySpec {
     /// Limits that protect members from slow or abusive clients.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub limits: Option<ClientLimits>,
+
+    /// Addresses (CIDRs such as `10.0.0.0/8` or `2001:db8::/32`) of proxies in front of
+    /// the array whose forwarding headers are believed. From any other client,
+    /// `X-Forwarded-For` is replaced by the client's address and `Forwarded`,
+    /// `X-Real-IP` and `X-Forwarded-Port` are removed. Empty by default: nobody is.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub trusted_proxies: Vec<String>,
 }
 
 fn default_replicas() -> i32 {
@@ -257,6 +265,11 @@ pub struct ClientLimits {
     /// A keep-alive client connection idle this long is closed. Defaults to `60s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_idle_timeout: Option<Duration>,
+    /// Concurrent connections one client address may hold per member; more are refused
+    /// (and counted). Defaults to 1000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub max_connections_per_client: Option<u32>,
 }
 
 /// The observed state of a GatewayArray.

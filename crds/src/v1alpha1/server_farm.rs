@@ -95,6 +95,14 @@ pub struct ServerFarmSpec {
     #[serde(default)]
     pub cookie_protection: CookieProtection,
 
+    /// Protocols a client may switch to through this farm (`Upgrade` tokens, matched
+    /// case-insensitively). Any other `Upgrade` request is served as a plain request, and
+    /// a `101` the client did not ask for is refused with 502. Defaults to
+    /// `[websocket]`; `[]` allows none. `h2c` is never tunnelled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16))]
+    pub allowed_upgrades: Option<Vec<String>>,
+
     /// How the dataplane talks to the servers: TLS, keep-alive, timeouts and retries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream: Option<Upstream>,
@@ -349,10 +357,18 @@ pub struct PassiveEjection {
     /// Whether a 5xx answer counts as a failure. Defaults to true.
     #[serde(default = "default_true")]
     pub count_5xx: bool,
+    /// The largest share of the farm's servers, in percent, that passive health may have
+    /// out at once; the last server in service is never ejected. Defaults to 50.
+    #[serde(default = "default_max_ejected_percent")]
+    #[schemars(range(max = 100))]
+    pub max_ejected_percent: u32,
 }
 
 fn default_consecutive_failures() -> u32 {
     5
+}
+fn default_max_ejected_percent() -> u32 {
+    crate::config::DEFAULT_MAX_EJECTED_PERCENT
 }
 fn default_true() -> bool {
     true
@@ -446,7 +462,10 @@ pub enum UpstreamProtocol {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct KeepAlive {
-    /// Idle connections kept open to one endpoint. Defaults to 32.
+    /// Idle connections kept open to one endpoint when the load is light. Under load the
+    /// pool keeps as many as the most requests in flight at once over the last
+    /// `idleTimeout` (within `maxConnections`), so a steady load never reopens
+    /// connections. Farms that share an endpoint add up their values. Defaults to 32.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(max = 10000))]
     pub max_idle: Option<u32>,
