@@ -168,6 +168,35 @@ impl FarmRt {
             .find(|i| self.usable(*i) && Some(*i) != exclude)
     }
 
+    /// How many endpoints other than `i` are out for passive health right now.
+    fn ejected_others(&self, i: usize) -> usize {
+        let base = self.cfg.passive.base_ejection_time.get();
+        self.endpoints
+            .iter()
+            .enumerate()
+            .filter(|(j, e)| {
+                *j != i
+                    && e.endpoint
+                        .ejected_at
+                        .lock()
+                        .is_some_and(|at| e.probe.is_some() || at.elapsed() < base)
+            })
+            .count()
+    }
+
+    /// Whether one more endpoint may be ejected with `out` already ejected: at most
+    /// `maxEjectedPercent` of the farm's serving endpoints, and never the last one.
+    fn may_eject(&self, out: usize) -> bool {
+        let serving = self
+            .endpoints
+            .iter()
+            .filter(|e| e.weight > 0 && !e.draining)
+            .count();
+        let allowed = (serving * self.cfg.passive.max_ejected_percent as usize / 100)
+            .min(serving.saturating_sub(1));
+        out < allowed
+    }
+
     /// Records a passive-health outcome for endpoint `i`.
     pub(crate) fn record(&self, i: usize, failed: bool) {
         let e = &self.endpoints[i].endpoint;
@@ -185,11 +214,16 @@ impl FarmRt {
         }
         let n = e.failures.fetch_add(1, Ordering::Relaxed) + 1;
         if n >= threshold {
+            let out = self.ejected_others(i);
             let mut ej = e.ejected_at.lock();
             let renew = match *ej {
                 None => true,
                 Some(at) => at.elapsed() >= self.cfg.passive.base_ejection_time.get(),
             };
+            if renew && !self.may_eject(out) {
+                tracing::warn!(farm = %self.cfg.id, endpoint = %e.key, failures = n, ejected = out, "endpoint not ejected: the farm's ejection share is used up");
+                return;
+            }
             if renew {
                 tracing::warn!(farm = %self.cfg.id, endpoint = %e.key, failures = n, "endpoint ejected");
                 *ej = Some(Instant::now());
@@ -273,9 +307,32 @@ mod tests {
         for _ in 0..10 {
             assert_eq!(f.pick(None, None), Some(2), "ejected endpoint 0 was picked");
         }
+        // The last endpoint in service is never ejected (issue 12, finding 3): a farm
+        // does not lose every server to passive health.
         f.record(2, true);
         f.record(2, true);
-        assert_eq!(f.pick(None, None), None);
+        assert_eq!(f.pick(None, None), Some(2));
+    }
+
+    #[test]
+    fn passive_health_ejects_at_most_the_configured_share() {
+        // maxEjectedPercent defaults to 50: two of four endpoints may be out at once.
+        let f = farm(LoadBalancing::RoundRobin, &[1, 1, 1, 1]);
+        for i in 0..4 {
+            f.record(i, true);
+            f.record(i, true);
+        }
+        let mut picked: Vec<usize> = (0..8).map(|_| f.pick(None, None).unwrap()).collect();
+        picked.sort_unstable();
+        picked.dedup();
+        assert_eq!(picked, vec![2, 3], "endpoints 0 and 1 out, 2 and 3 kept in");
+        // Once one comes back, another may go.
+        f.record(0, false);
+        f.record(2, true);
+        let mut picked: Vec<usize> = (0..8).map(|_| f.pick(None, None).unwrap()).collect();
+        picked.sort_unstable();
+        picked.dedup();
+        assert_eq!(picked, vec![0, 3]);
     }
 
     #[test]

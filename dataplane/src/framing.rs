@@ -62,6 +62,8 @@ struct Exchange {
     /// switched.
     switched: Option<bool>,
     waker: Option<Waker>,
+    /// When the first bytes of a head that is not complete yet arrived.
+    head_since: Option<tokio::time::Instant>,
 }
 
 /// The service's side of a connection's framing.
@@ -98,6 +100,13 @@ impl Drop for Admitted {
 }
 
 impl Framing {
+    /// When the head being read began to arrive, while it is incomplete: the listener's
+    /// header timeout runs from there, not from the end of the previous exchange (an
+    /// idle keep-alive connection is the idle timeout's business).
+    pub(crate) fn partial_head_since(&self) -> Option<tokio::time::Instant> {
+        self.exchange.lock().head_since
+    }
+
     /// Takes the framed head of the next request hyper serves and applies the checks.
     pub(crate) fn admit(&self, method: &Method, version: Version) -> Result<Admitted, Refusal> {
         // HTTP/2 frames its own messages; this framer only ever sees HTTP/1 heads.
@@ -292,6 +301,7 @@ impl Framer {
             Parsed::Partial => {
                 if before == 0 {
                     self.head.extend_from_slice(data);
+                    self.framing.exchange.lock().head_since = Some(tokio::time::Instant::now());
                 }
                 if self.head.len() >= self.max_head {
                     // hyper answers 431 to the same bytes.
@@ -306,6 +316,9 @@ impl Framer {
             }
         };
         self.head.clear();
+        if before > 0 {
+            self.framing.exchange.lock().head_since = None;
+        }
         let consumed = end.saturating_sub(before);
         let Some((head, body)) = judged else {
             self.stop();
@@ -328,6 +341,7 @@ impl Framer {
 
     fn stop(&mut self) {
         self.head = Vec::new();
+        self.framing.exchange.lock().head_since = None;
         self.state = State::Stopped;
     }
 

@@ -262,8 +262,7 @@ async fn serve_on(data: &[u8], pattern: &[usize], gated: bool) -> Vec<Served> {
             Ok(http::Response::new(body))
         }
     });
-    let builder =
-        crate::listener::http_builder(Duration::from_secs(10), MAX_HEADERS, MAX_HEADER_BYTES);
+    let builder = crate::listener::http_builder(MAX_HEADERS, MAX_HEADER_BYTES);
     let mut conn = pin!(builder.serve_connection_with_upgrades(TokioIo::new(io), service));
     // In-memory bytes: run until the connection ends or nothing moves any more.
     let mut idle = 0;
@@ -382,8 +381,10 @@ fn protected_farm(id: &str) -> FarmConfig {
             consecutive_failures: 0,
             count_5xx: false,
             base_ejection_time: Duration::from_secs(10).into(),
+            max_ejected_percent: 50,
         },
         cookie_protection: CookieProtection::Encrypt,
+        allowed_upgrades: vec!["websocket".into()],
     }
 }
 
@@ -514,7 +515,8 @@ pub fn manifests(data: &[u8]) {
     };
     let dir = PathBuf::from("manifests");
     let texts = [(dir.join("fuzz.yaml"), text.to_owned())];
-    if let Ok(config) = crate::source::from_manifests(&dir, &texts) {
+    if let Ok(loaded) = crate::source::from_manifests(&dir, &texts) {
+        let config = loaded.config;
         config.check().expect("a translated config checks");
         let back = DataplaneConfig::from_json(&config.to_json()).expect("its JSON loads");
         assert_eq!(back, config);

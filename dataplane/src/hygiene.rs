@@ -1,6 +1,6 @@
 //! Requests that two parsers could read differently are refused before routing.
 
-use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::{HeaderMap, Method, Request, Version};
 
 /// Why a request was refused (the `x-portcullis-error` value).
@@ -13,8 +13,45 @@ pub(crate) fn check<B>(req: &Request<B>, upgrade: bool) -> Result<(), Refusal> {
         return Err("bad-request-target");
     }
     let uri = req.uri();
-    if req.version() <= Version::HTTP_11 && (uri.scheme().is_some() || uri.authority().is_some()) {
-        return Err("bad-request-target");
+    // RFC 9112 section 3.2: more than one Host, or a Host that is no host, is a 400.
+    let mut hosts = req.headers().get_all(HOST).iter();
+    let host = hosts.next();
+    if hosts.next().is_some() {
+        return Err("duplicate-host");
+    }
+    if let Some(h) = host
+        && !is_host(h.as_bytes())
+    {
+        return Err("bad-host");
+    }
+    if req.version() <= Version::HTTP_11 {
+        // The absolute form (`GET http://host/path`) must be accepted (RFC 9112 section
+        // 3.2.2); its authority replaces Host. Only http and https.
+        if uri.authority().is_some() || uri.scheme().is_some() {
+            let scheme_ok = matches!(uri.scheme_str(), Some("http" | "https"));
+            let authority_ok = uri
+                .authority()
+                .is_some_and(|a| is_host(a.as_str().as_bytes()));
+            if !scheme_ok || !authority_ok {
+                return Err("bad-request-target");
+            }
+        }
+    } else if req.headers().values().any(|v| {
+        v.as_bytes()
+            .first()
+            .is_some_and(|b| *b == b' ' || *b == b'\t')
+            || v.as_bytes()
+                .last()
+                .is_some_and(|b| *b == b' ' || *b == b'\t')
+    }) {
+        // RFC 9113 section 8.2.1: an HTTP/2 field value with leading or trailing
+        // whitespace is malformed.
+        return Err("bad-header-value");
+    } else if let (Some(a), Some(h)) = (uri.authority(), host)
+        && !a.as_str().eq_ignore_ascii_case(h.to_str().unwrap_or(""))
+    {
+        // RFC 9113 section 8.3.1: `:authority` and `host` must agree.
+        return Err("authority-host-mismatch");
     }
     if let Some(pq) = uri.path_and_query() {
         if !pq.as_str().starts_with('/') {
@@ -24,6 +61,65 @@ pub(crate) fn check<B>(req: &Request<B>, upgrade: bool) -> Result<(), Refusal> {
         return Err("bad-request-target");
     }
     check_path(uri.path())
+}
+
+/// `uri-host [":" port]` (RFC 9110 section 7.2): a reg-name or an IPv4 address, or an
+/// IP literal in brackets, and a port of digits up to 65535. No userinfo, path or space.
+fn is_host(v: &[u8]) -> bool {
+    let (host, port) = if v.first() == Some(&b'[') {
+        let Some(end) = v.iter().position(|b| *b == b']') else {
+            return false;
+        };
+        let inside = &v[1..end];
+        if inside.is_empty()
+            || !inside
+                .iter()
+                .all(|b| b.is_ascii_hexdigit() || *b == b':' || *b == b'.')
+        {
+            return false;
+        }
+        match &v[end + 1..] {
+            [] => (&v[..0], None),
+            [b':', port @ ..] => (&v[..0], Some(port)),
+            _ => return false,
+        }
+    } else {
+        match v.iter().position(|b| *b == b':') {
+            Some(i) => (&v[..i], Some(&v[i + 1..])),
+            None => (v, None),
+        }
+    };
+    let host_ok = host.iter().all(|b| {
+        b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+                    | b'%'
+            )
+    });
+    let port_ok = port.is_none_or(|p| {
+        !p.is_empty()
+            && p.len() <= 5
+            && p.iter().all(u8::is_ascii_digit)
+            && std::str::from_utf8(p)
+                .ok()
+                .and_then(|p| p.parse::<u32>().ok())
+                .is_some_and(|n| n <= 65535)
+    });
+    host_ok && port_ok
 }
 
 fn check_headers(h: &HeaderMap) -> Result<(), Refusal> {
@@ -105,7 +201,26 @@ fn hex(c: u8) -> u8 {
 
 #[cfg(test)]
 mod tests {
-    use super::check_path;
+    use super::{check_path, is_host};
+
+    #[test]
+    fn hosts_are_uri_hosts_with_a_port_at_most() {
+        for h in [
+            "a.example",
+            "A.Example:8080",
+            "10.0.0.1:80",
+            "[::1]",
+            "[::1]:443",
+            "x_y",
+        ] {
+            assert!(is_host(h.as_bytes()), "{h} should pass");
+        }
+        for h in [
+            "a@b", "a/b", "a:", "a:65536", "a:8o", "a b", "[::1", "[::1]x", "a?b", "a#b", "[]",
+        ] {
+            assert!(!is_host(h.as_bytes()), "{h} should be refused");
+        }
+    }
 
     #[test]
     fn ambiguous_paths_are_refused() {

@@ -71,15 +71,34 @@ async fn accept_loop(
         // On `[::]`, IPv4 clients arrive IPv4-mapped (`::ffff:a.b.c.d`): every later use
         // (X-Forwarded-For, source-address affinity, source ranges, logs) wants `a.b.c.d`.
         let client = SocketAddr::new(client.ip().to_canonical(), client.port());
-        let max = shared
-            .snapshot
-            .load()
-            .as_ref()
-            .map_or(20_000, |s| s.config.limits.max_connections as usize);
+        let (max, per_client) = shared.snapshot.load().as_ref().map_or(
+            (
+                20_000,
+                portcullis_crds::config::DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
+            ),
+            |s| {
+                (
+                    s.config.limits.max_connections as usize,
+                    s.config.limits.max_connections_per_client,
+                )
+            },
+        );
         if shared.connections.load(Ordering::Relaxed) >= max {
-            // Over the cap: close at once rather than queue.
-            drop(tcp);
+            // Over the cap: close at once rather than queue, and ask idle keep-alive
+            // connections to make room for the next ones.
+            shared.reclaim.notify_waiters();
+            refuse(&shared, tcp, client, "max-connections");
             continue;
+        }
+        {
+            let mut counts = shared.per_client.lock();
+            let n = counts.entry(client.ip()).or_insert(0);
+            if *n >= per_client {
+                drop(counts);
+                refuse(&shared, tcp, client, "per-client");
+                continue;
+            }
+            *n += 1;
         }
         let _ = tcp.set_nodelay(true);
         let shared2 = shared.clone();
@@ -88,7 +107,34 @@ async fn accept_loop(
         shared.tracker.spawn(async move {
             serve_connection(shared2.clone(), tcp, client, tls).await;
             shared2.connections.fetch_sub(1, Ordering::Relaxed);
+            let mut counts = shared2.per_client.lock();
+            if let Some(n) = counts.get_mut(&client.ip()) {
+                *n -= 1;
+                if *n == 0 {
+                    counts.remove(&client.ip());
+                }
+            }
         });
+    }
+}
+
+/// Closes a connection refused on accept: counted, and logged at most once a second.
+fn refuse(shared: &Shared, tcp: TcpStream, client: SocketAddr, reason: &'static str) {
+    drop(tcp);
+    shared
+        .metrics
+        .connections_refused
+        .get_or_create(&crate::metrics::ReasonLabel { reason })
+        .inc();
+    let now = u64::try_from(shared.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let last = shared.last_refusal_log.load(Ordering::Relaxed);
+    if now.saturating_sub(last) >= 1000
+        && shared
+            .last_refusal_log
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        tracing::warn!(client = %client.ip(), reason, "client connection refused (logged at most once a second; see portcullis_client_connections_refused_total)");
     }
 }
 
@@ -126,7 +172,7 @@ async fn serve_connection(
         client,
         tls: tls.is_some(),
     };
-    let mut builder = http_builder(header_timeout, max_headers, max_header_bytes);
+    let mut builder = http_builder(max_headers, max_header_bytes);
     let mut h2 = false;
     let io: Pin<Box<dyn crate::pool::Io>> = match tls {
         None => Box::pin(tcp),
@@ -147,11 +193,14 @@ async fn serve_connection(
         Framer::new(max_buf_size(max_header_bytes), max_headers)
     };
     let framing = framer.framing();
+    let head_framing = framing.clone();
     let shared_c = shared.clone();
     let armed3 = armed.clone();
     let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
         armed3.store(false, Ordering::Relaxed);
         let admitted = framing.admit(req.method(), req.version());
+        // hyper's HTTP/2 server limits the header list's size, not its length.
+        let too_many = req.version() == http::Version::HTTP_2 && req.headers().len() > max_headers;
         let shared = shared_c.clone();
         async move {
             let admitted = match admitted {
@@ -160,6 +209,12 @@ async fn serve_connection(
                     return Ok(proxy::error_response(http::StatusCode::BAD_REQUEST, reason));
                 }
             };
+            if too_many {
+                return Ok(proxy::error_response(
+                    http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    "too-many-headers",
+                ));
+            }
             let resp = proxy::handle(shared, info, req).await;
             if let Ok(r) = &resp {
                 admitted.answered(r.status());
@@ -173,14 +228,23 @@ async fn serve_connection(
         armed,
         fired: false,
         born,
+        header_timeout,
+        framing: head_framing,
         activity: activity.clone(),
     };
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     tokio::pin!(conn);
     // Keep-alive connections with no traffic for the client idle timeout are closed
-    // (gracefully: a request still running finishes first).
+    // (gracefully: a request still running finishes first). A peer that does not finish
+    // the close (an HTTP/2 client that never answers the GOAWAY's PING) is cut after a
+    // grace period: idle connections must not pile up against the connection cap.
     let check = (idle_timeout / 4).max(Duration::from_millis(50));
+    let idle_for = || {
+        let last = Duration::from_millis(activity.load(Ordering::Relaxed));
+        born.elapsed().saturating_sub(last)
+    };
     let mut closing = false;
+    let mut cut_at: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             _ = conn.as_mut() => break,
@@ -189,13 +253,39 @@ async fn serve_connection(
                 closing = true;
             }
             _ = tokio::time::sleep(check), if !closing && !idle_timeout.is_zero() => {
-                let last = Duration::from_millis(activity.load(Ordering::Relaxed));
-                if born.elapsed().saturating_sub(last) >= idle_timeout {
+                if idle_for() >= idle_timeout {
                     conn.as_mut().graceful_shutdown();
                     closing = true;
+                    cut_at = Some(tokio::time::Instant::now() + header_timeout);
                 }
             }
+            _ = shared.reclaim.notified(), if !closing => {
+                // The connection cap is reached: connections quiet for a second give
+                // way to new clients (a running exchange still finishes).
+                if idle_for() >= RECLAIM_AFTER {
+                    conn.as_mut().graceful_shutdown();
+                    closing = true;
+                    cut_at = Some(tokio::time::Instant::now() + header_timeout);
+                }
+            }
+            _ = sleep_until_or_never(cut_at) => {
+                if idle_for() >= header_timeout {
+                    break;
+                }
+                cut_at = Some(tokio::time::Instant::now() + header_timeout);
+            }
         }
+    }
+}
+
+/// How long a keep-alive connection must have been quiet to be closed for a new client
+/// when the connection cap is reached.
+const RECLAIM_AFTER: Duration = Duration::from_secs(1);
+
+async fn sleep_until_or_never(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -206,15 +296,17 @@ pub(crate) fn max_buf_size(max_header_bytes: usize) -> usize {
 
 /// The HTTP server of one connection, as every listener configures it.
 pub(crate) fn http_builder(
-    header_timeout: Duration,
     max_headers: usize,
     max_header_bytes: usize,
 ) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
+    // hyper's own header timeout starts when it waits for the next head, so it closed
+    // idle keep-alive connections after the header timeout instead of the idle timeout.
+    // The listener times heads itself (HeadTimeout), from their first byte.
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout + Duration::from_secs(1))
+        .header_read_timeout(None)
         .max_headers(max_headers)
         .max_buf_size(max_buf_size(max_header_bytes));
     builder
@@ -234,6 +326,9 @@ struct HeadTimeout {
     armed: Arc<AtomicBool>,
     fired: bool,
     born: tokio::time::Instant,
+    header_timeout: Duration,
+    /// Where a later request's head began, for its own header timeout.
+    framing: crate::framing::Framing,
     /// Milliseconds after `born` of the last byte read or written.
     activity: Arc<std::sync::atomic::AtomicU64>,
 }
@@ -251,19 +346,36 @@ impl AsyncRead for HeadTimeout {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        if self.armed.load(Ordering::Relaxed)
+        let first = self.armed.load(Ordering::Relaxed);
+        // The first request's head is timed from the connection's start; a later one's
+        // from its first byte.
+        let deadline = if first {
+            Some(self.born + self.header_timeout)
+        } else {
+            self.framing
+                .partial_head_since()
+                .map(|t| t + self.header_timeout)
+        };
+        if let Some(deadline) = deadline
             && !self.fired
-            && self.sleep.as_mut().poll(cx).is_ready()
         {
-            self.fired = true;
-            // Best effort: a client this slow has an empty send buffer towards it.
-            let _ = self.inner.as_mut().poll_write(cx, TIMEOUT_408);
-            let _ = self.inner.as_mut().poll_flush(cx);
-            let _ = self.inner.as_mut().poll_shutdown(cx);
-            return Poll::Ready(Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "header read timeout",
-            )));
+            if self.sleep.deadline() != deadline {
+                self.sleep.as_mut().reset(deadline);
+            }
+            if self.sleep.as_mut().poll(cx).is_ready() {
+                self.fired = true;
+                if first {
+                    // Best effort: a client this slow has an empty send buffer towards it.
+                    // Only before the first answer: later, hyper may still be writing one.
+                    let _ = self.inner.as_mut().poll_write(cx, TIMEOUT_408);
+                    let _ = self.inner.as_mut().poll_flush(cx);
+                }
+                let _ = self.inner.as_mut().poll_shutdown(cx);
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "header read timeout",
+                )));
+            }
         }
         if self.fired {
             return Poll::Ready(Err(io::Error::new(

@@ -49,6 +49,12 @@ pub(crate) struct Metrics {
     pub(crate) pool_idle: Family<EndpointLabel, Gauge>,
     pub(crate) verifier_healthy: Family<FarmEndpointLabel, Gauge>,
     pub(crate) reloads: Family<OutcomeLabel, Counter>,
+    pub(crate) connections_refused: Family<ReasonLabel, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ReasonLabel {
+    pub(crate) reason: &'static str,
 }
 
 impl Metrics {
@@ -61,6 +67,7 @@ impl Metrics {
             pool_idle: Family::default(),
             verifier_healthy: Family::default(),
             reloads: Family::default(),
+            connections_refused: Family::default(),
         };
         registry.register(
             "requests",
@@ -91,6 +98,11 @@ impl Metrics {
             "verifier_healthy",
             "1 when an endpoint is in service for a farm (verifier and passive health)",
             m.verifier_healthy.clone(),
+        );
+        registry.register(
+            "client_connections_refused",
+            "Client connections closed on accept, by reason (max-connections, per-client)",
+            m.connections_refused.clone(),
         );
         registry.register(
             "config_reloads",

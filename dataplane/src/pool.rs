@@ -5,9 +5,15 @@
 //! anything here: two farms that reach the same address with the same TLS parameters and
 //! protocol share one pool and one connection limit.
 //!
-//! Limits when farms disagree about one identity: the largest `maxIdle` and the smallest
-//! `maxConnections` win (keep enough warm connections for the busiest farm, never open
-//! more than the strictest farm allows).
+//! Idle connections are not capped below demand. A connection that comes back is kept
+//! while fewer are idle than the larger of `maxIdle` and the most requests that were in
+//! flight at once over the last idle timeout; the idle timeout (and `maxConnections`)
+//! bound the rest. A cap below the load's concurrency closes connections that are
+//! wanted again a moment later: the churn the seeds' field report describes.
+//!
+//! Limits when farms share one identity: their `maxIdle` add up (the identity keeps the
+//! room its farms would have had apart), the smallest `maxConnections` wins (never open
+//! more than the strictest farm allows to that server), the longest idle timeout wins.
 
 use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
@@ -44,10 +50,10 @@ pub(crate) struct PoolLimits {
 }
 
 impl PoolLimits {
-    /// Merges two farms' limits: max of idle, min of connection limits.
+    /// Merges two farms' limits: sum of idle, min of connection limits.
     pub(crate) fn merge(self, other: PoolLimits) -> PoolLimits {
         PoolLimits {
-            max_idle: self.max_idle.max(other.max_idle),
+            max_idle: self.max_idle.saturating_add(other.max_idle),
             max_connections: match (self.max_connections, other.max_connections) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
@@ -115,6 +121,11 @@ pub(crate) struct Pool {
     /// HTTP/2: one handshake at a time, so a burst of first requests shares one
     /// connection instead of opening one each.
     h2_connecting: tokio::sync::Mutex<()>,
+    /// Demand: the most requests in flight at once in this idle-timeout window and in
+    /// the one before; [`Endpoint::expire_idle`] rotates them.
+    demand: AtomicUsize,
+    demand_before: AtomicUsize,
+    window_start: Mutex<Instant>,
 }
 
 /// One endpoint identity: its pool and the facts about it that outlive reloads.
@@ -150,6 +161,9 @@ impl Endpoint {
                 open: Arc::new(AtomicUsize::new(0)),
                 returned: tokio::sync::Notify::new(),
                 h2_connecting: tokio::sync::Mutex::new(()),
+                demand: AtomicUsize::new(0),
+                demand_before: AtomicUsize::new(0),
+                window_start: Mutex::new(Instant::now()),
             },
             in_flight: AtomicUsize::new(0),
             ewma_us: AtomicU64::new(0),
@@ -169,6 +183,23 @@ impl Endpoint {
             // old one count against nothing until they close.
             (Some(n), _) => *l = Some((n, Arc::new(Semaphore::new(n as usize)))),
         }
+    }
+
+    /// Counts a request in flight on this endpoint until the returned guard drops, and
+    /// records the concurrency for the pool's demand.
+    pub(crate) fn enter(self: &Arc<Self>) -> InFlight {
+        let now = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        self.pool.demand.fetch_max(now, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+
+    /// How many idle connections the pool keeps: `maxIdle`, or more when the recent load
+    /// had more requests in flight at once.
+    fn idle_room(&self) -> usize {
+        let max_idle = self.pool.limits.lock().max_idle;
+        max_idle
+            .max(self.pool.demand.load(Ordering::Relaxed))
+            .max(self.pool.demand_before.load(Ordering::Relaxed))
     }
 
     /// Records a response-head latency sample.
@@ -310,9 +341,9 @@ impl Endpoint {
     pub(crate) fn give_back(self: &Arc<Self>, mut sender: http1::SendRequest<ReqBody>) {
         let ep = self.clone();
         let put = move |sender: http1::SendRequest<ReqBody>| {
-            let max_idle = ep.pool.limits.lock().max_idle;
+            let room = ep.idle_room();
             let mut idle = ep.pool.idle.lock();
-            if idle.len() < max_idle {
+            if idle.len() < room {
                 idle.push_back(Idle {
                     sender,
                     since: Instant::now(),
@@ -339,9 +370,19 @@ impl Endpoint {
         });
     }
 
-    /// Drops idle connections past their idle timeout.
+    /// Drops idle connections past their idle timeout, and starts a new demand window
+    /// once per idle timeout.
     pub(crate) fn expire_idle(&self) {
         let timeout = self.pool.limits.lock().idle_timeout;
+        {
+            let mut start = self.pool.window_start.lock();
+            if start.elapsed() >= timeout {
+                *start = Instant::now();
+                let current = self.in_flight.load(Ordering::Relaxed);
+                let last = self.pool.demand.swap(current, Ordering::Relaxed);
+                self.pool.demand_before.store(last, Ordering::Relaxed);
+            }
+        }
         let mut idle = self.pool.idle.lock();
         idle.retain(|c| c.since.elapsed() < timeout && !c.sender.is_closed());
         self.metrics
@@ -350,6 +391,15 @@ impl Endpoint {
             .set(idle.len() as i64);
         drop(idle);
         self.pool.h2.lock().retain(|s| !s.is_closed());
+    }
+}
+
+/// A request in flight on an endpoint, from [`Endpoint::enter`].
+pub(crate) struct InFlight(Arc<Endpoint>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 

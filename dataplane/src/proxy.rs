@@ -22,7 +22,7 @@ use portcullis_crds::config::{AffinityMode, UpstreamProtocol};
 use crate::balance::FarmRt;
 use crate::hygiene;
 use crate::metrics::{FarmLabel, FarmStatus};
-use crate::pool::{ConnectError, Endpoint, ReqBody, Sender};
+use crate::pool::{ConnectError, Endpoint, InFlight, ReqBody, Sender};
 use crate::runtime::Shared;
 
 /// Errors inside a proxied body.
@@ -68,6 +68,10 @@ pub(crate) fn error_response(status: StatusCode, reason: &'static str) -> Respon
     r
 }
 
+/// What the dataplane adds to `Via` (the protocol version it received is 1.1 or 2; the
+/// name is a pseudonym, never a host name).
+const VIA: &str = "1.1 portcullis";
+
 const HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
@@ -107,11 +111,115 @@ fn is_upgrade(req: &Request<Incoming>) -> bool {
             .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
 }
 
-fn request_host(req: &Request<Incoming>) -> Option<String> {
-    let raw = match req.headers().get(header::HOST) {
-        Some(h) => h.to_str().ok()?.to_owned(),
-        None => req.uri().authority()?.as_str().to_owned(),
+/// Whether the client's `Upgrade` value names a protocol the farm allows (its first
+/// token, without a version: `websocket`, `WebSocket/13`).
+fn upgrade_allowed(value: &HeaderValue, allowed: &[String]) -> bool {
+    let Some(first) = value.to_str().ok().and_then(|v| v.split(',').next()) else {
+        return false;
     };
+    let name = first
+        .trim()
+        .split('/')
+        .next()
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    name != "h2c" && allowed.contains(&name)
+}
+
+/// Whether a backend's `101` switches to what the client asked for.
+fn switch_matches(asked: Option<&HeaderValue>, response: &HeaderMap) -> bool {
+    let Some(asked) = asked.and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let Some(got) = response.get(header::UPGRADE).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let name = |s: &str| {
+        s.split(',')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .split('/')
+            .next()
+            .unwrap_or("")
+            .to_ascii_lowercase()
+    };
+    name(asked) == name(got)
+}
+
+/// Relays a switched connection both ways until either side closes or nothing moves
+/// for `idle`.
+async fn tunnel<A, B>(client: A, upstream: B, idle: Duration)
+where
+    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let (cr, cw) = tokio::io::split(client);
+    let (ur, uw) = tokio::io::split(upstream);
+    let start = tokio::time::Instant::now();
+    let last = std::sync::atomic::AtomicU64::new(0);
+    let watch = async {
+        let check = (idle / 4).max(Duration::from_millis(50));
+        loop {
+            tokio::time::sleep(check).await;
+            let quiet = start
+                .elapsed()
+                .saturating_sub(Duration::from_millis(last.load(Ordering::Relaxed)));
+            if quiet >= idle {
+                return;
+            }
+        }
+    };
+    tokio::select! {
+        _ = async { tokio::join!(pump(cr, uw, start, &last), pump(ur, cw, start, &last)) } => {}
+        _ = watch => {}
+    }
+}
+
+/// Copies one direction of a tunnel, noting the time of every read in `last`
+/// (milliseconds after `start`).
+async fn pump<R, W>(
+    mut r: R,
+    mut w: W,
+    start: tokio::time::Instant,
+    last: &std::sync::atomic::AtomicU64,
+) where
+    R: tokio::io::AsyncRead + Unpin,
+    W: tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 8192];
+    loop {
+        match r.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                let ms = u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX);
+                last.store(ms, Ordering::Relaxed);
+                if w.write_all(&buf[..n]).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = w.shutdown().await;
+}
+
+/// The host the request names: an absolute-form target's authority (which replaces
+/// Host, RFC 9112 section 3.2.2), else Host, else HTTP/2's `:authority`.
+fn named_host(req: &Request<Incoming>) -> Option<HeaderValue> {
+    let authority = || {
+        req.uri()
+            .authority()
+            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+    };
+    if req.version() <= Version::HTTP_11 && req.uri().authority().is_some() {
+        return authority();
+    }
+    req.headers().get(header::HOST).cloned().or_else(authority)
+}
+
+fn request_host(req: &Request<Incoming>) -> Option<String> {
+    let raw = named_host(req)?.to_str().ok()?.to_owned();
     let host = match raw.rsplit_once(':') {
         Some((h, port)) if !h.ends_with(']') || raw.starts_with('[') => {
             if port.bytes().all(|b| b.is_ascii_digit()) {
@@ -164,53 +272,103 @@ async fn serve(
 ) -> Response<RespBody> {
     let upgrade = is_upgrade(&req);
     if let Err(reason) = hygiene::check(&req, upgrade) {
-        return error_response(StatusCode::BAD_REQUEST, reason);
+        return unrouted(shared, StatusCode::BAD_REQUEST, reason);
     }
     let Some(snapshot) = shared.snapshot.load_full() else {
-        return error_response(StatusCode::SERVICE_UNAVAILABLE, "not-ready");
+        return unrouted(shared, StatusCode::SERVICE_UNAVAILABLE, "not-ready");
     };
     let Some(host) = request_host(&req) else {
-        return error_response(StatusCode::BAD_REQUEST, "missing-host");
+        return unrouted(shared, StatusCode::BAD_REQUEST, "missing-host");
     };
     let Some(route) = snapshot.routes.find(&host, req.uri().path()) else {
-        return error_response(StatusCode::NOT_FOUND, "no-route");
+        return unrouted(shared, StatusCode::NOT_FOUND, "no-route");
     };
     let route_prefix = route.prefix;
     let Some(farm) = snapshot.farms.get(route.farm).cloned() else {
-        return error_response(StatusCode::NOT_FOUND, "no-route");
+        return unrouted(shared, StatusCode::NOT_FOUND, "no-route");
     };
     let farm_label = FarmLabel {
         farm: farm.cfg.id.clone(),
     };
 
     // Rewrite the head for the upstream.
-    let original_host = req.headers().get(header::HOST).cloned().or_else(|| {
-        req.uri()
-            .authority()
-            .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-    });
-    let upgrade_value = if upgrade {
-        req.headers().get(header::UPGRADE).cloned()
-    } else {
-        None
-    };
+    let original_host = named_host(&req);
+    // Only protocols the farm allows are tunnelled (WebSocket by default, never h2c);
+    // any other Upgrade is dropped with the hop-by-hop headers and the request is
+    // served plainly, as a server may (RFC 9110 section 7.8).
+    let upgrade_value = req
+        .headers()
+        .get(header::UPGRADE)
+        .filter(|_| upgrade)
+        .filter(|v| upgrade_allowed(v, &farm.cfg.allowed_upgrades))
+        .cloned();
+    let upgrade = upgrade_value.is_some();
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let http10 = req.version() == Version::HTTP_10;
     let headers = req.headers_mut();
     strip_hop_by_hop(headers);
+    if http10 {
+        // RFC 9110 section 10.1.1: Expect from an HTTP/1.0 client is ignored.
+        headers.remove(header::EXPECT);
+    }
+    // RFC 9113 section 8.2.3: HTTP/2 splits cookies into fields; an HTTP/1.1 backend
+    // gets them as one, joined with "; ".
+    if headers.get_all(header::COOKIE).iter().nth(1).is_some() {
+        let joined = headers
+            .get_all(header::COOKIE)
+            .iter()
+            .map(|v| v.as_bytes())
+            .collect::<Vec<_>>()
+            .join(&b"; "[..]);
+        if let Ok(v) = HeaderValue::from_bytes(&joined) {
+            headers.insert(header::COOKIE, v);
+        }
+    }
+    // Forwarding headers are the edge's to write: a client's own are believed only from
+    // a configured trusted proxy (issue 12, finding 3).
+    let trusted = snapshot
+        .config
+        .limits
+        .trusted_proxies
+        .iter()
+        .any(|r| r.contains(conn.client.ip()));
     let ip = conn.client.ip().to_string();
-    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {ip}"),
-        None => ip,
+    let prev: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let xff = if trusted && !prev.is_empty() {
+        format!("{}, {ip}", prev.join(", "))
+    } else {
+        ip
     };
     if let Ok(v) = HeaderValue::from_str(&xff) {
         headers.insert("x-forwarded-for", v);
     }
-    headers.insert(
-        "x-forwarded-proto",
-        HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
-    );
-    if let Some(h) = &original_host {
+    if !trusted {
+        for name in ["forwarded", "x-real-ip", "x-forwarded-port"] {
+            headers.remove(name);
+        }
+    }
+    if !trusted || !headers.contains_key("x-forwarded-proto") {
+        headers.insert(
+            "x-forwarded-proto",
+            HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
+        );
+    }
+    if let Some(h) = &original_host
+        && (!trusted || !headers.contains_key("x-forwarded-host"))
+    {
         headers.insert("x-forwarded-host", h.clone());
+    }
+    // RFC 9110 section 7.6.3: a proxy adds itself to Via.
+    let via = match headers.get(header::VIA).and_then(|v| v.to_str().ok()) {
+        Some(prev) => HeaderValue::from_str(&format!("{prev}, {VIA}")).ok(),
+        None => Some(HeaderValue::from_static(VIA)),
+    };
+    if let Some(v) = via {
+        headers.insert(header::VIA, v);
     }
     let upstream_host = match &farm.cfg.backend_host {
         Some(b) => HeaderValue::from_str(b).ok(),
@@ -219,7 +377,7 @@ async fn serve(
     if let Some(v) = &upstream_host {
         headers.insert(header::HOST, v.clone());
     }
-    if let Some(u) = upgrade_value {
+    if let Some(u) = upgrade_value.clone() {
         headers.insert(header::UPGRADE, u);
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
@@ -293,10 +451,16 @@ async fn serve(
             *r.headers_mut() = req.headers().clone();
             r
         });
+    let body_idle = farm.cfg.upstream.idle_timeout.get();
+    let progress = BodyProgress::new(req.body().is_end_stream());
     let mut req: Option<Request<ReqBody>> = Some(req.map(|inner| {
         http_body_util::Either::Left(Counted {
             inner,
             count: bytes_in.clone(),
+            progress: progress.clone(),
+            // Only a body still to come can stall; a bodiless request allocates nothing.
+            idle: (!progress.is_sent()).then(|| Box::pin(tokio::time::sleep(body_idle))),
+            idle_timeout: body_idle,
         })
     }));
     for attempt in 0..attempts {
@@ -310,6 +474,7 @@ async fn serve(
                     *again.version_mut() = r.version();
                     *again.headers_mut() = r.headers().clone();
                     req = Some(again);
+                    progress.finish();
                 }
                 None => break,
             }
@@ -336,10 +501,15 @@ async fn serve(
             }
         };
         let upstream_start = Instant::now();
-        endpoint.in_flight.fetch_add(1, Ordering::Relaxed);
-        let guard = InFlight(endpoint.clone());
+        let guard = endpoint.enter();
         let r = req.take().expect("request present until sent");
-        let (result, h1_sender) = send(sender, r, farm.cfg.upstream.first_byte_timeout.get()).await;
+        let (result, h1_sender) = send(
+            sender,
+            r,
+            &progress,
+            farm.cfg.upstream.first_byte_timeout.get(),
+        )
+        .await;
         match result {
             SendResult::NotSent(back) => {
                 // Nothing reached the server: always safe to retry.
@@ -347,6 +517,16 @@ async fn serve(
                 last_error = (StatusCode::BAD_GATEWAY, "upstream-closed");
                 drop(guard);
                 continue;
+            }
+            SendResult::Failed if progress.client_failed() => {
+                // The client's body was malformed, stalled or abandoned: its fault, not
+                // the server's, so passive health is not told (issue 12, finding 3).
+                let status = if progress.stalled() {
+                    StatusCode::REQUEST_TIMEOUT
+                } else {
+                    StatusCode::BAD_REQUEST
+                };
+                return finish_error(shared, &farm, status, "bad-request-body");
             }
             SendResult::Failed => {
                 farm.record(i, true);
@@ -377,17 +557,24 @@ async fn serve(
                 farm.record(i, status.is_server_error() && farm.cfg.passive.count_5xx);
                 count_request(shared, &farm, status);
                 if status == StatusCode::SWITCHING_PROTOCOLS
+                    && !switch_matches(upgrade_value.as_ref(), resp.headers())
+                {
+                    // A 101 the client did not ask for, or to another protocol, would
+                    // open an unchecked tunnel.
+                    farm.record(i, true);
+                    return finish_error(shared, &farm, StatusCode::BAD_GATEWAY, "unexpected-101");
+                }
+                if status == StatusCode::SWITCHING_PROTOCOLS
                     && let Some(client_up) = client_upgrade
                 {
                     {
                         let upstream_up = hyper::upgrade::on(&mut resp);
                         // Tracked, so a drain gives open tunnels until its timeout.
+                        let idle = farm.cfg.upstream.idle_timeout.get();
                         shared.tracker.spawn(async move {
                             let _guard = guard;
                             if let (Ok(c), Ok(u)) = (client_up.await, upstream_up.await) {
-                                let mut c = TokioIo::new(c);
-                                let mut u = TokioIo::new(u);
-                                let _ = tokio::io::copy_bidirectional(&mut c, &mut u).await;
+                                tunnel(TokioIo::new(c), TokioIo::new(u), idle).await;
                             }
                         });
                         let (parts, _) = resp.into_parts();
@@ -401,6 +588,13 @@ async fn serve(
                 }
                 let (mut parts, body) = resp.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
+                // The client talks to the proxy, not to the backend: an HTTP/1.0
+                // backend's version is not the answer's (RFC 9110 section 6.2).
+                parts.version = Version::HTTP_11;
+                if status == StatusCode::NO_CONTENT {
+                    // RFC 9110 section 8.6: a 204 has no Content-Length.
+                    parts.headers.remove(header::CONTENT_LENGTH);
+                }
                 shared.session.on_response(
                     &farm.cfg,
                     &session,
@@ -447,6 +641,19 @@ fn finish_error(
     error_response(status, reason)
 }
 
+/// Answers a request that reached no farm, counted under `farm=""`.
+fn unrouted(shared: &Shared, status: StatusCode, reason: &'static str) -> Response<RespBody> {
+    shared
+        .metrics
+        .requests
+        .get_or_create(&FarmStatus {
+            farm: String::new(),
+            status: status.as_u16(),
+        })
+        .inc();
+    error_response(status, reason)
+}
+
 /// Counts a response of `farm` in `portcullis_requests_total{farm,status}`.
 fn count_request(shared: &Shared, farm: &FarmRt, status: StatusCode) {
     shared
@@ -474,44 +681,91 @@ enum SendResult {
     Timeout,
 }
 
+/// Waits for the response head. The first-byte timeout starts once the request body is
+/// sent: a client uploading slowly is not a server failing to answer.
 async fn send(
     sender: Sender,
     req: Request<ReqBody>,
+    progress: &BodyProgress,
     first_byte: Duration,
 ) -> (SendResult, Option<http1::SendRequest<ReqBody>>) {
+    let deadline = async {
+        progress.sent().await;
+        tokio::time::sleep(first_byte).await;
+    };
     match sender {
         Sender::H1(mut s) => {
-            let fut = s.try_send_request(req);
-            let r = tokio::time::timeout(first_byte, fut).await;
-            match r {
-                Err(_) => (SendResult::Timeout, None),
-                Ok(Ok(resp)) => (SendResult::Ok(resp), Some(s)),
-                Ok(Err(mut e)) => match e.take_message() {
-                    Some(back) => (SendResult::NotSent(back), None),
-                    None => (SendResult::Failed, None),
-                },
-            }
+            let r = exchange(s.try_send_request(req), deadline).await;
+            let keep = matches!(r, SendResult::Ok(_)).then_some(s);
+            (r, keep)
         }
-        Sender::H2(mut s) => {
-            let fut = s.try_send_request(req);
-            match tokio::time::timeout(first_byte, fut).await {
-                Err(_) => (SendResult::Timeout, None),
-                Ok(Ok(resp)) => (SendResult::Ok(resp), None),
-                Ok(Err(mut e)) => match e.take_message() {
-                    Some(back) => (SendResult::NotSent(back), None),
-                    None => (SendResult::Failed, None),
-                },
-            }
-        }
+        Sender::H2(mut s) => (exchange(s.try_send_request(req), deadline).await, None),
     }
 }
 
-/// Decrements the endpoint's in-flight count when the exchange ends.
-struct InFlight(Arc<Endpoint>);
+async fn exchange(
+    response: impl Future<
+        Output = Result<Response<Incoming>, hyper::client::conn::TrySendError<Request<ReqBody>>>,
+    >,
+    deadline: impl Future<Output = ()>,
+) -> SendResult {
+    tokio::select! {
+        r = response => match r {
+            Ok(resp) => SendResult::Ok(resp),
+            Err(mut e) => match e.take_message() {
+                Some(back) => SendResult::NotSent(back),
+                None => SendResult::Failed,
+            },
+        },
+        _ = deadline => SendResult::Timeout,
+    }
+}
 
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+/// How far the client's request body got: sent whole, or failed on the client's side.
+#[derive(Clone)]
+pub(crate) struct BodyProgress(Arc<ProgressState>);
+
+struct ProgressState {
+    sent: tokio::sync::watch::Sender<bool>,
+    failed: std::sync::atomic::AtomicBool,
+    stalled: std::sync::atomic::AtomicBool,
+}
+
+impl BodyProgress {
+    fn new(sent: bool) -> Self {
+        BodyProgress(Arc::new(ProgressState {
+            sent: tokio::sync::watch::Sender::new(sent),
+            failed: std::sync::atomic::AtomicBool::new(false),
+            stalled: std::sync::atomic::AtomicBool::new(false),
+        }))
+    }
+
+    fn finish(&self) {
+        self.0.sent.send_replace(true);
+    }
+
+    fn fail(&self, stalled: bool) {
+        self.0.failed.store(true, Ordering::Relaxed);
+        self.0.stalled.store(stalled, Ordering::Relaxed);
+        self.finish();
+    }
+
+    fn is_sent(&self) -> bool {
+        *self.0.sent.borrow()
+    }
+
+    fn client_failed(&self) -> bool {
+        self.0.failed.load(Ordering::Relaxed)
+    }
+
+    fn stalled(&self) -> bool {
+        self.0.stalled.load(Ordering::Relaxed)
+    }
+
+    /// Resolves once the body is sent whole (or failed).
+    async fn sent(&self) {
+        let mut rx = self.0.sent.subscribe();
+        let _ = rx.wait_for(|sent| *sent).await;
     }
 }
 
@@ -635,30 +889,65 @@ impl Body for Tracked {
 }
 
 pin_project_lite::pin_project! {
-    /// The client's request body, counting the bytes that pass for the access log.
+    /// The client's request body: counts the bytes that pass for the access log, tells
+    /// [`BodyProgress`] when it is sent or failed, and cuts a body that stalls longer than
+    /// the farm's idle timeout.
     pub(crate) struct Counted {
         #[pin]
         inner: Incoming,
         count: Arc<std::sync::atomic::AtomicU64>,
+        progress: BodyProgress,
+        idle: Option<Pin<Box<tokio::time::Sleep>>>,
+        idle_timeout: Duration,
     }
 }
 
+/// The client's request body stalled longer than the idle timeout.
+#[derive(Debug, thiserror::Error)]
+#[error("failed to read the request body: idle timeout")]
+struct BodyStalled;
+
 impl Body for Counted {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = self.project();
-        let r = this.inner.poll_frame(cx);
-        if let Poll::Ready(Some(Ok(f))) = &r
-            && let Some(d) = f.data_ref()
-        {
-            this.count.fetch_add(d.len() as u64, Ordering::Relaxed);
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut this = self.project();
+        match this.inner.as_mut().poll_frame(cx) {
+            Poll::Ready(Some(Ok(f))) => {
+                if let Some(d) = f.data_ref() {
+                    this.count.fetch_add(d.len() as u64, Ordering::Relaxed);
+                }
+                if let Some(idle) = this.idle.as_mut() {
+                    idle.as_mut()
+                        .reset(tokio::time::Instant::now() + *this.idle_timeout);
+                }
+                if this.inner.is_end_stream() {
+                    this.progress.finish();
+                }
+                Poll::Ready(Some(Ok(f)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.progress.fail(false);
+                Poll::Ready(Some(Err(Box::new(e))))
+            }
+            Poll::Ready(None) => {
+                this.progress.finish();
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                if let Some(idle) = this.idle.as_mut()
+                    && idle.as_mut().poll(cx).is_ready()
+                {
+                    this.progress.fail(true);
+                    return Poll::Ready(Some(Err(Box::new(BodyStalled))));
+                }
+                Poll::Pending
+            }
         }
-        r
     }
 
     fn is_end_stream(&self) -> bool {

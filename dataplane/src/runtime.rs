@@ -10,6 +10,7 @@ use std::time::Duration;
 use arc_swap::ArcSwapOption;
 use parking_lot::Mutex;
 use portcullis_crds::config::DataplaneConfig;
+use portcullis_crds::translate::keep_last_good;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -20,7 +21,10 @@ use crate::metrics::{Metrics, OutcomeLabel};
 use crate::pool::Endpoints;
 use crate::session::SessionManager;
 use crate::snapshot::{self, DnsResults, Snapshot};
-use crate::source::{Source, SourceError, fingerprint};
+use crate::source::{Loaded, Source, SourceError, fingerprint};
+
+/// How long changed files must hold still before they are loaded.
+const SETTLE: Duration = Duration::from_millis(100);
 
 /// What the command line decides.
 #[derive(Clone, Debug)]
@@ -74,6 +78,27 @@ pub(crate) struct Shared {
     pub(crate) tracker: TaskTracker,
     pub(crate) listeners: Mutex<BTreeMap<u16, Bound>>,
     pub(crate) session: Arc<SessionManager>,
+    /// What the last config load did, for `/status`.
+    pub(crate) last_reload: Mutex<ReloadReport>,
+    /// Open client connections by client address.
+    pub(crate) per_client: Mutex<HashMap<IpAddr, u32>>,
+    /// Asks idle keep-alive connections to close: the connection cap was reached.
+    pub(crate) reclaim: tokio::sync::Notify,
+    /// Milliseconds since `started` of the last "connection refused" log line.
+    pub(crate) last_refusal_log: std::sync::atomic::AtomicU64,
+    pub(crate) started: std::time::Instant,
+}
+
+/// The outcome of the last config load, as `/status` shows it.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct ReloadReport {
+    /// `success`, or `failure` when the load was refused or a farm was.
+    pub(crate) outcome: &'static str,
+    /// Why, one line per refusal; never key material.
+    pub(crate) errors: Vec<String>,
+    /// Farms whose new version was refused and whose last good version still serves.
+    pub(crate) kept_farms: Vec<String>,
 }
 
 impl Shared {
@@ -188,6 +213,11 @@ pub async fn start(opts: Options) -> Result<Handle, RunError> {
         shutdown: CancellationToken::new(),
         tracker: TaskTracker::new(),
         listeners: Mutex::new(BTreeMap::new()),
+        last_reload: Mutex::new(ReloadReport::default()),
+        per_client: Mutex::new(HashMap::new()),
+        reclaim: tokio::sync::Notify::new(),
+        last_refusal_log: std::sync::atomic::AtomicU64::new(0),
+        started: std::time::Instant::now(),
     });
     let admin_listener =
         crate::admin::bind(opts.admin)
@@ -278,7 +308,12 @@ impl Control {
                 _ = tick.tick() => {
                     let now = self.fingerprint();
                     if now != self.seen {
-                        self.reload().await;
+                        // Let a writer finish: load only files that held still for a
+                        // moment, or a half-written farm file reads as a smaller farm.
+                        tokio::time::sleep(SETTLE).await;
+                        if self.fingerprint() == now {
+                            self.reload().await;
+                        }
                     }
                 }
                 _ = dns_tick.tick() => {
@@ -310,26 +345,64 @@ impl Control {
 
     async fn reload(&mut self) {
         self.seen = self.fingerprint();
+        let mut report = ReloadReport::default();
         let outcome = match self.source.load() {
-            Ok(cfg) => {
-                let cfg = Arc::new(cfg);
-                self.dns = resolve_all(&cfg, &self.dns).await;
-                self.apply(cfg).await
-            }
+            Ok(loaded) => match self.keep_refused_farms(loaded, &mut report) {
+                Ok(cfg) => {
+                    let cfg = Arc::new(cfg);
+                    self.dns = resolve_all(&cfg, &self.dns).await;
+                    self.apply(cfg).await
+                }
+                Err(e) => Err(e),
+            },
             Err(e) => Err(e),
         };
-        let label = match &outcome {
-            Ok(()) => "success",
-            Err(e) => {
-                tracing::error!(error = %e, "config refused; the last good config keeps serving");
-                "failure"
-            }
+        if let Err(e) = &outcome {
+            tracing::error!(error = %e, "config refused; the last good config keeps serving");
+            report.errors.push(e.to_string());
+        }
+        report.outcome = if report.errors.is_empty() {
+            "success"
+        } else {
+            "failure"
         };
         self.shared
             .metrics
             .reloads
-            .get_or_create(&OutcomeLabel { outcome: label })
+            .get_or_create(&OutcomeLabel {
+                outcome: report.outcome,
+            })
             .inc();
+        *self.shared.last_reload.lock() = report;
+    }
+
+    /// Puts back the last good version of every farm whose new version was refused, so
+    /// one bad edit never takes its site down; records each refusal in `report`.
+    fn keep_refused_farms(
+        &self,
+        loaded: Loaded,
+        report: &mut ReloadReport,
+    ) -> Result<DataplaneConfig, SourceError> {
+        let mut cfg = loaded.config;
+        for (id, why) in &loaded.refused {
+            report.errors.push(why.clone());
+            let kept = self
+                .config
+                .as_ref()
+                .is_some_and(|last| keep_last_good(&mut cfg, last, id));
+            if kept {
+                tracing::error!(farm = %id, error = %why, "farm refused; its last good version keeps serving");
+                report.kept_farms.push(id.clone());
+            } else {
+                tracing::error!(farm = %id, error = %why, "farm refused; it has no good version to serve");
+            }
+        }
+        cfg.check().map_err(|e| {
+            SourceError::Translate(format!(
+                "the config with the kept farms is inconsistent: {e}"
+            ))
+        })?;
+        Ok(cfg)
     }
 
     async fn apply(&mut self, cfg: Arc<DataplaneConfig>) -> Result<(), SourceError> {

@@ -60,6 +60,14 @@ pub enum SourceError {
     },
 }
 
+/// A config as loaded, with the farms whose new version was refused (id, why). The
+/// caller keeps serving their last good version.
+#[derive(Debug)]
+pub(crate) struct Loaded {
+    pub(crate) config: DataplaneConfig,
+    pub(crate) refused: Vec<(String, String)>,
+}
+
 /// Where configs come from.
 #[derive(Clone, Debug)]
 pub(crate) enum Source {
@@ -69,13 +77,18 @@ pub(crate) enum Source {
 
 impl Source {
     /// Reads and translates the current config.
-    pub(crate) fn load(&self) -> Result<DataplaneConfig, SourceError> {
+    pub(crate) fn load(&self) -> Result<Loaded, SourceError> {
         match self {
             Source::Config(path) => {
                 let text = read(path)?;
-                DataplaneConfig::from_json(&text).map_err(|source| SourceError::Config {
-                    path: path.clone(),
-                    source,
+                let config =
+                    DataplaneConfig::from_json(&text).map_err(|source| SourceError::Config {
+                        path: path.clone(),
+                        source,
+                    })?;
+                Ok(Loaded {
+                    config,
+                    refused: Vec::new(),
                 })
             }
             Source::Manifests(dir) => load_manifests(dir),
@@ -98,7 +111,7 @@ fn read(path: &Path) -> Result<String, SourceError> {
     })
 }
 
-fn load_manifests(dir: &Path) -> Result<DataplaneConfig, SourceError> {
+fn load_manifests(dir: &Path) -> Result<Loaded, SourceError> {
     let entries = std::fs::read_dir(dir).map_err(|source| SourceError::Read {
         path: dir.to_owned(),
         source,
@@ -122,10 +135,20 @@ fn load_manifests(dir: &Path) -> Result<DataplaneConfig, SourceError> {
 pub(crate) fn from_manifests(
     dir: &Path,
     texts: &[(PathBuf, String)],
-) -> Result<DataplaneConfig, SourceError> {
+) -> Result<Loaded, SourceError> {
     let mut arrays: Vec<GatewayArray> = Vec::new();
     let mut farms: Vec<ServerFarm> = Vec::new();
     for (path, text) in texts {
+        // A file caught between `>` truncating it and the write that fills it is empty:
+        // refuse the load rather than read it as "this farm was deleted".
+        if text.trim().is_empty() {
+            return Err(SourceError::Manifest {
+                path: path.clone(),
+                message:
+                    "the file is empty (still being written?); delete it to remove its resources"
+                        .into(),
+            });
+        }
         for doc in serde_yaml::Deserializer::from_str(text) {
             let value = serde_yaml::Value::deserialize(doc).map_err(|e| SourceError::Manifest {
                 path: path.clone(),
@@ -134,11 +157,17 @@ pub(crate) fn from_manifests(
             if value.is_null() {
                 continue;
             }
-            let kind = value
+            // A document cut short can lose its kind; it is not "some other kind".
+            let Some(kind) = value
                 .get("kind")
                 .and_then(|k| k.as_str())
-                .unwrap_or("")
-                .to_owned();
+                .map(str::to_owned)
+            else {
+                return Err(SourceError::Manifest {
+                    path: path.clone(),
+                    message: "a document has no kind (truncated?)".into(),
+                });
+            };
             // The error names the field at fault (`spec.maxSessionTime: ...`).
             let bad = |e: serde_path_to_error::Error<serde_yaml::Error>| SourceError::Manifest {
                 path: path.clone(),
@@ -149,6 +178,20 @@ pub(crate) fn from_manifests(
                     arrays.push(serde_path_to_error::deserialize(value).map_err(bad)?)
                 }
                 "ServerFarm" => farms.push(serde_path_to_error::deserialize(value).map_err(bad)?),
+                // Other kinds may share the directory, but not under our API group: a
+                // kind of ours that is none of ours is a typo or a truncated file.
+                _ if value
+                    .get("apiVersion")
+                    .and_then(|v| v.as_str())
+                    .is_none_or(|v| v.starts_with("portcullis.io/")) =>
+                {
+                    return Err(SourceError::Manifest {
+                        path: path.clone(),
+                        message: format!(
+                            "kind {kind:?} is not a Portcullis kind (GatewayArray, ServerFarm)"
+                        ),
+                    });
+                }
                 _ => {}
             }
         }
@@ -169,10 +212,25 @@ pub(crate) fn from_manifests(
                 .join("; "),
         )
     })?;
-    for e in translation.errors() {
-        tracing::warn!(error = %e, "farm left out");
-    }
-    Ok(translation.config)
+    let refused = translation
+        .farms
+        .iter()
+        .filter_map(|(id, outcome)| match outcome {
+            portcullis_crds::translate::FarmOutcome::Rejected(errors) => Some((
+                id.clone(),
+                errors
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            )),
+            portcullis_crds::translate::FarmOutcome::Accepted { .. } => None,
+        })
+        .collect();
+    Ok(Loaded {
+        config: translation.config,
+        refused,
+    })
 }
 
 use serde::Deserialize as _;

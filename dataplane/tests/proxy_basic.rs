@@ -48,6 +48,17 @@ async fn routes_by_exact_host_wildcard_and_longest_prefix() {
     assert_eq!(status, 404);
     assert_eq!(headers["x-portcullis-error"], "no-route");
     assert!(body.len() < 64);
+    // Issue 12, finding 2: the proxy's own 404s are counted too, under no farm.
+    let m = metrics(proxy.admin_addr()).await;
+    assert_eq!(
+        metric_sum(
+            &m,
+            "portcullis_requests_total",
+            &["farm=\"\"", "status=\"404\""]
+        ),
+        1.0,
+        "{m}"
+    );
 
     // Header rewriting as the backend saw it.
     let seen = a.seen();
@@ -61,23 +72,45 @@ async fn routes_by_exact_host_wildcard_and_longest_prefix() {
     proxy.shutdown().await;
 }
 
+const FORWARDED_BY_CLIENT: &[u8] = b"GET /p HTTP/1.1\r\nHost: a.test\r\nConnection: close, x-secret-hop\r\nx-secret-hop: 1\r\nKeep-Alive: 5\r\nTE: trailers\r\nProxy-Connection: keep-alive\r\nX-Forwarded-For: 10.0.0.1\r\nX-Forwarded-For: 10.0.0.2\r\nForwarded: for=10.9.9.9\r\nX-Real-IP: 10.9.9.9\r\nX-Forwarded-Port: 1\r\nX-Forwarded-Proto: https\r\nVia: 1.0 corp-proxy\r\n\r\n";
+
+/// Issue 12, finding 3: forwarding headers from an ordinary client are the edge's to
+/// write; the client's own are replaced or removed.
 #[tokio::test]
-async fn hop_by_hop_removed_and_forwarded_for_appended() {
+async fn hop_by_hop_removed_and_forwarding_headers_written_by_the_edge() {
     let a = Backend::start("a").await;
     let proxy = Proxy::start("hop", &[plain_farm(&a)]).await;
-    let addr = proxy.addr;
-    let resp = raw(
-        addr,
-        b"GET /p HTTP/1.1\r\nHost: a.test\r\nConnection: close, x-secret-hop\r\nx-secret-hop: 1\r\nKeep-Alive: 5\r\nTE: trailers\r\nProxy-Connection: keep-alive\r\nX-Forwarded-For: 10.0.0.1\r\n\r\n",
-    )
-    .await;
+    let resp = raw(proxy.addr, FORWARDED_BY_CLIENT).await;
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
     let seen = a.seen();
     let hd = &seen[0].headers;
     for name in ["x-secret-hop", "keep-alive", "te", "proxy-connection"] {
         assert!(!hd.contains_key(name), "{name} was forwarded");
     }
-    assert_eq!(hd["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
+    assert_eq!(hd.get_all("x-forwarded-for").iter().count(), 1);
+    assert_eq!(hd["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(hd["x-forwarded-proto"], "http");
+    for name in ["forwarded", "x-real-ip", "x-forwarded-port"] {
+        assert!(!hd.contains_key(name), "{name} from a client was forwarded");
+    }
+    assert_eq!(hd["via"], "1.0 corp-proxy, 1.1 portcullis");
+    proxy.shutdown().await;
+}
+
+/// From a proxy in `trustedProxies`, the chain is kept and extended.
+#[tokio::test]
+async fn forwarding_headers_from_a_trusted_proxy_are_kept() {
+    let a = Backend::start("a").await;
+    let array =
+        |port| web_array(port).replace("spec:\n", "spec:\n  trustedProxies: [127.0.0.0/8]\n");
+    let proxy = Proxy::start_in(TempDir::new("trusted"), array, &[plain_farm(&a)]).await;
+    let resp = raw(proxy.addr, FORWARDED_BY_CLIENT).await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    let hd = &a.seen()[0].headers;
+    assert_eq!(hd["x-forwarded-for"], "10.0.0.1, 10.0.0.2, 127.0.0.1");
+    assert_eq!(hd["x-forwarded-proto"], "https");
+    assert_eq!(hd["forwarded"], "for=10.9.9.9");
+    assert_eq!(hd["x-real-ip"], "10.9.9.9");
     proxy.shutdown().await;
 }
 

@@ -85,3 +85,143 @@ async fn twenty_reloads_under_load_lose_nothing_and_keep_pools() {
     assert_eq!(seen.last().unwrap().headers["host"], "v20.internal");
     proxy.shutdown().await;
 }
+
+/// Reads the admin server's `/status` document.
+async fn status(admin: std::net::SocketAddr) -> serde_json::Value {
+    serde_json::from_str(&get(admin, "admin", "/status").await.2).unwrap()
+}
+
+/// Issue 12, finding 2: a farm edit that fails validation (a server with both `host`
+/// and `address`) left the farm out, so its site answered 404 while the reload counted
+/// as a success. The farm's last good version keeps serving; the reload is a failure in
+/// the metric and in `/status`, and the other farm's edit still applies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_farm_edit_keeps_its_last_good_version_serving() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let farm_a = |server: String| farm_yaml("a", &["a.test"], &["/"], &[server], "");
+    let farm_b = |vhost: &str| {
+        farm_yaml(
+            "b",
+            &["b.test"],
+            &["/"],
+            &[addr_server(b.addr)],
+            &format!("  backendHost: {vhost}\n"),
+        )
+    };
+    let proxy = Proxy::start(
+        "keep",
+        &[farm_a(addr_server(a.addr)), farm_b("v1.internal")],
+    )
+    .await;
+    assert_eq!(get(proxy.addr, "a.test", "/").await.0, 200);
+
+    let both = format!(
+        "{{host: localhost, address: \"{}\", port: {}}}",
+        a.addr.ip(),
+        a.addr.port()
+    );
+    proxy.reload(&[farm_a(both), farm_b("v2.internal")]).await;
+    // The good farm's edit applied...
+    get(proxy.addr, "b.test", "/").await;
+    assert_eq!(b.seen().last().unwrap().headers["host"], "v2.internal");
+    // ...and the refused farm still serves its last good version.
+    let (code, _, body) = get(proxy.addr, "a.test", "/").await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(a.seen().len(), 2);
+
+    let m = metrics(proxy.admin_addr()).await;
+    assert!(
+        metric_sum(
+            &m,
+            "portcullis_config_reloads_total",
+            &["outcome=\"failure\""]
+        ) >= 1.0
+    );
+    let s = status(proxy.admin_addr()).await;
+    assert_eq!(s["lastReload"]["outcome"], "failure", "{s}");
+    assert_eq!(
+        s["lastReload"]["keptFarms"],
+        serde_json::json!(["default/a"]),
+        "{s}"
+    );
+    let errors = s["lastReload"]["errors"].to_string();
+    assert!(
+        errors.contains("ServerFarm default/a: spec.servers[0]"),
+        "{errors}"
+    );
+
+    // Fixing the farm clears the failure.
+    proxy
+        .reload(&[farm_a(addr_server(b.addr)), farm_b("v2.internal")])
+        .await;
+    let s = status(proxy.admin_addr()).await;
+    assert_eq!(s["lastReload"]["outcome"], "success", "{s}");
+    assert_eq!(get(proxy.addr, "a.test", "/").await.0, 200);
+    assert_eq!(b.seen().len(), 2);
+    proxy.shutdown().await;
+}
+
+/// Issue 12, finding 2: a farm file rewritten with a plain `>` redirect is read while
+/// empty or half written; that parsed as "no farm" and the site answered 404 until the
+/// next poll (12 of 20 writes). Each write here holds the truncated and the half-written
+/// state for longer than a poll; a client asking all the while never gets a 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_farm_file_caught_half_written_never_takes_the_site_down() {
+    use std::io::Write as _;
+    let b = Backend::start("b").await;
+    let farm = |n: usize| {
+        farm_yaml(
+            "b",
+            &["b.test"],
+            &["/"],
+            &[addr_server(b.addr)],
+            &format!("  backendHost: v{n}.internal\n"),
+        )
+    };
+    let proxy = Proxy::start("halfwritten", &[farm(0)]).await;
+    let addr = proxy.addr;
+    let stop = Arc::new(AtomicBool::new(false));
+    let codes = Arc::new(parking_lot::Mutex::new(std::collections::BTreeMap::new()));
+    let client = {
+        let (stop, codes) = (stop.clone(), codes.clone());
+        tokio::spawn(async move {
+            let mut c = Client::connect(addr).await;
+            while !stop.load(Ordering::Relaxed) {
+                let code = c.get("b.test", "/").await.map_or(0, |r| r.0);
+                *codes.lock().entry(code).or_insert(0usize) += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    let path = proxy.dir.path().join("farm.yaml");
+    for n in 1..=10 {
+        let text = farm(n);
+        let cut = text.len() * n / 11;
+        // `>` truncates first, then the writer fills the file in pieces.
+        let mut f = std::fs::File::create(&path).unwrap();
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        f.write_all(&text.as_bytes()[..cut]).unwrap();
+        f.flush().unwrap();
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        f.write_all(&text.as_bytes()[cut..]).unwrap();
+        drop(f);
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    wait_until(Duration::from_secs(5), || {
+        b.seen()
+            .last()
+            .is_some_and(|s| s.headers["host"] == "v10.internal")
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    client.await.unwrap();
+    let codes = codes.lock().clone();
+    eprintln!("status codes seen: {codes:?}");
+    assert_eq!(
+        codes.keys().copied().collect::<Vec<u16>>(),
+        [200],
+        "{codes:?}"
+    );
+    proxy.shutdown().await;
+}

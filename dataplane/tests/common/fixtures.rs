@@ -47,8 +47,10 @@ pub fn farm(id: &str, affinity: AffinityMode, protection: CookieProtection) -> F
             consecutive_failures: 0,
             count_5xx: false,
             base_ejection_time: Duration::from_secs(10).into(),
+            max_ejected_percent: 50,
         },
         cookie_protection: protection,
+        allowed_upgrades: vec!["websocket".into()],
     }
 }
 

@@ -1,0 +1,174 @@
+//! Issue 12, section 4: protocol conformance (RFC 9110, 9112, 9113) observed from
+//! outside, each with real sockets.
+
+mod common;
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+use common::*;
+use http_body_util::{BodyExt, Empty};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A backend that answers every connection's first request with `answer`, verbatim,
+/// then closes.
+async fn raw_backend(answer: &'static [u8]) -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 8192];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s.write_all(answer).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+fn status_of(resp: &str) -> &str {
+    resp.split(' ').nth(1).unwrap_or("")
+}
+
+#[tokio::test]
+async fn host_must_be_one_and_a_host() {
+    let b = Backend::start("b").await;
+    let proxy = Proxy::start("hosts", &[plain_farm(&b)]).await;
+    let cases: [&[u8]; 5] = [
+        b"GET / HTTP/1.1\r\nHost: b.test\r\nHost: b.test\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: evil@b.test\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: b.test/x\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: b.test:99999\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: b.test:8o\r\n\r\n",
+    ];
+    for case in cases {
+        let resp = raw(proxy.addr, case).await;
+        assert_eq!(
+            status_of(&resp),
+            "400",
+            "{}\n{resp}",
+            String::from_utf8_lossy(case)
+        );
+    }
+    assert!(b.seen().is_empty());
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_absolute_form_target_is_served_and_its_authority_is_the_host() {
+    let b = Backend::start("b").await;
+    let proxy = Proxy::start("absolute", &[plain_farm(&b)]).await;
+    let resp = raw(
+        proxy.addr,
+        b"GET http://b.test/x?q=1 HTTP/1.1\r\nHost: elsewhere.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    let seen = b.seen();
+    assert_eq!(seen[0].path, "/x?q=1");
+    assert_eq!(seen[0].headers["x-forwarded-host"], "b.test");
+    let resp = raw(
+        proxy.addr,
+        b"GET ftp://b.test/x HTTP/1.1\r\nHost: b.test\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&resp), "400", "{resp}");
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_answer_is_http_1_1_whatever_the_backend_speaks_and_a_204_has_no_length() {
+    let old = raw_backend(b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nold").await;
+    let empty = raw_backend(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n").await;
+    let farms = [
+        farm_yaml("old", &["old.test"], &["/"], &[addr_server(old)], ""),
+        farm_yaml("empty", &["empty.test"], &["/"], &[addr_server(empty)], ""),
+    ];
+    let proxy = Proxy::start("versions", &farms).await;
+    let resp = raw(
+        proxy.addr,
+        b"GET / HTTP/1.1\r\nHost: old.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(resp.ends_with("old"), "{resp}");
+    let resp = raw(
+        proxy.addr,
+        b"GET / HTTP/1.1\r\nHost: empty.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 204"), "{resp}");
+    assert!(
+        !resp.to_ascii_lowercase().contains("content-length"),
+        "{resp}"
+    );
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn expect_from_an_http_1_0_client_is_not_forwarded() {
+    let b = Backend::start("b").await;
+    let proxy = Proxy::start("expect10", &[plain_farm(&b)]).await;
+    let resp = raw(
+        proxy.addr,
+        b"GET / HTTP/1.0\r\nHost: b.test\r\nExpect: 100-continue\r\n\r\n",
+    )
+    .await;
+    assert!(
+        resp.starts_with("HTTP/1.1 200") || resp.starts_with("HTTP/1.0 200"),
+        "{resp}"
+    );
+    assert!(!b.seen()[0].headers.contains_key("expect"));
+    proxy.shutdown().await;
+}
+
+async fn h2(addr: SocketAddr) -> hyper::client::conn::http2::SendRequest<Empty<Bytes>> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    send
+}
+
+#[tokio::test]
+async fn http2_authority_and_host_must_agree_and_cookies_are_joined() {
+    let b = Backend::start("b").await;
+    let proxy = Proxy::start("h2conf", &[plain_farm(&b)]).await;
+    let mut send = h2(proxy.addr).await;
+    let req = http::Request::get("http://b.test/")
+        .header("host", "other.test")
+        .body(Empty::new())
+        .unwrap();
+    assert_eq!(send.send_request(req).await.unwrap().status(), 400);
+    let req = http::Request::get("http://b.test/")
+        .header("x-padded", http::HeaderValue::from_static(" leading"))
+        .body(Empty::new())
+        .unwrap();
+    assert_eq!(send.send_request(req).await.unwrap().status(), 400);
+    let req = http::Request::get("http://b.test/c")
+        .header("cookie", "a=1")
+        .header("cookie", "b=2")
+        .body(Empty::new())
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let _ = resp.into_body().collect().await;
+    let seen = b.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].headers.get_all("cookie").iter().count(), 1);
+    assert_eq!(seen[0].headers["cookie"], "a=1; b=2");
+    proxy.shutdown().await;
+}
