@@ -418,7 +418,8 @@ fn deployment(
         }),
         ..Container::default()
     };
-    let pod_annotations = (!pod.annotations.is_empty()).then(|| pod.annotations.clone());
+    let mut pod_annotations = scrape_annotations();
+    pod_annotations.extend(pod.annotations.clone());
     Deployment {
         metadata,
         spec: DeploymentSpec {
@@ -437,7 +438,7 @@ fn deployment(
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(labels(name)),
-                    annotations: pod_annotations,
+                    annotations: Some(pod_annotations),
                     ..ObjectMeta::default()
                 }),
                 spec: Some(PodSpec {
@@ -479,6 +480,22 @@ fn deployment(
         },
         ..Deployment::default()
     }
+}
+
+/// The `prometheus.io/*` annotations on member pods: where a Prometheus without the
+/// Prometheus Operator (the common `kubernetes-pods` scrape job) finds their metrics. On
+/// for every array: they only describe the admin port members already serve; the
+/// array's `spec.pod.annotations` override them (`prometheus.io/scrape: "false"` turns
+/// the scrape off, for instance where the chart's PodMonitor already collects members).
+pub fn scrape_annotations() -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("prometheus.io/scrape".to_owned(), "true".to_owned()),
+        (
+            "prometheus.io/port".to_owned(),
+            MEMBER_ADMIN_PORT.to_string(),
+        ),
+        ("prometheus.io/path".to_owned(), "/metrics".to_owned()),
+    ])
 }
 
 /// The namespaced sysctl (a "safe" one, allowed by PodSecurity `restricted`) below which

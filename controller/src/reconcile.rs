@@ -1123,6 +1123,8 @@ async fn reconcile_inner(cached: &GatewayArray, ctx: &Context) -> Result<Action,
         blocked: blocked.as_ref(),
         now,
     });
+    ctx.metrics
+        .array_members(&ns, &name, status::convergence(&array_status));
     let ready = array_status.ready_members;
     let converged = array_status
         .conditions

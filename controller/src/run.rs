@@ -14,7 +14,7 @@ use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector;
 use kube::runtime::watcher;
 use kube::runtime::{Controller, WatchStreamExt};
-use kube::{Api, Client};
+use kube::{Api, Client, ResourceExt};
 use portcullis_crds::v1alpha1::{GatewayArray, ServerFarm};
 
 use crate::admin::{self, Admin};
@@ -150,6 +150,23 @@ pub async fn run(config: RunConfig) -> Result<(), RunError> {
             placements.arrays_for_farm(&farm)
         });
     let array_store = controller.store();
+    // The per-array gauges of deleted arrays go (a deleted array is never reconciled
+    // again, so nothing else would clear them).
+    let live_arrays = array_store.clone();
+    let array_metrics = metrics.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            let live: std::collections::BTreeSet<(String, String)> = live_arrays
+                .state()
+                .iter()
+                .map(|a| (a.namespace().unwrap_or_default(), a.name_any()))
+                .collect();
+            array_metrics
+                .retain_arrays(|ns, name| live.contains(&(ns.to_owned(), name.to_owned())));
+        }
+    });
     let fs = farm_store.clone();
     controller = controller.watches(
         api::<EndpointSlice>(&client, ns),

@@ -12,6 +12,7 @@ use portcullis_crds::v1alpha1::{
 };
 
 use crate::keyring::{Member, RotationStep};
+use crate::metrics::Convergence;
 
 /// What became of one farm in this reconcile.
 #[derive(Clone, Debug, PartialEq)]
@@ -474,9 +475,79 @@ pub fn array_status(i: &ArrayStatusInputs<'_>) -> GatewayArrayStatus {
     }
 }
 
+/// How many of the array's ready members serve the config and keyring its status names
+/// (for the `portcullis_controller_array_members_*` gauges). A member that did not report
+/// counts as behind; with no config or keyring written yet nobody is behind it.
+pub fn convergence(status: &GatewayArrayStatus) -> Convergence {
+    let ready: Vec<&MemberStatus> = status.members.iter().filter(|m| m.ready).collect();
+    let sorted = |ids: &[String]| {
+        let mut ids = ids.to_vec();
+        ids.sort();
+        ids
+    };
+    let keyring = sorted(&status.key_ids);
+    Convergence {
+        ready: ready.len(),
+        behind_config: status.config_hash.as_ref().map_or(0, |hash| {
+            ready
+                .iter()
+                .filter(|m| m.config_hash.as_ref() != Some(hash))
+                .count()
+        }),
+        behind_keyring: if keyring.is_empty() {
+            0
+        } else {
+            ready
+                .iter()
+                .filter(|m| sorted(&m.key_ids) != keyring)
+                .count()
+        },
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn convergence_counts_ready_members_behind_the_config_or_the_keyring() {
+        let member = |name: &str, ready: bool, hash: Option<&str>, keys: &[&str]| MemberStatus {
+            name: name.into(),
+            ready,
+            config_hash: hash.map(str::to_owned),
+            key_ids: keys.iter().map(|k| (*k).to_owned()).collect(),
+        };
+        let mut status = GatewayArrayStatus {
+            config_hash: Some("sha256:new".into()),
+            key_ids: vec!["k2".into(), "k1".into()],
+            members: vec![
+                member("a", true, Some("sha256:new"), &["k1", "k2"]),
+                member("b", true, Some("sha256:old"), &["k2", "k1"]),
+                member("c", true, Some("sha256:new"), &["k1"]),
+                member("d", true, None, &[]),
+                member("e", false, Some("sha256:old"), &[]),
+            ],
+            ..GatewayArrayStatus::default()
+        };
+        assert_eq!(
+            convergence(&status),
+            Convergence {
+                ready: 4,
+                behind_config: 2,
+                behind_keyring: 2
+            }
+        );
+        status.config_hash = None;
+        status.key_ids.clear();
+        assert_eq!(
+            convergence(&status),
+            Convergence {
+                ready: 4,
+                behind_config: 0,
+                behind_keyring: 0
+            }
+        );
+    }
 
     #[test]
     fn truncation_keeps_short_text_and_cuts_long_text_on_a_character_boundary() {

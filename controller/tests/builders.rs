@@ -199,7 +199,7 @@ spec:
     resources: {requests: {cpu: 250m, memory: 128Mi}, limits: {memory: 256Mi}}
     nodeSelector: {node-role.kubernetes.io/edge: "true"}
     tolerations: [{key: edge, operator: Exists, effect: NoSchedule}]
-    annotations: {prometheus.io/scrape: "true"}
+    annotations: {prometheus.io/scrape: "false", example.com/team: edge}
   service:
     type: ClusterIP
     annotations: {service.beta.kubernetes.io/aws-load-balancer-type: nlb}
@@ -287,6 +287,12 @@ spec:
     );
     let template = serde_yaml::to_string(&d.deployment.spec.template).unwrap();
     assert!(!template.contains(&hash));
+    // The array's own pod annotations win over the scrape annotations members get.
+    let pod_annotations = d.deployment.spec.template.metadata.as_ref().unwrap();
+    let pod_annotations = pod_annotations.annotations.as_ref().unwrap();
+    assert_eq!(pod_annotations["prometheus.io/scrape"], "false");
+    assert_eq!(pod_annotations["prometheus.io/port"], "9901");
+    assert_eq!(pod_annotations["example.com/team"], "edge");
     assert_eq!(
         d.deployment
             .spec

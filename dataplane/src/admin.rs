@@ -10,6 +10,8 @@ use http_body_util::Full;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
+use crate::balance::FarmRt;
+use crate::metrics::{FarmEndpointCounts, Serving};
 use crate::runtime::Shared;
 
 /// Serves the admin endpoints until shutdown completes.
@@ -57,6 +59,8 @@ fn answer(shared: &Shared, path: &str) -> Response<Full<Bytes>> {
             }
         }
         "/metrics" => {
+            let _scrape = shared.metrics.scrape.lock();
+            shared.metrics.set_serving(&serving(shared));
             let mut out = String::new();
             let _ = prometheus_client::encoding::text::encode(&mut out, &shared.registry);
             text(
@@ -82,6 +86,52 @@ fn answer(shared: &Shared, path: &str) -> Response<Full<Bytes>> {
             text(StatusCode::OK, "application/json", body.to_string())
         }
         _ => text(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
+    }
+}
+
+/// What the member serves now: the gauges a scrape sets rather than the request path,
+/// which stays free of the bookkeeping.
+fn serving(shared: &Shared) -> Serving {
+    let snapshot = shared.snapshot.load();
+    let active = shared.session.active_key_id();
+    Serving {
+        config_hash: snapshot.as_ref().map(|s| s.hash.clone()),
+        keys: shared
+            .key_ids()
+            .into_iter()
+            .map(|id| {
+                let is_active = active.as_deref() == Some(id.as_str());
+                (id, is_active)
+            })
+            .collect(),
+        farms: snapshot
+            .as_ref()
+            .map(|s| {
+                s.farms
+                    .iter()
+                    .map(|(id, farm)| (id.clone(), endpoint_counts(farm)))
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
+}
+
+fn endpoint_counts(farm: &FarmRt) -> FarmEndpointCounts {
+    let total = farm.endpoints.len();
+    let ejected = farm
+        .endpoints
+        .iter()
+        .filter(|e| match *e.endpoint.ejected_at.lock() {
+            None => false,
+            // With a verifier only the verifier lets it back (as `FarmRt::usable`).
+            Some(_) if e.probe.is_some() => true,
+            Some(at) => at.elapsed() < farm.cfg.passive.base_ejection_time.get(),
+        })
+        .count();
+    FarmEndpointCounts {
+        total,
+        usable: (0..total).filter(|i| farm.usable(*i)).count(),
+        ejected,
     }
 }
 

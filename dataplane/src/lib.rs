@@ -24,5 +24,7 @@ mod snapshot;
 mod source;
 mod tls;
 
+#[doc(hidden)]
+pub use runtime::metrics_sample;
 pub use runtime::{Handle, Options, RunError, run, start};
 pub use source::SourceError;

@@ -95,6 +95,36 @@ struct Args {
     log_format: LogFormat,
 }
 
+/// Refuses paths that do not exist or are of the wrong kind, before anything starts: a
+/// typo would otherwise start a dataplane that serves no config, or (for the keyring)
+/// one that seals cookies with a made-up key no other member can open. Nothing is
+/// waited for: Kubernetes mounts ConfigMap and Secret volumes before the container
+/// starts, and in cluster mode (`--array`) the member writes its own files, waiting for
+/// the API instead.
+fn check_paths(args: &Args) -> Result<(), String> {
+    if args.array.is_some() {
+        return Ok(());
+    }
+    let paths = [
+        ("--manifests", "PORTCULLIS_MANIFESTS", &args.manifests, true),
+        ("--config", "PORTCULLIS_CONFIG", &args.config, false),
+        ("--keyring", "PORTCULLIS_KEYRING", &args.keyring, false),
+        ("--certs", "PORTCULLIS_CERTS", &args.certs, true),
+    ];
+    for (flag, env, path, want_dir) in paths {
+        let Some(path) = path else { continue };
+        let problem = match std::fs::metadata(path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => "does not exist".to_owned(),
+            Err(e) => format!("cannot be read: {e}"),
+            Ok(m) if want_dir && !m.is_dir() => "is not a directory".to_owned(),
+            Ok(m) if !want_dir && m.is_dir() => "is a directory, not a file".to_owned(),
+            Ok(_) => continue,
+        };
+        return Err(format!("{flag} ({env}) {}: {problem}", path.display()));
+    }
+    Ok(())
+}
+
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum LogFormat {
     Json,
@@ -110,6 +140,10 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
+    if let Err(message) = check_paths(&args) {
+        eprintln!("error: {message}");
+        return ExitCode::from(64);
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()

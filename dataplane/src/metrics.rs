@@ -1,4 +1,9 @@
 //! Metrics, all in one prometheus-client registry with the `portcullis` prefix.
+//!
+//! Labels carry farm ids, endpoint identity keys, config hashes and key ids: never a
+//! header, a cookie, a client address or key material. The chart's dashboard and alert
+//! rules name these metrics; `e2e/tests/monitoring.rs` fails when they name one that is
+//! not exported here.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -34,6 +39,39 @@ pub(crate) struct OutcomeLabel {
     pub(crate) outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct HashLabel {
+    pub(crate) hash: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct KeyLabel {
+    pub(crate) key_id: String,
+    pub(crate) state: &'static str,
+}
+
+/// A farm's endpoints as one scrape sees them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct FarmEndpointCounts {
+    /// Endpoints in the farm's config.
+    pub(crate) total: usize,
+    /// Endpoints that may take a new request now.
+    pub(crate) usable: usize,
+    /// Endpoints passive health has taken out and not yet let back.
+    pub(crate) ejected: usize,
+}
+
+/// What a member serves at the moment of a scrape.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Serving {
+    /// Hash of the config loaded, once one is.
+    pub(crate) config_hash: Option<String>,
+    /// Key ids in the ring, with whether each is the active one.
+    pub(crate) keys: Vec<(String, bool)>,
+    /// Endpoint counts by farm id.
+    pub(crate) farms: Vec<(String, FarmEndpointCounts)>,
+}
+
 type HistFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -50,6 +88,14 @@ pub(crate) struct Metrics {
     pub(crate) verifier_healthy: Family<FarmEndpointLabel, Gauge>,
     pub(crate) reloads: Family<OutcomeLabel, Counter>,
     pub(crate) connections_refused: Family<ReasonLabel, Counter>,
+    pub(crate) farm_endpoints: Family<FarmLabel, Gauge>,
+    pub(crate) farm_endpoints_usable: Family<FarmLabel, Gauge>,
+    pub(crate) farm_endpoints_ejected: Family<FarmLabel, Gauge>,
+    pub(crate) config_loaded: Family<HashLabel, Gauge>,
+    pub(crate) session_keys: Family<KeyLabel, Gauge>,
+    /// Held from setting the scrape-time gauges to encoding them, so two concurrent
+    /// scrapes never encode each other's half-cleared families.
+    pub(crate) scrape: parking_lot::Mutex<()>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -68,6 +114,12 @@ impl Metrics {
             verifier_healthy: Family::default(),
             reloads: Family::default(),
             connections_refused: Family::default(),
+            farm_endpoints: Family::default(),
+            farm_endpoints_usable: Family::default(),
+            farm_endpoints_ejected: Family::default(),
+            config_loaded: Family::default(),
+            session_keys: Family::default(),
+            scrape: parking_lot::Mutex::new(()),
         };
         registry.register(
             "requests",
@@ -109,6 +161,173 @@ impl Metrics {
             "Config loads, by outcome (success, failure)",
             m.reloads.clone(),
         );
+        // Both outcomes exist from the start at 0: `increase()` cannot see a counter's
+        // first step when its series is born at 1, so the first failed reload would
+        // never reach the PortcullisConfigReloadFailed alert.
+        for outcome in ["success", "failure"] {
+            let _ = m.reloads.get_or_create(&OutcomeLabel { outcome });
+        }
+        registry.register(
+            "farm_endpoints",
+            "Endpoints in a farm's config, by farm (set when scraped)",
+            m.farm_endpoints.clone(),
+        );
+        registry.register(
+            "farm_endpoints_usable",
+            "Endpoints that may take a new request (not drained, verifier passing, not ejected), by farm (set when scraped)",
+            m.farm_endpoints_usable.clone(),
+        );
+        registry.register(
+            "farm_endpoints_ejected",
+            "Endpoints passive health has ejected and not yet let back, by farm (set when scraped)",
+            m.farm_endpoints_ejected.clone(),
+        );
+        registry.register(
+            "config_loaded",
+            "1 for the hash of the config this member serves (set when scraped)",
+            m.config_loaded.clone(),
+        );
+        registry.register(
+            "session_key_loaded",
+            "1 for each key id in this member's keyring, with its state (active, accept) (set when scraped)",
+            m.session_keys.clone(),
+        );
         m
+    }
+
+    /// Replaces the scrape-time gauges with what the member serves now. Farms, hashes
+    /// and keys no longer served disappear. Call with [`Metrics::scrape`] held.
+    pub(crate) fn set_serving(&self, now: &Serving) {
+        self.config_loaded.clear();
+        if let Some(hash) = &now.config_hash {
+            self.config_loaded
+                .get_or_create(&HashLabel { hash: hash.clone() })
+                .set(1);
+        }
+        self.session_keys.clear();
+        for (id, active) in &now.keys {
+            let state = if *active { "active" } else { "accept" };
+            self.session_keys
+                .get_or_create(&KeyLabel {
+                    key_id: id.clone(),
+                    state,
+                })
+                .set(1);
+        }
+        self.farm_endpoints.clear();
+        self.farm_endpoints_usable.clear();
+        self.farm_endpoints_ejected.clear();
+        for (farm, counts) in &now.farms {
+            let label = FarmLabel { farm: farm.clone() };
+            let gauge = |family: &Family<FarmLabel, Gauge>, n: usize| {
+                family
+                    .get_or_create(&label)
+                    .set(i64::try_from(n).unwrap_or(i64::MAX));
+            };
+            gauge(&self.farm_endpoints, counts.total);
+            gauge(&self.farm_endpoints_usable, counts.usable);
+            gauge(&self.farm_endpoints_ejected, counts.ejected);
+        }
+    }
+
+    /// Gives every family one child, so an encoding shows each metric's sample names
+    /// (the monitoring contract test reads them).
+    pub(crate) fn record_one_of_each(&self) {
+        self.requests
+            .get_or_create(&FarmStatus {
+                farm: "ns/farm".into(),
+                status: 200,
+            })
+            .inc();
+        self.upstream_latency
+            .get_or_create(&FarmLabel {
+                farm: "ns/farm".into(),
+            })
+            .observe(0.01);
+        let endpoint = EndpointLabel {
+            endpoint: "http1://127.0.0.1:80".into(),
+        };
+        self.pool_opened.get_or_create(&endpoint).inc();
+        self.pool_reused.get_or_create(&endpoint).inc();
+        self.pool_idle.get_or_create(&endpoint).set(1);
+        self.verifier_healthy
+            .get_or_create(&FarmEndpointLabel {
+                farm: "ns/farm".into(),
+                endpoint: endpoint.endpoint.clone(),
+            })
+            .set(1);
+        self.reloads
+            .get_or_create(&OutcomeLabel { outcome: "success" })
+            .inc();
+        self.connections_refused
+            .get_or_create(&ReasonLabel {
+                reason: "max-connections",
+            })
+            .inc();
+        self.set_serving(&Serving {
+            config_hash: Some("sha256:00".into()),
+            keys: vec![("k1".into(), true)],
+            farms: vec![(
+                "ns/farm".into(),
+                FarmEndpointCounts {
+                    total: 1,
+                    usable: 1,
+                    ejected: 0,
+                },
+            )],
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encode(registry: &Registry) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, registry).unwrap();
+        out
+    }
+
+    #[test]
+    fn serving_gauges_follow_the_latest_scrape() {
+        let mut registry = Registry::with_prefix("portcullis");
+        let m = Metrics::register(&mut registry);
+        let counts = |total, usable, ejected| FarmEndpointCounts {
+            total,
+            usable,
+            ejected,
+        };
+        m.set_serving(&Serving {
+            config_hash: Some("sha256:aa".into()),
+            keys: vec![("k2".into(), true), ("k1".into(), false)],
+            farms: vec![
+                ("shop/web".into(), counts(3, 2, 1)),
+                ("shop/old".into(), counts(1, 0, 0)),
+            ],
+        });
+        let text = encode(&registry);
+        for line in [
+            "portcullis_config_loaded{hash=\"sha256:aa\"} 1",
+            "portcullis_session_key_loaded{key_id=\"k2\",state=\"active\"} 1",
+            "portcullis_session_key_loaded{key_id=\"k1\",state=\"accept\"} 1",
+            "portcullis_farm_endpoints{farm=\"shop/web\"} 3",
+            "portcullis_farm_endpoints_usable{farm=\"shop/web\"} 2",
+            "portcullis_farm_endpoints_ejected{farm=\"shop/web\"} 1",
+            "portcullis_farm_endpoints_usable{farm=\"shop/old\"} 0",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+        // A reload to another config, a rotation and a removed farm: nothing stale stays.
+        m.set_serving(&Serving {
+            config_hash: Some("sha256:bb".into()),
+            keys: vec![("k2".into(), true)],
+            farms: vec![("shop/web".into(), counts(3, 3, 0))],
+        });
+        let text = encode(&registry);
+        assert!(text.contains("portcullis_config_loaded{hash=\"sha256:bb\"} 1"));
+        for gone in ["sha256:aa", "k1", "shop/old"] {
+            assert!(!text.contains(gone), "{gone} still exported:\n{text}");
+        }
     }
 }

@@ -192,9 +192,7 @@ pub async fn start(opts: Options) -> Result<Handle, RunError> {
             .map(|p| p.join("certs"))
             .unwrap_or_else(|| "certs".into()),
     });
-    let mut registry = Registry::with_prefix("portcullis");
-    let metrics = Arc::new(Metrics::register(&mut registry));
-    let session = SessionManager::new(&mut registry);
+    let (registry, metrics, session) = metrics_registry();
     if let Some(path) = &opts.keyring
         && let Err(e) = session.load_keyring_file(path)
     {
@@ -258,6 +256,27 @@ pub async fn start(opts: Options) -> Result<Handle, RunError> {
         keyring_watch,
         tasks: Vec::new(),
     })
+}
+
+/// The registry `/metrics` serves, with every dataplane metric in it.
+fn metrics_registry() -> (Registry, Arc<Metrics>, Arc<SessionManager>) {
+    let mut registry = Registry::with_prefix("portcullis");
+    let metrics = Arc::new(Metrics::register(&mut registry));
+    let session = SessionManager::new(&mut registry);
+    (registry, metrics, session)
+}
+
+/// The text exposition of the registry `/metrics` serves, with one sample of every
+/// metric: the names dashboards and alert rules may use. For the monitoring contract
+/// test (`e2e/tests/monitoring.rs`).
+#[doc(hidden)]
+pub fn metrics_sample() -> String {
+    let (registry, metrics, session) = metrics_registry();
+    metrics.record_one_of_each();
+    let _ = session.rejected_total("ns/farm", crate::session::RejectReason::UnknownKey);
+    let mut out = String::new();
+    let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+    out
 }
 
 /// Runs until SIGTERM or SIGINT, then drains.

@@ -65,6 +65,37 @@ async fn serves_a_rendered_config_and_reports_status_and_metrics() {
         ),
         1.0
     );
+    // What the member serves, set when scraped: the hash and key ids `/status` reports,
+    // and the farm's one endpoint, usable.
+    let loaded = format!(
+        "portcullis_config_loaded{{hash=\"{}\"}} 1",
+        config.content_hash()
+    );
+    assert!(m.contains(&loaded), "{loaded} missing from\n{m}");
+    let keys = status["keyIds"].as_array().unwrap();
+    for key in keys {
+        let key = key.as_str().unwrap();
+        assert!(
+            m.contains(&format!("portcullis_session_key_loaded{{key_id=\"{key}\"")),
+            "{m}"
+        );
+    }
+    let key_lines = m
+        .lines()
+        .filter(|l| l.starts_with("portcullis_session_key_loaded{"))
+        .count();
+    assert_eq!(key_lines, keys.len(), "{m}");
+    for (name, want) in [
+        ("portcullis_farm_endpoints{", 1.0),
+        ("portcullis_farm_endpoints_usable{", 1.0),
+        ("portcullis_farm_endpoints_ejected{", 0.0),
+    ] {
+        assert_eq!(
+            metric_sum(&m, name, &["farm=\"default/b\""]),
+            want,
+            "{name}"
+        );
+    }
 
     // A bad config is refused; the good one keeps serving.
     let hash = h.config_hash();

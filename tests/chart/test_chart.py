@@ -50,6 +50,17 @@ VALUE_SETS: dict[str, dict] = {
     "service-monitor": {
         "serviceMonitor": {"enabled": True, "interval": "15s", "labels": {"release": "prom"}}
     },
+    "monitoring": {
+        "serviceMonitor": {"enabled": True},
+        "podMonitor": {"enabled": True, "interval": "15s", "labels": {"release": "prom"}},
+        "grafanaDashboard": {"enabled": True, "namespace": "grafana", "annotations": {"grafana_folder": "Portcullis"}},
+        "prometheusRule": {
+            "enabled": True,
+            "labels": {"release": "prom"},
+            "disabled": ["PortcullisConnectionChurn"],
+            "overrides": {"PortcullisMembersBehindConfig": {"for": "30m", "labels": {"severity": "critical"}}},
+        },
+    },
     "watch-secrets": {"secrets": {"watchClusterWide": True}},
     "crds-off": {"crds": {"install": False, "keep": True}},
     "crds-not-kept": {"crds": {"install": True, "keep": False}},
@@ -215,9 +226,10 @@ def test_every_manifest_validates_offline(chart: helm.Chart, name: str, kube_ver
     for doc in docs:
         where = f"{doc['_template']}: {doc['kind']}/{doc['metadata']['name']}"
         obj = strip(doc)
-        if doc["kind"] == "ServiceMonitor":
+        if doc["kind"] in OPERATOR_KINDS:
             # The Prometheus Operator's CRDs are not Kubernetes schemas; kubernetes-validate
-            # says so, and the structure is checked in test_service_monitor_scrapes_metrics.
+            # says so, and the structure is checked in test_service_monitor_scrapes_metrics
+            # and tests/chart/test_monitoring.py.
             with pytest.raises(kubernetes_validate.SchemaNotFoundError):
                 kubernetes_validate.validate(obj, kube_version, strict=True)
             continue
@@ -229,6 +241,10 @@ def test_every_manifest_validates_offline(chart: helm.Chart, name: str, kube_ver
         labels = doc["metadata"].get("labels", {})
         assert labels.get("app.kubernetes.io/instance") == RELEASE, where
         assert labels.get("app.kubernetes.io/managed-by") == "Helm", where
+
+
+# Kinds of the Prometheus Operator (monitoring.coreos.com), which have no offline schema.
+OPERATOR_KINDS = {"ServiceMonitor", "PodMonitor", "PrometheusRule"}
 
 
 def test_strict_validation_catches_unknown_fields() -> None:
@@ -317,6 +333,20 @@ INVALID_VALUES = {
     "empty repository": ({"image": {"repository": "", "pullPolicy": "Always"}}, "/image/repository"),
     "bad duration": ({"serviceMonitor": {"enabled": True, "interval": "soon"}}, "/serviceMonitor/interval"),
     "two controllers without election": ({"leaderElection": {"enabled": False}}, "/replicaCount"),
+    "bad pod monitor interval": ({"podMonitor": {"enabled": True, "interval": "often"}}, "/podMonitor/interval"),
+    "unknown pod monitor key": ({"podMonitor": {"enabled": True, "port": "admin"}}, "port"),
+    "dashboard namespace not a DNS label": (
+        {"grafanaDashboard": {"enabled": True, "namespace": "Grafana_NS"}},
+        "/grafanaDashboard/namespace",
+    ),
+    "rule override of an unknown field": (
+        {"prometheusRule": {"enabled": True, "overrides": {"PortcullisConfigReloadFailed": {"severity": "page"}}}},
+        "severity",
+    ),
+    "rule override with a bad duration": (
+        {"prometheusRule": {"enabled": True, "overrides": {"PortcullisConfigReloadFailed": {"for": "ten minutes"}}}},
+        "/prometheusRule/overrides/PortcullisConfigReloadFailed/for",
+    ),
     "service monitor without service": (
         {"serviceMonitor": {"enabled": True}, "metrics": {"service": {"enabled": False, "port": 9902}}},
         "/metrics/service/enabled",
