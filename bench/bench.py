@@ -50,6 +50,9 @@ class Settings:
         self.h2_conns = env_int("BENCH_H2_CONNS", 16)
         self.h2_streams = env_int("BENCH_H2_STREAMS", 32)
         self.churn_conns = env_int("BENCH_CHURN_CONNS", 64)
+        # One worker like the others by default; more for runs that need the proxy's
+        # own concurrency (the seeds' churn appeared with the multi-threaded runtime).
+        self.portcullis_threads = env_int("BENCH_PORTCULLIS_THREADS", 1)
         self.scenarios = [
             s.strip() for s in os.environ.get("BENCH_SCENARIOS", "all").split(",") if s.strip()
         ]
@@ -330,11 +333,12 @@ def start_portcullis():
         (f for f in ("--worker-threads", "--threads", "--workers") if f in help_text), None
     )
     if threads_flag:
-        argv += [threads_flag, "1"]
-        how = f"{threads_flag} 1"
+        argv += [threads_flag, str(S.portcullis_threads)]
+        how = f"{threads_flag} {S.portcullis_threads}"
     else:
-        env["TOKIO_WORKER_THREADS"] = "1"
-        how = "TOKIO_WORKER_THREADS=1 (the binary has no worker-thread flag)"
+        env["TOKIO_WORKER_THREADS"] = str(S.portcullis_threads)
+        how = (f"TOKIO_WORKER_THREADS={S.portcullis_threads} "
+               "(the binary has no worker-thread flag)")
     proc = Proc("portcullis", pinned(S.proxy_cpu, argv), env=env)
     return proc, how
 

@@ -389,6 +389,32 @@ fn array_error(
     }
 }
 
+/// The farm's `allowedUpgrades`, lower case (WebSocket when unset); `h2c` and anything
+/// that is not an `Upgrade` token are errors.
+fn allowed_upgrades(farm: &ServerFarm, errors: &mut Vec<TranslateError>) -> Vec<String> {
+    let allowed: Vec<String> = match &farm.spec.allowed_upgrades {
+        None => vec!["websocket".to_owned()],
+        Some(list) => list.iter().map(|u| u.trim().to_ascii_lowercase()).collect(),
+    };
+    for (i, u) in allowed.iter().enumerate() {
+        if u == "h2c" {
+            errors.push(farm_error(
+                farm,
+                format!("spec.allowedUpgrades[{i}]"),
+                "h2c is never tunnelled: the client would speak HTTP/2 past the proxy's checks"
+                    .into(),
+            ));
+        } else if u.is_empty() || !u.bytes().all(|b| b.is_ascii_graphic() && b != b',') {
+            errors.push(farm_error(
+                farm,
+                format!("spec.allowedUpgrades[{i}]"),
+                format!("{u:?} is not an Upgrade token"),
+            ));
+        }
+    }
+    allowed
+}
+
 fn farm_error(farm: &ServerFarm, field: String, message: String) -> TranslateError {
     TranslateError {
         kind: "ServerFarm",
@@ -1230,26 +1256,7 @@ fn build_farm(
             .map_or(DEFAULT_MAX_EJECTED_PERCENT, |p| p.max_ejected_percent),
     };
 
-    let allowed_upgrades: Vec<String> = match &spec.allowed_upgrades {
-        None => vec!["websocket".to_owned()],
-        Some(list) => list.iter().map(|u| u.trim().to_ascii_lowercase()).collect(),
-    };
-    for (i, u) in allowed_upgrades.iter().enumerate() {
-        if u == "h2c" {
-            errors.push(farm_error(
-                farm,
-                format!("spec.allowedUpgrades[{i}]"),
-                "h2c is never tunnelled: the client would speak HTTP/2 past the proxy's checks"
-                    .into(),
-            ));
-        } else if u.is_empty() || !u.bytes().all(|b| b.is_ascii_graphic() && b != b',') {
-            errors.push(farm_error(
-                farm,
-                format!("spec.allowedUpgrades[{i}]"),
-                format!("{u:?} is not an Upgrade token"),
-            ));
-        }
-    }
+    let allowed_upgrades = allowed_upgrades(farm, &mut errors);
     if !errors.is_empty() {
         return Err(errors);
     }

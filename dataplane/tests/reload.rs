@@ -8,18 +8,22 @@ use std::time::Duration;
 
 use common::*;
 
+/// Farm `b` publishing `b.test/` on `backend`; version `n` sends `Host: v<n>.internal`,
+/// so the backend tells which version served a request.
+fn version(backend: &Backend, n: usize) -> String {
+    farm_yaml(
+        "b",
+        &["b.test"],
+        &["/"],
+        &[addr_server(backend.addr)],
+        &format!("  backendHost: v{n}.internal\n"),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_reloads_under_load_lose_nothing_and_keep_pools() {
     let b = Backend::start("b").await;
-    let farm = |n: usize| {
-        farm_yaml(
-            "b",
-            &["b.test"],
-            &["/"],
-            &[addr_server(b.addr)],
-            &format!("  backendHost: v{n}.internal\n"),
-        )
-    };
+    let farm = |n: usize| version(&b, n);
     let proxy = Proxy::start("reload", &[farm(0)]).await;
     let addr = proxy.addr;
     let stop = Arc::new(AtomicBool::new(false));
@@ -170,15 +174,7 @@ async fn a_refused_farm_edit_keeps_its_last_good_version_serving() {
 async fn a_farm_file_caught_half_written_never_takes_the_site_down() {
     use std::io::Write as _;
     let b = Backend::start("b").await;
-    let farm = |n: usize| {
-        farm_yaml(
-            "b",
-            &["b.test"],
-            &["/"],
-            &[addr_server(b.addr)],
-            &format!("  backendHost: v{n}.internal\n"),
-        )
-    };
+    let farm = |n: usize| version(&b, n);
     let proxy = Proxy::start("halfwritten", &[farm(0)]).await;
     let addr = proxy.addr;
     let stop = Arc::new(AtomicBool::new(false));
