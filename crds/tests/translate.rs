@@ -877,13 +877,23 @@ fn trusted_proxies_are_ranges_and_a_bad_one_names_its_index() {
 /// Issue 12, finding 3: only allowed upgrades are tunnelled, never h2c.
 #[test]
 fn allowed_upgrades_default_to_websocket_and_refuse_h2c() {
-    let t = ok(translate(&edge(), &[site("s", &["s.example.com"], &["/"])], &Resolutions::default()));
+    let t = ok(translate(
+        &edge(),
+        &[site("s", &["s.example.com"], &["/"])],
+        &Resolutions::default(),
+    ));
     assert_eq!(t.config.farms["default/s"].allowed_upgrades, ["websocket"]);
     let f = farm(
         "u",
         "publish:\n  hosts: [u.example.com]\nservers:\n- address: 10.0.0.1\n  port: 80\nallowedUpgrades: [WebSocket, h2c, 'a,b']\n",
     );
     let t = ok(translate(&edge(), &[f], &Resolutions::default()));
-    let fields: Vec<&str> = rejected(&t, "default/u").iter().map(|e| e.field.as_str()).collect();
-    assert_eq!(fields, ["spec.allowedUpgrades[1]", "spec.allowedUpgrades[2]"]);
+    let fields: Vec<&str> = rejected(&t, "default/u")
+        .iter()
+        .map(|e| e.field.as_str())
+        .collect();
+    assert_eq!(
+        fields,
+        ["spec.allowedUpgrades[1]", "spec.allowedUpgrades[2]"]
+    );
 }
