@@ -113,6 +113,19 @@ fn serving(shared: &Shared) -> Serving {
                     .collect()
             })
             .unwrap_or_default(),
+        in_service: snapshot
+            .as_ref()
+            .map(|s| {
+                s.farms
+                    .iter()
+                    .flat_map(|(id, farm)| {
+                        farm.endpoints.iter().enumerate().map(move |(i, e)| {
+                            (id.clone(), e.endpoint.key.clone(), farm.usable(i))
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
     }
 }
 

@@ -70,6 +70,8 @@ pub(crate) struct Serving {
     pub(crate) keys: Vec<(String, bool)>,
     /// Endpoint counts by farm id.
     pub(crate) farms: Vec<(String, FarmEndpointCounts)>,
+    /// (farm id, endpoint identity, in service now) for every endpoint of every farm.
+    pub(crate) in_service: Vec<(String, String, bool)>,
 }
 
 type HistFamily<L> = Family<L, Histogram, fn() -> Histogram>;
@@ -148,7 +150,7 @@ impl Metrics {
         );
         registry.register(
             "verifier_healthy",
-            "1 when an endpoint is in service for a farm (verifier and passive health)",
+            "1 when an endpoint is in service for a farm (verifier and passive health; set when scraped)",
             m.verifier_healthy.clone(),
         );
         registry.register(
@@ -214,6 +216,17 @@ impl Metrics {
                 })
                 .set(1);
         }
+        // Rebuilt from the snapshot: passive ejection counts, and endpoints a reload
+        // removed leave no series behind (issue 12, section 5).
+        self.verifier_healthy.clear();
+        for (farm, endpoint, up) in &now.in_service {
+            self.verifier_healthy
+                .get_or_create(&FarmEndpointLabel {
+                    farm: farm.clone(),
+                    endpoint: endpoint.clone(),
+                })
+                .set(i64::from(*up));
+        }
         self.farm_endpoints.clear();
         self.farm_endpoints_usable.clear();
         self.farm_endpoints_ejected.clear();
@@ -265,6 +278,7 @@ impl Metrics {
             })
             .inc();
         self.set_serving(&Serving {
+            in_service: vec![("ns/farm".into(), "http1://127.0.0.1:80".into(), true)],
             config_hash: Some("sha256:00".into()),
             keys: vec![("k1".into(), true)],
             farms: vec![(
@@ -305,6 +319,11 @@ mod tests {
                 ("shop/web".into(), counts(3, 2, 1)),
                 ("shop/old".into(), counts(1, 0, 0)),
             ],
+            in_service: vec![
+                ("shop/web".into(), "http1://10.0.0.1:80".into(), true),
+                ("shop/web".into(), "http1://10.0.0.2:80".into(), false),
+                ("shop/old".into(), "http1://10.0.0.3:80".into(), false),
+            ],
         });
         let text = encode(&registry);
         for line in [
@@ -315,6 +334,8 @@ mod tests {
             "portcullis_farm_endpoints_usable{farm=\"shop/web\"} 2",
             "portcullis_farm_endpoints_ejected{farm=\"shop/web\"} 1",
             "portcullis_farm_endpoints_usable{farm=\"shop/old\"} 0",
+            "portcullis_verifier_healthy{farm=\"shop/web\",endpoint=\"http1://10.0.0.1:80\"} 1",
+            "portcullis_verifier_healthy{farm=\"shop/web\",endpoint=\"http1://10.0.0.2:80\"} 0",
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }
@@ -323,10 +344,11 @@ mod tests {
             config_hash: Some("sha256:bb".into()),
             keys: vec![("k2".into(), true)],
             farms: vec![("shop/web".into(), counts(3, 3, 0))],
+            in_service: vec![("shop/web".into(), "http1://10.0.0.1:80".into(), true)],
         });
         let text = encode(&registry);
         assert!(text.contains("portcullis_config_loaded{hash=\"sha256:bb\"} 1"));
-        for gone in ["sha256:aa", "k1", "shop/old"] {
+        for gone in ["sha256:aa", "k1", "shop/old", "10.0.0.2", "10.0.0.3"] {
             assert!(!text.contains(gone), "{gone} still exported:\n{text}");
         }
     }

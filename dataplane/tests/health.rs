@@ -144,3 +144,37 @@ async fn killing_a_backend_loses_only_in_flight_requests() {
     assert!(ok.load(Ordering::Relaxed) > 100);
     proxy.shutdown().await;
 }
+
+/// Issue 12, section 5: `portcullis_verifier_healthy` ignored passive ejection and kept
+/// the series of endpoints a reload removed. It says whether each endpoint is in service
+/// for its farm now, whatever took it out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_service_gauge_follows_passive_ejection_and_forgets_removed_endpoints() {
+    let good = Backend::start("good").await;
+    let bad = Backend::start("bad").await;
+    bad.failing.store(true, std::sync::atomic::Ordering::SeqCst);
+    let farm = |servers: &[String]| farm_yaml("f", &["f.test"], &["/"], servers, "");
+    let proxy = Proxy::start(
+        "inservice",
+        &[farm(&[addr_server(good.addr), addr_server(bad.addr)])],
+    )
+    .await;
+    let mut c = Client::connect(proxy.addr).await;
+    for _ in 0..20 {
+        let _ = c.get("f.test", "/").await;
+    }
+    let series = |m: &str, b: &Backend| {
+        let key = format!("endpoint=\"http1://{}\"", b.addr);
+        m.lines()
+            .find(|l| l.starts_with("portcullis_verifier_healthy{") && l.contains(&key))
+            .map(|l| l.rsplit(' ').next().unwrap().to_owned())
+    };
+    let m = metrics(proxy.admin_addr()).await;
+    assert_eq!(series(&m, &good).as_deref(), Some("1"), "{m}");
+    assert_eq!(series(&m, &bad).as_deref(), Some("0"), "passive ejection not shown:\n{m}");
+    proxy.reload(&[farm(&[addr_server(good.addr)])]).await;
+    let m = metrics(proxy.admin_addr()).await;
+    assert_eq!(series(&m, &good).as_deref(), Some("1"), "{m}");
+    assert_eq!(series(&m, &bad), None, "a removed endpoint kept its series:\n{m}");
+    proxy.shutdown().await;
+}
