@@ -119,9 +119,10 @@ fn serving(shared: &Shared) -> Serving {
                 s.farms
                     .iter()
                     .flat_map(|(id, farm)| {
-                        farm.endpoints.iter().enumerate().map(move |(i, e)| {
-                            (id.clone(), e.endpoint.key.clone(), farm.usable(i))
-                        })
+                        farm.endpoints
+                            .iter()
+                            .enumerate()
+                            .map(move |(i, e)| (id.clone(), e.endpoint.key.clone(), farm.usable(i)))
                     })
                     .collect()
             })

@@ -171,10 +171,18 @@ async fn in_service_gauge_follows_passive_ejection_and_forgets_removed_endpoints
     };
     let m = metrics(proxy.admin_addr()).await;
     assert_eq!(series(&m, &good).as_deref(), Some("1"), "{m}");
-    assert_eq!(series(&m, &bad).as_deref(), Some("0"), "passive ejection not shown:\n{m}");
+    assert_eq!(
+        series(&m, &bad).as_deref(),
+        Some("0"),
+        "passive ejection not shown:\n{m}"
+    );
     proxy.reload(&[farm(&[addr_server(good.addr)])]).await;
     let m = metrics(proxy.admin_addr()).await;
     assert_eq!(series(&m, &good).as_deref(), Some("1"), "{m}");
-    assert_eq!(series(&m, &bad), None, "a removed endpoint kept its series:\n{m}");
+    assert_eq!(
+        series(&m, &bad),
+        None,
+        "a removed endpoint kept its series:\n{m}"
+    );
     proxy.shutdown().await;
 }
