@@ -359,21 +359,31 @@ fn deployment(
                 .unwrap_or_else(|| inputs.default_image.to_owned()),
         ),
         command: Some(vec!["portcullis-dataplane".to_owned()]),
-        args: Some(vec![
-            "--array".to_owned(),
-            name.to_owned(),
-            "--namespace".to_owned(),
-            namespace.to_owned(),
-            "--keys-secret".to_owned(),
-            names::secret(inputs.array),
-            // The unspecified IPv6 address with IPV6_V6ONLY off takes IPv4 connections
-            // too: probes and traffic reach the member on single-stack IPv4, single-stack
-            // IPv6 and dual-stack clusters alike.
-            "--admin".to_owned(),
-            format!("[::]:{MEMBER_ADMIN_PORT}"),
-            "--bind".to_owned(),
-            "::".to_owned(),
-        ]),
+        args: Some(
+            vec![
+                "--array".to_owned(),
+                name.to_owned(),
+                "--namespace".to_owned(),
+                namespace.to_owned(),
+                "--keys-secret".to_owned(),
+                names::secret(inputs.array),
+                // The unspecified IPv6 address with IPV6_V6ONLY off takes IPv4 connections
+                // too: probes and traffic reach the member on single-stack IPv4, single-stack
+                // IPv6 and dual-stack clusters alike.
+                "--admin".to_owned(),
+                format!("[::]:{MEMBER_ADMIN_PORT}"),
+                "--bind".to_owned(),
+                "::".to_owned(),
+            ]
+            .into_iter()
+            .chain(
+                (inputs.array.spec.access_log == Some(false))
+                    .then(|| ["--access-log".to_owned(), "off".to_owned()])
+                    .into_iter()
+                    .flatten(),
+            )
+            .collect(),
+        ),
         env: Some(vec![EnvVar {
             name: "POD_NAME".to_owned(),
             value_from: Some(EnvVarSource {

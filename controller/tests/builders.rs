@@ -369,3 +369,22 @@ fn members_listen_on_both_address_families_and_may_bind_low_ports() {
         )]
     );
 }
+
+/// Issue 12, section 5: the access log is a setting, reachable from the GatewayArray.
+#[test]
+fn members_drop_the_access_log_when_the_array_says_so() {
+    let args = |a: &GatewayArray| {
+        let (d, _) = build(a, &[], &BTreeMap::new());
+        d.deployment.spec.template.spec.unwrap().containers[0]
+            .args
+            .clone()
+            .unwrap()
+    };
+    let on = args(&array(MINIMAL_ARRAY));
+    assert!(!on.iter().any(|a| a == "--access-log"), "{on:?}");
+    let off = args(&array(&format!("{MINIMAL_ARRAY}  accessLog: false\n")));
+    assert!(
+        off.windows(2).any(|w| w == ["--access-log", "off"]),
+        "{off:?}"
+    );
+}

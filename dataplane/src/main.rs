@@ -93,6 +93,17 @@ struct Args {
         env = "PORTCULLIS_LOG_FORMAT"
     )]
     log_format: LogFormat,
+    /// One log line per request (target `access`). Lines are written by a logging
+    /// thread, never on the request path; when it falls behind, lines are dropped
+    /// rather than slowing requests down.
+    #[arg(long, value_enum, default_value = "on", env = "PORTCULLIS_ACCESS_LOG")]
+    access_log: Switch,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Switch {
+    On,
+    Off,
 }
 
 /// Refuses paths that do not exist or are of the wrong kind, before anything starts: a
@@ -144,11 +155,17 @@ fn main() -> ExitCode {
         eprintln!("error: {message}");
         return ExitCode::from(64);
     }
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    if args.access_log == Switch::Off {
+        filter = filter.add_directive("access=off".parse().expect("a constant directive parses"));
+    }
+    // A logging thread writes through a buffer: a request never waits on stderr. The
+    // guard flushes what is queued when main returns.
+    let (writer, _flush_on_exit) = tracing_appender::non_blocking(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer);
     match args.log_format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Text => builder.init(),

@@ -86,3 +86,88 @@ fn missing_paths_exit_64_naming_the_flag() {
 
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Issue 12, section 5: the access log has a switch. The binary serves a listener with
+/// no farm; one request (a 404) is logged with the switch on and not with it off.
+#[test]
+#[allow(
+    clippy::disallowed_methods,
+    reason = "a plain test thread waiting for a child process; no runtime to block"
+)]
+fn the_access_log_can_be_switched_off() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::{Duration, Instant};
+
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    for (switch, logged) in [("on", true), ("off", false)] {
+        let dir = std::env::temp_dir().join(format!(
+            "portcullis-accesslog-{}-{switch}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (port, admin) = (free(), free());
+        std::fs::write(
+            dir.join("array.yaml"),
+            format!(
+                "apiVersion: portcullis.io/v1alpha1\nkind: GatewayArray\nmetadata: {{name: a, namespace: n}}\nspec:\n  listeners: [{{name: web, port: {port}, protocol: HTTP}}]\n"
+            ),
+        )
+        .unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis-dataplane"))
+            .args(["--manifests", s(&dir), "--bind", "127.0.0.1"])
+            .args(["--admin", &format!("127.0.0.1:{admin}")])
+            .args(["--access-log", switch])
+            .env_remove("RUST_LOG")
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let answer = loop {
+            let attempt = TcpStream::connect(("127.0.0.1", port)).and_then(|mut c| {
+                c.write_all(b"GET /x HTTP/1.1\r\nHost: nobody.test\r\nConnection: close\r\n\r\n")?;
+                let mut out = String::new();
+                c.read_to_string(&mut out)?;
+                Ok(out)
+            });
+            match attempt {
+                Ok(out) if !out.is_empty() => break out,
+                _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+                other => panic!("the listener never answered: {other:?}"),
+            }
+        };
+        assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+        let pid = child.id().to_string();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let mut stderr = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        assert!(child.wait().unwrap().success(), "{stderr}");
+        let access = stderr
+            .lines()
+            .filter(|l| l.contains("\"target\":\"access\"") && l.contains("no-route"))
+            .count();
+        assert_eq!(
+            access,
+            usize::from(logged),
+            "--access-log {switch}:\n{stderr}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

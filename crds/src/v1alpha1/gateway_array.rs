@@ -110,6 +110,12 @@ pub struct GatewayArraySpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64))]
     pub trusted_proxies: Vec<String>,
+
+    /// Whether members write one access-log line per request (to stderr, from a
+    /// logging thread, dropping lines rather than slowing requests when it falls
+    /// behind). Defaults to true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_log: Option<bool>,
 }
 
 fn default_replicas() -> i32 {
