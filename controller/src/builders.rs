@@ -382,6 +382,14 @@ fn deployment(
                     .into_iter()
                     .flatten(),
             )
+            .chain(inputs.array.spec.tracing.iter().flat_map(|t| {
+                [
+                    "--otlp-endpoint".to_owned(),
+                    t.otlp_endpoint.clone(),
+                    "--trace-sample-ratio".to_owned(),
+                    t.sample_ratio.unwrap_or(1.0).to_string(),
+                ]
+            }))
             .collect(),
         ),
         env: Some(vec![EnvVar {

@@ -388,3 +388,39 @@ fn members_drop_the_access_log_when_the_array_says_so() {
         "{off:?}"
     );
 }
+
+/// Issue 15: tracing is a setting of the array; members get the collector and the ratio.
+#[test]
+fn members_export_spans_where_the_array_says() {
+    let args = |a: &GatewayArray| {
+        let (d, _) = build(a, &[], &BTreeMap::new());
+        d.deployment.spec.template.spec.unwrap().containers[0]
+            .args
+            .clone()
+            .unwrap()
+    };
+    let off = args(&array(MINIMAL_ARRAY));
+    assert!(!off.iter().any(|a| a.starts_with("--otlp")), "{off:?}");
+    let on = args(&array(&format!(
+        "{MINIMAL_ARRAY}  tracing:\n    otlpEndpoint: http://otel-collector.observability:4318\n    sampleRatio: 0.25\n"
+    )));
+    assert!(
+        on.windows(2).any(|w| w
+            == [
+                "--otlp-endpoint",
+                "http://otel-collector.observability:4318"
+            ]),
+        "{on:?}"
+    );
+    assert!(
+        on.windows(2).any(|w| w == ["--trace-sample-ratio", "0.25"]),
+        "{on:?}"
+    );
+    let all = args(&array(&format!(
+        "{MINIMAL_ARRAY}  tracing:\n    otlpEndpoint: http://collector:4318/v1/traces\n"
+    )));
+    assert!(
+        all.windows(2).any(|w| w == ["--trace-sample-ratio", "1"]),
+        "{all:?}"
+    );
+}

@@ -23,6 +23,7 @@ pub mod session;
 mod snapshot;
 mod source;
 mod tls;
+pub mod trace;
 
 #[doc(hidden)]
 pub use runtime::metrics_sample;

@@ -98,6 +98,42 @@ struct Args {
     /// rather than slowing requests down.
     #[arg(long, value_enum, default_value = "on", env = "PORTCULLIS_ACCESS_LOG")]
     access_log: Switch,
+    /// Trace requests: export one span per sampled request to this OpenTelemetry
+    /// collector's OTLP/HTTP URL (`http://host:4318`, path `/v1/traces` by default) and
+    /// send backends a W3C `traceparent` naming it. Off when not given: a client's
+    /// `traceparent` then reaches the backend untouched.
+    #[arg(
+        long,
+        value_name = "URL",
+        env = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        value_parser = portcullis_dataplane::trace::parse_endpoint
+    )]
+    otlp_endpoint: Option<http::Uri>,
+    /// The share of new traces recorded, from 0 to 1. A request with a sampled
+    /// `traceparent` is always recorded, one with an unsampled one never.
+    #[arg(
+        long,
+        value_name = "RATIO",
+        default_value = "1",
+        env = "OTEL_TRACES_SAMPLER_ARG",
+        value_parser = parse_ratio
+    )]
+    trace_sample_ratio: f64,
+    /// `service.name` of exported spans.
+    #[arg(
+        long,
+        value_name = "NAME",
+        default_value = "portcullis",
+        env = "OTEL_SERVICE_NAME"
+    )]
+    trace_service_name: String,
+}
+
+fn parse_ratio(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!("{s:?} is not a ratio from 0 to 1")),
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -182,6 +218,14 @@ fn main() -> ExitCode {
             .get()
             .max(std::time::Duration::from_secs(1)),
         poll_interval: std::time::Duration::from_millis(500),
+        tracing: args
+            .otlp_endpoint
+            .map(|endpoint| portcullis_dataplane::trace::TraceOptions {
+                endpoint,
+                sample_ratio: args.trace_sample_ratio,
+                service_name: args.trace_service_name,
+                instance: std::env::var("POD_NAME").ok(),
+            }),
     };
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

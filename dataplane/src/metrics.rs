@@ -95,6 +95,7 @@ pub(crate) struct Metrics {
     pub(crate) farm_endpoints_ejected: Family<FarmLabel, Gauge>,
     pub(crate) config_loaded: Family<HashLabel, Gauge>,
     pub(crate) session_keys: Family<KeyLabel, Gauge>,
+    pub(crate) trace_spans: Family<OutcomeLabel, Counter>,
     /// Held from setting the scrape-time gauges to encoding them, so two concurrent
     /// scrapes never encode each other's half-cleared families.
     pub(crate) scrape: parking_lot::Mutex<()>,
@@ -121,6 +122,7 @@ impl Metrics {
             farm_endpoints_ejected: Family::default(),
             config_loaded: Family::default(),
             session_keys: Family::default(),
+            trace_spans: Family::default(),
             scrape: parking_lot::Mutex::new(()),
         };
         registry.register(
@@ -193,6 +195,11 @@ impl Metrics {
             "session_key_loaded",
             "1 for each key id in this member's keyring, with its state (active, accept) (set when scraped)",
             m.session_keys.clone(),
+        );
+        registry.register(
+            "trace_spans",
+            "Request spans finished while tracing is configured, by outcome (exported, dropped: the queue was full or the collector failed)",
+            m.trace_spans.clone(),
         );
         m
     }
@@ -275,6 +282,11 @@ impl Metrics {
         self.connections_refused
             .get_or_create(&ReasonLabel {
                 reason: "max-connections",
+            })
+            .inc();
+        self.trace_spans
+            .get_or_create(&OutcomeLabel {
+                outcome: "exported",
             })
             .inc();
         self.set_serving(&Serving {

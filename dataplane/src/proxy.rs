@@ -24,6 +24,7 @@ use crate::hygiene;
 use crate::metrics::{FarmLabel, FarmStatus};
 use crate::pool::{ConnectError, Endpoint, InFlight, ReqBody, Sender};
 use crate::runtime::Shared;
+use crate::trace::{Finisher, Span};
 
 /// Errors inside a proxied body.
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -243,10 +244,33 @@ pub(crate) async fn handle(
     // For the error log line: clones that share the request's buffers, no allocation.
     let method = req.method().clone();
     let uri = req.uri().clone();
-    let mut resp = serve(&shared, conn, req, start).await;
+    let mut req = req;
+    let mut span = shared
+        .tracer
+        .as_ref()
+        .and_then(|t| t.on_request(&mut req, conn.client, conn.tls));
+    let mut resp = serve(&shared, conn, req, start, span.as_mut()).await;
     if shared.draining.load(Ordering::Relaxed) {
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    if let (Some(mut span), Some(tracer)) = (span, shared.tracer.clone()) {
+        let error = resp
+            .headers()
+            .get("x-portcullis-error")
+            .and_then(|v| v.to_str().ok());
+        span.respond(resp.status(), error);
+        resp = resp.map(|inner| {
+            Traced {
+                inner,
+                finisher: Finisher {
+                    tracer,
+                    span: Some(span),
+                    complete: false,
+                },
+            }
+            .boxed_unsync()
+        });
     }
     if let Some(reason) = resp.headers().get("x-portcullis-error") {
         tracing::info!(
@@ -269,6 +293,7 @@ async fn serve(
     conn: ConnInfo,
     mut req: Request<Incoming>,
     start: Instant,
+    mut span: Option<&mut Span>,
 ) -> Response<RespBody> {
     let upgrade = is_upgrade(&req);
     if let Err(reason) = hygiene::check(&req, upgrade) {
@@ -290,6 +315,9 @@ async fn serve(
     let farm_label = FarmLabel {
         farm: farm.cfg.id.clone(),
     };
+    if let Some(s) = span.as_deref_mut() {
+        s.farm = Some(farm.cfg.id.clone());
+    }
 
     // Rewrite the head for the upstream.
     let original_host = named_host(&req);
@@ -487,6 +515,9 @@ async fn serve(
         let Some(i) = pick else { break };
         tried = Some(i);
         let endpoint = farm.endpoints[i].endpoint.clone();
+        if let Some(s) = span.as_deref_mut() {
+            s.endpoint = Some(endpoint.key.clone());
+        }
         let sender = match endpoint
             .checkout(farm.tls.clone(), farm.cfg.upstream.connect_timeout.get())
             .await
@@ -956,5 +987,50 @@ impl Body for Counted {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// A traced response's body: ends the request's span when the body ends or is dropped.
+struct Traced {
+    inner: RespBody,
+    finisher: Finisher,
+}
+
+impl Body for Traced {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let frame = Pin::new(&mut this.inner).poll_frame(cx);
+        match &frame {
+            Poll::Ready(None) => this.finisher.complete = true,
+            Poll::Ready(Some(Err(_))) => this.finisher.complete = false,
+            _ => {}
+        }
+        if this.inner.is_end_stream() {
+            this.finisher.complete = true;
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for Traced {
+    fn drop(&mut self) {
+        // A body that was empty from the start is never polled.
+        if self.inner.is_end_stream() {
+            self.finisher.complete = true;
+        }
     }
 }

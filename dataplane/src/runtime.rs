@@ -45,6 +45,8 @@ pub struct Options {
     pub dns_refresh: Duration,
     /// How often watched files are checked for changes.
     pub poll_interval: Duration,
+    /// Where request spans are exported; `None` traces nothing.
+    pub tracing: Option<crate::trace::TraceOptions>,
 }
 
 /// Why the dataplane could not start.
@@ -87,6 +89,8 @@ pub(crate) struct Shared {
     /// Milliseconds since `started` of the last "connection refused" log line.
     pub(crate) last_refusal_log: std::sync::atomic::AtomicU64,
     pub(crate) started: std::time::Instant,
+    /// Opens request spans and exports them, when tracing is configured.
+    pub(crate) tracer: Option<Arc<crate::trace::Tracer>>,
 }
 
 /// The outcome of the last config load, as `/status` shows it.
@@ -198,7 +202,12 @@ pub async fn start(opts: Options) -> Result<Handle, RunError> {
     {
         tracing::error!(error = %e, "failed to load the keyring; the watcher retries");
     }
+    let tracer = opts
+        .tracing
+        .clone()
+        .map(|t| Arc::new(crate::trace::Tracer::start(t, metrics.clone())));
     let shared = Arc::new(Shared {
+        tracer,
         snapshot: ArcSwapOption::empty(),
         endpoints: Endpoints::new(metrics.clone()),
         verifiers: Verifiers::new(metrics.clone()),

@@ -16,6 +16,8 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
         "PORTCULLIS_CERTS",
         "PORTCULLIS_ARRAY",
         "PORTCULLIS_ADMIN",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_TRACES_SAMPLER_ARG",
     ] {
         cmd.env_remove(var);
     }
@@ -84,6 +86,55 @@ fn missing_paths_exit_64_naming_the_flag() {
     assert_eq!(code, Some(64), "{err}");
     assert!(err.contains("--keyring"), "{err}");
 
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Issue 15: a tracing flag that cannot work exits 64 with a message, before anything
+/// starts; so does its standard OpenTelemetry environment variable.
+#[test]
+fn bad_tracing_flags_exit_64() {
+    let dir = std::env::temp_dir().join(format!("portcullis-cli-otel-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    type Env<'a> = Vec<(&'a str, &'a str)>;
+    let cases: Vec<(Vec<&str>, Env, &str)> = vec![
+        (
+            vec!["--otlp-endpoint", "https://collector:4318"],
+            vec![],
+            "use http://",
+        ),
+        (
+            vec!["--otlp-endpoint", "collector:4318"],
+            vec![],
+            "no scheme",
+        ),
+        (
+            vec![
+                "--otlp-endpoint",
+                "http://c:4318",
+                "--trace-sample-ratio",
+                "2",
+            ],
+            vec![],
+            "not a ratio",
+        ),
+        (
+            vec![],
+            vec![("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "ftp://c")],
+            "--otlp-endpoint",
+        ),
+        (
+            vec![],
+            vec![("OTEL_TRACES_SAMPLER_ARG", "-0.5")],
+            "not a ratio",
+        ),
+    ];
+    for (args, env, problem) in cases {
+        let mut all = vec!["--manifests", s(&dir)];
+        all.extend(args.iter().copied());
+        let (code, err) = run(&all, &env);
+        assert_eq!(code, Some(64), "{args:?} {env:?}: {err}");
+        assert!(err.contains(problem), "{args:?} {env:?}: {err}");
+    }
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

@@ -90,9 +90,11 @@ async fn one_leader_and_a_prompt_handover_on_sigterm() {
         // released Lease before its readiness probe has passed (it campaigns at start,
         // the survivor at its next retry), so wait for it to become ready rather than
         // demanding readiness at the instant of the handover.
-        wait::until("the new leader is a ready controller pod", ctx.timeout, || async {
-            Ok(ready_controllers(&ctx).await?.contains(&next).then_some(()))
-        })
+        wait::until(
+            "the new leader is a ready controller pod",
+            ctx.timeout,
+            || async { Ok(ready_controllers(&ctx).await?.contains(&next).then_some(())) },
+        )
         .await?;
         // And it keeps the Lease: no second replica takes it back once both are ready.
         let holder_now = holder(&leases.get(&lease_name).await?);

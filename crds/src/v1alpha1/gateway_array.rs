@@ -116,6 +116,30 @@ pub struct GatewayArraySpec {
     /// behind). Defaults to true.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access_log: Option<bool>,
+
+    /// OpenTelemetry tracing of requests. When set, members record one server span per
+    /// sampled request, export the spans to `otlpEndpoint`, and send backends a W3C
+    /// `traceparent` whose parent is that span. Unset: nothing is recorded and a
+    /// client's `traceparent` reaches the backend untouched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<Tracing>,
+}
+
+/// Where members export request spans, and how many.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Tracing {
+    /// The collector's OTLP/HTTP URL, such as `http://otel-collector.observability:4318`
+    /// (the path defaults to `/v1/traces`). Spans are sent as OTLP JSON; `http` only,
+    /// to a collector or agent inside the cluster.
+    #[schemars(regex(pattern = r"^http://[^/?#\s]+(/[^?#\s]*)?$"), length(max = 2048))]
+    pub otlp_endpoint: String,
+    /// The share of new traces recorded, from 0 to 1 (default 1). A request whose
+    /// `traceparent` is sampled is always recorded, one whose `traceparent` is not is
+    /// never: the caller decides for its own traces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0, max = 1.0))]
+    pub sample_ratio: Option<f64>,
 }
 
 fn default_replicas() -> i32 {

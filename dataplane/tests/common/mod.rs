@@ -325,6 +325,7 @@ pub fn options(manifests: &Path) -> portcullis_dataplane::Options {
         certs: None,
         dns_refresh: Duration::from_secs(30),
         poll_interval: Duration::from_millis(100),
+        tracing: None,
     }
 }
 
