@@ -304,7 +304,7 @@ def portcullis_help():
         return ""
 
 
-def start_portcullis():
+def start_portcullis(extra_args=()):
     if not S.portcullis_bin or not os.access(S.portcullis_bin, os.X_OK):
         raise RuntimeError(f"no Portcullis binary at {S.portcullis_bin!r} (set PORTCULLIS_BIN)")
     manifests = os.path.join(S.out, "portcullis-manifests")
@@ -339,15 +339,28 @@ def start_portcullis():
         env["TOKIO_WORKER_THREADS"] = str(S.portcullis_threads)
         how = (f"TOKIO_WORKER_THREADS={S.portcullis_threads} "
                "(the binary has no worker-thread flag)")
+    argv += list(extra_args)
     proc = Proc("portcullis", pinned(S.proxy_cpu, argv), env=env)
     return proc, how
 
 
-STARTERS = {"nginx": start_nginx, "haproxy": start_haproxy, "portcullis": start_portcullis}
+def start_portcullis_traced():
+    """Portcullis recording a span for every request and exporting them by OTLP/HTTP to
+    the origin, which answers every POST with 200 like a collector that keeps nothing."""
+    if "--otlp-endpoint" not in portcullis_help():
+        raise RuntimeError("this Portcullis binary has no --otlp-endpoint flag")
+    return start_portcullis([
+        "--otlp-endpoint", f"http://127.0.0.1:{S.origin_port}/v1/traces",
+        "--trace-sample-ratio", "1",
+    ])
 
 
-def start_proxy(proxy):
-    proc, note = STARTERS[proxy]()
+STARTERS = {"nginx": start_nginx, "haproxy": start_haproxy, "portcullis": start_portcullis,
+            "portcullis-traced": start_portcullis_traced}
+
+
+def start_proxy(proxy, starter=None):
+    proc, note = STARTERS[starter or proxy]()
     http_port, https_port = S.ports(proxy)
     ok = wait_port(http_port) and wait_port(https_port)
     if ok and proxy == "portcullis":
@@ -636,7 +649,31 @@ def bench_proxy(proxy):
         results["rss_end_kib"] = rss_kib(proc.pid)
     finally:
         proc.stop()
+    if proxy == "portcullis" and S.wants("traced"):
+        results["traced"] = traced(http_url)
     return results
+
+
+def traced(http_url):
+    """The h1 run again with a span per request exported by OTLP: the cost of tracing."""
+    try:
+        proc, _ = start_proxy("portcullis", "portcullis-traced")
+    except RuntimeError as e:
+        return {"error": str(e).splitlines()[0]}
+    try:
+        wrk("portcullis", "traced-warmup", http_url, seconds=2)
+        run = measured(proc, "traced", lambda: wrk("portcullis", "traced", http_url))
+        try:
+            _, _, body = http_get(S.admin_port, "/metrics")
+            m = re.search(rb'portcullis_trace_spans_total\{outcome="exported"\} (\d+)', body)
+            run["spans_exported"] = int(m.group(1)) if m else 0
+        except OSError:
+            pass
+        return run
+    except (RuntimeError, OSError, ValueError, subprocess.TimeoutExpired) as e:
+        return {"error": str(e).splitlines()[0] if str(e) else type(e).__name__}
+    finally:
+        proc.stop()
 
 
 # ---------------------------------------------------------------- report
@@ -809,6 +846,14 @@ def notes(results):
             run = r.get(key)
             if isinstance(run, dict) and run.get("error"):
                 out.append(f"- {p} {key}: FAILED: {run['error']}")
+        t, h = r.get("traced") or {}, r.get("h1") or {}
+        if t.get("cpu_s_per_100k") and h.get("cpu_s_per_100k"):
+            out.append(
+                f"- {p}: tracing every request costs {t['cpu_s_per_100k'] / h['cpu_s_per_100k']:.2f}x "
+                f"the CPU per request of the untraced h1 run "
+                f"({t.get('spans_exported', 0):,} spans exported).")
+        if t.get("error"):
+            out.append(f"- {p} traced: FAILED: {t['error']}")
         if r.get("handshake_closes") is False:
             out.append(f"- {p}: did not close after `Connection: close`; the handshake row "
                        "is not a handshake rate.")
