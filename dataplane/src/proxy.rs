@@ -73,15 +73,31 @@ pub(crate) fn error_response(status: StatusCode, reason: &'static str) -> Respon
 /// name is a pseudonym, never a host name).
 const VIA: &str = "1.1 portcullis";
 
-const HOP_BY_HOP: [HeaderName; 7] = [
+/// RFC 9110 section 7.6.1. `Trailer` is not among them: it declares the trailer fields
+/// of the message, which pass end to end (and hyper sends HTTP/1 trailers only when it
+/// declares them).
+const HOP_BY_HOP: [HeaderName; 6] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     header::TE,
-    header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
 ];
+
+/// Whether a `TE` field says its sender takes trailers (RFC 9110 section 10.1.4).
+fn takes_trailers(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| {
+            t.split(';')
+                .next()
+                .is_some_and(|c| c.trim().eq_ignore_ascii_case("trailers"))
+        })
+}
 
 /// Removes hop-by-hop headers, including those `Connection` names.
 fn strip_hop_by_hop(h: &mut HeaderMap) {
@@ -334,7 +350,13 @@ async fn serve(
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let http10 = req.version() == Version::HTTP_10;
     let headers = req.headers_mut();
+    let trailers = takes_trailers(headers);
     strip_hop_by_hop(headers);
+    if trailers {
+        // The proxy relays trailers, so it may tell the backend the client takes them
+        // (gRPC servers ask for this).
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
     if http10 {
         // RFC 9110 section 10.1.1: Expect from an HTTP/1.0 client is ignored.
         headers.remove(header::EXPECT);
@@ -585,16 +607,16 @@ async fn serve(
                     .get_or_create(&farm_label)
                     .observe(first_byte.as_secs_f64());
                 let status = resp.status();
-                farm.record(i, status.is_server_error() && farm.cfg.passive.count_5xx);
-                count_request(shared, &farm, status);
                 if status == StatusCode::SWITCHING_PROTOCOLS
                     && !switch_matches(upgrade_value.as_ref(), resp.headers())
                 {
                     // A 101 the client did not ask for, or to another protocol, would
-                    // open an unchecked tunnel.
+                    // open an unchecked tunnel. One failure, one request answered 502.
                     farm.record(i, true);
                     return finish_error(shared, &farm, StatusCode::BAD_GATEWAY, "unexpected-101");
                 }
+                farm.record(i, status.is_server_error() && farm.cfg.passive.count_5xx);
+                count_request(shared, &farm, status);
                 if status == StatusCode::SWITCHING_PROTOCOLS
                     && let Some(client_up) = client_upgrade
                 {

@@ -103,6 +103,21 @@ async fn a_101_the_client_did_not_ask_for_is_refused() {
     let proxy2 = Proxy::start("plain-101", &[ws_farm(&b2, "")]).await;
     let resp = raw(proxy2.addr, b"GET /ws HTTP/1.1\r\nHost: ws.test\r\n\r\n").await;
     assert!(resp.starts_with("HTTP/1.1 502"), "{resp}");
+    // Each refused 101 is one request, answered 502: never also counted as a 101.
+    for p in [&proxy, &proxy2] {
+        let m = metrics(p.admin_addr()).await;
+        let farm = "farm=\"default/b\"";
+        assert_eq!(
+            metric_sum(&m, "portcullis_requests_total", &[farm, "status=\"502\""]),
+            1.0,
+            "{m}"
+        );
+        assert_eq!(
+            metric_sum(&m, "portcullis_requests_total", &[farm, "status=\"101\""]),
+            0.0,
+            "{m}"
+        );
+    }
     proxy.shutdown().await;
     proxy2.shutdown().await;
 }
