@@ -189,15 +189,24 @@ pub(crate) struct Framer {
     max_headers: usize,
     /// The current message may switch protocols.
     switch: bool,
+    /// ALPN chose HTTP/1.1: the HTTP/2 preface is not a way into HTTP/2.
+    h1_only: bool,
     framing: Framing,
 }
 
 impl Framer {
     /// A framer for a new connection; `max_head` and `max_headers` are hyper's
-    /// `max_buf_size` and `max_headers`.
-    pub(crate) fn new(max_head: usize, max_headers: usize) -> Self {
+    /// `max_buf_size` and `max_headers`. With `h2_preface`, a connection that opens with
+    /// the HTTP/2 preface is served as HTTP/2 (hyper-util's auto server does the same);
+    /// without (ALPN chose `http/1.1`), everything is framed as HTTP/1.
+    pub(crate) fn new(max_head: usize, max_headers: usize, h2_preface: bool) -> Self {
         Framer {
-            state: State::Preface,
+            state: if h2_preface {
+                State::Preface
+            } else {
+                State::Head
+            },
+            h1_only: !h2_preface,
             head: Vec::new(),
             max_head,
             max_headers: max_headers.max(1),
@@ -210,6 +219,7 @@ impl Framer {
     pub(crate) fn off() -> Self {
         Framer {
             state: State::Off,
+            h1_only: false,
             head: Vec::new(),
             max_head: 0,
             max_headers: 1,
@@ -310,6 +320,14 @@ impl Framer {
                 return data.len();
             }
             Parsed::Invalid => {
+                let bytes = if before == 0 { data } else { &self.head[..] };
+                if self.h1_only && bytes.starts_with(b"PRI * HTTP/2") {
+                    // hyper-util would take the preface for HTTP/2 whatever ALPN said;
+                    // it gets none of it and the connection fails instead.
+                    self.head = Vec::new();
+                    self.state = State::Broken;
+                    return 0;
+                }
                 // hyper answers 400 to the same bytes; nothing after them is framed.
                 self.stop();
                 return data.len();
@@ -659,7 +677,7 @@ mod tests {
     /// The verdicts of the framer alone, fed `input` in pieces of `step` bytes; a
     /// request that may switch protocols is answered "no switch".
     fn verdicts(input: &[u8], step: usize) -> Vec<Option<&'static str>> {
-        let mut f = Framer::new(8192, 100);
+        let mut f = Framer::new(8192, 100, true);
         let framing = f.framing();
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         let mut heads: Vec<FramedHead> = Vec::new();
@@ -728,7 +746,7 @@ GET /c HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n";
 
     #[test]
     fn a_chunk_line_hyper_refuses_stops_the_framer() {
-        let mut f = Framer::new(8192, 100);
+        let mut f = Framer::new(8192, 100, true);
         let head = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
         assert_eq!(f.feed(head), head.len());
         // hyper wants CRLF after a chunk size; nothing after the bare LF is handed on.

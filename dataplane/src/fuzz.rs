@@ -113,7 +113,11 @@ fn pieces(data: &[u8], pattern: &[usize]) -> Vec<Vec<u8>> {
 /// The framer alone; a request that may switch protocols is answered "no switch", as
 /// the servers in [`serve`] answer.
 fn frame_alone(data: &[u8], pattern: &[usize]) -> (Vec<FramedHead>, FramerEnd) {
-    let mut framer = Framer::new(crate::listener::max_buf_size(MAX_HEADER_BYTES), MAX_HEADERS);
+    let mut framer = Framer::new(
+        crate::listener::max_buf_size(MAX_HEADER_BYTES),
+        MAX_HEADERS,
+        true,
+    );
     let framing = framer.framing();
     let mut cx = Context::from_waker(std::task::Waker::noop());
     let mut heads: Vec<FramedHead> = Vec::new();
@@ -214,7 +218,11 @@ async fn serve_on(data: &[u8], pattern: &[usize], gated: bool) -> Vec<Served> {
         pieces: pieces(data, pattern).into(),
         progress: progress.clone(),
     };
-    let framer = Framer::new(crate::listener::max_buf_size(MAX_HEADER_BYTES), MAX_HEADERS);
+    let framer = Framer::new(
+        crate::listener::max_buf_size(MAX_HEADER_BYTES),
+        MAX_HEADERS,
+        true,
+    );
     let framing = framer.framing();
     let io: Pin<Box<dyn crate::pool::Io>> = if gated {
         Box::pin(Gate::new(script, framer))

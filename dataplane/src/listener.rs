@@ -174,13 +174,23 @@ async fn serve_connection(
     };
     let mut builder = http_builder(max_headers, max_header_bytes);
     let mut h2 = false;
+    let mut h1_only = false;
     let io: Pin<Box<dyn crate::pool::Io>> = match tls {
         None => Box::pin(tcp),
         Some(acceptor) => match tokio::time::timeout(header_timeout, acceptor.accept(tcp)).await {
             Ok(Ok(s)) => {
-                if s.get_ref().1.alpn_protocol() == Some(b"h2") {
-                    builder = builder.http2_only();
-                    h2 = true;
+                match s.get_ref().1.alpn_protocol() {
+                    Some(b"h2") => {
+                        builder = builder.http2_only();
+                        h2 = true;
+                    }
+                    // ALPN chose HTTP/1.1: an HTTP/2 preface is then a bad HTTP/1
+                    // request, not a switch (RFC 9113 section 3.3).
+                    Some(b"http/1.1") => {
+                        builder = builder.http1_only();
+                        h1_only = true;
+                    }
+                    _ => {}
                 }
                 Box::pin(s)
             }
@@ -190,7 +200,7 @@ async fn serve_connection(
     let framer = if h2 {
         Framer::off()
     } else {
-        Framer::new(max_buf_size(max_header_bytes), max_headers)
+        Framer::new(max_buf_size(max_header_bytes), max_headers, !h1_only)
     };
     let framing = framer.framing();
     let head_framing = framing.clone();

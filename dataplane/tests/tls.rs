@@ -147,3 +147,38 @@ async fn sni_picks_each_hosts_certificate_and_h2_works() {
     );
     proxy.shutdown().await;
 }
+
+/// Issue 12, section 4: a client that negotiated `http/1.1` by ALPN and then sends the
+/// HTTP/2 preface is not served HTTP/2 (RFC 9113 section 3.3: the protocol is the one
+/// ALPN chose). It gets an HTTP/1.1 error and no backend sees anything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_preface_after_alpn_http11_is_not_served_as_h2() {
+    let a = Backend::start("a").await;
+    let dir = TempDir::new("tls-alpn");
+    let pki = Pki {
+        a: write_cert(&dir, "cert-a", "a.test"),
+        b: write_cert(&dir, "cert-b", "b.test"),
+    };
+    let https = |port| array_yaml(&[("tls", port, "HTTPS", Some("cert-a"))]);
+    let proxy = Proxy::start_in(dir, https, &[plain_farm(&a)]).await;
+    let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let mut tls = client(&pki, &[b"http/1.1"], &[&rustls::version::TLS13])
+        .connect(ServerName::try_from("a.test").unwrap(), tcp)
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    // The preface, then an empty SETTINGS frame, as an h2 client would send them.
+    tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let _ =
+        tokio::time::timeout(std::time::Duration::from_secs(3), tls.read_to_end(&mut out)).await;
+    // An h2 server would answer with its SETTINGS frame (type 4 at byte 3).
+    assert!(
+        out.starts_with(b"HTTP/1.1 4") || out.starts_with(b"HTTP/1.1 5") || out.is_empty(),
+        "answered as HTTP/2: {out:?}"
+    );
+    assert!(a.seen().is_empty());
+    proxy.shutdown().await;
+}
