@@ -14,10 +14,20 @@ use tokio::net::{TcpListener, TcpStream};
 /// A backend that answers every connection's first request with `answer`, verbatim,
 /// then closes.
 async fn raw_backend(answer: &'static [u8]) -> SocketAddr {
+    raw_backend_seen(answer).await.0
+}
+
+/// [`raw_backend`], also keeping every request head it read.
+async fn raw_backend_seen(
+    answer: &'static [u8],
+) -> (SocketAddr, std::sync::Arc<parking_lot::Mutex<Vec<String>>>) {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
+    let heads = std::sync::Arc::new(parking_lot::Mutex::new(Vec::new()));
+    let seen = heads.clone();
     tokio::spawn(async move {
         while let Ok((mut s, _)) = l.accept().await {
+            let seen = seen.clone();
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 8192];
                 let mut got = Vec::new();
@@ -27,12 +37,13 @@ async fn raw_backend(answer: &'static [u8]) -> SocketAddr {
                         Ok(n) => got.extend_from_slice(&buf[..n]),
                     }
                 }
+                seen.lock().push(String::from_utf8_lossy(&got).into_owned());
                 let _ = s.write_all(answer).await;
                 let _ = s.shutdown().await;
             });
         }
     });
-    addr
+    (addr, heads)
 }
 
 fn status_of(resp: &str) -> &str {
@@ -170,5 +181,55 @@ async fn http2_authority_and_host_must_agree_and_cookies_are_joined() {
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].headers.get_all("cookie").iter().count(), 1);
     assert_eq!(seen[0].headers["cookie"], "a=1; b=2");
+    proxy.shutdown().await;
+}
+
+/// Issue 12, section 4: trailers (gRPC's status travels in them) reach the client when
+/// it said it takes them (`TE: trailers`), and the backend hears that it may send them.
+#[tokio::test]
+async fn trailers_pass_when_the_client_takes_them() {
+    let (backend, heads) = raw_backend_seen(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: grpc-status\r\n\r\n2\r\nok\r\n0\r\ngrpc-status: 0\r\n\r\n",
+    )
+    .await;
+    let proxy = Proxy::start(
+        "trailers",
+        &[farm_yaml(
+            "t",
+            &["t.test"],
+            &["/"],
+            &[addr_server(backend)],
+            "",
+        )],
+    )
+    .await;
+    let resp = raw(
+        proxy.addr,
+        b"GET / HTTP/1.1\r\nHost: t.test\r\nTE: trailers\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(
+        resp.to_ascii_lowercase().contains("trailer: grpc-status"),
+        "the Trailer field is the backend's to declare: {resp}"
+    );
+    assert!(
+        resp.contains("0\r\ngrpc-status: 0\r\n\r\n"),
+        "the trailer section is forwarded: {resp}"
+    );
+    let head = heads.lock()[0].to_ascii_lowercase();
+    assert!(head.contains("\r\nte: trailers\r\n"), "{head}");
+
+    // A client that did not say it takes trailers gets none (RFC 9110 section 6.5.1),
+    // and the backend is not told it may send them.
+    let resp = raw(
+        proxy.addr,
+        b"GET / HTTP/1.1\r\nHost: t.test\r\nTE: gzip\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(!resp.contains("grpc-status: 0"), "{resp}");
+    let head = heads.lock()[1].to_ascii_lowercase();
+    assert!(!head.contains("\r\nte:"), "{head}");
     proxy.shutdown().await;
 }
