@@ -53,12 +53,11 @@ pub(crate) fn check<B>(req: &Request<B>, upgrade: bool) -> Result<(), Refusal> {
         // RFC 9113 section 8.3.1: `:authority` and `host` must agree.
         return Err("authority-host-mismatch");
     }
-    if let Some(pq) = uri.path_and_query() {
-        if !pq.as_str().starts_with('/') {
-            return Err("bad-request-target");
-        }
-    } else {
-        return Err("bad-request-target");
+    match uri.path_and_query().map(|pq| pq.as_str()) {
+        // The asterisk form is for OPTIONS only (RFC 9112 section 3.2.4).
+        Some("*") if req.method() == Method::OPTIONS => return Ok(()),
+        Some(pq) if pq.starts_with('/') => {}
+        _ => return Err("bad-request-target"),
     }
     check_path(uri.path())
 }

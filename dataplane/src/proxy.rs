@@ -321,7 +321,16 @@ async fn serve(
     let Some(host) = request_host(&req) else {
         return unrouted(shared, StatusCode::BAD_REQUEST, "missing-host");
     };
-    let Some(route) = snapshot.routes.find(&host, req.uri().path()) else {
+    if let Some(answer) = max_forwards(&mut req) {
+        count_own_answer(shared, answer.status());
+        return answer;
+    }
+    // `OPTIONS *` asks about the server as a whole: the farm at the host's root answers.
+    let path = match req.uri().path() {
+        "*" => "/",
+        p => p,
+    };
+    let Some(route) = snapshot.routes.find(&host, path) else {
         return unrouted(shared, StatusCode::NOT_FOUND, "no-route");
     };
     let route_prefix = route.prefix;
@@ -696,6 +705,12 @@ fn finish_error(
 
 /// Answers a request that reached no farm, counted under `farm=""`.
 fn unrouted(shared: &Shared, status: StatusCode, reason: &'static str) -> Response<RespBody> {
+    count_own_answer(shared, status);
+    error_response(status, reason)
+}
+
+/// Counts an answer of the proxy's own, before any farm, as `farm=""`.
+fn count_own_answer(shared: &Shared, status: StatusCode) {
     shared
         .metrics
         .requests
@@ -704,7 +719,39 @@ fn unrouted(shared: &Shared, status: StatusCode, reason: &'static str) -> Respon
             status: status.as_u16(),
         })
         .inc();
-    error_response(status, reason)
+}
+
+/// `Max-Forwards` on OPTIONS and TRACE (RFC 9110 section 7.6.2): 0 makes the proxy the
+/// final recipient, which answers OPTIONS itself and refuses TRACE (405; it does not
+/// reflect requests, which would echo their cookies back); a larger value is decremented.
+fn max_forwards<B>(req: &mut Request<B>) -> Option<Response<RespBody>> {
+    if !matches!(*req.method(), http::Method::OPTIONS | http::Method::TRACE) {
+        return None;
+    }
+    let value = req.headers().get(header::MAX_FORWARDS)?;
+    // An unparsable value is left for the next hop to judge.
+    let n: u32 = value.to_str().ok()?.trim().parse().ok()?;
+    if n > 0 {
+        req.headers_mut()
+            .insert(header::MAX_FORWARDS, HeaderValue::from(n - 1));
+        return None;
+    }
+    let mut r = Response::new(full(""));
+    if req.method() == http::Method::OPTIONS {
+        r.headers_mut().insert(
+            header::ALLOW,
+            HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS"),
+        );
+    } else {
+        *r.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+        r.headers_mut().insert(
+            "x-portcullis-error",
+            HeaderValue::from_static("max-forwards-trace"),
+        );
+    }
+    r.headers_mut()
+        .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    Some(r)
 }
 
 /// Counts a response of `farm` in `portcullis_requests_total{farm,status}`.

@@ -233,3 +233,72 @@ async fn trailers_pass_when_the_client_takes_them() {
     assert!(!head.contains("\r\nte:"), "{head}");
     proxy.shutdown().await;
 }
+
+/// Issue 12, section 4: `OPTIONS *` (the asterisk form, RFC 9112 section 3.2.4) is served:
+/// routed by Host to the farm at `/` and forwarded as `OPTIONS *`. The asterisk form is
+/// refused for any other method.
+#[tokio::test]
+async fn options_asterisk_is_forwarded_to_the_hosts_root_farm() {
+    let b = Backend::start("b").await;
+    let proxy = Proxy::start("options-star", &[plain_farm(&b)]).await;
+    let resp = raw(
+        proxy.addr,
+        b"OPTIONS * HTTP/1.1\r\nHost: b.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    let seen = b.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(
+        (seen[0].method.as_str(), seen[0].path.as_str()),
+        ("OPTIONS", "*")
+    );
+    let resp = raw(
+        proxy.addr,
+        b"GET * HTTP/1.1\r\nHost: b.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&resp), "400", "{resp}");
+    assert_eq!(b.seen().len(), 1);
+    proxy.shutdown().await;
+}
+
+/// Issue 12, section 4: `Max-Forwards` (RFC 9110 section 7.6.2). On OPTIONS and TRACE, 0
+/// means the proxy is the final recipient: OPTIONS is answered here, TRACE refused (405:
+/// the proxy does not reflect requests, which would echo cookies back, XST). Any other
+/// value is decremented on the way; other methods pass it untouched.
+#[tokio::test]
+async fn max_forwards_zero_stops_at_the_proxy() {
+    let b = Backend::start("b").await;
+    let proxy = Proxy::start("max-forwards", &[plain_farm(&b)]).await;
+    let resp = raw(
+        proxy.addr,
+        b"OPTIONS /x HTTP/1.1\r\nHost: b.test\r\nMax-Forwards: 0\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert!(resp.to_ascii_lowercase().contains("\r\nallow: "), "{resp}");
+    let resp = raw(
+        proxy.addr,
+        b"TRACE /x HTTP/1.1\r\nHost: b.test\r\nMax-Forwards: 0\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&resp), "405", "{resp}");
+    assert!(b.seen().is_empty(), "nothing is forwarded");
+
+    let resp = raw(
+        proxy.addr,
+        b"OPTIONS /x HTTP/1.1\r\nHost: b.test\r\nMax-Forwards: 3\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert_eq!(b.seen()[0].headers["max-forwards"], "2");
+    let resp = raw(
+        proxy.addr,
+        b"GET /x HTTP/1.1\r\nHost: b.test\r\nMax-Forwards: 0\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert_eq!(b.seen()[1].headers["max-forwards"], "0");
+    proxy.shutdown().await;
+}
