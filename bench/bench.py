@@ -556,10 +556,15 @@ def idle_memory(proc, port):
                 child.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 child.kill()
+    # Memory given back once the connections are gone (allocator retention shows here).
+    time.sleep(3.0)
+    closed = rss_kib(proc.pid)
     open_conns = ready["open"] - done.get("closed_by_peer", 0)
     res = {
         "rss_before_kib": before,
         "rss_after_kib": after,
+        "rss_after_close_kib": closed,
+        "retained_after_close_kib": closed - before,
         "connections_opened": ready["open"],
         "connections_failed": ready["failed"],
         "first_failures": ready.get("first_failures", []),
@@ -762,6 +767,8 @@ ROWS = [
     ("Latency p99 at {rate_k}k req/s, ms", ("latency", "p99_ms"), "lower", 2),
     ("Memory per idle keep-alive connection, KiB ({idle_k}k conns, RSS delta)",
      ("idle_memory", "kib_per_connection"), "lower", 2),
+    ("Memory kept 3 s after the idle connections closed, KiB (RSS over the start)",
+     ("idle_memory", "retained_after_close_kib"), "lower", 0),
     ("HTTPS keep-alive, req/s (wrk, {conns} conns)", ("https", "rps"), "higher", 0),
     ("Proxy CPU per 100k HTTPS keep-alive requests, s", ("https", "cpu_s_per_100k"), "lower", 2),
     ("New TLS handshakes/s (wrk, `Connection: close`)", ("handshakes", "rps"), "higher", 0),
