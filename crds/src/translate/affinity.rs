@@ -54,7 +54,7 @@ pub(crate) fn affinity(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::translate::testing::farm;
+    use crate::translate::testing::{farm, problems};
 
     const DAY: Duration = Duration::from_secs(24 * 3600);
 
@@ -80,13 +80,8 @@ mod tests {
         let mut errs = FarmErrors::new(&f);
         let a = affinity(f.spec.affinity.as_ref(), DAY, &mut errs);
         assert_eq!(a.max_session_time, Duration::from_secs(48 * 3600));
-        let errors: Vec<(&str, &str)> = errs
-            .errors
-            .iter()
-            .map(|e| (e.field.as_str(), e.message.as_str()))
-            .collect();
         assert_eq!(
-            errors,
+            problems(&errs.errors),
             [
                 (
                     "spec.affinity.cookieName",

@@ -235,7 +235,7 @@ fn limits(spec: &GatewayArraySpec, err: &mut impl FnMut(String, String)) -> Limi
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::translate::testing::array;
+    use crate::translate::testing::{array, fields};
 
     const HTTP: &str = "listeners:\n- name: http\n  port: 8080\n  protocol: HTTP\n";
 
@@ -256,9 +256,9 @@ mod tests {
         listener_errors(&array("edge", spec).spec.listeners, &mut |f, m| {
             errors.push((f, m))
         });
-        let fields: Vec<&str> = errors.iter().map(|(f, _)| f.as_str()).collect();
+        let named: Vec<&str> = errors.iter().map(|(f, _)| f.as_str()).collect();
         assert_eq!(
-            fields,
+            named,
             [
                 "spec.listeners[0].tls",
                 "spec.listeners[1].tls.secretName",
@@ -312,8 +312,10 @@ mod tests {
         let errors = validate_array(&array("Edge", "listeners: []\nreplicas: -1\n"))
             .err()
             .unwrap();
-        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
-        assert_eq!(fields, ["spec.listeners", "metadata.name", "spec.replicas"]);
+        assert_eq!(
+            fields(&errors),
+            ["spec.listeners", "metadata.name", "spec.replicas"]
+        );
         assert_eq!(errors[0].kind, "GatewayArray");
     }
 }

@@ -397,7 +397,21 @@ fn build_farm(
 pub(crate) mod testing {
     //! Resources for unit tests, from YAML.
 
+    use super::TranslateError;
     use crate::v1alpha1::{GatewayArray, ServerFarm};
+
+    /// The fields of `errors`, in order.
+    pub(crate) fn fields(errors: &[TranslateError]) -> Vec<&str> {
+        errors.iter().map(|e| e.field.as_str()).collect()
+    }
+
+    /// The fields and messages of `errors`, in order.
+    pub(crate) fn problems(errors: &[TranslateError]) -> Vec<(&str, &str)> {
+        errors
+            .iter()
+            .map(|e| (e.field.as_str(), e.message.as_str()))
+            .collect()
+    }
 
     fn indent(s: &str) -> String {
         s.lines().map(|l| format!("  {l}\n")).collect()
@@ -432,7 +446,7 @@ pub(crate) mod testing {
 
 #[cfg(test)]
 mod tests {
-    use super::testing::{array, farm};
+    use super::testing::{array, farm, fields};
     use super::*;
 
     const HTTPS: &str = "listeners:\n- name: https\n  port: 8443\n  protocol: HTTPS\n  tls:\n    secretName: default-cert\n";
@@ -457,16 +471,15 @@ mod tests {
 
     #[test]
     fn older_farms_come_first_then_by_name() {
-        let mut young = farm("a", "");
-        young.metadata.creation_timestamp =
-            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-                "2026-01-02T00:00:00Z".parse().unwrap(),
-            ));
-        let mut old = farm("z", "");
-        old.metadata.creation_timestamp =
-            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
-                "2026-01-01T00:00:00Z".parse().unwrap(),
-            ));
+        let created = |name: &str, at: &str| {
+            let mut f = farm(name, "");
+            f.metadata.creation_timestamp = Some(
+                k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at.parse().unwrap()),
+            );
+            f
+        };
+        let young = created("a", "2026-01-02T00:00:00Z");
+        let old = created("z", "2026-01-01T00:00:00Z");
         let mut other = farm("b", "");
         other.spec.array_ref.name = "other".into();
         let farms = [young, other, old];
@@ -486,9 +499,8 @@ mod tests {
         let errors = build_farm(&f, &defaults(), &Resolutions::default())
             .err()
             .unwrap();
-        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(
-            fields,
+            fields(&errors),
             [
                 "spec.publish.hosts",
                 "spec.backendHost",

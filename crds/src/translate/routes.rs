@@ -231,7 +231,7 @@ fn keep_sni(config: &mut DataplaneConfig, previous: &DataplaneConfig, hosts: &BT
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::translate::testing::farm;
+    use crate::translate::testing::{farm, fields};
 
     #[test]
     fn published_entries_are_normalized_and_unique() {
@@ -244,8 +244,10 @@ mod tests {
         let paths = published_paths(&f.spec.publish, &mut errs);
         assert_eq!(hosts, ["shop.example.com"]);
         assert_eq!(paths, ["/api", "/"]);
-        let fields: Vec<&str> = errs.errors.iter().map(|e| e.field.as_str()).collect();
-        assert_eq!(fields, ["spec.publish.hosts[1]", "spec.publish.hosts[2]"]);
+        assert_eq!(
+            fields(&errs.errors),
+            ["spec.publish.hosts[1]", "spec.publish.hosts[2]"]
+        );
         assert_eq!(errs.errors[0].message, "shop.example.com is listed twice");
     }
 
@@ -289,31 +291,20 @@ mod tests {
     }
 
     #[test]
-    fn exact_hosts_and_longer_prefixes_match_first() {
-        let route = |host: &str, path: &str| RouteConfig {
-            host: host.into(),
-            path_prefix: path.into(),
-            farm: "f".into(),
+    fn precedence_compares_host_kind_then_suffix_then_prefix() {
+        let key = |host: &str, path: &str| {
+            route_precedence(&RouteConfig {
+                host: host.into(),
+                path_prefix: path.into(),
+                farm: "f".into(),
+            })
         };
-        let mut routes = [
-            route("*.example.com", "/"),
-            route("a.example.com", "/"),
-            route("*.b.example.com", "/"),
-            route("a.example.com", "/api"),
-        ];
-        routes.sort_by_key(route_precedence);
-        let order: Vec<(&str, &str)> = routes
-            .iter()
-            .map(|r| (r.host.as_str(), r.path_prefix.as_str()))
-            .collect();
-        assert_eq!(
-            order,
-            [
-                ("a.example.com", "/api"),
-                ("a.example.com", "/"),
-                ("*.b.example.com", "/"),
-                ("*.example.com", "/"),
-            ]
-        );
+        // An exact host beats any wildcard, even with a shorter name.
+        assert!(key("x.io", "/") < key("*.very.long.example.org", "/"));
+        // Between wildcards, the longer suffix is more specific.
+        assert!(key("*.b.example.org", "/") < key("*.example.org", "/"));
+        // For one host, the longer prefix is more specific.
+        assert!(key("x.io", "/api/v1") < key("x.io", "/api"));
+        assert_eq!(key("x.io", "/"), key("x.io", "/"));
     }
 }

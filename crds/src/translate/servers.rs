@@ -137,6 +137,15 @@ pub(crate) fn servers(
     out
 }
 
+/// Server `s` as the member `label` with `target`.
+fn member(s: &Server, label: String, target: MemberTarget) -> MemberConfig {
+    MemberConfig {
+        server: label,
+        weight: s.weight,
+        target,
+    }
+}
+
 /// The port of a host or address server.
 fn port(s: &Server, field: &str) -> Result<u16, ServerError> {
     s.port.filter(|p| *p != 0).ok_or_else(|| {
@@ -168,11 +177,11 @@ fn address_server(
     let label = format!("address {addr}");
     let mut keys = Vec::new();
     out.add(&label, addr, false, tls, ctx.protocol, &mut keys);
-    Ok(MemberConfig {
-        server: label,
-        weight: s.weight,
-        target: MemberTarget::Endpoints { identities: keys },
-    })
+    Ok(member(
+        s,
+        label,
+        MemberTarget::Endpoints { identities: keys },
+    ))
 }
 
 /// A `host` server: its resolved addresses, or a name the dataplane resolves itself
@@ -197,11 +206,7 @@ fn host_server(
     };
     let label = format!("host {host}:{port}");
     let Some(addrs) = ctx.resolutions.hosts.get(&host) else {
-        return Ok(MemberConfig {
-            server: label,
-            weight: s.weight,
-            target: MemberTarget::Dns { host, port },
-        });
+        return Ok(member(s, label, MemberTarget::Dns { host, port }));
     };
     let tls = endpoint_tls(ctx.tls, Some(&host), ctx.backend_host)
         .map_err(|m| (format!("{field}.host"), m))?;
@@ -214,11 +219,11 @@ fn host_server(
         out.unresolved
             .push(format!("{label} resolved to no address"));
     }
-    Ok(MemberConfig {
-        server: label,
-        weight: s.weight,
-        target: MemberTarget::Endpoints { identities: keys },
-    })
+    Ok(member(
+        s,
+        label,
+        MemberTarget::Endpoints { identities: keys },
+    ))
 }
 
 /// A `service` server: the ready (and terminating, draining) endpoints of the Service
@@ -277,11 +282,11 @@ fn service_server(
             svc.name, svc.port
         )),
     }
-    Ok(MemberConfig {
-        server: label,
-        weight: s.weight,
-        target: MemberTarget::Endpoints { identities: keys },
-    })
+    Ok(member(
+        s,
+        label,
+        MemberTarget::Endpoints { identities: keys },
+    ))
 }
 
 #[cfg(test)]

@@ -70,7 +70,7 @@ pub(crate) fn sort_sni(sni: &mut [SniCertificate]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::translate::testing::farm;
+    use crate::translate::testing::{farm, fields};
 
     fn upstream(f: &crate::v1alpha1::ServerFarm) -> Upstream {
         f.spec.upstream.clone().unwrap_or_default()
@@ -115,8 +115,10 @@ mod tests {
         let mut errs = FarmErrors::new(&f);
         let tls = upstream_tls(&upstream(&f), &mut errs).unwrap();
         assert_eq!(tls.trust, UpstreamTrust::Insecure);
-        let fields: Vec<&str> = errs.errors.iter().map(|e| e.field.as_str()).collect();
-        assert_eq!(fields, ["spec.upstream.tls", "spec.upstream.tls.sni"]);
+        assert_eq!(
+            fields(&errs.errors),
+            ["spec.upstream.tls", "spec.upstream.tls.sni"]
+        );
     }
 
     #[test]

@@ -104,20 +104,15 @@ pub(crate) fn allowed_upgrades(list: Option<&[String]>, errs: &mut FarmErrors<'_
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::translate::testing::farm;
+    use crate::translate::testing::{farm, fields, problems};
 
     #[test]
     fn backend_host_and_hash_header_are_checked() {
         let f = farm("a", "backendHost: '*.example.com'\nhashHeader: 'x user'\n");
         let mut errs = FarmErrors::new(&f);
         check_backend(&f.spec, &mut errs);
-        let errors: Vec<(&str, &str)> = errs
-            .errors
-            .iter()
-            .map(|e| (e.field.as_str(), e.message.as_str()))
-            .collect();
         assert_eq!(
-            errors,
+            problems(&errs.errors),
             [
                 ("spec.backendHost", "\"*.example.com\" is a wildcard"),
                 (
@@ -158,9 +153,8 @@ mod tests {
         let mut errs = FarmErrors::new(&f);
         let up = upstream_config(f.spec.upstream.as_ref().unwrap(), None, &mut errs);
         assert_eq!(up.max_idle_per_endpoint, 2);
-        let fields: Vec<&str> = errs.errors.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(
-            fields,
+            fields(&errs.errors),
             [
                 "spec.upstream.retries.attempts",
                 "spec.upstream.keepAlive.maxConnections",
@@ -177,9 +171,8 @@ mod tests {
         let list = [" WebSocket".to_owned(), "h2c".to_owned(), "a,b".to_owned()];
         let allowed = allowed_upgrades(Some(&list), &mut errs);
         assert_eq!(allowed, ["websocket", "h2c", "a,b"]);
-        let fields: Vec<&str> = errs.errors.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(
-            fields,
+            fields(&errs.errors),
             ["spec.allowedUpgrades[1]", "spec.allowedUpgrades[2]"]
         );
         assert_eq!(errs.errors[1].message, "\"a,b\" is not an Upgrade token");

@@ -128,7 +128,7 @@ pub(crate) fn passive(verifier: Option<&ConnectivityVerifier>) -> PassiveConfig 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::translate::testing::farm;
+    use crate::translate::testing::{farm, fields};
 
     #[test]
     fn the_host_header_falls_back_to_an_exact_published_host() {
@@ -164,9 +164,8 @@ mod tests {
         let mut errs = FarmErrors::new(&f);
         let v = verifier(&f.spec, &["*.example.com".to_owned()], &mut errs);
         assert_eq!(v, None);
-        let fields: Vec<&str> = errs.errors.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(
-            fields,
+            fields(&errs.errors),
             [
                 "spec.connectivityVerifier.expectedStatuses[0]",
                 "spec.connectivityVerifier.path",
