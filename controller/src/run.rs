@@ -130,14 +130,7 @@ pub async fn run(config: RunConfig) -> Result<(), RunError> {
         watch_secrets = config.settings.watch_secrets,
         "controller started"
     );
-    // Farms whose array does not exist are invisible to the array controller; this one
-    // gives them a status, and hears of arrays coming and going.
-    let fs = farm_store.clone();
-    let farm_controller = Controller::new(farms, watcher::Config::default())
-        .watches(api(&client, ns), watcher::Config::default(), move |array| {
-            mapping::farms_for_array(&array, &fs.state())
-        })
-        .graceful_shutdown_on(shutdown.clone())
+    let farm_controller = farm_controller(&client, ns, farms, &farm_store, shutdown.clone())
         .run(
             reconcile::reconcile_farm,
             reconcile::farm_error_policy,
@@ -258,6 +251,25 @@ fn array_controller(
         );
     }
     controller
+}
+
+/// Farms whose array does not exist are invisible to the array controller; this one
+/// gives them a status, and hears of arrays coming and going.
+fn farm_controller(
+    client: &Client,
+    ns: Option<&str>,
+    farms: Api<ServerFarm>,
+    farm_store: &reflector::Store<ServerFarm>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) -> Controller<ServerFarm> {
+    let fs = farm_store.clone();
+    Controller::new(farms, watcher::Config::default())
+        .watches(
+            api::<GatewayArray>(client, ns),
+            watcher::Config::default(),
+            move |array| mapping::farms_for_array(&array, &fs.state()),
+        )
+        .graceful_shutdown_on(shutdown)
 }
 
 /// Every minute, drops the per-array gauges of deleted arrays (a deleted array is never

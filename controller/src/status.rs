@@ -127,71 +127,57 @@ pub fn farm_status(
             unresolved,
             endpoints,
         }) => {
-            let has_targets =
-                !endpoints.is_empty() || farm.spec.servers.iter().any(|s| s.host.is_some());
             let published = Published {
                 array_name: &array_name,
                 ready_members,
-                has_targets,
+                has_targets: !endpoints.is_empty()
+                    || farm.spec.servers.iter().any(|s| s.host.is_some()),
                 blocked,
             };
-            (
-                published_conditions(&c, unresolved, &published),
-                endpoints.clone(),
-            )
+            let conditions = published_conditions(&c, unresolved, &published);
+            (conditions, endpoints.clone())
         }
         FarmVerdict::Translated(FarmOutcome::Rejected(errors)) => (
             not_published(
                 &c,
-                c("Accepted", "False", "Invalid", error_message(errors)),
-                c(
-                    "ResolvedRefs",
+                ("False", "Invalid", error_message(errors)),
+                (
                     "Unknown",
                     "NotAccepted",
-                    "not checked while the farm is invalid".into(),
+                    "not checked while the farm is invalid",
                 ),
-                "not published; fix the Accepted condition",
+                "fix the Accepted condition",
             ),
             Vec::new(),
         ),
-        FarmVerdict::MissingRefs(problems) => (
-            not_published(
-                &c,
-                c(
-                    "Accepted",
-                    "False",
-                    "UnresolvedRefs",
-                    "not published until the Secrets it names exist".into(),
+        FarmVerdict::MissingRefs(problems) => {
+            let accepted = "not published until the Secrets it names exist";
+            (
+                not_published(
+                    &c,
+                    ("False", "UnresolvedRefs", accepted.to_owned()),
+                    ("False", "SecretNotFound", &problems.join("; ")),
+                    "fix the ResolvedRefs condition",
                 ),
-                c(
-                    "ResolvedRefs",
-                    "False",
-                    "SecretNotFound",
-                    problems.join("; "),
+                Vec::new(),
+            )
+        }
+        FarmVerdict::ArrayInvalid(message) => {
+            let accepted = format!("GatewayArray {array_name} is invalid: {message}");
+            (
+                not_published(
+                    &c,
+                    ("False", "ArrayInvalid", accepted),
+                    (
+                        "Unknown",
+                        "NotAccepted",
+                        "not checked while the array is invalid",
+                    ),
+                    "fix the GatewayArray",
                 ),
-                "not published; fix the ResolvedRefs condition",
-            ),
-            Vec::new(),
-        ),
-        FarmVerdict::ArrayInvalid(message) => (
-            not_published(
-                &c,
-                c(
-                    "Accepted",
-                    "False",
-                    "ArrayInvalid",
-                    format!("GatewayArray {array_name} is invalid: {message}"),
-                ),
-                c(
-                    "ResolvedRefs",
-                    "Unknown",
-                    "NotAccepted",
-                    "not checked while the array is invalid".into(),
-                ),
-                "not published; fix the GatewayArray",
-            ),
-            Vec::new(),
-        ),
+                Vec::new(),
+            )
+        }
     };
     ServerFarmStatus {
         observed_generation: generation,
@@ -200,18 +186,28 @@ pub fn farm_status(
     }
 }
 
-/// The conditions of a farm that is not published: its `Accepted` and `ResolvedRefs`,
-/// and `Ready` `False` saying what to fix.
+/// The conditions of a farm that is not published: `Accepted` and `ResolvedRefs` as
+/// (status, reason, message), and `Ready` `False` saying what to `fix`.
 fn not_published(
     c: &impl Fn(&str, &str, &str, String) -> Condition,
-    accepted: Condition,
-    refs: Condition,
+    (status, reason, message): (&str, &str, String),
+    (refs_status, refs_reason, refs_message): (&str, &str, &str),
     fix: &str,
 ) -> Vec<Condition> {
     vec![
-        accepted,
-        refs,
-        c("Ready", "False", "NotAccepted", fix.into()),
+        c("Accepted", status, reason, message),
+        c(
+            "ResolvedRefs",
+            refs_status,
+            refs_reason,
+            refs_message.to_owned(),
+        ),
+        c(
+            "Ready",
+            "False",
+            "NotAccepted",
+            format!("not published; {fix}"),
+        ),
     ]
 }
 
