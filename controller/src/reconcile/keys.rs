@@ -141,3 +141,103 @@ pub(super) fn step_event(step: &RotationStep) -> Option<(&'static str, &'static 
         RotationStep::Waiting { .. } | RotationStep::Idle => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::ByteString;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+    use portcullis_crds::keyring::KeyState;
+
+    use super::*;
+
+    fn ring(id: &str) -> KeyringDoc {
+        let mut doc = KeyringDoc::default();
+        doc.keys.push(KeyringDoc::entry(
+            id,
+            &[7; 32],
+            "2026-01-01T00:00:00Z",
+            KeyState::Active,
+        ));
+        doc
+    }
+
+    fn keys_secret(keyring: &str, handled: &str) -> Secret {
+        Secret {
+            metadata: ObjectMeta {
+                annotations: Some(BTreeMap::from([(
+                    builders::ROTATION_HANDLED_ANNOTATION.to_owned(),
+                    handled.to_owned(),
+                )])),
+                ..ObjectMeta::default()
+            },
+            data: Some(BTreeMap::from([(
+                KEYRING_SECRET_KEY.to_owned(),
+                ByteString(keyring.as_bytes().to_vec()),
+            )])),
+            ..Secret::default()
+        }
+    }
+
+    fn now() -> Timestamp {
+        "2026-02-01T00:00:00Z".parse().unwrap()
+    }
+
+    #[test]
+    fn without_keys_secrets_there_is_no_keyring() {
+        let stored = stored_keys(&Fetched::default(), now());
+        assert_eq!(stored.keyring, None);
+        assert_eq!(stored.error, None);
+        assert_eq!(stored.handled, None);
+        assert!(!stored.carried_over);
+    }
+
+    #[test]
+    fn an_unusable_keyring_is_reported() {
+        let fetched = Fetched {
+            keys: Some(keys_secret("keys: [", "r1")),
+            ..Fetched::default()
+        };
+        let stored = stored_keys(&fetched, now());
+        assert_eq!(stored.keyring, None);
+        assert!(stored.error.is_some());
+        assert_eq!(stored.handled.as_deref(), Some("r1"));
+        assert!(
+            stored_keyring(&keys_secret("keys: [", "r1"))
+                .unwrap()
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn the_previous_keyring_is_carried_over_when_the_new_secret_has_none() {
+        let fetched = Fetched {
+            keys: Some(Secret::default()),
+            previous_keys: Some(keys_secret(&ring("k1").to_yaml(), "r2")),
+            ..Fetched::default()
+        };
+        let stored = stored_keys(&fetched, now());
+        assert_eq!(stored.keyring.map(|k| k.ids()), Some(vec!["k1".to_owned()]));
+        assert_eq!(stored.error, None);
+        assert_eq!(stored.handled.as_deref(), Some("r2"));
+        assert!(stored.carried_over);
+    }
+
+    #[test]
+    fn only_a_changed_keyring_makes_an_event() {
+        assert_eq!(step_event(&RotationStep::Idle), None);
+        let promoted = RotationStep::Promoted {
+            id: "k2".into(),
+            retired: "k1".into(),
+        };
+        assert_eq!(
+            step_event(&promoted),
+            Some((
+                "KeyPromoted",
+                "promoted",
+                "key k2 is now active; k1 is retired and still accepted".to_owned()
+            ))
+        );
+    }
+}

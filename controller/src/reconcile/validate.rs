@@ -315,3 +315,131 @@ fn unadoptable_keys_secret(
         Some(Ok(_)) => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::ByteString;
+
+    use super::*;
+
+    fn array() -> GatewayArray {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "portcullis.io/v1alpha1",
+            "kind": "GatewayArray",
+            "metadata": {"name": "edge", "namespace": "default", "uid": "u-1"},
+            "spec": {"listeners": [{"name": "http", "port": 8080, "protocol": "HTTP"}]},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_secret_needs_the_keys_its_use_reads() {
+        let some = || Some(ByteString(b"x".to_vec()));
+        let material = Material {
+            tls: BTreeMap::from([(
+                "cert".to_owned(),
+                TlsMaterial {
+                    cert: some(),
+                    key: None,
+                    ca: None,
+                },
+            )]),
+            missing: BTreeMap::from([("gone".to_owned(), "Secret gone not found".to_owned())]),
+        };
+        let problem = |name, need| material.problem(name, need);
+        assert_eq!(
+            problem("gone", SecretUse::Certificate).as_deref(),
+            Some("Secret gone not found")
+        );
+        assert_eq!(
+            problem("cert", SecretUse::Certificate).as_deref(),
+            Some("Secret cert has no tls.crt and tls.key")
+        );
+        assert_eq!(
+            problem("cert", SecretUse::Ca).as_deref(),
+            Some("Secret cert has no ca.crt")
+        );
+        assert_eq!(problem("unread", SecretUse::Ca), None);
+    }
+
+    #[test]
+    fn only_an_opaque_secret_holding_a_keyring_is_taken_over() {
+        let array = array();
+        let mut tls = Secret {
+            type_: Some("kubernetes.io/tls".to_owned()),
+            ..Secret::default()
+        };
+        let error = unadoptable_keys_secret(&array, "edge-keys", &tls).unwrap();
+        assert_eq!(error.field, KEYS_FIELD);
+        assert!(
+            error
+                .message
+                .starts_with("Secret edge-keys has type kubernetes.io/tls;")
+        );
+        tls.type_ = Some("Opaque".to_owned());
+        let error = unadoptable_keys_secret(&array, "edge-keys", &tls).unwrap();
+        assert!(
+            error.message.contains("exists and holds no keyring"),
+            "{}",
+            error.message
+        );
+    }
+
+    #[test]
+    fn the_array_may_not_take_a_foreign_objects_name() {
+        let error = foreign_error(
+            &array(),
+            &ForeignObject {
+                kind: "Service".into(),
+                name: "edge".into(),
+                controller: None,
+            },
+        );
+        assert_eq!(
+            (error.kind, error.field.as_str()),
+            ("GatewayArray", "metadata.name")
+        );
+        assert!(
+            error
+                .message
+                .starts_with("Service edge already exists and has no controller,")
+        );
+    }
+
+    #[test]
+    fn a_farm_is_refused_for_the_keys_secret_then_for_missing_secrets() {
+        let farm = |secret: &str| -> ServerFarm {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "portcullis.io/v1alpha1",
+                "kind": "ServerFarm",
+                "metadata": {"name": "shop", "namespace": "default"},
+                "spec": {
+                    "arrayRef": {"name": "edge"},
+                    "publish": {"hosts": ["shop.example"], "tls": {"secretName": secret}},
+                    "servers": [{"address": "10.0.0.1", "port": 80}],
+                },
+            }))
+            .unwrap()
+        };
+        let settings = Settings {
+            dataplane_image: String::new(),
+            watch_secrets: true,
+            allow_private_targets: true,
+        };
+        let material = Material {
+            tls: BTreeMap::new(),
+            missing: BTreeMap::from([("gone".to_owned(), "Secret gone not found".to_owned())]),
+        };
+        let verdict = refusal(&farm("edge-keys"), "edge-keys", &settings, &material);
+        let Some(FarmVerdict::Translated(FarmOutcome::Rejected(errors))) = verdict else {
+            panic!("{verdict:?}");
+        };
+        assert_eq!(errors[0].field, "spec.publish.tls.secretName");
+        let verdict = refusal(&farm("gone"), "edge-keys", &settings, &material);
+        let Some(FarmVerdict::MissingRefs(problems)) = verdict else {
+            panic!("{verdict:?}");
+        };
+        assert_eq!(problems, ["Secret gone not found"]);
+        assert!(refusal(&farm("cert"), "edge-keys", &settings, &material).is_none());
+    }
+}
