@@ -22,7 +22,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{Resource, ResourceExt};
 use portcullis_crds::config::{CONFIG_HASH_KEY, CONFIG_KEY, DataplaneConfig};
 use portcullis_crds::keyring::{KEYRING_SECRET_KEY, KeyringDoc};
-use portcullis_crds::v1alpha1::{GatewayArray, ServiceType};
+use portcullis_crds::v1alpha1::{GatewayArray, GatewayArraySpec, PodOptions, ServiceType};
 
 /// The field manager of every server-side apply the controller sends.
 pub const FIELD_MANAGER: &str = "portcullis-controller";
@@ -322,7 +322,40 @@ fn deployment(
         CONFIG_HASH_ANNOTATION.to_owned(),
         inputs.config.content_hash(),
     )]));
-    let drain = i64::try_from(inputs.config.drain_timeout.as_secs()).unwrap_or(i64::MAX / 2);
+    let container = dataplane_container(inputs, &pod, name, namespace);
+    let mut pod_annotations = scrape_annotations();
+    pod_annotations.extend(pod.annotations.clone());
+    Deployment {
+        metadata,
+        spec: DeploymentSpec {
+            replicas: Some(spec.replicas),
+            selector: LabelSelector {
+                match_labels: Some(selector(name)),
+                ..LabelSelector::default()
+            },
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".to_owned()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_surge: Some(IntOrString::Int(1)),
+                    max_unavailable: Some(IntOrString::Int(0)),
+                }),
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels(name)),
+                    annotations: Some(pod_annotations),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(pod_spec(inputs, &pod, name, container)),
+            },
+            ..DeploymentSpec::default()
+        },
+        ..Deployment::default()
+    }
+}
+
+/// The member's ports: one per listener, and the admin port.
+fn container_ports(spec: &GatewayArraySpec) -> Vec<ContainerPort> {
     let mut ports: Vec<ContainerPort> = spec
         .listeners
         .iter()
@@ -339,7 +372,12 @@ fn deployment(
         protocol: Some("TCP".to_owned()),
         ..ContainerPort::default()
     });
-    let probe = |path: &str, period: i32, failures: i32| Probe {
+    ports
+}
+
+/// An HTTP probe of the admin port.
+fn admin_probe(path: &str, period: i32, failures: i32) -> Probe {
+    Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.to_owned()),
             port: IntOrString::String("admin".to_owned()),
@@ -350,8 +388,52 @@ fn deployment(
         failure_threshold: Some(failures),
         timeout_seconds: Some(2),
         ..Probe::default()
-    };
-    let container = Container {
+    }
+}
+
+/// The member's command line.
+fn dataplane_args(inputs: &BuildInputs<'_>, name: &str, namespace: &str) -> Vec<String> {
+    vec![
+        "--array".to_owned(),
+        name.to_owned(),
+        "--namespace".to_owned(),
+        namespace.to_owned(),
+        "--keys-secret".to_owned(),
+        names::secret(inputs.array),
+        // The unspecified IPv6 address with IPV6_V6ONLY off takes IPv4 connections
+        // too: probes and traffic reach the member on single-stack IPv4, single-stack
+        // IPv6 and dual-stack clusters alike.
+        "--admin".to_owned(),
+        format!("[::]:{MEMBER_ADMIN_PORT}"),
+        "--bind".to_owned(),
+        "::".to_owned(),
+    ]
+    .into_iter()
+    .chain(
+        (inputs.array.spec.access_log == Some(false))
+            .then(|| ["--access-log".to_owned(), "off".to_owned()])
+            .into_iter()
+            .flatten(),
+    )
+    .chain(inputs.array.spec.tracing.iter().flat_map(|t| {
+        [
+            "--otlp-endpoint".to_owned(),
+            t.otlp_endpoint.clone(),
+            "--trace-sample-ratio".to_owned(),
+            t.sample_ratio.unwrap_or(1.0).to_string(),
+        ]
+    }))
+    .collect()
+}
+
+/// The member container: the dataplane, locked down, with its state in memory.
+fn dataplane_container(
+    inputs: &BuildInputs<'_>,
+    pod: &PodOptions,
+    name: &str,
+    namespace: &str,
+) -> Container {
+    Container {
         name: "dataplane".to_owned(),
         image: Some(
             pod.image
@@ -359,39 +441,7 @@ fn deployment(
                 .unwrap_or_else(|| inputs.default_image.to_owned()),
         ),
         command: Some(vec!["portcullis-dataplane".to_owned()]),
-        args: Some(
-            vec![
-                "--array".to_owned(),
-                name.to_owned(),
-                "--namespace".to_owned(),
-                namespace.to_owned(),
-                "--keys-secret".to_owned(),
-                names::secret(inputs.array),
-                // The unspecified IPv6 address with IPV6_V6ONLY off takes IPv4 connections
-                // too: probes and traffic reach the member on single-stack IPv4, single-stack
-                // IPv6 and dual-stack clusters alike.
-                "--admin".to_owned(),
-                format!("[::]:{MEMBER_ADMIN_PORT}"),
-                "--bind".to_owned(),
-                "::".to_owned(),
-            ]
-            .into_iter()
-            .chain(
-                (inputs.array.spec.access_log == Some(false))
-                    .then(|| ["--access-log".to_owned(), "off".to_owned()])
-                    .into_iter()
-                    .flatten(),
-            )
-            .chain(inputs.array.spec.tracing.iter().flat_map(|t| {
-                [
-                    "--otlp-endpoint".to_owned(),
-                    t.otlp_endpoint.clone(),
-                    "--trace-sample-ratio".to_owned(),
-                    t.sample_ratio.unwrap_or(1.0).to_string(),
-                ]
-            }))
-            .collect(),
-        ),
+        args: Some(dataplane_args(inputs, name, namespace)),
         env: Some(vec![EnvVar {
             name: "POD_NAME".to_owned(),
             value_from: Some(EnvVarSource {
@@ -403,9 +453,9 @@ fn deployment(
             }),
             ..EnvVar::default()
         }]),
-        ports: Some(ports),
-        readiness_probe: Some(probe("/readyz", 5, 2)),
-        liveness_probe: Some(probe("/healthz", 10, 3)),
+        ports: Some(container_ports(&inputs.array.spec)),
+        readiness_probe: Some(admin_probe("/readyz", 5, 2)),
+        liveness_probe: Some(admin_probe("/healthz", 10, 3)),
         lifecycle: Some(Lifecycle {
             pre_stop: Some(LifecycleHandler {
                 exec: Some(ExecAction {
@@ -435,68 +485,50 @@ fn deployment(
             ..SecurityContext::default()
         }),
         ..Container::default()
-    };
-    let mut pod_annotations = scrape_annotations();
-    pod_annotations.extend(pod.annotations.clone());
-    Deployment {
-        metadata,
-        spec: DeploymentSpec {
-            replicas: Some(spec.replicas),
-            selector: LabelSelector {
-                match_labels: Some(selector(name)),
-                ..LabelSelector::default()
-            },
-            strategy: Some(DeploymentStrategy {
-                type_: Some("RollingUpdate".to_owned()),
-                rolling_update: Some(RollingUpdateDeployment {
-                    max_surge: Some(IntOrString::Int(1)),
-                    max_unavailable: Some(IntOrString::Int(0)),
-                }),
+    }
+}
+
+/// The member pod: the container, unprivileged, given the drain timeout to stop.
+fn pod_spec(
+    inputs: &BuildInputs<'_>,
+    pod: &PodOptions,
+    name: &str,
+    container: Container,
+) -> PodSpec {
+    let spec = &inputs.array.spec;
+    let drain = i64::try_from(inputs.config.drain_timeout.as_secs()).unwrap_or(i64::MAX / 2);
+    PodSpec {
+        service_account_name: Some(names::dataplane(name)),
+        termination_grace_period_seconds: Some(drain + GRACE_MARGIN_SECS),
+        node_selector: (!pod.node_selector.is_empty()).then(|| pod.node_selector.clone()),
+        tolerations: (!pod.tolerations.is_empty()).then(|| pod.tolerations.clone()),
+        security_context: Some(PodSecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(65532),
+            run_as_group: Some(65532),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".to_owned(),
+                ..SeccompProfile::default()
             }),
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(labels(name)),
-                    annotations: Some(pod_annotations),
-                    ..ObjectMeta::default()
-                }),
-                spec: Some(PodSpec {
-                    service_account_name: Some(names::dataplane(name)),
-                    termination_grace_period_seconds: Some(drain + GRACE_MARGIN_SECS),
-                    node_selector: (!pod.node_selector.is_empty())
-                        .then(|| pod.node_selector.clone()),
-                    tolerations: (!pod.tolerations.is_empty()).then(|| pod.tolerations.clone()),
-                    security_context: Some(PodSecurityContext {
-                        run_as_non_root: Some(true),
-                        run_as_user: Some(65532),
-                        run_as_group: Some(65532),
-                        seccomp_profile: Some(SeccompProfile {
-                            type_: "RuntimeDefault".to_owned(),
-                            ..SeccompProfile::default()
-                        }),
-                        sysctls: unprivileged_port_start(spec).map(|port| {
-                            vec![Sysctl {
-                                name: UNPRIVILEGED_PORT_START.to_owned(),
-                                value: port.to_string(),
-                            }]
-                        }),
-                        ..PodSecurityContext::default()
-                    }),
-                    containers: vec![container],
-                    volumes: Some(vec![Volume {
-                        name: STATE_VOLUME.to_owned(),
-                        empty_dir: Some(EmptyDirVolumeSource {
-                            medium: Some("Memory".to_owned()),
-                            size_limit: Some(Quantity("16Mi".to_owned())),
-                            ..EmptyDirVolumeSource::default()
-                        }),
-                        ..Volume::default()
-                    }]),
-                    ..PodSpec::default()
-                }),
-            },
-            ..DeploymentSpec::default()
-        },
-        ..Deployment::default()
+            sysctls: unprivileged_port_start(spec).map(|port| {
+                vec![Sysctl {
+                    name: UNPRIVILEGED_PORT_START.to_owned(),
+                    value: port.to_string(),
+                }]
+            }),
+            ..PodSecurityContext::default()
+        }),
+        containers: vec![container],
+        volumes: Some(vec![Volume {
+            name: STATE_VOLUME.to_owned(),
+            empty_dir: Some(EmptyDirVolumeSource {
+                medium: Some("Memory".to_owned()),
+                size_limit: Some(Quantity("16Mi".to_owned())),
+                ..EmptyDirVolumeSource::default()
+            }),
+            ..Volume::default()
+        }]),
+        ..PodSpec::default()
     }
 }
 

@@ -169,83 +169,103 @@ pub fn merge_previous(adopted: &KeyringDoc, previous: &KeyringDoc, now: Timestam
     out
 }
 
-/// Runs one step.
+/// Runs one step: generate a keyring when there is none, else promote a pending key,
+/// else remove expired retired keys, else add a key when rotation is due, else idle.
 pub fn step(inputs: &RotationInputs<'_>) -> RotationPlan {
-    let now = inputs.now;
     let handled = inputs.handled.map(str::to_owned);
     let Some(current) = inputs.current.filter(|d| d.validate().is_ok()) else {
-        let mut doc = KeyringDoc::default();
-        let id = new_id(&doc, now);
-        doc.keys.push(KeyringDoc::entry(
-            &id,
-            &inputs.fresh_secret,
-            &rfc3339(now),
-            KeyState::Active,
-        ));
-        return RotationPlan {
-            keyring: doc,
-            step: RotationStep::Generated { id },
-            // A request made before the keyring existed is satisfied by the new key.
-            handled: inputs.requested.map(str::to_owned).or(handled),
-            requeue_after: inputs.rotation_interval,
-        };
+        return generate(inputs, handled);
     };
-    let mut doc = current.clone();
+    promote(current, inputs, &handled)
+        .or_else(|| remove_expired(current, inputs, &handled))
+        .or_else(|| add_key(current, inputs, &handled))
+        .unwrap_or_else(|| idle(current, inputs, handled))
+}
 
-    // Step 2: a pending key (accept, never retired) waits for every ready member. With no
-    // ready member nobody can meet a cookie it cannot read, and members that start later
-    // load the whole ring, so an empty set promotes.
-    if let Some(pending) = doc
+/// No valid keyring: a new one with one active key.
+fn generate(inputs: &RotationInputs<'_>, handled: Option<String>) -> RotationPlan {
+    let now = inputs.now;
+    let mut doc = KeyringDoc::default();
+    let id = new_id(&doc, now);
+    doc.keys.push(KeyringDoc::entry(
+        &id,
+        &inputs.fresh_secret,
+        &rfc3339(now),
+        KeyState::Active,
+    ));
+    RotationPlan {
+        keyring: doc,
+        step: RotationStep::Generated { id },
+        // A request made before the keyring existed is satisfied by the new key.
+        handled: inputs.requested.map(str::to_owned).or(handled),
+        requeue_after: inputs.rotation_interval,
+    }
+}
+
+/// Step 2: a pending key (accept, never retired) waits for every ready member. With no
+/// ready member nobody can meet a cookie it cannot read, and members that start later
+/// load the whole ring, so an empty set promotes. `None` without a pending key.
+fn promote(
+    current: &KeyringDoc,
+    inputs: &RotationInputs<'_>,
+    handled: &Option<String>,
+) -> Option<RotationPlan> {
+    let pending = current
         .keys
         .iter()
         .find(|k| k.state == KeyState::Accept && k.retired.is_none())
-        .map(|k| k.id.clone())
-    {
-        let missing: Vec<String> = inputs
-            .members
-            .iter()
-            .filter(|m| m.ready)
-            .filter(|m| {
-                !m.report
-                    .as_ref()
-                    .is_some_and(|r| r.key_ids.iter().any(|id| id == &pending))
-            })
-            .map(|m| m.name.clone())
-            .collect();
-        if !missing.is_empty() {
-            return RotationPlan {
-                keyring: doc,
-                step: RotationStep::Waiting {
-                    id: pending,
-                    missing,
-                },
-                handled,
-                requeue_after: WAITING_RECHECK,
-            };
-        }
-        let mut retired = String::new();
-        for k in &mut doc.keys {
-            if k.state == KeyState::Active {
-                k.state = KeyState::Accept;
-                k.retired = Some(rfc3339(now));
-                retired = k.id.clone();
-            } else if k.id == pending {
-                k.state = KeyState::Active;
-            }
-        }
-        return RotationPlan {
+        .map(|k| k.id.clone())?;
+    let missing: Vec<String> = inputs
+        .members
+        .iter()
+        .filter(|m| m.ready)
+        .filter(|m| {
+            !m.report
+                .as_ref()
+                .is_some_and(|r| r.key_ids.iter().any(|id| id == &pending))
+        })
+        .map(|m| m.name.clone())
+        .collect();
+    let mut doc = current.clone();
+    if !missing.is_empty() {
+        return Some(RotationPlan {
             keyring: doc,
-            step: RotationStep::Promoted {
+            step: RotationStep::Waiting {
                 id: pending,
-                retired,
+                missing,
             },
-            handled,
+            handled: handled.clone(),
             requeue_after: WAITING_RECHECK,
-        };
+        });
     }
+    let mut retired = String::new();
+    for k in &mut doc.keys {
+        if k.state == KeyState::Active {
+            k.state = KeyState::Accept;
+            k.retired = Some(rfc3339(inputs.now));
+            retired = k.id.clone();
+        } else if k.id == pending {
+            k.state = KeyState::Active;
+        }
+    }
+    Some(RotationPlan {
+        keyring: doc,
+        step: RotationStep::Promoted {
+            id: pending,
+            retired,
+        },
+        handled: handled.clone(),
+        requeue_after: WAITING_RECHECK,
+    })
+}
 
-    // Step 3: retired keys past the acceptance window go.
-    let expired: Vec<String> = doc
+/// Step 3: retired keys past the acceptance window go. `None` when none has expired.
+fn remove_expired(
+    current: &KeyringDoc,
+    inputs: &RotationInputs<'_>,
+    handled: &Option<String>,
+) -> Option<RotationPlan> {
+    let expired: Vec<String> = current
         .keys
         .iter()
         .filter(|k| k.state == KeyState::Accept)
@@ -253,55 +273,80 @@ pub fn step(inputs: &RotationInputs<'_>) -> RotationPlan {
             k.retired
                 .as_deref()
                 .and_then(parse_time)
-                .is_some_and(|t| since(now, t) >= inputs.accept_retired_for)
+                .is_some_and(|t| since(inputs.now, t) >= inputs.accept_retired_for)
         })
         .map(|k| k.id.clone())
         .collect();
-    if !expired.is_empty() {
-        doc.keys.retain(|k| !expired.contains(&k.id));
-        return RotationPlan {
-            keyring: doc,
-            step: RotationStep::Removed { ids: expired },
-            handled,
-            requeue_after: WAITING_RECHECK,
-        };
+    if expired.is_empty() {
+        return None;
     }
+    let mut doc = current.clone();
+    doc.keys.retain(|k| !expired.contains(&k.id));
+    Some(RotationPlan {
+        keyring: doc,
+        step: RotationStep::Removed { ids: expired },
+        handled: handled.clone(),
+        requeue_after: WAITING_RECHECK,
+    })
+}
 
-    // Step 1: rotation due by interval or by request.
+/// How long the active key has been active (0 without one).
+fn active_age(doc: &KeyringDoc, now: Timestamp) -> Duration {
     let active_created = doc
         .keys
         .iter()
         .find(|k| k.state == KeyState::Active)
         .and_then(|k| parse_time(&k.created))
         .unwrap_or(now);
-    let age = since(now, active_created);
-    let requested = inputs.requested.filter(|r| Some(*r) != inputs.handled);
-    if age >= inputs.rotation_interval || requested.is_some() {
-        let id = new_id(&doc, now);
-        doc.keys.push(KeyringDoc::entry(
-            &id,
-            &inputs.fresh_secret,
-            &rfc3339(now),
-            KeyState::Accept,
-        ));
-        return RotationPlan {
-            keyring: doc,
-            step: RotationStep::Added { id },
-            handled: requested.map(str::to_owned).or(handled),
-            requeue_after: WAITING_RECHECK,
-        };
-    }
+    since(now, active_created)
+}
 
-    // Idle: wake for the next rotation or the next expiry, whichever is first.
-    let next_expiry = doc
+/// Step 1: a new accept-only key when rotation is due by interval or by request. `None`
+/// when it is not.
+fn add_key(
+    current: &KeyringDoc,
+    inputs: &RotationInputs<'_>,
+    handled: &Option<String>,
+) -> Option<RotationPlan> {
+    let now = inputs.now;
+    let requested = inputs.requested.filter(|r| Some(*r) != inputs.handled);
+    if active_age(current, now) < inputs.rotation_interval && requested.is_none() {
+        return None;
+    }
+    let mut doc = current.clone();
+    let id = new_id(&doc, now);
+    doc.keys.push(KeyringDoc::entry(
+        &id,
+        &inputs.fresh_secret,
+        &rfc3339(now),
+        KeyState::Accept,
+    ));
+    Some(RotationPlan {
+        keyring: doc,
+        step: RotationStep::Added { id },
+        handled: requested.map(str::to_owned).or_else(|| handled.clone()),
+        requeue_after: WAITING_RECHECK,
+    })
+}
+
+/// Idle: wake for the next rotation or the next expiry, whichever is first.
+fn idle(
+    current: &KeyringDoc,
+    inputs: &RotationInputs<'_>,
+    handled: Option<String>,
+) -> RotationPlan {
+    let now = inputs.now;
+    let next_expiry = current
         .keys
         .iter()
         .filter_map(|k| k.retired.as_deref().and_then(parse_time))
         .map(|t| inputs.accept_retired_for.saturating_sub(since(now, t)))
         .min();
-    let next_rotation = inputs.rotation_interval.saturating_sub(age);
+    let next_rotation = inputs
+        .rotation_interval
+        .saturating_sub(active_age(current, now));
     RotationPlan {
-        keyring: doc,
+        keyring: current.clone(),
         step: RotationStep::Idle,
         handled,
         requeue_after: next_expiry.map_or(next_rotation, |e| e.min(next_rotation)),

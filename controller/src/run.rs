@@ -87,49 +87,16 @@ pub async fn run(config: RunConfig) -> Result<(), RunError> {
             addr: config.admin,
             source,
         })?;
-
-    let mut leadership = None;
-    if let Some((lease_name, lease_ns)) = &config.leader_election {
-        // Ready as a standby too: readiness says the process works, not that it leads.
-        admin.ready.store(true, Ordering::Relaxed);
-        tracing::info!(lease = %lease_name, namespace = %lease_ns, identity = %config.identity, "waiting for leadership");
-        let election = ElectionConfig::new(lease_name, lease_ns, &config.identity);
-        // A standby stops on SIGTERM too, instead of waiting for the kubelet's SIGKILL.
-        let acquired = tokio::select! {
-            acquired = leader::acquire(client.clone(), election) => acquired.map_err(RunError::Lease)?,
-            () = terminate_or(async { let _ = tokio::signal::ctrl_c().await; }) => {
-                tracing::info!("stopped while standing by");
-                return Ok(());
-            }
-        };
-        leadership = Some(acquired);
-    }
-    let lost_rx = leadership.as_mut().map(Leadership::lost);
-    let lost = Arc::new(AtomicBool::new(false));
-    let lost_flag = lost.clone();
-    let shutdown = async move {
-        let lost = async move {
-            match lost_rx {
-                Some(lost) => lost.await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => tracing::info!("shutting down"),
-            () = lost => {
-                lost_flag.store(true, Ordering::Relaxed);
-                tracing::error!("lost leadership; stopping");
-            }
-        }
+    let mut leadership = match lead(&config, &client, &admin).await? {
+        Lead::Stopped => return Ok(()),
+        Lead::Alone => None,
+        Lead::Elected(leadership) => Some(leadership),
     };
-    let shutdown = terminate_or(shutdown).shared();
+    let lost = Arc::new(AtomicBool::new(false));
+    let shutdown = shutdown_signal(leadership.as_mut().map(Leadership::lost), lost.clone());
 
     let ns = config.watch_namespace.as_deref();
-    let arrays: Api<GatewayArray> = api(&client, ns);
     let farms: Api<ServerFarm> = api(&client, ns);
-    let managed =
-        watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={FIELD_MANAGER}"));
-
     // Farms are kept in a store so Service, EndpointSlice and Secret changes can be
     // mapped to the arrays whose farms name them.
     let (farm_store, farm_writer) = reflector::store::<ServerFarm>();
@@ -140,54 +107,8 @@ pub async fn run(config: RunConfig) -> Result<(), RunError> {
     .touched_objects()
     .for_each(|_| futures::future::ready(()));
     tokio::spawn(farm_reflector);
-
-    let placements = mapping::FarmPlacements::default();
-    let mut controller = Controller::new(arrays.clone(), watcher::Config::default())
-        .owns(api::<Deployment>(&client, ns), managed.clone())
-        .owns(api::<ConfigMap>(&client, ns), managed.clone())
-        .owns(api::<Service>(&client, ns), managed.clone())
-        .watches(farms.clone(), watcher::Config::default(), move |farm| {
-            placements.arrays_for_farm(&farm)
-        });
-    let array_store = controller.store();
-    // The per-array gauges of deleted arrays go (a deleted array is never reconciled
-    // again, so nothing else would clear them).
-    let live_arrays = array_store.clone();
-    let array_metrics = metrics.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(60));
-        loop {
-            tick.tick().await;
-            let live: std::collections::BTreeSet<(String, String)> = live_arrays
-                .state()
-                .iter()
-                .map(|a| (a.namespace().unwrap_or_default(), a.name_any()))
-                .collect();
-            array_metrics
-                .retain_arrays(|ns, name| live.contains(&(ns.to_owned(), name.to_owned())));
-        }
-    });
-    let fs = farm_store.clone();
-    controller = controller.watches(
-        api::<EndpointSlice>(&client, ns),
-        watcher::Config::default(),
-        move |slice| mapping::arrays_for_endpoint_slice(&slice, &fs.state()),
-    );
-    let fs = farm_store.clone();
-    controller = controller.watches(
-        api::<Service>(&client, ns),
-        watcher::Config::default(),
-        move |svc| mapping::arrays_for_service(&svc, &fs.state()),
-    );
-    if config.settings.watch_secrets {
-        let fs = farm_store.clone();
-        let arrays = array_store.clone();
-        controller = controller.watches(
-            api::<Secret>(&client, ns),
-            watcher::Config::default(),
-            move |secret| mapping::arrays_for_secret(&secret, &fs.state(), &arrays.state()),
-        );
-    }
+    let controller = array_controller(&client, ns, &config.settings, &farm_store);
+    spawn_gauge_pruner(controller.store(), metrics.clone());
 
     let recorder = Recorder::new(
         client.clone(),
@@ -197,7 +118,7 @@ pub async fn run(config: RunConfig) -> Result<(), RunError> {
         },
     );
     let ctx = Arc::new(Context::new(
-        client,
+        client.clone(),
         config.settings.clone(),
         Arc::new(HttpMemberStatus::new(Duration::from_secs(2))),
         recorder,
@@ -209,14 +130,7 @@ pub async fn run(config: RunConfig) -> Result<(), RunError> {
         watch_secrets = config.settings.watch_secrets,
         "controller started"
     );
-    // Farms whose array does not exist are invisible to the array controller; this one
-    // gives them a status, and hears of arrays coming and going.
-    let fs = farm_store.clone();
-    let farm_controller = Controller::new(farms, watcher::Config::default())
-        .watches(arrays, watcher::Config::default(), move |array| {
-            mapping::farms_for_array(&array, &fs.state())
-        })
-        .graceful_shutdown_on(shutdown.clone())
+    let farm_controller = farm_controller(&client, ns, farms, &farm_store, shutdown.clone())
         .run(
             reconcile::reconcile_farm,
             reconcile::farm_error_policy,
@@ -238,17 +152,156 @@ pub async fn run(config: RunConfig) -> Result<(), RunError> {
             futures::future::ready(())
         });
     futures::future::join(array_controller, farm_controller).await;
-    // Nothing reconciles any more: give the Lease up so a standby takes over at once
-    // rather than after it expires. Bounded, so a slow API server cannot hold up exit.
+    stop(leadership, lost.load(Ordering::Relaxed)).await
+}
+
+/// How leader election went.
+enum Lead {
+    /// Leader election is off.
+    Alone,
+    /// This replica leads.
+    Elected(Leadership),
+    /// Stopped while standing by.
+    Stopped,
+}
+
+/// Waits for leadership when leader election is on.
+async fn lead(config: &RunConfig, client: &Client, admin: &Admin) -> Result<Lead, RunError> {
+    let Some((lease_name, lease_ns)) = &config.leader_election else {
+        return Ok(Lead::Alone);
+    };
+    // Ready as a standby too: readiness says the process works, not that it leads.
+    admin.ready.store(true, Ordering::Relaxed);
+    tracing::info!(lease = %lease_name, namespace = %lease_ns, identity = %config.identity, "waiting for leadership");
+    let election = ElectionConfig::new(lease_name, lease_ns, &config.identity);
+    // A standby stops on SIGTERM too, instead of waiting for the kubelet's SIGKILL.
+    tokio::select! {
+        acquired = leader::acquire(client.clone(), election) => acquired.map(Lead::Elected).map_err(RunError::Lease),
+        () = terminate_or(async { let _ = tokio::signal::ctrl_c().await; }) => {
+            tracing::info!("stopped while standing by");
+            Ok(Lead::Stopped)
+        }
+    }
+}
+
+/// Completes on SIGTERM, ctrl-c, or when leadership is lost (`lost_rx`; then `lost` is
+/// set).
+fn shutdown_signal(
+    lost_rx: Option<impl std::future::Future<Output = ()> + Send + 'static>,
+    lost: Arc<AtomicBool>,
+) -> impl std::future::Future<Output = ()> + Clone + Send + 'static {
+    let shutdown = async move {
+        let lost_rx = async move {
+            match lost_rx {
+                Some(lost) => lost.await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => tracing::info!("shutting down"),
+            () = lost_rx => {
+                lost.store(true, Ordering::Relaxed);
+                tracing::error!("lost leadership; stopping");
+            }
+        }
+    };
+    terminate_or(shutdown).shared()
+}
+
+/// The array controller with its watches: the objects arrays own, and the farms,
+/// EndpointSlices, Services (and Secrets, when watched) that map to arrays.
+fn array_controller(
+    client: &Client,
+    ns: Option<&str>,
+    settings: &Settings,
+    farm_store: &reflector::Store<ServerFarm>,
+) -> Controller<GatewayArray> {
+    let managed =
+        watcher::Config::default().labels(&format!("app.kubernetes.io/managed-by={FIELD_MANAGER}"));
+    let placements = mapping::FarmPlacements::default();
+    let mut controller =
+        Controller::new(api::<GatewayArray>(client, ns), watcher::Config::default())
+            .owns(api::<Deployment>(client, ns), managed.clone())
+            .owns(api::<ConfigMap>(client, ns), managed.clone())
+            .owns(api::<Service>(client, ns), managed.clone())
+            .watches(
+                api::<ServerFarm>(client, ns),
+                watcher::Config::default(),
+                move |farm| placements.arrays_for_farm(&farm),
+            );
+    let array_store = controller.store();
+    let fs = farm_store.clone();
+    controller = controller.watches(
+        api::<EndpointSlice>(client, ns),
+        watcher::Config::default(),
+        move |slice| mapping::arrays_for_endpoint_slice(&slice, &fs.state()),
+    );
+    let fs = farm_store.clone();
+    controller = controller.watches(
+        api::<Service>(client, ns),
+        watcher::Config::default(),
+        move |svc| mapping::arrays_for_service(&svc, &fs.state()),
+    );
+    if settings.watch_secrets {
+        let fs = farm_store.clone();
+        controller = controller.watches(
+            api::<Secret>(client, ns),
+            watcher::Config::default(),
+            move |secret| mapping::arrays_for_secret(&secret, &fs.state(), &array_store.state()),
+        );
+    }
+    controller
+}
+
+/// Farms whose array does not exist are invisible to the array controller; this one
+/// gives them a status, and hears of arrays coming and going.
+fn farm_controller(
+    client: &Client,
+    ns: Option<&str>,
+    farms: Api<ServerFarm>,
+    farm_store: &reflector::Store<ServerFarm>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) -> Controller<ServerFarm> {
+    let fs = farm_store.clone();
+    Controller::new(farms, watcher::Config::default())
+        .watches(
+            api::<GatewayArray>(client, ns),
+            watcher::Config::default(),
+            move |array| mapping::farms_for_array(&array, &fs.state()),
+        )
+        .graceful_shutdown_on(shutdown)
+}
+
+/// Every minute, drops the per-array gauges of deleted arrays (a deleted array is never
+/// reconciled again, so nothing else would clear them).
+fn spawn_gauge_pruner(live_arrays: reflector::Store<GatewayArray>, metrics: Metrics) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            let live: std::collections::BTreeSet<(String, String)> = live_arrays
+                .state()
+                .iter()
+                .map(|a| (a.namespace().unwrap_or_default(), a.name_any()))
+                .collect();
+            metrics.retain_arrays(|ns, name| live.contains(&(ns.to_owned(), name.to_owned())));
+        }
+    });
+}
+
+/// Once nothing reconciles any more: gives the Lease up so a standby takes over at once
+/// rather than after it expires (bounded, so a slow API server cannot hold up exit).
+/// Fails when leadership was `lost`.
+async fn stop(leadership: Option<Leadership>, lost: bool) -> Result<(), RunError> {
     if let Some(leadership) = leadership
-        && !lost.load(Ordering::Relaxed)
+        && !lost
         && tokio::time::timeout(Duration::from_secs(5), leadership.release())
             .await
             .is_err()
     {
         tracing::warn!("timed out releasing the lease; it expires on its own");
     }
-    if lost.load(Ordering::Relaxed) {
+    if lost {
         return Err(RunError::LostLease);
     }
     Ok(())

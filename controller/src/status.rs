@@ -127,141 +127,169 @@ pub fn farm_status(
             unresolved,
             endpoints,
         }) => {
-            let refs = if unresolved.is_empty() {
-                c(
-                    "ResolvedRefs",
-                    "True",
-                    "ResolvedRefs",
-                    "every Service and Secret it names exists".into(),
-                )
-            } else {
-                c(
-                    "ResolvedRefs",
-                    "False",
-                    "BackendNotFound",
-                    unresolved.join("; "),
-                )
+            let published = Published {
+                array_name: &array_name,
+                ready_members,
+                has_targets: !endpoints.is_empty()
+                    || farm.spec.servers.iter().any(|s| s.host.is_some()),
+                blocked,
             };
-            let has_targets =
-                !endpoints.is_empty() || farm.spec.servers.iter().any(|s| s.host.is_some());
-            let ready = if let Some(b) = blocked {
-                c(
-                    "Ready",
-                    "False",
-                    b.reason,
-                    format!(
-                        "GatewayArray {array_name} could not write its objects: {}; members serve the last config written",
-                        b.message
-                    ),
-                )
-            } else if ready_members == 0 {
-                c(
-                    "Ready",
-                    "False",
-                    "NoReadyMembers",
-                    format!("GatewayArray {array_name} has no ready members"),
-                )
-            } else if !has_targets {
-                c(
-                    "Ready",
-                    "False",
-                    "NoEndpoints",
-                    "no server resolved to a ready endpoint".into(),
-                )
-            } else {
-                c(
-                    "Ready",
-                    "True",
-                    "Ready",
-                    format!(
-                        "served by {ready_members} ready member(s) of GatewayArray {array_name}"
-                    ),
-                )
-            };
-            (
-                vec![
-                    c(
-                        "Accepted",
-                        "True",
-                        "Accepted",
-                        format!("published by GatewayArray {array_name}"),
-                    ),
-                    refs,
-                    ready,
-                ],
-                endpoints.clone(),
-            )
+            let conditions = published_conditions(&c, unresolved, &published);
+            (conditions, endpoints.clone())
         }
         FarmVerdict::Translated(FarmOutcome::Rejected(errors)) => (
-            vec![
-                c("Accepted", "False", "Invalid", error_message(errors)),
-                c(
-                    "ResolvedRefs",
+            not_published(
+                &c,
+                ("False", "Invalid", error_message(errors)),
+                (
                     "Unknown",
                     "NotAccepted",
-                    "not checked while the farm is invalid".into(),
+                    "not checked while the farm is invalid",
                 ),
-                c(
-                    "Ready",
-                    "False",
-                    "NotAccepted",
-                    "not published; fix the Accepted condition".into(),
-                ),
-            ],
+                "fix the Accepted condition",
+            ),
             Vec::new(),
         ),
-        FarmVerdict::MissingRefs(problems) => (
-            vec![
-                c(
-                    "Accepted",
-                    "False",
-                    "UnresolvedRefs",
-                    "not published until the Secrets it names exist".into(),
+        FarmVerdict::MissingRefs(problems) => {
+            let accepted = "not published until the Secrets it names exist";
+            (
+                not_published(
+                    &c,
+                    ("False", "UnresolvedRefs", accepted.to_owned()),
+                    ("False", "SecretNotFound", &problems.join("; ")),
+                    "fix the ResolvedRefs condition",
                 ),
-                c(
-                    "ResolvedRefs",
-                    "False",
-                    "SecretNotFound",
-                    problems.join("; "),
+                Vec::new(),
+            )
+        }
+        FarmVerdict::ArrayInvalid(message) => {
+            let accepted = format!("GatewayArray {array_name} is invalid: {message}");
+            (
+                not_published(
+                    &c,
+                    ("False", "ArrayInvalid", accepted),
+                    (
+                        "Unknown",
+                        "NotAccepted",
+                        "not checked while the array is invalid",
+                    ),
+                    "fix the GatewayArray",
                 ),
-                c(
-                    "Ready",
-                    "False",
-                    "NotAccepted",
-                    "not published; fix the ResolvedRefs condition".into(),
-                ),
-            ],
-            Vec::new(),
-        ),
-        FarmVerdict::ArrayInvalid(message) => (
-            vec![
-                c(
-                    "Accepted",
-                    "False",
-                    "ArrayInvalid",
-                    format!("GatewayArray {array_name} is invalid: {message}"),
-                ),
-                c(
-                    "ResolvedRefs",
-                    "Unknown",
-                    "NotAccepted",
-                    "not checked while the array is invalid".into(),
-                ),
-                c(
-                    "Ready",
-                    "False",
-                    "NotAccepted",
-                    "not published; fix the GatewayArray".into(),
-                ),
-            ],
-            Vec::new(),
-        ),
+                Vec::new(),
+            )
+        }
     };
     ServerFarmStatus {
         observed_generation: generation,
         conditions,
         endpoints,
     }
+}
+
+/// The conditions of a farm that is not published: `Accepted` and `ResolvedRefs` as
+/// (status, reason, message), and `Ready` `False` saying what to `fix`.
+fn not_published(
+    c: &impl Fn(&str, &str, &str, String) -> Condition,
+    (status, reason, message): (&str, &str, String),
+    (refs_status, refs_reason, refs_message): (&str, &str, &str),
+    fix: &str,
+) -> Vec<Condition> {
+    vec![
+        c("Accepted", status, reason, message),
+        c(
+            "ResolvedRefs",
+            refs_status,
+            refs_reason,
+            refs_message.to_owned(),
+        ),
+        c(
+            "Ready",
+            "False",
+            "NotAccepted",
+            format!("not published; {fix}"),
+        ),
+    ]
+}
+
+/// What decides a published farm's `Ready`.
+struct Published<'a> {
+    /// `namespace/name` of its array.
+    array_name: &'a str,
+    /// The array's ready members.
+    ready_members: i32,
+    /// Whether a server resolved to an endpoint (or is left to DNS).
+    has_targets: bool,
+    /// Why the array's objects were not all written.
+    blocked: Option<&'a Blocked>,
+}
+
+/// The conditions of a farm its array publishes.
+fn published_conditions(
+    c: &impl Fn(&str, &str, &str, String) -> Condition,
+    unresolved: &[String],
+    p: &Published<'_>,
+) -> Vec<Condition> {
+    let array_name = p.array_name;
+    let refs = if unresolved.is_empty() {
+        c(
+            "ResolvedRefs",
+            "True",
+            "ResolvedRefs",
+            "every Service and Secret it names exists".into(),
+        )
+    } else {
+        c(
+            "ResolvedRefs",
+            "False",
+            "BackendNotFound",
+            unresolved.join("; "),
+        )
+    };
+    let ready = if let Some(b) = p.blocked {
+        c(
+            "Ready",
+            "False",
+            b.reason,
+            format!(
+                "GatewayArray {array_name} could not write its objects: {}; members serve the last config written",
+                b.message
+            ),
+        )
+    } else if p.ready_members == 0 {
+        c(
+            "Ready",
+            "False",
+            "NoReadyMembers",
+            format!("GatewayArray {array_name} has no ready members"),
+        )
+    } else if !p.has_targets {
+        c(
+            "Ready",
+            "False",
+            "NoEndpoints",
+            "no server resolved to a ready endpoint".into(),
+        )
+    } else {
+        c(
+            "Ready",
+            "True",
+            "Ready",
+            format!(
+                "served by {} ready member(s) of GatewayArray {array_name}",
+                p.ready_members
+            ),
+        )
+    };
+    vec![
+        c(
+            "Accepted",
+            "True",
+            "Accepted",
+            format!("published by GatewayArray {array_name}"),
+        ),
+        refs,
+        ready,
+    ]
 }
 
 /// The status of a farm whose `arrayRef` names no existing GatewayArray: nothing
@@ -343,16 +371,59 @@ pub fn array_status(i: &ArrayStatusInputs<'_>) -> GatewayArrayStatus {
         |t: &str, s: &str, r: &str, m: String| condition(previous, t, s, r, m, generation, i.now);
     let ready: Vec<&Member> = i.members.iter().filter(|m| m.ready).collect();
     let ready_members = i32::try_from(ready.len()).unwrap_or(i32::MAX);
+    let conditions = vec![
+        accepted_condition(&c, i),
+        resolved_refs_condition(&c, i.missing_refs),
+        ready_condition(&c, i, &ready),
+        rotating_condition(&c, i.rotation),
+    ];
+    GatewayArrayStatus {
+        observed_generation: generation,
+        ready_members,
+        config_hash: i.config_hash.map(str::to_owned),
+        loaded_config_hash: loaded_config_hash(&ready),
+        // For the scale subresource: what an HorizontalPodAutoscaler measures.
+        selector: Some(crate::builders::selector_query(&i.array.name_any())),
+        keys_secret: i.keys_secret.map(str::to_owned),
+        active_key_id: i.keyring.and_then(|k| k.active_id().map(str::to_owned)),
+        key_ids: i.keyring.map(KeyringDoc::ids).unwrap_or_default(),
+        members: i.members.iter().map(member_status).collect(),
+        conditions,
+    }
+}
+
+/// The config hash every ready member reports, when they all report the same one.
+fn loaded_config_hash(ready: &[&Member]) -> Option<String> {
     let loaded: Vec<Option<&str>> = ready
         .iter()
         .map(|m| m.report.as_ref().and_then(|r| r.config_hash.as_deref()))
         .collect();
-    let loaded_config_hash = match loaded.first() {
+    match loaded.first() {
         Some(Some(first)) if loaded.iter().all(|h| h == &Some(*first)) => Some((*first).to_owned()),
         _ => None,
-    };
-    let mut conditions = Vec::new();
-    conditions.push(match i.blocked {
+    }
+}
+
+/// A member as status shows it.
+fn member_status(m: &Member) -> MemberStatus {
+    MemberStatus {
+        name: m.name.clone(),
+        ready: m.ready,
+        config_hash: m.report.as_ref().and_then(|r| r.config_hash.clone()),
+        key_ids: m
+            .report
+            .as_ref()
+            .map(|r| r.key_ids.clone())
+            .unwrap_or_default(),
+    }
+}
+
+/// `Accepted`: the array's own errors, or an object the API server refused as invalid.
+fn accepted_condition(
+    c: &impl Fn(&str, &str, &str, String) -> Condition,
+    i: &ArrayStatusInputs<'_>,
+) -> Condition {
+    match i.blocked {
         _ if !i.errors.is_empty() => c("Accepted", "False", "Invalid", error_message(i.errors)),
         Some(b) if b.spec_problem => c(
             "Accepted",
@@ -361,8 +432,15 @@ pub fn array_status(i: &ArrayStatusInputs<'_>) -> GatewayArrayStatus {
             format!("{}; the last objects written keep serving", b.message),
         ),
         _ => c("Accepted", "True", "Accepted", "the spec is valid".into()),
-    });
-    conditions.push(if i.missing_refs.is_empty() {
+    }
+}
+
+/// `ResolvedRefs`: the listener Secrets.
+fn resolved_refs_condition(
+    c: &impl Fn(&str, &str, &str, String) -> Condition,
+    missing_refs: &[String],
+) -> Condition {
+    if missing_refs.is_empty() {
         c(
             "ResolvedRefs",
             "True",
@@ -376,17 +454,26 @@ pub fn array_status(i: &ArrayStatusInputs<'_>) -> GatewayArrayStatus {
             "SecretNotFound",
             format!(
                 "{}; the last good config keeps serving",
-                i.missing_refs.join("; ")
+                missing_refs.join("; ")
             ),
         )
-    });
+    }
+}
+
+/// `Ready`: a config was written, enough members are ready, and they all loaded it.
+fn ready_condition(
+    c: &impl Fn(&str, &str, &str, String) -> Condition,
+    i: &ArrayStatusInputs<'_>,
+    ready: &[&Member],
+) -> Condition {
+    let ready_members = i32::try_from(ready.len()).unwrap_or(i32::MAX);
     let desired = i.array.spec.replicas;
     let stale: Vec<&str> = ready
         .iter()
         .filter(|m| m.report.as_ref().and_then(|r| r.config_hash.as_deref()) != i.config_hash)
         .map(|m| m.name.as_str())
         .collect();
-    conditions.push(if !i.errors.is_empty() || !i.missing_refs.is_empty() {
+    if !i.errors.is_empty() || !i.missing_refs.is_empty() {
         c(
             "Ready",
             "False",
@@ -428,8 +515,15 @@ pub fn array_status(i: &ArrayStatusInputs<'_>) -> GatewayArrayStatus {
                 i.config_hash.unwrap_or("-")
             ),
         )
-    });
-    let rotating = match i.rotation {
+    }
+}
+
+/// `KeysRotating`: whether a new key waits for members to load it.
+fn rotating_condition(
+    c: &impl Fn(&str, &str, &str, String) -> Condition,
+    rotation: Option<&RotationStep>,
+) -> Condition {
+    let rotating = match rotation {
         Some(RotationStep::Added { id }) => Some(format!(
             "key {id} added; waiting for every member to load it"
         )),
@@ -438,7 +532,7 @@ pub fn array_status(i: &ArrayStatusInputs<'_>) -> GatewayArrayStatus {
         }
         _ => None,
     };
-    conditions.push(match rotating {
+    match rotating {
         Some(m) => c("KeysRotating", "True", "WaitingForMembers", m),
         None => c(
             "KeysRotating",
@@ -446,32 +540,6 @@ pub fn array_status(i: &ArrayStatusInputs<'_>) -> GatewayArrayStatus {
             "Idle",
             "no rotation in progress".into(),
         ),
-    });
-    GatewayArrayStatus {
-        observed_generation: generation,
-        ready_members,
-        config_hash: i.config_hash.map(str::to_owned),
-        loaded_config_hash,
-        // For the scale subresource: what an HorizontalPodAutoscaler measures.
-        selector: Some(crate::builders::selector_query(&i.array.name_any())),
-        keys_secret: i.keys_secret.map(str::to_owned),
-        active_key_id: i.keyring.and_then(|k| k.active_id().map(str::to_owned)),
-        key_ids: i.keyring.map(KeyringDoc::ids).unwrap_or_default(),
-        members: i
-            .members
-            .iter()
-            .map(|m| MemberStatus {
-                name: m.name.clone(),
-                ready: m.ready,
-                config_hash: m.report.as_ref().and_then(|r| r.config_hash.clone()),
-                key_ids: m
-                    .report
-                    .as_ref()
-                    .map(|r| r.key_ids.clone())
-                    .unwrap_or_default(),
-            })
-            .collect(),
-        conditions,
     }
 }
 
