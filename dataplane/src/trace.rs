@@ -24,7 +24,6 @@ use http::{Method, Request, StatusCode, Uri, Version};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use rand::RngCore;
-use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use crate::metrics::{Metrics, OutcomeLabel};
@@ -100,10 +99,69 @@ fn hex_lower(bytes: &[u8], out: &mut String) {
     }
 }
 
+#[cfg(test)]
 fn hex(bytes: &[u8]) -> String {
     let mut s = String::with_capacity(bytes.len() * 2);
     hex_lower(bytes, &mut s);
     s
+}
+
+/// Appends `s` as a JSON string.
+fn json_str(s: &str, out: &mut String) {
+    use std::fmt::Write as _;
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if u32::from(c) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// Writes an OTLP attribute list, one `{"key":..,"value":{..}}` at a time.
+struct Attrs<'a> {
+    out: &'a mut String,
+    first: bool,
+}
+
+impl Attrs<'_> {
+    fn key(&mut self, key: &str) {
+        if !self.first {
+            self.out.push(',');
+        }
+        self.first = false;
+        self.out.push_str("{\"key\":");
+        json_str(key, self.out);
+        self.out.push_str(",\"value\":");
+    }
+
+    fn string(&mut self, key: &str, value: &str) {
+        self.key(key);
+        self.out.push_str("{\"stringValue\":");
+        json_str(value, self.out);
+        self.out.push_str("}}");
+    }
+
+    fn display(&mut self, key: &str, value: &dyn std::fmt::Display) {
+        use std::fmt::Write as _;
+        self.key(key);
+        self.out.push_str("{\"stringValue\":\"");
+        // Addresses: no character that needs escaping.
+        let _ = write!(self.out, "{value}");
+        self.out.push_str("\"}}");
+    }
+
+    /// int64 values are decimal strings in OTLP JSON.
+    fn int(&mut self, key: &str, value: u64) {
+        use std::fmt::Write as _;
+        self.key(key);
+        let _ = write!(self.out, "{{\"intValue\":\"{value}\"}}}}");
+    }
 }
 
 /// Lowercase hex only: the spec's HEXDIGLC.
@@ -212,66 +270,66 @@ impl Span {
         }
     }
 
-    fn to_otlp(&self) -> Value {
-        let nanos = |t: SystemTime| {
-            t.duration_since(UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(0)
-                .to_string()
-        };
+    /// Appends the span as OTLP JSON (the protobuf JSON mapping: ids as lowercase hex,
+    /// 64-bit integers as decimal strings, enums as numbers).
+    fn write_otlp(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let nanos = |t: SystemTime| t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos());
         let end = self
             .end_wall
             .unwrap_or_else(|| self.start_wall + self.start.elapsed());
-        let string = |k: &str, v: &str| json!({"key": k, "value": {"stringValue": v}});
-        let int = |k: &str, v: i64| json!({"key": k, "value": {"intValue": v.to_string()}});
-        let mut attributes = vec![
-            string("http.request.method", self.method.as_str()),
-            string("url.path", &self.path),
-            string("url.scheme", if self.tls { "https" } else { "http" }),
-            string("client.address", &self.client.ip().to_string()),
-            int("client.port", i64::from(self.client.port())),
-            string(
-                "network.protocol.version",
-                match self.version {
-                    Version::HTTP_10 => "1.0",
-                    Version::HTTP_2 => "2",
-                    _ => "1.1",
-                },
-            ),
-            int("http.response.status_code", i64::from(self.status)),
-        ];
+        out.push_str("{\"traceId\":\"");
+        hex_lower(&self.trace_id, out);
+        out.push_str("\",\"spanId\":\"");
+        hex_lower(&self.span_id, out);
+        out.push('"');
+        if let Some(p) = &self.parent {
+            out.push_str(",\"parentSpanId\":\"");
+            hex_lower(p, out);
+            out.push('"');
+        }
+        out.push_str(",\"name\":");
+        json_str(self.method.as_str(), out);
+        let _ = write!(
+            out,
+            ",\"kind\":2,\"startTimeUnixNano\":\"{}\",\"endTimeUnixNano\":\"{}\",\"attributes\":[",
+            nanos(self.start_wall),
+            nanos(end)
+        );
+        let mut attrs = Attrs { out, first: true };
+        attrs.string("http.request.method", self.method.as_str());
+        attrs.string("url.path", &self.path);
+        attrs.string("url.scheme", if self.tls { "https" } else { "http" });
+        attrs.display("client.address", &self.client.ip());
+        attrs.int("client.port", u64::from(self.client.port()));
+        attrs.string(
+            "network.protocol.version",
+            match self.version {
+                Version::HTTP_10 => "1.0",
+                Version::HTTP_2 => "2",
+                _ => "1.1",
+            },
+        );
+        attrs.int("http.response.status_code", u64::from(self.status));
         if let Some(h) = &self.host {
-            attributes.push(string("server.address", h));
+            attrs.string("server.address", h);
         }
         if let Some(f) = &self.farm {
-            attributes.push(string("portcullis.farm", f));
+            attrs.string("portcullis.farm", f);
         }
         if let Some(e) = &self.endpoint {
-            attributes.push(string("portcullis.endpoint", e));
+            attrs.string("portcullis.endpoint", e);
         }
         if let Some(e) = &self.error {
-            attributes.push(string("error.type", e));
+            attrs.string("error.type", e);
         }
+        out.push_str("],\"status\":{");
         // Semantic conventions for a server span: 5xx is an error, 4xx is not.
-        let status = if self.status >= 500 || self.error.is_some() {
-            json!({"code": 2, "message": self.error.as_deref().unwrap_or("")})
-        } else {
-            json!({})
-        };
-        let mut span = json!({
-            "traceId": hex(&self.trace_id),
-            "spanId": hex(&self.span_id),
-            "name": self.method.as_str(),
-            "kind": 2,
-            "startTimeUnixNano": nanos(self.start_wall),
-            "endTimeUnixNano": nanos(end),
-            "attributes": attributes,
-            "status": status,
-        });
-        if let Some(p) = &self.parent {
-            span["parentSpanId"] = Value::String(hex(p));
+        if self.status >= 500 || self.error.is_some() {
+            out.push_str("\"code\":2,\"message\":");
+            json_str(self.error.as_deref().unwrap_or(""), out);
         }
-        span
+        out.push_str("}}");
     }
 }
 
@@ -290,7 +348,23 @@ impl Tracer {
         for outcome in ["exported", "dropped"] {
             let _ = metrics.trace_spans.get_or_create(&OutcomeLabel { outcome });
         }
-        tokio::spawn(export_loop(opts.clone(), rx, metrics.clone()));
+        // The exporter encodes and sends on a thread of its own, so a batch being
+        // written never holds up the workers that serve requests.
+        let (o, m) = (opts.clone(), metrics.clone());
+        let spawned = std::thread::Builder::new()
+            .name("portcullis-otlp".into())
+            .spawn(move || {
+                match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt.block_on(export_loop(o, rx, m)),
+                    Err(e) => tracing::error!(error = %e, "span exporter did not start; spans are dropped"),
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "span exporter did not start; spans are dropped");
+        }
         Tracer {
             ratio: opts.sample_ratio.clamp(0.0, 1.0),
             tx,
@@ -369,13 +443,22 @@ impl Tracer {
 }
 
 async fn export_loop(opts: TraceOptions, mut rx: mpsc::Receiver<Span>, metrics: Arc<Metrics>) {
-    let mut resource = vec![
-        json!({"key": "service.name", "value": {"stringValue": opts.service_name}}),
-        json!({"key": "service.version", "value": {"stringValue": env!("CARGO_PKG_VERSION")}}),
-    ];
-    if let Some(id) = &opts.instance {
-        resource.push(json!({"key": "service.instance.id", "value": {"stringValue": id}}));
+    // Everything before the spans, written once.
+    let mut head = String::from("{\"resourceSpans\":[{\"resource\":{\"attributes\":[");
+    {
+        let mut attrs = Attrs {
+            out: &mut head,
+            first: true,
+        };
+        attrs.string("service.name", &opts.service_name);
+        attrs.string("service.version", env!("CARGO_PKG_VERSION"));
+        if let Some(id) = &opts.instance {
+            attrs.string("service.instance.id", id);
+        }
     }
+    head.push_str("]},\"scopeSpans\":[{\"scope\":{\"name\":\"portcullis-dataplane\",\"version\":");
+    json_str(env!("CARGO_PKG_VERSION"), &mut head);
+    head.push_str("},\"spans\":[");
     let mut conn: Option<hyper::client::conn::http1::SendRequest<Full<Bytes>>> = None;
     let mut last_warning: Option<Instant> = None;
     let mut batch: Vec<Span> = Vec::with_capacity(BATCH);
@@ -406,34 +489,34 @@ async fn export_loop(opts: TraceOptions, mut rx: mpsc::Receiver<Span>, metrics: 
         }
         if !batch.is_empty() {
             let n = batch.len() as u64;
-            let spans: Vec<Value> = batch.drain(..).map(|s| s.to_otlp()).collect();
-            let body = json!({
-                "resourceSpans": [{
-                    "resource": {"attributes": resource},
-                    "scopeSpans": [{
-                        "scope": {"name": "portcullis-dataplane", "version": env!("CARGO_PKG_VERSION")},
-                        "spans": spans,
-                    }],
-                }],
-            });
-            let outcome = match tokio::time::timeout(
-                EXPORT_TIMEOUT,
-                post(&opts.endpoint, &mut conn, body.to_string()),
-            )
-            .await
-            {
-                Ok(Ok(())) => "exported",
-                Ok(Err(e)) => {
-                    conn = None;
-                    warn_now_and_then(&mut last_warning, &e);
-                    "dropped"
+            let mut body = String::with_capacity(head.len() + batch.len() * 700);
+            body.push_str(&head);
+            for (i, span) in batch.drain(..).enumerate() {
+                if i > 0 {
+                    body.push(',');
                 }
-                Err(_) => {
-                    conn = None;
-                    warn_now_and_then(&mut last_warning, "the collector did not answer in time");
-                    "dropped"
-                }
-            };
+                span.write_otlp(&mut body);
+            }
+            body.push_str("]}]}]}");
+            let outcome =
+                match tokio::time::timeout(EXPORT_TIMEOUT, post(&opts.endpoint, &mut conn, body))
+                    .await
+                {
+                    Ok(Ok(())) => "exported",
+                    Ok(Err(e)) => {
+                        conn = None;
+                        warn_now_and_then(&mut last_warning, &e);
+                        "dropped"
+                    }
+                    Err(_) => {
+                        conn = None;
+                        warn_now_and_then(
+                            &mut last_warning,
+                            "the collector did not answer in time",
+                        );
+                        "dropped"
+                    }
+                };
             metrics
                 .trace_spans
                 .get_or_create(&OutcomeLabel { outcome })
@@ -584,6 +667,53 @@ mod tests {
                 })
             );
         }
+    }
+
+    #[test]
+    fn spans_are_valid_json_whatever_the_request_carried() {
+        let (trace_id, span_id) = random_ids();
+        let mut span = Span {
+            trace_id,
+            span_id,
+            parent: Some([7; 8]),
+            start_wall: SystemTime::now(),
+            start: Instant::now(),
+            method: Method::from_bytes(b"PURGE").unwrap(),
+            path: "/a\"b\\c\u{1}d/é".to_owned(),
+            host: Some("h\"ost".to_owned()),
+            client: "[2001:db8::1]:4242".parse().unwrap(),
+            tls: true,
+            version: Version::HTTP_2,
+            farm: Some("ns/farm".to_owned()),
+            endpoint: None,
+            status: 0,
+            error: None,
+            end_wall: None,
+        };
+        span.respond(StatusCode::BAD_GATEWAY, Some("upstream-reset"));
+        let mut out = String::new();
+        span.write_otlp(&mut out);
+        let v: serde_json::Value = serde_json::from_str(&out).expect(&out);
+        let attr = |k: &str| {
+            v["attributes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|a| a["key"] == k)
+                .map(|a| a["value"].clone())
+                .unwrap()
+        };
+        assert_eq!(attr("url.path")["stringValue"], "/a\"b\\c\u{1}d/é");
+        assert_eq!(attr("server.address")["stringValue"], "h\"ost");
+        assert_eq!(attr("client.address")["stringValue"], "2001:db8::1");
+        assert_eq!(attr("client.port")["intValue"], "4242");
+        assert_eq!(attr("http.response.status_code")["intValue"], "502");
+        assert_eq!(attr("network.protocol.version")["stringValue"], "2");
+        assert_eq!(v["parentSpanId"], "0707070707070707");
+        assert_eq!(v["name"], "PURGE");
+        assert_eq!(v["status"]["code"], 2);
+        assert_eq!(v["status"]["message"], "upstream-reset");
+        assert_eq!(v["traceId"], hex(&trace_id));
     }
 
     #[test]
