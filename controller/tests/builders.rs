@@ -370,16 +370,18 @@ fn members_listen_on_both_address_families_and_may_bind_low_ports() {
     );
 }
 
+/// The member container's arguments for `a`.
+fn args(a: &GatewayArray) -> Vec<String> {
+    let (d, _) = build(a, &[], &BTreeMap::new());
+    d.deployment.spec.template.spec.unwrap().containers[0]
+        .args
+        .clone()
+        .unwrap()
+}
+
 /// Issue 12, section 5: the access log is a setting, reachable from the GatewayArray.
 #[test]
 fn members_drop_the_access_log_when_the_array_says_so() {
-    let args = |a: &GatewayArray| {
-        let (d, _) = build(a, &[], &BTreeMap::new());
-        d.deployment.spec.template.spec.unwrap().containers[0]
-            .args
-            .clone()
-            .unwrap()
-    };
     let on = args(&array(MINIMAL_ARRAY));
     assert!(!on.iter().any(|a| a == "--access-log"), "{on:?}");
     let off = args(&array(&format!("{MINIMAL_ARRAY}  accessLog: false\n")));
@@ -392,13 +394,6 @@ fn members_drop_the_access_log_when_the_array_says_so() {
 /// Issue 15: tracing is a setting of the array; members get the collector and the ratio.
 #[test]
 fn members_export_spans_where_the_array_says() {
-    let args = |a: &GatewayArray| {
-        let (d, _) = build(a, &[], &BTreeMap::new());
-        d.deployment.spec.template.spec.unwrap().containers[0]
-            .args
-            .clone()
-            .unwrap()
-    };
     let off = args(&array(MINIMAL_ARRAY));
     assert!(!off.iter().any(|a| a.starts_with("--otlp")), "{off:?}");
     let on = args(&array(&format!(
