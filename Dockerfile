@@ -31,6 +31,8 @@ FROM chef AS builder
 # Dependencies only: cached across source edits. The same packages as the build below,
 # so Cargo resolves the same features and reuses every dependency built here.
 COPY --from=planner /src/recipe.json recipe.json
+# Build-time settings of dependencies (jemalloc's decay times) before they are built.
+COPY .cargo .cargo
 RUN cargo chef cook --release --locked -p portcullis-controller -p portcullis-dataplane \
     --recipe-path recipe.json
 # The workspace itself.

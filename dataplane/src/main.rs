@@ -6,6 +6,13 @@ use std::process::ExitCode;
 
 use clap::{ArgGroup, Parser, ValueEnum};
 
+/// jemalloc with its background thread, not glibc's malloc: memory a burst of
+/// connections took goes back to the system about a second after they close, even when
+/// the member is idle (glibc kept all of it: issue 12, section 5). The decay times are
+/// set at build time (`.cargo/config.toml`).
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// The Portcullis dataplane: a reverse proxy that pools upstream connections by
 /// endpoint identity.
 #[derive(Parser, Debug)]
