@@ -503,8 +503,13 @@ pub struct LimitsConfig {
     pub trusted_proxies: Vec<IpRange>,
 }
 
-/// Default of [`LimitsConfig::max_connections_per_client`].
-pub const DEFAULT_MAX_CONNECTIONS_PER_CLIENT: u32 = 1000;
+/// Default of [`LimitsConfig::max_connections`].
+pub const DEFAULT_MAX_CONNECTIONS: u32 = 20_000;
+
+/// Default of [`LimitsConfig::max_connections_per_client`]: no cap of its own, only the
+/// member's `max_connections`. A per-address cap on by default refuses whole clusters'
+/// traffic when a load balancer SNATs clients to a few node addresses.
+pub const DEFAULT_MAX_CONNECTIONS_PER_CLIENT: u32 = u32::MAX;
 
 fn default_max_connections_per_client() -> u32 {
     DEFAULT_MAX_CONNECTIONS_PER_CLIENT

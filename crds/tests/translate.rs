@@ -872,6 +872,14 @@ fn trusted_proxies_are_ranges_and_a_bad_one_names_its_index() {
         ["10.0.0.0/8".parse::<IpRange>().unwrap()]
     );
     assert_eq!(t.config.limits.max_connections_per_client, 7);
+    // Unset, one address has no cap of its own: members behind a load balancer that
+    // SNATs see every client as a handful of node addresses.
+    let t = ok(translate(
+        &array("listeners:\n- name: http\n  port: 8080\n  protocol: HTTP\n"),
+        &[],
+        &Resolutions::default(),
+    ));
+    assert_eq!(t.config.limits.max_connections_per_client, u32::MAX);
 }
 
 /// Issue 12, finding 3: only allowed upgrades are tunnelled, never h2c.

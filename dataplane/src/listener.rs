@@ -73,7 +73,7 @@ async fn accept_loop(
         let client = SocketAddr::new(client.ip().to_canonical(), client.port());
         let (max, per_client) = shared.snapshot.load().as_ref().map_or(
             (
-                20_000,
+                portcullis_crds::config::DEFAULT_MAX_CONNECTIONS as usize,
                 portcullis_crds::config::DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
             ),
             |s| {

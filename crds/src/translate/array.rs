@@ -203,7 +203,7 @@ fn session(
 fn limits(spec: &GatewayArraySpec, err: &mut impl FnMut(String, String)) -> LimitsConfig {
     let limits = spec.limits.clone().unwrap_or_default();
     let mut limits = LimitsConfig {
-        max_connections: limits.max_connections.unwrap_or(20_000),
+        max_connections: limits.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
         max_header_bytes: limits.max_header_bytes.unwrap_or(32 * 1024),
         max_headers: limits.max_headers.unwrap_or(100),
         header_read_timeout: limits

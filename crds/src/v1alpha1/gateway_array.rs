@@ -296,7 +296,9 @@ pub struct ClientLimits {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_idle_timeout: Option<Duration>,
     /// Concurrent connections one client address may hold per member; more are refused
-    /// (and counted). Defaults to 1000.
+    /// (and counted). Unset, there is no cap per address (only `maxConnections`): set it
+    /// when members see real client addresses, not when a load balancer SNATs them to a
+    /// few node addresses (`externalTrafficPolicy: Cluster` without PROXY protocol).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub max_connections_per_client: Option<u32>,
