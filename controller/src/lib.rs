@@ -2,7 +2,8 @@
 //! config, a keyring and the member workload, and reports status.
 //!
 //! Each reconcile is a pipeline: fetch → validate → build (pure, [`builders`]) → apply
-//! (server-side apply) → status. Only the two ends touch the API.
+//! (server-side apply) → status, one module each under [`reconcile`]. Fetch, apply and
+//! status talk to the API; validate and build are pure.
 
 mod admin;
 pub mod builders;

@@ -112,7 +112,7 @@ struct Args {
     #[arg(
         long,
         value_name = "URL",
-        env = "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        env = "PORTCULLIS_OTLP_ENDPOINT",
         value_parser = portcullis_dataplane::trace::parse_endpoint
     )]
     otlp_endpoint: Option<http::Uri>,
@@ -122,7 +122,7 @@ struct Args {
         long,
         value_name = "RATIO",
         default_value = "1",
-        env = "OTEL_TRACES_SAMPLER_ARG",
+        env = "PORTCULLIS_TRACE_SAMPLE_RATIO",
         value_parser = parse_ratio
     )]
     trace_sample_ratio: f64,
@@ -131,7 +131,7 @@ struct Args {
         long,
         value_name = "NAME",
         default_value = "portcullis",
-        env = "OTEL_SERVICE_NAME"
+        env = "PORTCULLIS_TRACE_SERVICE_NAME"
     )]
     trace_service_name: String,
 }

@@ -261,32 +261,31 @@ pub(crate) async fn handle(
     let method = req.method().clone();
     let uri = req.uri().clone();
     let mut req = req;
-    let mut span = shared
-        .tracer
-        .as_ref()
-        .and_then(|t| t.on_request(&mut req, conn.client, conn.tls));
-    let mut resp = serve(&shared, conn, req, start, span.as_mut()).await;
+    // The span's guard exists before the request is served: a request abandoned while
+    // it waits (the client went away) still ends its span, as incomplete.
+    let mut finisher = shared.tracer.as_ref().and_then(|t| {
+        t.on_request(&mut req, conn.client, conn.tls)
+            .map(|span| Finisher {
+                tracer: t.clone(),
+                span: Some(span),
+                complete: false,
+            })
+    });
+    let span = finisher.as_mut().and_then(|f| f.span.as_mut());
+    let mut resp = serve(&shared, conn, req, start, span).await;
     if shared.draining.load(Ordering::Relaxed) {
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
-    if let (Some(mut span), Some(tracer)) = (span, shared.tracer.clone()) {
-        let error = resp
-            .headers()
-            .get("x-portcullis-error")
-            .and_then(|v| v.to_str().ok());
-        span.respond(resp.status(), error);
-        resp = resp.map(|inner| {
-            Traced {
-                inner,
-                finisher: Finisher {
-                    tracer,
-                    span: Some(span),
-                    complete: false,
-                },
-            }
-            .boxed_unsync()
-        });
+    if let Some(mut finisher) = finisher {
+        if let Some(span) = finisher.span.as_mut() {
+            let error = resp
+                .headers()
+                .get("x-portcullis-error")
+                .and_then(|v| v.to_str().ok());
+            span.respond(resp.status(), error);
+        }
+        resp = resp.map(|inner| Traced { inner, finisher }.boxed_unsync());
     }
     if let Some(reason) = resp.headers().get("x-portcullis-error") {
         tracing::info!(
@@ -441,6 +440,11 @@ async fn serve(
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     }
     let h2_upstream = farm.cfg.upstream.protocol == UpstreamProtocol::Http2;
+    if trailers && !h2_upstream {
+        // RFC 9110 section 10.1.4: TE is listed in Connection by whoever sends it.
+        let connection = if upgrade { "upgrade, te" } else { "te" };
+        headers.insert(header::CONNECTION, HeaderValue::from_static(connection));
+    }
     let pq = req
         .uri()
         .path_and_query()
@@ -458,7 +462,13 @@ async fn serve(
             .unwrap_or("localhost")
             .to_owned();
         req.headers_mut().remove(header::HOST);
-        Uri::try_from(format!("{scheme}://{auth}{pq}")).unwrap_or_default()
+        // From parts, not a formatted string: `OPTIONS *` would make `host*` an authority.
+        Uri::builder()
+            .scheme(scheme)
+            .authority(auth)
+            .path_and_query(pq)
+            .build()
+            .unwrap_or_default()
     } else {
         Uri::try_from(pq).unwrap_or_default()
     };
@@ -728,21 +738,25 @@ fn max_forwards<B>(req: &mut Request<B>) -> Option<Response<RespBody>> {
     if !matches!(*req.method(), http::Method::OPTIONS | http::Method::TRACE) {
         return None;
     }
-    let value = req.headers().get(header::MAX_FORWARDS)?;
-    // An unparsable value is left for the next hop to judge.
-    let n: u32 = value.to_str().ok()?.trim().parse().ok()?;
+    let value = req.headers().get(header::MAX_FORWARDS)?.as_bytes();
+    // `1*DIGIT` only; an unparsable value is left for the next hop to judge.
+    if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let n = value.iter().fold(0u64, |n, d| {
+        n.saturating_mul(10).saturating_add(u64::from(d - b'0'))
+    });
     if n > 0 {
         req.headers_mut()
             .insert(header::MAX_FORWARDS, HeaderValue::from(n - 1));
         return None;
     }
     let mut r = Response::new(full(""));
-    if req.method() == http::Method::OPTIONS {
-        r.headers_mut().insert(
-            header::ALLOW,
-            HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS"),
-        );
-    } else {
+    r.headers_mut().insert(
+        header::ALLOW,
+        HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS"),
+    );
+    if req.method() == http::Method::TRACE {
         *r.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
         r.headers_mut().insert(
             "x-portcullis-error",

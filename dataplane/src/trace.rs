@@ -310,7 +310,10 @@ impl Span {
                 _ => "1.1",
             },
         );
-        attrs.int("http.response.status_code", u64::from(self.status));
+        // 0: abandoned before any answer.
+        if self.status != 0 {
+            attrs.int("http.response.status_code", u64::from(self.status));
+        }
         if let Some(h) = &self.host {
             attrs.string("server.address", h);
         }
@@ -325,7 +328,7 @@ impl Span {
         }
         out.push_str("],\"status\":{");
         // Semantic conventions for a server span: 5xx is an error, 4xx is not.
-        if self.status >= 500 || self.error.is_some() {
+        if self.status >= 500 || (self.error.is_some() && !(400..500).contains(&self.status)) {
             out.push_str("\"code\":2,\"message\":");
             json_str(self.error.as_deref().unwrap_or(""), out);
         }
@@ -391,10 +394,10 @@ impl Tracer {
             Some(p) => (p.trace_id, Some(p.span_id), true),
             None => {
                 // An unparsable traceparent restarts the trace, and its tracestate
-                // goes with it (Trace Context section 3.3).
-                if headers.remove("traceparent").is_some() {
-                    headers.remove("tracestate");
-                }
+                // goes with it (Trace Context section 3.3); so does a tracestate that
+                // came without one.
+                headers.remove("traceparent");
+                headers.remove("tracestate");
                 let sampled =
                     self.ratio >= 1.0 || (self.ratio > 0.0 && rand::random::<f64>() < self.ratio);
                 (trace_id, None, sampled)
@@ -550,7 +553,12 @@ async fn post(
         .clone();
     if conn.as_ref().is_none_or(|c| c.is_closed()) {
         let port = authority.port_u16().unwrap_or(80);
-        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((authority.host(), port))
+        // An IPv6 literal comes bracketed in the authority; resolving wants it bare.
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
             .await
             .map_err(|e| format!("resolving {authority}: {e}"))?
             .collect();

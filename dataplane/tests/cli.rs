@@ -16,8 +16,8 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
         "PORTCULLIS_CERTS",
         "PORTCULLIS_ARRAY",
         "PORTCULLIS_ADMIN",
-        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
-        "OTEL_TRACES_SAMPLER_ARG",
+        "PORTCULLIS_OTLP_ENDPOINT",
+        "PORTCULLIS_TRACE_SAMPLE_RATIO",
     ] {
         cmd.env_remove(var);
     }
@@ -90,7 +90,7 @@ fn missing_paths_exit_64_naming_the_flag() {
 }
 
 /// Issue 15: a tracing flag that cannot work exits 64 with a message, before anything
-/// starts; so does its standard OpenTelemetry environment variable.
+/// starts; so does its environment variable.
 #[test]
 fn bad_tracing_flags_exit_64() {
     let dir = std::env::temp_dir().join(format!("portcullis-cli-otel-{}", std::process::id()));
@@ -119,12 +119,12 @@ fn bad_tracing_flags_exit_64() {
         ),
         (
             vec![],
-            vec![("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "ftp://c")],
+            vec![("PORTCULLIS_OTLP_ENDPOINT", "ftp://c")],
             "--otlp-endpoint",
         ),
         (
             vec![],
-            vec![("OTEL_TRACES_SAMPLER_ARG", "-0.5")],
+            vec![("PORTCULLIS_TRACE_SAMPLE_RATIO", "-0.5")],
             "not a ratio",
         ),
     ];

@@ -219,6 +219,8 @@ async fn trailers_pass_when_the_client_takes_them() {
     );
     let head = heads.lock()[0].to_ascii_lowercase();
     assert!(head.contains("\r\nte: trailers\r\n"), "{head}");
+    // RFC 9110 section 10.1.4: whoever sends TE lists it in Connection.
+    assert!(head.contains("\r\nconnection: te\r\n"), "{head}");
 
     // A client that did not say it takes trailers gets none (RFC 9110 section 6.5.1),
     // and the backend is not told it may send them.
@@ -284,6 +286,7 @@ async fn max_forwards_zero_stops_at_the_proxy() {
     )
     .await;
     assert_eq!(status_of(&resp), "405", "{resp}");
+    assert!(resp.to_ascii_lowercase().contains("\r\nallow: "), "{resp}");
     assert!(b.seen().is_empty(), "nothing is forwarded");
 
     let resp = raw(
@@ -300,5 +303,42 @@ async fn max_forwards_zero_stops_at_the_proxy() {
     .await;
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
     assert_eq!(b.seen()[1].headers["max-forwards"], "0");
+    // Not `1*DIGIT`: the next hop judges it, untouched.
+    let resp = raw(
+        proxy.addr,
+        b"OPTIONS /x HTTP/1.1\r\nHost: b.test\r\nMax-Forwards: +3\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    assert_eq!(b.seen()[2].headers["max-forwards"], "+3");
+    proxy.shutdown().await;
+}
+
+/// `OPTIONS *` to an HTTP/2 backend keeps its authority: the asterisk is the path.
+#[tokio::test]
+async fn options_asterisk_reaches_an_http2_backend_intact() {
+    let b = Backend::start("b").await;
+    let proxy = Proxy::start(
+        "options-star-h2",
+        &[farm_yaml(
+            "b",
+            &["b.test"],
+            &["/"],
+            &[addr_server(b.addr)],
+            "  upstream: {protocol: HTTP2}\n",
+        )],
+    )
+    .await;
+    let resp = raw(
+        proxy.addr,
+        b"OPTIONS * HTTP/1.1\r\nHost: b.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    let seen = b.seen();
+    assert_eq!(
+        (seen[0].method.as_str(), seen[0].path.as_str()),
+        ("OPTIONS", "*")
+    );
     proxy.shutdown().await;
 }

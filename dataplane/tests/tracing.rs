@@ -208,11 +208,23 @@ async fn a_sampled_request_is_one_span_and_the_backend_is_its_child() {
     );
 
     // 2. No traceparent: a new sampled trace starts here.
-    client.get("app.test", "/new").await.unwrap();
+    // A tracestate that came without a traceparent belongs to no trace of ours.
+    client
+        .get_with("app.test", "/new", &[("tracestate", "vendor=orphan")])
+        .await
+        .unwrap();
     let root = last_traceparent(&backend).expect("a new trace is propagated");
     assert!(
         root.ends_with("-01") && !root.contains(CALLER_TRACE),
         "{root}"
+    );
+    assert!(
+        !backend
+            .seen()
+            .last()
+            .unwrap()
+            .headers
+            .contains_key("tracestate")
     );
 
     // 3. An unsampled caller's trace is passed on untouched and not recorded.
@@ -372,6 +384,7 @@ async fn proxy_errors_are_error_spans() {
     let unrouted = by_path("/y");
     assert_eq!(attr(&unrouted, "http.response.status_code").unwrap(), "404");
     assert!(attr(&unrouted, "portcullis.farm").is_none());
+    assert!(unrouted["status"].get("code").is_none(), "{unrouted}");
     handle.shutdown().await;
 }
 
@@ -458,4 +471,41 @@ async fn without_a_collector_traceparent_passes_untouched() {
     let m = metrics(proxy.admin_addr()).await;
     assert!(!m.contains("portcullis_trace_spans_total{"), "{m}");
     proxy.shutdown().await;
+}
+
+/// A request the client abandons while the backend is still working ends its span
+/// anyway, as incomplete: the backend's own spans keep a parent that exists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_abandoned_request_still_ends_its_span() {
+    let (collector_addr, received) = collector().await;
+    let backend = Backend::start("app").await;
+    let (handle, addr, _dir) = traced_proxy(
+        "trace-abandoned",
+        &format!("http://{collector_addr}"),
+        1.0,
+        &[plain_farm(&backend)],
+    )
+    .await;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(
+        &mut s,
+        b"GET /slow/3000 HTTP/1.1\r\nHost: app.test\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    wait_until(Duration::from_secs(5), || !backend.seen().is_empty()).await;
+    drop(s);
+    let spans = received.wait_for(1).await;
+    let span = &spans[0].1;
+    check_span(span);
+    assert_eq!(attr(span, "url.path").unwrap(), "/slow/3000");
+    assert_eq!(attr(span, "error.type").unwrap(), "response-incomplete");
+    assert!(attr(span, "http.response.status_code").is_none(), "{span}");
+    assert_eq!(span["status"]["code"], 2, "{span}");
+    let sent = last_traceparent(&backend).unwrap();
+    assert!(
+        sent.contains(span["spanId"].as_str().unwrap()),
+        "{sent} {span}"
+    );
+    handle.shutdown().await;
 }
