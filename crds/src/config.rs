@@ -503,6 +503,41 @@ pub struct LimitsConfig {
     pub trusted_proxies: Vec<IpRange>,
 }
 
+// Defaults that translation fills in for unset CRD fields, in one place. Each is quoted
+// by its field's doc comment; `crds/tests/defaults.rs` fails when a doc quotes another
+// value.
+
+/// GatewayArray `spec.drainTimeout`.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// GatewayArray `spec.maxSessionTime`.
+pub const DEFAULT_MAX_SESSION_TIME: Duration = Duration::from_secs(24 * 3600);
+/// GatewayArray `spec.sessionKeys.rotationInterval`.
+pub const DEFAULT_ROTATION_INTERVAL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// GatewayArray `spec.limits.maxHeaderBytes`.
+pub const DEFAULT_MAX_HEADER_BYTES: u32 = 32 * 1024;
+/// GatewayArray `spec.limits.maxHeaders`.
+pub const DEFAULT_MAX_HEADERS: u32 = 100;
+/// GatewayArray `spec.limits.headerReadTimeout`.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// GatewayArray `spec.limits.clientIdleTimeout`.
+pub const DEFAULT_CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// ServerFarm `spec.affinity.idleTimeout`.
+pub const DEFAULT_AFFINITY_IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// ServerFarm `spec.upstream.keepAlive.maxIdle`.
+pub const DEFAULT_KEEPALIVE_MAX_IDLE: u32 = 32;
+/// ServerFarm `spec.upstream.keepAlive.idleTimeout`.
+pub const DEFAULT_KEEPALIVE_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// ServerFarm `spec.upstream.connectTimeout`.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// ServerFarm `spec.upstream.firstByteTimeout`.
+pub const DEFAULT_FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(60);
+/// ServerFarm `spec.upstream.idleTimeout`.
+pub const DEFAULT_UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// ServerFarm `spec.connectivityVerifier.interval`.
+pub const DEFAULT_VERIFIER_INTERVAL: Duration = Duration::from_secs(10);
+/// ServerFarm `spec.connectivityVerifier.timeout`.
+pub const DEFAULT_VERIFIER_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Default of [`LimitsConfig::max_connections`].
 pub const DEFAULT_MAX_CONNECTIONS: u32 = 20_000;
 

@@ -11,7 +11,11 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use portcullis_crds::config::{ListenerConfig, ListenerProtocol};
+use portcullis_crds::config::{
+    DEFAULT_CLIENT_IDLE_TIMEOUT, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_CONNECTIONS_PER_CLIENT, DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_HEADERS,
+    ListenerConfig, ListenerProtocol,
+};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -73,8 +77,8 @@ async fn accept_loop(
         let client = SocketAddr::new(client.ip().to_canonical(), client.port());
         let (max, per_client) = shared.snapshot.load().as_ref().map_or(
             (
-                portcullis_crds::config::DEFAULT_MAX_CONNECTIONS as usize,
-                portcullis_crds::config::DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
+                DEFAULT_MAX_CONNECTIONS as usize,
+                DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
             ),
             |s| {
                 (
@@ -151,10 +155,10 @@ async fn serve_connection(
         .map(|s| s.config.limits.clone());
     let (header_timeout, max_headers, max_header_bytes, idle_timeout) = limits.map_or(
         (
-            Duration::from_secs(10),
-            100,
-            32 * 1024,
-            Duration::from_secs(60),
+            DEFAULT_HEADER_READ_TIMEOUT.get(),
+            DEFAULT_MAX_HEADERS as usize,
+            DEFAULT_MAX_HEADER_BYTES as usize,
+            DEFAULT_CLIENT_IDLE_TIMEOUT.get(),
         ),
         |l| {
             (

@@ -24,7 +24,7 @@ pub(crate) fn affinity(
             .unwrap_or(max_session_time),
         idle_timeout: aff
             .and_then(|a| a.idle_timeout)
-            .unwrap_or(Duration::from_secs(30 * 60)),
+            .unwrap_or(DEFAULT_AFFINITY_IDLE_TIMEOUT),
         same_site: aff.map_or(SameSite::Lax, |a| a.same_site),
     };
     if http_token(&affinity.cookie_name).is_err() {

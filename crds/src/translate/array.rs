@@ -79,7 +79,7 @@ pub(crate) fn validate_array(array: &GatewayArray) -> Result<ArrayDefaults, Vec<
     Ok(ArrayDefaults {
         session,
         limits,
-        drain_timeout: spec.drain_timeout.unwrap_or(Duration::from_secs(30)),
+        drain_timeout: spec.drain_timeout.unwrap_or(DEFAULT_DRAIN_TIMEOUT),
     })
 }
 
@@ -161,9 +161,7 @@ fn session(
     array_name: &str,
     err: &mut impl FnMut(String, String),
 ) -> SessionConfig {
-    let max_session_time = spec
-        .max_session_time
-        .unwrap_or(Duration::from_secs(24 * 3600));
+    let max_session_time = spec.max_session_time.unwrap_or(DEFAULT_MAX_SESSION_TIME);
     if max_session_time.is_zero() {
         err(
             "spec.maxSessionTime".into(),
@@ -180,9 +178,7 @@ fn session(
             ),
         );
     }
-    let rotation_interval = keys
-        .rotation_interval
-        .unwrap_or(Duration::from_secs(7 * 24 * 3600));
+    let rotation_interval = keys.rotation_interval.unwrap_or(DEFAULT_ROTATION_INTERVAL);
     if rotation_interval < Duration::from_secs(60) {
         err(
             "spec.sessionKeys.rotationInterval".into(),
@@ -204,14 +200,14 @@ fn limits(spec: &GatewayArraySpec, err: &mut impl FnMut(String, String)) -> Limi
     let limits = spec.limits.clone().unwrap_or_default();
     let mut limits = LimitsConfig {
         max_connections: limits.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
-        max_header_bytes: limits.max_header_bytes.unwrap_or(32 * 1024),
-        max_headers: limits.max_headers.unwrap_or(100),
+        max_header_bytes: limits.max_header_bytes.unwrap_or(DEFAULT_MAX_HEADER_BYTES),
+        max_headers: limits.max_headers.unwrap_or(DEFAULT_MAX_HEADERS),
         header_read_timeout: limits
             .header_read_timeout
-            .unwrap_or(Duration::from_secs(10)),
+            .unwrap_or(DEFAULT_HEADER_READ_TIMEOUT),
         client_idle_timeout: limits
             .client_idle_timeout
-            .unwrap_or(Duration::from_secs(60)),
+            .unwrap_or(DEFAULT_CLIENT_IDLE_TIMEOUT),
         max_connections_per_client: limits
             .max_connections_per_client
             .unwrap_or(DEFAULT_MAX_CONNECTIONS_PER_CLIENT),

@@ -1,7 +1,6 @@
 //! Upstream policy: connection pool limits, timeouts, retries, and the protocol upgrades
 //! tunnelled to the servers.
 
-use crate::Duration;
 use crate::config::*;
 use crate::v1alpha1::{self, ServerFarmSpec, Upstream};
 
@@ -47,14 +46,16 @@ pub(crate) fn upstream_config(
     let upstream = UpstreamConfig {
         tls,
         protocol: up.protocol,
-        max_idle_per_endpoint: keep_alive.and_then(|k| k.max_idle).unwrap_or(32),
+        max_idle_per_endpoint: keep_alive
+            .and_then(|k| k.max_idle)
+            .unwrap_or(DEFAULT_KEEPALIVE_MAX_IDLE),
         max_connections_per_endpoint: keep_alive.and_then(|k| k.max_connections),
         pool_idle_timeout: keep_alive
             .and_then(|k| k.idle_timeout)
-            .unwrap_or(Duration::from_secs(60)),
-        connect_timeout: up.connect_timeout.unwrap_or(Duration::from_secs(3)),
-        first_byte_timeout: up.first_byte_timeout.unwrap_or(Duration::from_secs(60)),
-        idle_timeout: up.idle_timeout.unwrap_or(Duration::from_secs(60)),
+            .unwrap_or(DEFAULT_KEEPALIVE_IDLE_TIMEOUT),
+        connect_timeout: up.connect_timeout.unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+        first_byte_timeout: up.first_byte_timeout.unwrap_or(DEFAULT_FIRST_BYTE_TIMEOUT),
+        idle_timeout: up.idle_timeout.unwrap_or(DEFAULT_UPSTREAM_IDLE_TIMEOUT),
         retries: up.retries.as_ref().map_or(1, |r| r.attempts),
     };
     if upstream.retries > 3 {
@@ -104,6 +105,7 @@ pub(crate) fn allowed_upgrades(list: Option<&[String]>, errs: &mut FarmErrors<'_
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Duration;
     use crate::translate::testing::{farm, fields, problems};
 
     #[test]

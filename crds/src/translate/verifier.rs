@@ -86,8 +86,8 @@ fn check_probe(v: &ConnectivityVerifier, errs: &mut FarmErrors<'_>) {
 /// The probe interval and timeout, with their defaults: the timeout within the
 /// interval, the interval at least 100ms, thresholds at least 1.
 fn timing(v: &ConnectivityVerifier, errs: &mut FarmErrors<'_>) -> (Duration, Duration) {
-    let interval = v.interval.unwrap_or(Duration::from_secs(10));
-    let timeout = v.timeout.unwrap_or(Duration::from_secs(2));
+    let interval = v.interval.unwrap_or(DEFAULT_VERIFIER_INTERVAL);
+    let timeout = v.timeout.unwrap_or(DEFAULT_VERIFIER_TIMEOUT);
     if timeout > interval {
         errs.push(
             "spec.connectivityVerifier.timeout",
