@@ -7,6 +7,7 @@
 
 mod admin;
 pub mod builders;
+pub mod ingress;
 pub mod keyring;
 pub mod leader;
 pub mod mapping;

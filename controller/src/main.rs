@@ -6,6 +6,7 @@ use clap::builder::BoolishValueParser;
 use clap::{ArgAction, Parser, ValueEnum};
 use portcullis_controller::reconcile::Settings;
 use portcullis_controller::{RunConfig, run};
+use portcullis_crds::ingress::{ArrayTarget, Migration};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum LogFormat {
@@ -53,6 +54,26 @@ struct Cli {
           action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true",
           value_parser = BoolishValueParser::new())]
     allow_private_targets: bool,
+    /// Serve networking.k8s.io/v1 Ingresses of Portcullis's IngressClasses (controller
+    /// portcullis.io/ingress-controller).
+    #[arg(long, env = "PORTCULLIS_SERVE_INGRESS", default_value_t = true,
+          action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true",
+          value_parser = BoolishValueParser::new())]
+    serve_ingress: bool,
+    /// Migration from ingress-nginx: also serve Ingresses of these classes
+    /// (comma-separated; by ingressClassName or kubernetes.io/ingress.class) on the array
+    /// given by --nginx-migration-array.
+    #[arg(
+        long,
+        env = "PORTCULLIS_NGINX_MIGRATION_CLASSES",
+        value_delimiter = ',',
+        default_value = "nginx"
+    )]
+    nginx_migration_classes: Vec<String>,
+    /// The GatewayArray (`namespace/name`) that publishes the ingress-nginx classes'
+    /// Ingresses. Unset: those Ingresses are left to ingress-nginx.
+    #[arg(long, env = "PORTCULLIS_NGINX_MIGRATION_ARRAY", value_parser = parse_array)]
+    nginx_migration_array: Option<ArrayTarget>,
     /// Log format.
     #[arg(
         long,
@@ -61,6 +82,24 @@ struct Cli {
         default_value = "json"
     )]
     log_format: LogFormat,
+}
+
+/// `namespace/name` of a GatewayArray.
+fn parse_array(s: &str) -> Result<ArrayTarget, String> {
+    match s.split_once('/') {
+        Some((ns, name))
+            if portcullis_crds::translate::is_namespace(ns)
+                && portcullis_crds::translate::is_dns_label(name) =>
+        {
+            Ok(ArrayTarget {
+                namespace: ns.to_owned(),
+                name: name.to_owned(),
+            })
+        }
+        _ => Err(format!(
+            "{s:?} is not namespace/name of a GatewayArray (e.g. edge/public)"
+        )),
+    }
 }
 
 /// Exit code for bad flags (EX_USAGE).
@@ -113,10 +152,16 @@ async fn main() -> anyhow::Result<()> {
             dataplane_image: cli.dataplane_image,
             watch_secrets: cli.watch_secrets,
             allow_private_targets: cli.allow_private_targets,
+            watch_namespace: cli.watch_namespace.clone(),
         },
         watch_namespace: cli.watch_namespace,
         leader_election,
         identity,
+        serve_ingress: cli.serve_ingress,
+        migration: Migration {
+            classes: cli.nginx_migration_classes,
+            array: cli.nginx_migration_array,
+        },
     })
     .await;
     if let Err(e) = result {

@@ -8,6 +8,7 @@ use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::ResourceExt;
 use kube::runtime::reflector::ObjectRef;
+use portcullis_crds::translate;
 use portcullis_crds::v1alpha1::{GatewayArray, ServerFarm};
 
 use crate::builders::names;
@@ -27,7 +28,7 @@ fn dedup(refs: impl IntoIterator<Item = (String, String)>) -> Vec<ObjectRef<Gate
 
 /// The array a farm names.
 pub fn arrays_for_farm(farm: &ServerFarm) -> Vec<ObjectRef<GatewayArray>> {
-    match farm.namespace() {
+    match translate::array_namespace(farm) {
         Some(ns) => vec![array_ref(&ns, &farm.spec.array_ref.name)],
         None => Vec::new(),
     }
@@ -37,20 +38,18 @@ pub fn arrays_for_farm(farm: &ServerFarm) -> Vec<ObjectRef<GatewayArray>> {
 /// array also reconciles the array it left (which otherwise keeps publishing it until its
 /// next periodic pass). Memory is enough: after a restart every array is reconciled.
 #[derive(Debug, Default)]
-pub struct FarmPlacements(parking_lot::Mutex<HashMap<(String, String), String>>);
+pub struct FarmPlacements(parking_lot::Mutex<HashMap<(String, String), (String, String)>>);
 
 impl FarmPlacements {
     /// The array `farm` names now, and the one it named before when that differs.
     pub fn arrays_for_farm(&self, farm: &ServerFarm) -> Vec<ObjectRef<GatewayArray>> {
-        let Some(ns) = farm.namespace() else {
+        let (Some(ns), Some(array_ns)) = (farm.namespace(), translate::array_namespace(farm))
+        else {
             return Vec::new();
         };
-        let now = farm.spec.array_ref.name.clone();
-        let before = self
-            .0
-            .lock()
-            .insert((ns.clone(), farm.name_any()), now.clone());
-        dedup(std::iter::once((ns.clone(), now)).chain(before.map(|b| (ns.clone(), b))))
+        let now = (array_ns, farm.spec.array_ref.name.clone());
+        let before = self.0.lock().insert((ns, farm.name_any()), now.clone());
+        dedup(std::iter::once(now).chain(before))
     }
 }
 
@@ -60,10 +59,9 @@ pub fn farms_for_array(
     array: &GatewayArray,
     farms: &[Arc<ServerFarm>],
 ) -> Vec<ObjectRef<ServerFarm>> {
-    let ns = array.namespace();
     farms
         .iter()
-        .filter(|f| f.namespace() == ns && f.spec.array_ref.name == array.name_any())
+        .filter(|f| translate::farm_targets_array(f, array))
         .map(|f| ObjectRef::from(f.as_ref()))
         .collect()
 }
@@ -84,7 +82,12 @@ pub fn arrays_for_service_name(
                     .iter()
                     .any(|s| s.service.as_ref().is_some_and(|r| r.name == service))
             })
-            .map(|f| (namespace.to_owned(), f.spec.array_ref.name.clone())),
+            .filter_map(|f| {
+                Some((
+                    translate::array_namespace(f)?,
+                    f.spec.array_ref.name.clone(),
+                ))
+            }),
     )
 }
 
@@ -180,7 +183,12 @@ pub fn arrays_for_secret(
         .iter()
         .filter(|f| f.namespace().as_deref() == Some(&ns))
         .filter(|f| farm_secrets(f).contains(&name))
-        .map(|f| (ns.clone(), f.spec.array_ref.name.clone()));
+        .filter_map(|f| {
+            Some((
+                translate::array_namespace(f)?,
+                f.spec.array_ref.name.clone(),
+            ))
+        });
     dedup(from_arrays.chain(from_farms))
 }
 

@@ -10,15 +10,18 @@ use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector;
 use kube::runtime::watcher;
 use kube::runtime::{Controller, WatchStreamExt};
 use kube::{Api, Client, ResourceExt};
+use portcullis_crds::ingress::{INGRESS_LABEL, Migration};
 use portcullis_crds::v1alpha1::{GatewayArray, ServerFarm};
 
 use crate::admin::{self, Admin};
 use crate::builders::FIELD_MANAGER;
+use crate::ingress::{IngressContext, ingress_error_policy, reconcile_ingress};
 use crate::leader::{self, ElectionConfig, ElectionError, Leadership};
 use crate::mapping;
 use crate::members::HttpMemberStatus;
@@ -38,6 +41,10 @@ pub struct RunConfig {
     pub leader_election: Option<(String, String)>,
     /// This replica's identity (pod name).
     pub identity: String,
+    /// Whether Ingresses are served.
+    pub serve_ingress: bool,
+    /// Classes served besides Portcullis's own IngressClasses.
+    pub migration: Migration,
 }
 
 /// Why the controller stopped.
@@ -142,6 +149,20 @@ pub async fn run(config: RunConfig) -> Result<(), RunError> {
             }
             futures::future::ready(())
         });
+    let ingress_controller = if config.serve_ingress {
+        let ictx = Arc::new(IngressContext::new(ctx.clone(), config.migration.clone()));
+        ingress_controller(&client, ns, shutdown.clone())
+            .run(reconcile_ingress, ingress_error_policy, ictx)
+            .for_each(|result| {
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "ingress controller event");
+                }
+                futures::future::ready(())
+            })
+            .boxed()
+    } else {
+        futures::future::ready(()).boxed()
+    };
     let array_controller = controller
         .graceful_shutdown_on(shutdown)
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
@@ -151,7 +172,7 @@ pub async fn run(config: RunConfig) -> Result<(), RunError> {
             }
             futures::future::ready(())
         });
-    futures::future::join(array_controller, farm_controller).await;
+    futures::future::join3(array_controller, farm_controller, ingress_controller).await;
     stop(leadership, lost.load(Ordering::Relaxed)).await
 }
 
@@ -268,6 +289,33 @@ fn farm_controller(
             api::<GatewayArray>(client, ns),
             watcher::Config::default(),
             move |array| mapping::farms_for_array(&array, &fs.state()),
+        )
+        .graceful_shutdown_on(shutdown)
+}
+
+/// The Ingress controller: Ingresses, the farms they generated, and IngressClasses
+/// (a class change can move every Ingress of the class).
+fn ingress_controller(
+    client: &Client,
+    ns: Option<&str>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) -> Controller<Ingress> {
+    let controller = Controller::new(api::<Ingress>(client, ns), watcher::Config::default()).owns(
+        api::<ServerFarm>(client, ns),
+        watcher::Config::default().labels(INGRESS_LABEL),
+    );
+    let ingresses = controller.store();
+    controller
+        .watches(
+            Api::<IngressClass>::all(client.clone()),
+            watcher::Config::default(),
+            move |_class| {
+                ingresses
+                    .state()
+                    .iter()
+                    .map(|i| reflector::ObjectRef::from(i.as_ref()))
+                    .collect::<Vec<_>>()
+            },
         )
         .graceful_shutdown_on(shutdown)
 }

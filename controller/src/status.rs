@@ -299,7 +299,7 @@ pub fn orphan_farm_status(farm: &ServerFarm, now: Timestamp) -> ServerFarmStatus
     let c = farm_conditions(farm, now);
     let array = format!(
         "{}/{}",
-        farm.namespace().unwrap_or_default(),
+        portcullis_crds::translate::array_namespace(farm).unwrap_or_default(),
         farm.spec.array_ref.name
     );
     let refs = if portcullis_crds::translate::is_dns_label(&farm.spec.array_ref.name) {

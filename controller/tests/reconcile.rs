@@ -27,6 +27,8 @@ use serde_json::{Value, json};
 const NS: &str = "shop";
 const ARRAY: &str = "/apis/portcullis.io/v1alpha1/namespaces/shop/gatewayarrays/edge";
 const FARMS: &str = "/apis/portcullis.io/v1alpha1/namespaces/shop/serverfarms";
+/// Farms are listed across namespaces: a farm may name an array in another one.
+const ALL_FARMS: &str = "/apis/portcullis.io/v1alpha1/serverfarms";
 const SECRETS: &str = "/api/v1/namespaces/shop/secrets";
 const SLICES: &str = "/apis/discovery.k8s.io/v1/namespaces/shop/endpointslices";
 const PODS: &str = "/api/v1/namespaces/shop/pods";
@@ -221,6 +223,18 @@ fn labels_match(obj: &Value, selector: &str) -> bool {
     })
 }
 
+/// For a list of a namespaced resource across namespaces (`/apis/g/v/serverfarms`):
+/// the group prefix (`/apis/g/v/`) and the resource.
+fn cluster_wide_list(path: &str) -> Option<(String, String)> {
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match parts.as_slice() {
+        ["apis", group, version, resource] if *resource == "serverfarms" => {
+            Some((format!("/apis/{group}/{version}/"), (*resource).to_owned()))
+        }
+        _ => None,
+    }
+}
+
 fn json_response(code: u16, body: &Value) -> Response<Body> {
     Response::builder()
         .status(code)
@@ -277,15 +291,30 @@ impl Fake {
                 }
                 let prefix = format!("{path}/");
                 let selector = query_param(query, "labelSelector").unwrap_or_default();
+                // A list across namespaces (`/apis/g/v/serverfarms`) holds the objects
+                // of that resource in every namespace.
+                let cluster_wide = cluster_wide_list(path);
+                let in_collection = |k: &str| match &cluster_wide {
+                    Some((group_prefix, resource)) => k
+                        .strip_prefix(group_prefix.as_str())
+                        .and_then(|rest| rest.strip_prefix("namespaces/"))
+                        .and_then(|rest| rest.split_once('/'))
+                        .and_then(|(_, rest)| rest.strip_prefix(resource.as_str()))
+                        .and_then(|rest| rest.strip_prefix('/'))
+                        .is_some_and(|name| !name.contains('/')),
+                    None => k.starts_with(&prefix) && !k[prefix.len()..].contains('/'),
+                };
                 let items: Vec<Value> = self
                     .objects
                     .lock()
                     .iter()
-                    .filter(|(k, _)| k.starts_with(&prefix) && !k[prefix.len()..].contains('/'))
+                    .filter(|(k, _)| in_collection(k))
                     .filter(|(_, v)| labels_match(v, &selector))
                     .map(|(_, v)| v.clone())
                     .collect();
-                let is_collection = path.rsplit('/').nth(1) == Some(NS);
+                let is_collection = path.rsplit('/').nth(1) == Some(NS)
+                    || cluster_wide.is_some()
+                    || path.ends_with("/ingressclasses");
                 if is_collection {
                     json_response(
                         200,
@@ -452,6 +481,7 @@ fn default_settings() -> Settings {
         dataplane_image: "ghcr.io/portcullis-io/dataplane:test".into(),
         watch_secrets: false,
         allow_private_targets: false,
+        watch_namespace: None,
     }
 }
 
@@ -651,7 +681,7 @@ fn owner_checks() -> Vec<String> {
 fn fetches() -> Vec<String> {
     let mut out = vec![
         format!("GET {ARRAY}"),
-        format!("GET {FARMS}"),
+        format!("GET {ALL_FARMS}"),
         format!("GET {SECRETS}/edge-keys"),
     ];
     out.extend(owner_checks());
@@ -889,6 +919,7 @@ async fn invalid_farm_is_rejected_with_field_and_message_and_the_rest_keeps_work
     // With private targets allowed, the metadata farm is accepted.
     let w2 = world(Settings {
         allow_private_targets: true,
+        watch_namespace: None,
         ..default_settings()
     });
     w2.add_farm(
@@ -1150,7 +1181,7 @@ async fn missing_listener_secret_writes_nothing_and_says_why() {
     let (action, reqs) = w.reconcile().await;
     let mut want = vec![
         format!("GET {ARRAY}"),
-        format!("GET {FARMS}"),
+        format!("GET {ALL_FARMS}"),
         format!("GET {SECRETS}/default-cert"),
         format!("GET {SECRETS}/edge-keys"),
     ];
@@ -2092,4 +2123,96 @@ async fn objects_over_the_size_limit_are_not_sent_and_status_says_which_and_by_h
     // Sizes, never contents.
     assert_not_sent(&reqs, &key[..64]);
     assert_not_sent(&reqs, "AAAAAAAAAAAAAAAA");
+}
+
+const WEB_FARMS: &str = "/apis/portcullis.io/v1alpha1/namespaces/web/serverfarms";
+
+/// A farm in namespace `web` naming array `shop/edge`, controlled by an Ingress or not.
+fn web_farm(name: &str, by_ingress: bool) -> Value {
+    let mut farm = json!({
+        "apiVersion": "portcullis.io/v1alpha1", "kind": "ServerFarm",
+        "metadata": {"name": name, "namespace": "web", "generation": 1,
+                     "creationTimestamp": Timestamp::from_second(T0).unwrap().to_string()},
+        "spec": {"arrayRef": {"name": "edge", "namespace": NS},
+                 "publish": {"hosts": [format!("{name}.example.com")], "tls": {"secretName": "cert"}},
+                 "servers": [{"address": "10.5.0.1", "port": 80}]}
+    });
+    if by_ingress {
+        farm["metadata"]["ownerReferences"] = json!([{"apiVersion": "networking.k8s.io/v1",
+            "kind": "Ingress", "name": name, "uid": format!("uid-ing-{name}"), "controller": true}]);
+    }
+    farm
+}
+
+#[tokio::test]
+async fn farms_from_other_namespaces_are_published_only_for_ingresses_of_a_class_naming_the_array()
+{
+    let w = world(default_settings());
+    let mut array = w.fake.get(ARRAY).unwrap();
+    array["spec"]["listeners"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "https", "port": 8443, "protocol": "HTTPS", "tls": {"secretName": "default-cert"}}));
+    w.fake.put(ARRAY, array);
+    w.put_tls_secret("default-cert", "AAA");
+    // A Secret named like the farms' one, in the array's namespace: never the one used.
+    w.put_tls_secret("cert", "WRONG");
+    w.install().await;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let pem = b64.encode("-----BEGIN CERTIFICATE-----\nWEB\n-----END CERTIFICATE-----\n");
+    w.fake.put(
+        "/api/v1/namespaces/web/secrets/cert",
+        json!({"apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+               "metadata": {"name": "cert", "namespace": "web"},
+               "data": {"tls.crt": pem, "tls.key": b64.encode("k")}}),
+    );
+    w.fake
+        .put(&format!("{WEB_FARMS}/gen"), web_farm("gen", true));
+    w.fake
+        .put(&format!("{WEB_FARMS}/rogue"), web_farm("rogue", false));
+
+    // No IngressClass names the array yet: neither is published.
+    let (_, reqs) = w.reconcile().await;
+    for name in ["gen", "rogue"] {
+        let st = status_patch(&reqs, &format!("{WEB_FARMS}/{name}")).unwrap();
+        assert_eq!(condition(st, "Accepted")["status"], "False", "{name}");
+        assert!(
+            condition(st, "Accepted")["message"]
+                .as_str()
+                .unwrap()
+                .contains("publishes farms from other namespaces only for Ingresses of an IngressClass that names it"),
+            "{st}"
+        );
+    }
+    assert!(w.config()["farms"].get("web/gen").is_none());
+
+    w.fake.put(
+        "/apis/networking.k8s.io/v1/ingressclasses/portcullis",
+        json!({"apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
+               "metadata": {"name": "portcullis"},
+               "spec": {"controller": "portcullis.io/ingress-controller",
+                        "parameters": {"apiGroup": "portcullis.io", "kind": "GatewayArray",
+                                       "scope": "Namespace", "namespace": NS, "name": "edge"}}}),
+    );
+    let (_, reqs) = w.reconcile().await;
+    let st = status_patch(&reqs, &format!("{WEB_FARMS}/gen")).unwrap();
+    assert_eq!(condition(st, "Accepted")["status"], "True", "{st}");
+    // The rogue farm's status is unchanged (so not rewritten): still refused.
+    let rogue = w.fake.get(&format!("{WEB_FARMS}/rogue")).unwrap();
+    assert_eq!(condition(&rogue["status"], "Accepted")["status"], "False");
+    let config = w.config();
+    assert_eq!(keys_of(&config["farms"]), ["shop/web", "web/gen"]);
+    // The farm's Secret is read from the farm's namespace and travels under its own id.
+    assert!(summary(&reqs).contains(&"GET /api/v1/namespaces/web/secrets/cert".to_owned()));
+    let secret_patch = reqs
+        .iter()
+        .find(|r| r.method == "PATCH" && r.path == format!("{SECRETS}/edge-keys"))
+        .unwrap();
+    assert_eq!(secret_patch.body["data"]["web_cert.tls.crt"], json!(pem));
+    assert!(secret_patch.body["data"].get("cert.tls.crt").is_none());
+    let sni = &config["listeners"][1]["sni"];
+    assert_eq!(
+        sni,
+        &json!([{"host": "gen.example.com", "certificate": {"secret": "web_cert"}}])
+    );
 }

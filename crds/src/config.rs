@@ -118,7 +118,7 @@ pub struct RouteConfig {
 impl RouteConfig {
     /// Whether the host is a wildcard pattern.
     pub fn is_wildcard(&self) -> bool {
-        self.host.starts_with("*.")
+        self.host.starts_with('*')
     }
 
     /// Whether this route's host pattern covers `host` (lower case, no port, no final

@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod duration;
+pub mod ingress;
 pub mod keyring;
 pub mod translate;
 pub mod v1alpha1;

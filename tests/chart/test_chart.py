@@ -62,6 +62,12 @@ VALUE_SETS: dict[str, dict] = {
         },
     },
     "watch-secrets": {"secrets": {"watchClusterWide": True}},
+    "ingress-class": {
+        "ingress": {
+            "class": {"create": True, "name": "public", "default": True, "arrayNamespace": "edge", "arrayName": "web"},
+            "nginxMigration": {"enabled": True, "classes": ["nginx", "nginx-internal"], "array": "edge/web"},
+        }
+    },
     "crds-off": {"crds": {"install": False, "keep": True}},
     "crds-not-kept": {"crds": {"install": True, "keep": False}},
     "scheduling": {
@@ -378,7 +384,7 @@ EXPECTED_CONTROLLER_RULES = {
 
 def test_rbac_contract_is_what_the_controller_was_written_against() -> None:
     # A guard against the contract file being emptied or widened by accident.
-    assert len(EXPECTED_CONTROLLER_RULES) == 65
+    assert len(EXPECTED_CONTROLLER_RULES) == 76
     assert ("", "secrets", "list", ()) not in EXPECTED_CONTROLLER_RULES
     assert ("", "secrets", "watch", ()) not in EXPECTED_CONTROLLER_RULES
 
@@ -408,12 +414,20 @@ def test_watch_cluster_wide_grants_secret_list_watch_and_passes_the_flag(chart: 
     assert env_of(controller_container(docs))["PORTCULLIS_WATCH_SECRETS"] == "true"
 
 
+INGRESS_CLASS_RULES = {("networking.k8s.io", "ingressclasses", v, ()) for v in ("get", "list", "watch")}
+
+
 def test_watch_namespace_uses_a_role_in_that_namespace(chart: helm.Chart) -> None:
     docs = manifests(chart, VALUE_SETS["watch-namespace"])
-    assert find(docs, "ClusterRole") == [] and find(docs, "ClusterRoleBinding") == []
+    # IngressClasses are cluster-scoped: the only cluster-wide grant is reading them.
+    assert [r["metadata"]["name"] for r in find(docs, "ClusterRole")] == ["portcullis-ingressclasses"]
+    assert rules_of(one(docs, "ClusterRole")) == INGRESS_CLASS_RULES
+    assert one(docs, "ClusterRoleBinding")["roleRef"]["name"] == "portcullis-ingressclasses"
     role = one(docs, "Role", "portcullis")
     assert role["metadata"]["namespace"] == "team-a"
-    assert rules_of(role) == EXPECTED_CONTROLLER_RULES
+    assert rules_of(role) == EXPECTED_CONTROLLER_RULES - INGRESS_CLASS_RULES
+    no_ingress = manifests(chart, {"watchNamespace": "team-a", "ingress": {"enabled": False}})
+    assert find(no_ingress, "ClusterRole") == [] and find(no_ingress, "ClusterRoleBinding") == []
     binding = one(docs, "RoleBinding", "portcullis")
     assert binding["metadata"]["namespace"] == "team-a"
     assert binding["roleRef"]["kind"] == "Role"
@@ -423,8 +437,43 @@ def test_watch_namespace_uses_a_role_in_that_namespace(chart: helm.Chart) -> Non
     assert one(docs, "Role", "portcullis-leader-election")["metadata"]["namespace"] == NAMESPACE
 
 
+def test_ingress_class_and_migration_switch(chart: helm.Chart) -> None:
+    default = manifests(chart)
+    assert find(default, "IngressClass") == []
+    env = env_of(controller_container(default))
+    assert env["PORTCULLIS_SERVE_INGRESS"] == "true"
+    assert "PORTCULLIS_NGINX_MIGRATION_ARRAY" not in env
+    docs = manifests(chart, VALUE_SETS["ingress-class"])
+    cls = one(docs, "IngressClass", "public")
+    assert cls["metadata"]["annotations"] == {"ingressclass.kubernetes.io/is-default-class": "true"}
+    assert cls["spec"] == {
+        "controller": "portcullis.io/ingress-controller",
+        "parameters": {"apiGroup": "portcullis.io", "kind": "GatewayArray", "scope": "Namespace", "namespace": "edge", "name": "web"},
+    }
+    env = env_of(controller_container(docs))
+    assert env["PORTCULLIS_NGINX_MIGRATION_CLASSES"] == "nginx,nginx-internal"
+    assert env["PORTCULLIS_NGINX_MIGRATION_ARRAY"] == "edge/web"
+    # The array defaults to the release namespace.
+    plain = manifests(chart, {"ingress": {"class": {"create": True}}})
+    assert one(plain, "IngressClass", "portcullis")["spec"]["parameters"]["namespace"] == NAMESPACE
+
+
+@pytest.mark.parametrize(
+    "values, needle",
+    [
+        ({"ingress": {"nginxMigration": {"enabled": True}}}, "/ingress/nginxMigration/array"),
+        ({"ingress": {"nginxMigration": {"enabled": True, "array": "no-slash"}}}, "array"),
+        ({"ingress": {"class": {"arrayName": "Bad_Name"}}}, "arrayName"),
+    ],
+)
+def test_bad_ingress_values_are_refused(chart: helm.Chart, values: dict, needle: str) -> None:
+    with pytest.raises(helm.HelmValuesError) as err:
+        render(chart, values)
+    assert needle in str(err.value)
+
+
 def test_watch_namespace_with_secrets_scopes_secret_watch_to_that_namespace(chart: helm.Chart) -> None:
-    docs = manifests(chart, {"watchNamespace": "team-a", "secrets": {"watchClusterWide": True}})
+    docs = manifests(chart, {"watchNamespace": "team-a", "secrets": {"watchClusterWide": True, }, "ingress": {"enabled": False}})
     assert find(docs, "ClusterRole") == []
     assert allows(rules_of(one(docs, "Role", "portcullis")), "", "secrets", "watch")
 
@@ -488,7 +537,7 @@ def test_members_get_their_two_objects_and_nothing_else() -> None:
 @pytest.mark.parametrize("value_set", sorted(VALUE_SETS))
 def test_controller_holds_what_it_grants_members(chart: helm.Chart, value_set: str) -> None:
     docs = manifests(chart, VALUE_SETS[value_set])
-    role = (find(docs, "ClusterRole") or [one(docs, "Role", "portcullis")])[0]
+    role = (find(docs, "ClusterRole", "portcullis") or [one(docs, "Role", "portcullis")])[0]
     facts = rules_of(role)
     for path in MEMBER_ROLE_FIXTURES:
         for group, resource, verb, name in member_rules(path):

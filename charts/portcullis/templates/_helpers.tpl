@@ -90,6 +90,24 @@ the Role (only `watchNamespace`). Each rule says why the controller needs it.
 - apiGroups: ["portcullis.io"]
   resources: ["gatewayarrays", "serverfarms"]
   verbs: ["get", "list", "watch"]
+# The ServerFarms an Ingress becomes (owned by the Ingress).
+- apiGroups: ["portcullis.io"]
+  resources: ["serverfarms"]
+  verbs: ["create", "patch", "delete"]
+# Ingresses it serves, and their status.loadBalancer.
+- apiGroups: ["networking.k8s.io"]
+  resources: ["ingresses"]
+  verbs: ["get", "list", "watch"]
+- apiGroups: ["networking.k8s.io"]
+  resources: ["ingresses/status"]
+  verbs: ["patch", "update"]
+{{- if not .Values.watchNamespace }}
+# Which IngressClasses are Portcullis's (cluster-scoped: with watchNamespace a ClusterRole
+# of its own grants this).
+- apiGroups: ["networking.k8s.io"]
+  resources: ["ingressclasses"]
+  verbs: ["get", "list", "watch"]
+{{- end }}
 # Their status (observedGeneration, conditions, members, endpoints).
 - apiGroups: ["portcullis.io"]
   resources: ["gatewayarrays/status", "serverfarms/status"]

@@ -6,10 +6,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::IngressClass;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::ListParams;
 use kube::{Client, Resource, ResourceExt};
+use portcullis_crds::ingress;
 use portcullis_crds::translate::{self, Resolutions, ServiceKey};
 use portcullis_crds::v1alpha1::{GatewayArray, ServerFarm};
 use serde::de::DeserializeOwned;
@@ -40,8 +42,12 @@ fn fetch_err(what: String) -> impl FnOnce(kube::Error) -> FetchError {
 /// What was read from the API for one array.
 #[derive(Clone, Debug, Default)]
 pub struct Fetched {
-    /// Farms naming the array.
+    /// Farms naming the array, from any namespace watched.
     pub farms: Vec<ServerFarm>,
+    /// Whether a Portcullis IngressClass names the array (only read when a farm from
+    /// another namespace names it): such an array publishes Ingresses' farms from every
+    /// namespace.
+    pub ingress_class: bool,
     /// Referenced Secrets, `None` when absent.
     pub secrets: BTreeMap<String, Option<Secret>>,
     /// The array's keys Secret (`spec.sessionKeys.secretName`, else `<array>-keys`).
@@ -148,7 +154,12 @@ pub(super) async fn fetch(
     ctx: &Context,
 ) -> Result<Fetched, FetchError> {
     let client = &ctx.client;
-    let farms = farms(client, ns, array).await?;
+    let farms = farms(client, ctx.settings.watch_namespace.as_deref(), array).await?;
+    let ingress_class = if farms.iter().any(translate::is_cross_namespace) {
+        named_by_ingress_class(client, ns, array).await?
+    } else {
+        false
+    };
     let secrets = referenced_secrets(client, ns, array, &farms).await?;
     let (keys, previous_keys) = keys_secrets(client, ns, array).await?;
     // Only an array with a valid name writes anything (validation says why not).
@@ -158,10 +169,11 @@ pub(super) async fn fetch(
         Vec::new()
     };
     let resolutions =
-        service_resolutions(client, ns, &farms, ctx.settings.allow_private_targets).await?;
+        service_resolutions(client, &farms, ctx.settings.allow_private_targets).await?;
     let members = members(ctx, ns, array).await?;
     Ok(Fetched {
         farms,
+        ingress_class,
         secrets,
         keys,
         previous_keys,
@@ -171,16 +183,23 @@ pub(super) async fn fetch(
     })
 }
 
-/// The farms in `ns` naming `array`, by id.
+/// The farms naming `array` (in `scope`, every namespace when `None`), by id.
 async fn farms(
     client: &Client,
-    ns: &str,
+    scope: Option<&str>,
     array: &GatewayArray,
 ) -> Result<Vec<ServerFarm>, FetchError> {
-    let mut farms: Vec<ServerFarm> = api::<ServerFarm>(client, ns)
+    let farms_api = match scope {
+        Some(ns) => api::<ServerFarm>(client, ns),
+        None => kube::Api::all(client.clone()),
+    };
+    let mut farms: Vec<ServerFarm> = farms_api
         .list(&ListParams::default())
         .await
-        .map_err(fetch_err(format!("ServerFarms in {ns}")))?
+        .map_err(fetch_err(format!(
+            "ServerFarms in {}",
+            scope.unwrap_or("every namespace")
+        )))?
         .items
         .into_iter()
         .filter(|f| translate::farm_targets_array(f, array))
@@ -189,7 +208,24 @@ async fn farms(
     Ok(farms)
 }
 
-/// The Secrets the array and its farms name, `None` for those that do not exist.
+/// Whether a Portcullis IngressClass names `array` as its parameters.
+async fn named_by_ingress_class(
+    client: &Client,
+    ns: &str,
+    array: &GatewayArray,
+) -> Result<bool, FetchError> {
+    let classes = kube::Api::<IngressClass>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .map_err(fetch_err("IngressClasses".to_owned()))?
+        .items;
+    Ok(classes.iter().any(|c| {
+        ingress::class_array(c).is_some_and(|(n, name)| n == ns && name == array.name_any())
+    }))
+}
+
+/// The Secrets the array and its farms name, by id, `None` for those that do not exist.
+/// A farm's Secrets are read from the farm's namespace.
 async fn referenced_secrets(
     client: &Client,
     ns: &str,
@@ -199,25 +235,28 @@ async fn referenced_secrets(
     // Only names that can be object names are read: `get("")` would be a list, and one
     // farm's typo must not fail the reconcile of every farm of the array. Validation
     // reports the others on the farm (or the array) that wrote them.
-    let mut wanted: BTreeSet<String> = array_secrets(array)
+    // id -> (namespace, name)
+    let mut wanted: BTreeMap<String, (String, String)> = array_secrets(array)
         .into_iter()
         .filter(|n| translate::is_dns_subdomain(n))
+        .map(|n| (n.clone(), (ns.to_owned(), n)))
         .collect();
     for f in farms {
+        let farm_ns = f.namespace().unwrap_or_default();
         wanted.extend(
             farm_secrets(f)
                 .into_iter()
-                .filter(|n| translate::is_dns_subdomain(n)),
+                .filter(|n| translate::is_dns_subdomain(n))
+                .map(|n| (translate::secret_id(f, &n), (farm_ns.clone(), n))),
         );
     }
-    let secrets_api = api::<Secret>(client, ns);
     let mut secrets = BTreeMap::new();
-    for name in wanted {
-        let s = secrets_api
+    for (id, (secret_ns, name)) in wanted {
+        let s = api::<Secret>(client, &secret_ns)
             .get_opt(&name)
             .await
-            .map_err(fetch_err(format!("Secret {ns}/{name}")))?;
-        secrets.insert(name, s);
+            .map_err(fetch_err(format!("Secret {secret_ns}/{name}")))?;
+        secrets.insert(id, s);
     }
     Ok(secrets)
 }
@@ -261,32 +300,39 @@ async fn keys_secrets(
 }
 
 /// The endpoints of the Service ports the farms name (each Service read once).
+/// (Each farm's Services are in the farm's namespace.)
 async fn service_resolutions(
     client: &Client,
-    ns: &str,
     farms: &[ServerFarm],
     allow_private_targets: bool,
 ) -> Result<Resolutions, FetchError> {
-    let services: BTreeSet<(String, u16)> = farms
+    let services: BTreeSet<(String, String, u16)> = farms
         .iter()
-        .flat_map(|f| f.spec.servers.iter())
-        .filter_map(|s| s.service.as_ref().map(|r| (r.name.clone(), r.port)))
-        .filter(|(name, _)| translate::is_dns_label(name))
+        .flat_map(|f| {
+            let ns = f.namespace().unwrap_or_default();
+            f.spec.servers.iter().filter_map(move |s| {
+                s.service
+                    .as_ref()
+                    .map(|r| (ns.clone(), r.name.clone(), r.port))
+            })
+        })
+        .filter(|(_, name, _)| translate::is_dns_label(name))
         .collect();
     let mut resolutions = Resolutions::default();
-    let mut by_name: BTreeMap<String, Option<(Service, Vec<EndpointSlice>)>> = BTreeMap::new();
-    for (name, port) in services {
-        if !by_name.contains_key(&name) {
-            let found = service_with_slices(client, ns, &name).await?;
-            by_name.insert(name.clone(), found);
+    let mut by_name: BTreeMap<(String, String), Option<ServiceWithSlices>> = BTreeMap::new();
+    for (ns, name, port) in services {
+        let key = (ns.clone(), name.clone());
+        if !by_name.contains_key(&key) {
+            let found = service_with_slices(client, &ns, &name).await?;
+            by_name.insert(key.clone(), found);
         }
-        if let Some(Some((svc, slices))) = by_name.get(&name)
+        if let Some(Some((svc, slices))) = by_name.get(&key)
             && let Some(eps) = service_endpoints(svc, port, slices, allow_private_targets)
         {
             resolutions.services.insert(
                 ServiceKey {
-                    namespace: ns.to_owned(),
-                    name: name.clone(),
+                    namespace: ns,
+                    name,
                     port,
                 },
                 eps,
@@ -296,12 +342,15 @@ async fn service_resolutions(
     Ok(resolutions)
 }
 
+/// A Service and its EndpointSlices.
+type ServiceWithSlices = (Service, Vec<EndpointSlice>);
+
 /// Service `name` with its EndpointSlices, `None` when the Service does not exist.
 async fn service_with_slices(
     client: &Client,
     ns: &str,
     name: &str,
-) -> Result<Option<(Service, Vec<EndpointSlice>)>, FetchError> {
+) -> Result<Option<ServiceWithSlices>, FetchError> {
     let Some(svc) = api::<Service>(client, ns)
         .get_opt(name)
         .await

@@ -44,6 +44,9 @@ pub struct Settings {
     pub watch_secrets: bool,
     /// Whether loopback, link-local and metadata targets are allowed.
     pub allow_private_targets: bool,
+    /// The one namespace watched, `None` for all: where farms naming an array are
+    /// looked for (a farm may name an array in another namespace).
+    pub watch_namespace: Option<String>,
 }
 
 /// How often referenced Secrets are re-read when they are not watched.
@@ -150,7 +153,8 @@ where
 
 impl Context {
     /// Publishes an event about `reference`; a failure is logged, not returned.
-    async fn publish(
+    /// Publishes an event about `reference` (a failure is logged, not returned).
+    pub(crate) async fn publish(
         &self,
         reference: &ObjectReference,
         type_: EventType,
@@ -267,9 +271,11 @@ pub async fn reconcile_farm(farm: Arc<ServerFarm>, ctx: Arc<Context>) -> Result<
         .namespace()
         .ok_or_else(|| Error::NoNamespace(name.clone()))?;
     let array = &farm.spec.array_ref.name;
+    let array_ns = translate::array_namespace(&farm).unwrap_or_else(|| ns.clone());
     // A name no array can have is not looked up (`get("")` would be a list).
     let exists = translate::is_dns_label(array)
-        && fetch::current_array(&ctx.client, &ns, array)
+        && translate::is_namespace(&array_ns)
+        && fetch::current_array(&ctx.client, &array_ns, array)
             .await?
             .is_some();
     if exists {
@@ -289,7 +295,7 @@ pub async fn reconcile_farm(farm: Arc<ServerFarm>, ctx: Arc<Context>) -> Result<
                 EventType::Warning,
                 "ArrayNotFound",
                 "Validate",
-                format!("not published: GatewayArray {ns}/{array} does not exist"),
+                format!("not published: GatewayArray {array_ns}/{array} does not exist"),
             )
             .await;
         }

@@ -144,7 +144,8 @@ async fn write_farm_statuses(
         if farm.status.as_ref() == Some(&new) {
             continue;
         }
-        apply_status::<ServerFarm>(&scope.ctx.client, scope.ns, &farm.name_any(), &new).await?;
+        let farm_ns = farm.namespace().unwrap_or_default();
+        apply_status::<ServerFarm>(&scope.ctx.client, &farm_ns, &farm.name_any(), &new).await?;
         let accepted = new.conditions.iter().find(|c| c.type_ == "Accepted");
         if let Some(c) = accepted.filter(|c| c.status == "False") {
             let was = farm

@@ -23,7 +23,7 @@ fn tls_material(fetched: &Fetched) -> (BTreeMap<String, TlsMaterial>, BTreeMap<S
     for (name, secret) in &fetched.secrets {
         match secret {
             None => {
-                problems.insert(name.clone(), format!("Secret {name} not found"));
+                problems.insert(name.clone(), format!("Secret {} not found", shown(name)));
             }
             Some(s) => {
                 let data = s.data.clone().unwrap_or_default();
@@ -39,6 +39,12 @@ fn tls_material(fetched: &Fetched) -> (BTreeMap<String, TlsMaterial>, BTreeMap<S
         }
     }
     (material, problems)
+}
+
+/// A Secret id as users know it: `name`, or `namespace/name` for one read from another
+/// namespace than the array's (see `translate::secret_id`).
+fn shown(id: &str) -> String {
+    id.replacen('_', "/", 1)
 }
 
 /// The TLS material of the fetched Secrets, and what is missing from them.
@@ -59,10 +65,10 @@ impl Material {
         let m = self.tls.get(name)?;
         match need {
             SecretUse::Certificate => (m.cert.is_none() || m.key.is_none())
-                .then(|| format!("Secret {name} has no tls.crt and tls.key")),
+                .then(|| format!("Secret {} has no tls.crt and tls.key", shown(name))),
             SecretUse::Ca => {
                 m.ca.is_none()
-                    .then(|| format!("Secret {name} has no ca.crt"))
+                    .then(|| format!("Secret {} has no ca.crt", shown(name)))
             }
         }
     }
@@ -95,7 +101,9 @@ pub fn validate(array: &GatewayArray, fetched: &Fetched, settings: &Settings) ->
     let mut verdicts = BTreeMap::new();
     let mut eligible = Vec::new();
     for farm in &fetched.farms {
-        match refusal(farm, &keys_name, settings, &material) {
+        let refused = cross_namespace_refusal(farm, fetched.ingress_class)
+            .or_else(|| refusal(farm, &keys_name, settings, &material));
+        match refused {
             Some(verdict) => {
                 verdicts.insert(translate::farm_id(farm), verdict);
             }
@@ -159,6 +167,29 @@ fn invalidate_all(
     }
 }
 
+/// A farm from another namespace than the array is published only when an Ingress
+/// controls it and a Portcullis IngressClass names the array (`ingress_class`).
+fn cross_namespace_refusal(farm: &ServerFarm, ingress_class: bool) -> Option<FarmVerdict> {
+    if !translate::is_cross_namespace(farm)
+        || (ingress_class && translate::controlling_ingress(farm).is_some())
+    {
+        return None;
+    }
+    Some(FarmVerdict::Translated(FarmOutcome::Rejected(vec![
+        keys_field_error(
+            "ServerFarm",
+            farm,
+            "spec.arrayRef.namespace",
+            format!(
+                "GatewayArray {}/{} publishes farms from other namespaces only for Ingresses of an IngressClass that names it; create the farm in namespace {} or publish it through an Ingress",
+                translate::array_namespace(farm).unwrap_or_default(),
+                farm.spec.array_ref.name,
+                translate::array_namespace(farm).unwrap_or_default(),
+            ),
+        ),
+    ])))
+}
+
 /// Why `farm` is refused before translation (names that cannot be read, the keys
 /// Secret, private targets, missing Secrets), or `None` when it may be translated.
 fn refusal(
@@ -185,7 +216,7 @@ fn refusal(
     }
     let problems: Vec<String> = farm_secret_refs(farm)
         .into_iter()
-        .filter_map(|(_, name, need)| material.problem(name, need))
+        .filter_map(|(_, name, need)| material.problem(&translate::secret_id(farm, name), need))
         .collect();
     (!problems.is_empty()).then_some(FarmVerdict::MissingRefs(problems))
 }
@@ -227,7 +258,7 @@ fn keys_field_error(
 fn keys_secret_clashes(farm: &ServerFarm, keys_name: &str) -> Vec<TranslateError> {
     farm_secret_refs(farm)
         .into_iter()
-        .filter(|(_, name, _)| *name == keys_name)
+        .filter(|(_, name, _)| translate::secret_id(farm, name) == keys_name)
         .map(|(field, _, _)| {
             keys_field_error(
                 "ServerFarm",
@@ -425,6 +456,7 @@ mod tests {
             dataplane_image: String::new(),
             watch_secrets: true,
             allow_private_targets: true,
+            watch_namespace: None,
         };
         let material = Material {
             tls: BTreeMap::new(),

@@ -33,8 +33,8 @@ use crate::config::*;
 use crate::v1alpha1::{self, GatewayArray, ServerFarm};
 
 pub use names::{
-    farm_reference_errors, is_dns_label, is_dns_subdomain, is_port_name, normalize_host,
-    normalize_path,
+    farm_reference_errors, is_dns_label, is_dns_subdomain, is_namespace, is_port_name,
+    normalize_host, normalize_path,
 };
 pub use routes::keep_last_good;
 
@@ -153,9 +153,50 @@ pub fn farm_id(farm: &ServerFarm) -> String {
     )
 }
 
+/// The namespace of the array `farm` names: `arrayRef.namespace`, else the farm's own.
+pub fn array_namespace(farm: &ServerFarm) -> Option<String> {
+    farm.spec
+        .array_ref
+        .namespace
+        .clone()
+        .or_else(|| farm.namespace())
+}
+
+/// Whether `farm` lives in another namespace than the array it names.
+pub fn is_cross_namespace(farm: &ServerFarm) -> bool {
+    array_namespace(farm) != farm.namespace()
+}
+
 /// Whether `farm` asks to be published by `array`.
 pub fn farm_targets_array(farm: &ServerFarm, array: &GatewayArray) -> bool {
-    farm.spec.array_ref.name == array.name_any() && farm.namespace() == array.namespace()
+    farm.spec.array_ref.name == array.name_any() && array_namespace(farm) == array.namespace()
+}
+
+/// The Ingress that controls `farm` (it generated the farm), as `(namespace, name)`.
+pub fn controlling_ingress(farm: &ServerFarm) -> Option<(String, String)> {
+    farm.metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| {
+            o.controller == Some(true)
+                && o.kind == "Ingress"
+                && o.api_version == "networking.k8s.io/v1"
+        })
+        .map(|o| (farm.namespace().unwrap_or_default(), o.name.clone()))
+}
+
+/// The id under which Secret `name`, as `farm` names it, travels in the array's
+/// Secret and in the config. Secrets are read from the farm's namespace; for a farm in
+/// the array's namespace the id is the name, for one in another namespace it is
+/// `<namespace>_<name>` (`_` is in neither a namespace nor a Secret name, so no two
+/// Secrets share an id).
+pub fn secret_id(farm: &ServerFarm, name: &str) -> String {
+    if is_cross_namespace(farm) {
+        format!("{}_{name}", farm.namespace().unwrap_or_default())
+    } else {
+        name.to_owned()
+    }
 }
 
 /// Translates `array` with the farms that name it. Farms naming another array are
@@ -215,11 +256,29 @@ fn oldest_first<'a>(array: &GatewayArray, farms: &'a [ServerFarm]) -> Vec<&'a Se
         .filter(|f| farm_targets_array(f, array))
         .collect();
     ours.sort_by(|a, b| {
-        let ta = a.metadata.creation_timestamp.as_ref().map(|t| t.0);
-        let tb = b.metadata.creation_timestamp.as_ref().map(|t| t.0);
-        ta.cmp(&tb).then_with(|| farm_id(a).cmp(&farm_id(b)))
+        seniority(a)
+            .cmp(&seniority(b))
+            .then_with(|| farm_id(a).cmp(&farm_id(b)))
     });
     ours
+}
+
+/// Annotation on a farm generated from an Ingress: the Ingress's creation time (RFC
+/// 3339), so that between Ingresses the older one wins a conflict, as between farms,
+/// whenever the farms themselves were (re)created.
+pub const SOURCE_CREATED_ANNOTATION: &str = "portcullis.io/source-created";
+
+/// When `farm` counts as created for conflicts: its Ingress's creation time for a farm
+/// an Ingress controls, else its own creation time.
+fn seniority(farm: &ServerFarm) -> Option<k8s_openapi::jiff::Timestamp> {
+    let own = farm.metadata.creation_timestamp.as_ref().map(|t| t.0);
+    if controlling_ingress(farm).is_none() {
+        return own;
+    }
+    farm.annotations()
+        .get(SOURCE_CREATED_ANNOTATION)
+        .and_then(|t| t.parse().ok())
+        .or(own)
 }
 
 /// The config of `array` before any farm is added: its listeners (without SNI yet)
@@ -347,7 +406,7 @@ fn build_farm(
     let paths = published_paths(&spec.publish, &mut errs);
     check_backend(spec, &mut errs);
     let up = spec.upstream.clone().unwrap_or_default();
-    let tls = upstream_tls(&up, &mut errs);
+    let tls = upstream_tls(&up, |name| secret_id(farm, name), &mut errs);
     let upstream = upstream_config(&up, tls, &mut errs);
     let context = ServerContext {
         namespace: &namespace,

@@ -31,6 +31,17 @@ pub fn is_dns_label(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
 }
 
+/// A namespace name: a DNS-1123 label (at most 63 lower-case letters, digits and '-',
+/// not starting or ending with '-').
+pub fn is_namespace(name: &str) -> bool {
+    (1..=63).contains(&name.len())
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
 /// A container port name (an IANA service name): 1-15 lower-case letters, digits and
 /// '-', at least one letter, no leading, trailing or double '-'.
 pub fn is_port_name(name: &str) -> bool {
@@ -61,6 +72,20 @@ pub fn farm_reference_errors(farm: &ServerFarm) -> Vec<TranslateError> {
             format!(
                 "{:?} is not a GatewayArray name (a DNS-1035 label: at most 63 lower-case letters, digits and '-', starting with a letter)",
                 spec.array_ref.name
+            ),
+        ));
+    }
+    if let Some(ns) = spec
+        .array_ref
+        .namespace
+        .as_ref()
+        .filter(|n| !is_namespace(n))
+    {
+        errors.push(farm_error(
+            farm,
+            "spec.arrayRef.namespace".into(),
+            format!(
+                "{ns:?} is not a namespace name (a DNS-1123 label: at most 63 lower-case letters, digits and '-')"
             ),
         ));
     }

@@ -8,16 +8,24 @@ use crate::v1alpha1::{Publish, ServerFarm};
 
 use super::names::normalize_host;
 use super::tls::sort_sni;
-use super::{FarmErrors, TranslateError, farm_error, normalize_path};
+use super::{FarmErrors, TranslateError, farm_error, normalize_path, secret_id};
 
 /// The farm's published host names, normalized; an empty list, a bad name and a name
 /// listed twice are errors.
+/// `*` alone is the catch-all: any host that no route names (an Ingress rule without a
+/// host, an Ingress's `defaultBackend`), after every exact and `*.` wildcard host.
 pub(crate) fn published_hosts(publish: &Publish, errs: &mut FarmErrors<'_>) -> Vec<String> {
     published(
         &publish.hosts,
         "spec.publish.hosts",
         "needs at least one host name",
-        normalize_host,
+        |h| {
+            if h == "*" {
+                Ok(h.to_owned())
+            } else {
+                normalize_host(h)
+            }
+        },
         errs,
     )
 }
@@ -89,7 +97,7 @@ impl Claims {
                 }
             }
             if let (Some(tls), Some((secret, owner))) = (&farm.spec.publish.tls, self.sni.get(host))
-                && &tls.secret_name != secret
+                && &secret_id(farm, &tls.secret_name) != secret
             {
                 errors.push(farm_error(
                     farm,
@@ -121,10 +129,11 @@ impl Claims {
                     farm: id.to_owned(),
                 });
             }
-            if let Some(tls) = &farm.spec.publish.tls {
+            // The catch-all host has no name a client could send in SNI.
+            if let Some(tls) = farm.spec.publish.tls.as_ref().filter(|_| host != "*") {
                 self.sni
                     .entry(host.clone())
-                    .or_insert_with(|| (tls.secret_name.clone(), id.to_owned()));
+                    .or_insert_with(|| (secret_id(farm, &tls.secret_name), id.to_owned()));
             }
         }
         routes

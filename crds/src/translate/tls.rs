@@ -9,7 +9,12 @@ use super::names::normalize_host;
 
 /// The farm's upstream TLS, when it has one. `caSecretName` with `insecureSkipVerify`
 /// and an SNI that is not a host name are errors.
-pub(crate) fn upstream_tls(up: &Upstream, errs: &mut FarmErrors<'_>) -> Option<UpstreamTlsConfig> {
+/// `secret_id` gives the id a Secret name travels under (see [`super::secret_id`]).
+pub(crate) fn upstream_tls(
+    up: &Upstream,
+    secret_id: impl Fn(&str) -> String,
+    errs: &mut FarmErrors<'_>,
+) -> Option<UpstreamTlsConfig> {
     let t = up.tls.as_ref()?;
     if t.insecure_skip_verify && t.ca_secret_name.is_some() {
         errs.push(
@@ -28,7 +33,7 @@ pub(crate) fn upstream_tls(up: &Upstream, errs: &mut FarmErrors<'_>) -> Option<U
             UpstreamTrust::Insecure
         } else if let Some(secret) = &t.ca_secret_name {
             UpstreamTrust::Ca {
-                secret: secret.clone(),
+                secret: secret_id(secret),
             }
         } else {
             UpstreamTrust::System
@@ -83,7 +88,7 @@ mod tests {
             "upstream:\n  tls:\n    caSecretName: ca\n    sni: Backend.Example\n",
         );
         let mut errs = FarmErrors::new(&f);
-        let tls = upstream_tls(&upstream(&f), &mut errs).unwrap();
+        let tls = upstream_tls(&upstream(&f), str::to_owned, &mut errs).unwrap();
         assert!(errs.errors.is_empty());
         assert_eq!(
             tls.trust,
@@ -102,7 +107,7 @@ mod tests {
     fn no_tls_is_none() {
         let f = farm("a", "");
         let mut errs = FarmErrors::new(&f);
-        assert_eq!(upstream_tls(&upstream(&f), &mut errs), None);
+        assert_eq!(upstream_tls(&upstream(&f), str::to_owned, &mut errs), None);
         assert_eq!(endpoint_tls(None, None, None), Ok(None));
     }
 
@@ -113,7 +118,7 @@ mod tests {
             "upstream:\n  tls:\n    caSecretName: ca\n    insecureSkipVerify: true\n    sni: 'a b'\n",
         );
         let mut errs = FarmErrors::new(&f);
-        let tls = upstream_tls(&upstream(&f), &mut errs).unwrap();
+        let tls = upstream_tls(&upstream(&f), str::to_owned, &mut errs).unwrap();
         assert_eq!(tls.trust, UpstreamTrust::Insecure);
         assert_eq!(
             fields(&errs.errors),

@@ -47,7 +47,8 @@ use crate::Duration;
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("!has(self.hashHeader) || (has(self.loadBalancing) && self.loadBalancing == 'ConsistentHash')").message("hashHeader is only used with loadBalancing: ConsistentHash").field_path(".hashHeader"))]
 pub struct ServerFarmSpec {
-    /// The GatewayArray, in the same namespace, that publishes this farm.
+    /// The GatewayArray that publishes this farm (in the farm's namespace unless
+    /// `arrayRef.namespace` says otherwise).
     pub array_ref: ArrayRef,
 
     /// What this farm publishes: host names, path prefixes and the TLS certificate for
@@ -112,10 +113,19 @@ pub struct ServerFarmSpec {
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct ArrayRef {
-    /// Name of a GatewayArray in the farm's namespace.
+    /// Name of the GatewayArray.
     #[x_kube(validation = Rule::new("self.size() > 0").message("arrayRef.name must not be empty"))]
     #[schemars(regex(pattern = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"), length(max = 63))]
     pub name: String,
+
+    /// Namespace of the GatewayArray. Defaults to the farm's namespace. A farm in another
+    /// namespace than its array is published only when an Ingress generated it (the farm
+    /// is controlled by that Ingress) and a Portcullis IngressClass names the array:
+    /// the cluster administrator who writes IngressClasses decides which arrays take
+    /// Ingresses from every namespace. Any other cross-namespace farm is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"), length(max = 63))]
+    pub namespace: Option<String>,
 }
 
 /// The host names and path prefixes a farm answers, and its certificate.
@@ -124,7 +134,8 @@ pub struct ArrayRef {
 pub struct Publish {
     /// Host names this farm answers: exact (`shop.example.com`) or one-level-or-more
     /// wildcards (`*.example.com`, which does not match `example.com` itself). An exact
-    /// match always wins over a wildcard.
+    /// match always wins over a wildcard. `*` alone catches any host that no farm of the
+    /// array names (what an Ingress rule without a host means).
     #[x_kube(validation = Rule::new("self.size() > 0").message("publish.hosts needs at least one host name"))]
     #[schemars(length(max = 64), inner(length(max = 253)))]
     pub hosts: Vec<String>,
