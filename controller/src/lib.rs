@@ -6,6 +6,7 @@
 //! status talk to the API; validate and build are pure.
 
 mod admin;
+pub mod audit;
 pub mod builders;
 pub mod ingress;
 pub mod keyring;

@@ -3,7 +3,7 @@
 use std::net::SocketAddr;
 
 use clap::builder::BoolishValueParser;
-use clap::{ArgAction, Parser, ValueEnum};
+use clap::{ArgAction, Parser, Subcommand, ValueEnum};
 use portcullis_controller::reconcile::Settings;
 use portcullis_controller::{RunConfig, run};
 use portcullis_crds::ingress::{ArrayTarget, Migration};
@@ -14,17 +14,23 @@ enum LogFormat {
     Text,
 }
 
-/// Reconciles Portcullis GatewayArrays and ServerFarms into dataplane arrays.
+/// Reconciles Portcullis GatewayArrays, ServerFarms and Ingresses into dataplane arrays.
 #[derive(Debug, Parser)]
-#[command(name = "portcullis-controller", version)]
+#[command(
+    name = "portcullis-controller",
+    version,
+    subcommand_negates_reqs = true
+)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
     /// Address of the admin endpoint (/healthz, /readyz, /metrics). `[::]` takes IPv4
     /// and IPv6 clients alike.
     #[arg(long, env = "PORTCULLIS_ADMIN", default_value = "[::]:9902")]
     admin: SocketAddr,
     /// Image of dataplane members when a GatewayArray sets no spec.pod.image.
     #[arg(long, env = "PORTCULLIS_DATAPLANE_IMAGE")]
-    dataplane_image: String,
+    dataplane_image: Option<String>,
     /// Only this namespace is watched; all namespaces when unset.
     #[arg(long, env = "PORTCULLIS_WATCH_NAMESPACE")]
     watch_namespace: Option<String>,
@@ -84,6 +90,90 @@ struct Cli {
     log_format: LogFormat,
 }
 
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Print, per Ingress, what Portcullis will serve and every annotation it will not,
+    /// with the reason. Reads Ingresses, IngressClasses and Services from the YAML files
+    /// given (as `kubectl get ingress,ingressclass,service -A -o yaml` writes them), or
+    /// from the cluster of the current kubeconfig context when none is given.
+    IngressAudit(AuditArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct AuditArgs {
+    /// YAML files or directories of them; the cluster when none.
+    #[arg(short = 'f', long = "filename")]
+    files: Vec<std::path::PathBuf>,
+    /// Audit Ingresses of these classes (comma-separated) as the migration switch would
+    /// serve them.
+    #[arg(long, value_delimiter = ',', default_value = "nginx")]
+    nginx_classes: Vec<String>,
+    /// The GatewayArray (`namespace/name`) that would publish them.
+    #[arg(long, value_parser = parse_array, default_value = "portcullis-system/public")]
+    array: ArrayTarget,
+}
+
+/// Runs `ingress-audit`; returns the process exit code.
+async fn ingress_audit(args: AuditArgs) -> anyhow::Result<i32> {
+    use anyhow::Context as _;
+    use portcullis_controller::audit::{AuditInput, assume_array, audit, read_yaml};
+    let mut input = AuditInput::default();
+    if args.files.is_empty() {
+        let client = kube::Client::try_default()
+            .await
+            .context("failed to reach the cluster (give YAML files with -f to audit offline)")?;
+        let lp = kube::api::ListParams::default();
+        input.ingresses = kube::Api::all(client.clone())
+            .list(&lp)
+            .await
+            .context("failed to list Ingresses")?
+            .items;
+        input.classes = kube::Api::all(client.clone())
+            .list(&lp)
+            .await
+            .context("failed to list IngressClasses")?
+            .items;
+        input.services = kube::Api::all(client)
+            .list(&lp)
+            .await
+            .context("failed to list Services")?
+            .items;
+    } else {
+        for path in yaml_files(&args.files)? {
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("failed to read {}", path.display()))?;
+            read_yaml(&text, &mut input)
+                .with_context(|| format!("{} is not YAML", path.display()))?;
+        }
+    }
+    input.migration.classes = args.nginx_classes;
+    assume_array(&mut input, args.array);
+    let (report, _) = audit(&input);
+    print!("{report}");
+    Ok(0)
+}
+
+/// The files named, with directories expanded to their `.yaml`/`.yml`/`.json` files.
+fn yaml_files(paths: &[std::path::PathBuf]) -> anyhow::Result<Vec<std::path::PathBuf>> {
+    let mut out = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            let mut entries: Vec<_> = std::fs::read_dir(p)?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|e| {
+                    e.extension()
+                        .is_some_and(|x| x == "yaml" || x == "yml" || x == "json")
+                })
+                .collect();
+            entries.sort();
+            out.extend(entries);
+        } else {
+            out.push(p.clone());
+        }
+    }
+    Ok(out)
+}
+
 /// `namespace/name` of a GatewayArray.
 fn parse_array(s: &str) -> Result<ArrayTarget, String> {
     match s.split_once('/') {
@@ -120,6 +210,22 @@ fn usage_error(cmd_error: clap::Error) -> ! {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::try_parse().unwrap_or_else(|e| usage_error(e));
+    if let Some(Command::IngressAudit(args)) = cli.command {
+        match ingress_audit(args).await {
+            Ok(code) => std::process::exit(code),
+            Err(e) => {
+                eprintln!("portcullis-controller ingress-audit: {e:#}");
+                std::process::exit(1);
+            }
+        }
+    }
+    let Some(dataplane_image) = cli.dataplane_image.clone() else {
+        use clap::CommandFactory;
+        usage_error(Cli::command().error(
+            clap::error::ErrorKind::MissingRequiredArgument,
+            "--dataplane-image (or PORTCULLIS_DATAPLANE_IMAGE) is required",
+        ));
+    };
     let leader_election = if cli.leader_election {
         match cli.lease_namespace.clone() {
             Some(ns) => Some((cli.lease_name.clone(), ns)),
@@ -149,7 +255,7 @@ async fn main() -> anyhow::Result<()> {
     let result = run(RunConfig {
         admin: cli.admin,
         settings: Settings {
-            dataplane_image: cli.dataplane_image,
+            dataplane_image,
             watch_secrets: cli.watch_secrets,
             allow_private_targets: cli.allow_private_targets,
             watch_namespace: cli.watch_namespace.clone(),

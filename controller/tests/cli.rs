@@ -81,3 +81,58 @@ fn help_exits_zero() {
         assert!(text.contains(flag), "{flag} missing from --help");
     }
 }
+
+#[test]
+fn bad_ingress_flags_exit_64() {
+    let (code, err) = run(
+        &[
+            "--dataplane-image",
+            "img",
+            "--nginx-migration-array",
+            "no-slash",
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(64));
+    assert!(err.contains("namespace/name"), "{err}");
+    let (code, err) = run(&["ingress-audit", "--array", "Edge/x"], &[]);
+    assert_eq!(code, Some(64));
+    assert!(err.contains("namespace/name"), "{err}");
+}
+
+#[test]
+fn ingress_audit_reads_yaml_files_offline() {
+    let dir = std::env::temp_dir().join(format!("portcullis-audit-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("shop.yaml"),
+        "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: shop\n  namespace: web\n  annotations:\n    nginx.ingress.kubernetes.io/configuration-snippet: 'deny all;'\nspec:\n  ingressClassName: nginx\n  rules:\n  - host: shop.example.com\n    http:\n      paths:\n      - {path: /, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis-controller"))
+        .args(["ingress-audit", "-f"])
+        .arg(&dir)
+        .args(["--array", "edge/public"])
+        .output()
+        .unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        report.contains("Ingress web/shop: class nginx, published by GatewayArray edge/public"),
+        "{report}"
+    );
+    assert!(
+        report.contains("host shop.example.com paths / (prefix) -> Service web:80"),
+        "{report}"
+    );
+    assert!(
+        report.contains("not served: nginx.ingress.kubernetes.io/configuration-snippet: carries raw nginx configuration"),
+        "{report}"
+    );
+}
