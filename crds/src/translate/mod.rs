@@ -550,6 +550,54 @@ mod tests {
     }
 
     #[test]
+    fn a_farm_an_ingress_controls_is_as_old_as_its_ingress() {
+        let generated = |name: &str, farm_at: &str, ingress_at: &str, by_ingress: bool| {
+            let mut f = farm(name, "servers:\n- address: 10.0.0.1\n  port: 80\n");
+            f.metadata.creation_timestamp = Some(
+                k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(farm_at.parse().unwrap()),
+            );
+            f.metadata.annotations = Some(BTreeMap::from([(
+                SOURCE_CREATED_ANNOTATION.to_owned(),
+                ingress_at.to_owned(),
+            )]));
+            if by_ingress {
+                f.metadata.owner_references = Some(vec![
+                    k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference {
+                        api_version: "networking.k8s.io/v1".into(),
+                        kind: "Ingress".into(),
+                        name: name.into(),
+                        uid: format!("uid-{name}"),
+                        controller: Some(true),
+                        block_owner_deletion: None,
+                    },
+                ]);
+            }
+            f
+        };
+        // Farm `b` was (re)created last, but its Ingress is the oldest: it wins.
+        let a = generated("a", "2026-01-01T00:00:00Z", "2026-01-02T00:00:00Z", true);
+        let b = generated("b", "2026-03-01T00:00:00Z", "2025-12-01T00:00:00Z", true);
+        // A hand-written farm cannot backdate itself with the annotation.
+        let c = generated("c", "2026-02-01T00:00:00Z", "2020-01-01T00:00:00Z", false);
+        let farms = [a, b, c];
+        let order: Vec<String> = oldest_first(&array("edge", HTTPS), &farms)
+            .into_iter()
+            .map(farm_id)
+            .collect();
+        assert_eq!(order, ["default/b", "default/a", "default/c"]);
+        let t = translate(&array("edge", HTTPS), &farms, &Resolutions::default()).unwrap();
+        assert!(
+            matches!(t.farms["default/b"], FarmOutcome::Accepted { .. }),
+            "{:?}",
+            t.farms["default/b"]
+        );
+        let FarmOutcome::Rejected(errors) = &t.farms["default/a"] else {
+            panic!("{:?}", t.farms["default/a"]);
+        };
+        assert!(errors[0].message.contains("already published by ServerFarm default/b"), "{errors:?}");
+    }
+
+    #[test]
     fn build_farm_reports_every_concern_in_field_order() {
         let f = farm(
             "a",
