@@ -16,10 +16,12 @@ use kube::client::Body;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Recorder, Reporter};
 use parking_lot::Mutex;
+use portcullis_controller::ingress::{IngressContext, reconcile_ingress};
 use portcullis_controller::keyring::MemberReport;
 use portcullis_controller::members::MemberStatusSource;
 use portcullis_controller::metrics::Metrics;
 use portcullis_controller::reconcile::{Context, Settings, reconcile, reconcile_farm};
+use portcullis_crds::ingress::Migration;
 use portcullis_crds::keyring::{KeyState, KeyringDoc};
 use portcullis_crds::v1alpha1::{GatewayArray, ServerFarm};
 use serde_json::{Value, json};
@@ -312,7 +314,7 @@ impl Fake {
                     .filter(|(_, v)| labels_match(v, &selector))
                     .map(|(_, v)| v.clone())
                     .collect();
-                let is_collection = path.rsplit('/').nth(1) == Some(NS)
+                let is_collection = path.rsplit('/').nth(2) == Some("namespaces")
                     || cluster_wide.is_some()
                     || path.ends_with("/ingressclasses");
                 if is_collection {
@@ -2214,5 +2216,182 @@ async fn farms_from_other_namespaces_are_published_only_for_ingresses_of_a_class
     assert_eq!(
         sni,
         &json!([{"host": "gen.example.com", "certificate": {"secret": "web_cert"}}])
+    );
+}
+
+/// The events written in namespace `web`.
+fn web_events(reqs: &[Req]) -> Vec<(String, String, String)> {
+    let web = "/apis/events.k8s.io/v1/namespaces/web/events";
+    reqs.iter()
+        .filter(|r| {
+            (r.path == web && r.method == "POST")
+                || (r.path.starts_with(web) && r.method == "PATCH")
+        })
+        .map(|r| {
+            (
+                r.body["type"].as_str().unwrap_or("").to_owned(),
+                r.body["reason"].as_str().unwrap_or("").to_owned(),
+                r.body["note"].as_str().unwrap_or("").to_owned(),
+            )
+        })
+        .collect()
+}
+
+const WEB_INGRESS: &str = "/apis/networking.k8s.io/v1/namespaces/web/ingresses/shop";
+
+fn put_class(w: &World) {
+    w.fake.put(
+        "/apis/networking.k8s.io/v1/ingressclasses/portcullis",
+        json!({"apiVersion": "networking.k8s.io/v1", "kind": "IngressClass",
+               "metadata": {"name": "portcullis"},
+               "spec": {"controller": "portcullis.io/ingress-controller",
+                        "parameters": {"apiGroup": "portcullis.io", "kind": "GatewayArray",
+                                       "scope": "Namespace", "namespace": NS, "name": "edge"}}}),
+    );
+}
+
+fn put_ingress(w: &World, class: &str) {
+    w.fake.put(
+        WEB_INGRESS,
+        json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+               "metadata": {"name": "shop", "namespace": "web", "uid": "uid-ing-shop", "generation": 1,
+                            "creationTimestamp": Timestamp::from_second(T0).unwrap().to_string(),
+                            "annotations": {
+                                "nginx.ingress.kubernetes.io/affinity": "cookie",
+                                "nginx.ingress.kubernetes.io/server-snippet": "return 418;"}},
+               "spec": {"ingressClassName": class,
+                        "rules": [{"host": "shop.example.com", "http": {"paths": [
+                            {"path": "/", "pathType": "Prefix",
+                             "backend": {"service": {"name": "app", "port": {"name": "http"}}}}]}}]}}),
+    );
+}
+
+async fn reconcile_shop(w: &World, ictx: &Arc<IngressContext>) -> Vec<Req> {
+    w.fake.log.lock().clear();
+    let ing: k8s_openapi::api::networking::v1::Ingress =
+        serde_json::from_value(w.fake.get(WEB_INGRESS).unwrap()).unwrap();
+    reconcile_ingress(Arc::new(ing), ictx.clone())
+        .await
+        .unwrap();
+    w.assert_within_rbac();
+    w.fake.log.lock().clone()
+}
+
+#[tokio::test]
+async fn an_ingress_becomes_farms_it_controls_with_events_and_status() {
+    let w = world(default_settings());
+    put_class(&w);
+    put_ingress(&w, "portcullis");
+    w.fake.put(
+        "/api/v1/namespaces/web/services/app",
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "app", "namespace": "web"},
+               "spec": {"ports": [{"name": "http", "port": 8080}]}}),
+    );
+    w.fake.put(
+        "/api/v1/namespaces/shop/services/edge",
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "edge", "namespace": NS},
+               "spec": {"clusterIP": "10.96.0.7", "ports": [{"name": "http", "port": 8080}]}}),
+    );
+    let ictx = Arc::new(IngressContext::new(w.ctx.clone(), Migration::default()));
+    let reqs = reconcile_shop(&w, &ictx).await;
+
+    // One farm, applied in the Ingress's namespace, controlled by it.
+    let applies: Vec<&Req> = reqs
+        .iter()
+        .filter(|r| r.method == "PATCH" && r.path.starts_with(WEB_FARMS))
+        .collect();
+    assert_eq!(applies.len(), 1, "{:?}", summary(&reqs));
+    let farm = &applies[0].body;
+    assert_eq!(
+        farm["metadata"]["ownerReferences"][0]["uid"],
+        "uid-ing-shop"
+    );
+    assert_eq!(farm["metadata"]["labels"]["portcullis.io/ingress"], "shop");
+    assert_eq!(
+        farm["spec"]["arrayRef"],
+        json!({"name": "edge", "namespace": NS})
+    );
+    // The named port was read from the Service.
+    assert_eq!(
+        farm["spec"]["servers"][0]["service"],
+        json!({"name": "app", "port": 8080})
+    );
+    assert_eq!(farm["spec"]["affinity"]["mode"], "Cookie");
+    assert!(
+        applies[0].query.contains("fieldManager=portcullis-ingress"),
+        "{}",
+        applies[0].query
+    );
+    // A Warning names the snippet; status.loadBalancer names the array's Service.
+    let ev = web_events(&reqs);
+    assert!(
+        ev.iter().any(|(t, r, n)| t == "Warning"
+            && r == "NotServed"
+            && n.contains("server-snippet")
+            && n.contains("never executes")),
+        "{ev:?}"
+    );
+    let status = reqs
+        .iter()
+        .find(|r| r.method == "PATCH" && r.path == format!("{WEB_INGRESS}/status"))
+        .expect("status written");
+    assert_eq!(
+        status.body["status"]["loadBalancer"]["ingress"],
+        json!([{"ip": "10.96.0.7"}])
+    );
+
+    // Nothing changed: the same farm again, no new events, no status write.
+    let reqs = reconcile_shop(&w, &ictx).await;
+    assert!(web_events(&reqs).is_empty(), "{:?}", web_events(&reqs));
+    assert!(!reqs.iter().any(|r| r.path.ends_with("/status")));
+
+    // Moved to another controller's class: its farms are deleted.
+    put_ingress(&w, "traefik");
+    let reqs = reconcile_shop(&w, &ictx).await;
+    let deletes: Vec<String> = reqs
+        .iter()
+        .filter(|r| r.method == "DELETE")
+        .map(|r| r.path.clone())
+        .collect();
+    assert_eq!(deletes.len(), 1, "{:?}", summary(&reqs));
+    assert!(deletes[0].starts_with(&format!("{WEB_FARMS}/shop-")));
+}
+
+#[tokio::test]
+async fn a_farm_name_that_belongs_to_someone_else_is_never_taken_over() {
+    let w = world(default_settings());
+    put_class(&w);
+    put_ingress(&w, "portcullis");
+    let ictx = Arc::new(IngressContext::new(w.ctx.clone(), Migration::default()));
+    // Learn the generated name, then give it to a hand-written farm.
+    let reqs = reconcile_shop(&w, &ictx).await;
+    let name = reqs
+        .iter()
+        .find(|r| r.method == "PATCH" && r.path.starts_with(WEB_FARMS))
+        .map(|r| r.path.rsplit('/').next().unwrap().to_owned())
+        .unwrap();
+    let mut mine = web_farm(&name, false);
+    mine["metadata"]["name"] = json!(name);
+    w.fake.put(&format!("{WEB_FARMS}/{name}"), mine.clone());
+    put_ingress(&w, "portcullis");
+    let ictx = Arc::new(IngressContext::new(w.ctx.clone(), Migration::default()));
+    let reqs = reconcile_shop(&w, &ictx).await;
+    assert!(
+        !reqs
+            .iter()
+            .any(|r| r.method != "GET" && r.path.starts_with(WEB_FARMS)),
+        "{:?}",
+        summary(&reqs)
+    );
+    assert_eq!(
+        w.fake.get(&format!("{WEB_FARMS}/{name}")).unwrap()["spec"],
+        mine["spec"]
+    );
+    assert!(
+        web_events(&reqs)
+            .iter()
+            .any(|(_, _, n)| n.contains("already exists and this Ingress does not control it")),
+        "{:?}",
+        web_events(&reqs)
     );
 }

@@ -594,7 +594,12 @@ mod tests {
         let FarmOutcome::Rejected(errors) = &t.farms["default/a"] else {
             panic!("{:?}", t.farms["default/a"]);
         };
-        assert!(errors[0].message.contains("already published by ServerFarm default/b"), "{errors:?}");
+        assert!(
+            errors[0]
+                .message
+                .contains("already published by ServerFarm default/b"),
+            "{errors:?}"
+        );
     }
 
     #[test]
