@@ -179,3 +179,60 @@ fn the_checker_reads_what_it_should() {
         Some(DEFAULT_VERIFIER_INTERVAL)
     );
 }
+
+/// How a description states `default`: "Defaults to X" (X as JSON, backticks allowed) or
+/// "`X` (default)".
+fn states_default(description: &str, default: &Value) -> bool {
+    let flat = description.split_whitespace().collect::<Vec<_>>().join(" ");
+    let plain = match default {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let quoted = flat.split_once("Defaults to ").map(|(_, after)| {
+        after
+            .split(". ")
+            .next()
+            .unwrap()
+            .trim_end_matches(['.', ',', ';'])
+            .trim_matches('`')
+            .to_owned()
+    });
+    quoted.as_deref() == Some(plain.as_str())
+        || quoted.as_deref() == Some(default.to_string().as_str())
+        || flat.contains(&format!("`{plain}` (default)"))
+        || flat.contains(&format!("`{plain}` (the default)"))
+}
+
+/// Every field whose schema carries a default (a serde `default = "..."` function or a
+/// `Default` impl) says so in its description, with the same value.
+#[test]
+fn every_schema_default_is_stated_in_its_description() {
+    fn walk(schema: &Value, path: &str, out: &mut Vec<String>) {
+        if let Some(default) = schema.get("default") {
+            let description = schema["description"].as_str().unwrap_or("");
+            if !states_default(description, default) {
+                out.push(format!(
+                    "{path}: default {default} not stated in {description:?}"
+                ));
+            }
+        }
+        for (k, v) in schema["properties"].as_object().into_iter().flatten() {
+            walk(v, &format!("{path}.{k}"), out);
+        }
+        if let Some(items) = schema.get("items") {
+            walk(items, &format!("{path}[]"), out);
+        }
+    }
+    let mut problems = Vec::new();
+    walk(
+        &schema::<GatewayArray>()["properties"]["spec"],
+        "GatewayArray.spec",
+        &mut problems,
+    );
+    walk(
+        &schema::<ServerFarm>()["properties"]["spec"],
+        "ServerFarm.spec",
+        &mut problems,
+    );
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}

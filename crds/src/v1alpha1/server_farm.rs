@@ -71,7 +71,7 @@ pub struct ServerFarmSpec {
     /// How a request picks a server among the healthy ones: `RoundRobin` (weighted),
     /// `LeastRequests` (fewest in flight), `PowerOfTwoEwma` (the faster of two random
     /// servers by recent latency) or `ConsistentHash` (by client address, or by
-    /// `hashHeader` when set).
+    /// `hashHeader` when set). Defaults to `RoundRobin`.
     #[serde(default)]
     pub load_balancing: LoadBalancing,
 
@@ -239,7 +239,7 @@ pub enum LoadBalancing {
 #[serde(rename_all = "camelCase")]
 pub struct Affinity {
     /// `None`, `Cookie` (an encrypted cookie names the server; any array member can read
-    /// it) or `SourceIP` (consistent hashing of the client address).
+    /// it) or `SourceIP` (consistent hashing of the client address). Defaults to `None`.
     #[serde(default)]
     pub mode: AffinityMode,
 
