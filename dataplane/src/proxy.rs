@@ -332,8 +332,8 @@ async fn serve(
     let Some(route) = snapshot.routes.find(&host, path) else {
         return unrouted(shared, StatusCode::NOT_FOUND, "no-route");
     };
-    let route_prefix = route.prefix;
-    let Some(farm) = snapshot.farms.get(route.farm).cloned() else {
+    let route_prefix = route.cookie_path();
+    let Some(farm) = snapshot.farms.get(&route.farm).cloned() else {
         return unrouted(shared, StatusCode::NOT_FOUND, "no-route");
     };
     let farm_label = FarmLabel {

@@ -326,7 +326,7 @@ impl<'a> FarmErrors<'a> {
 struct BuiltFarm {
     farm: FarmConfig,
     hosts: Vec<String>,
-    paths: Vec<String>,
+    paths: Vec<routes::RoutePath>,
     endpoints: BTreeMap<String, EndpointConfig>,
     statuses: Vec<v1alpha1::EndpointStatus>,
     unresolved: Vec<String>,
@@ -520,7 +520,8 @@ mod tests {
         let built = build_farm(&f, &defaults(), &Resolutions::default())
             .unwrap_or_else(|e| panic!("{e:?}"));
         assert_eq!(built.hosts, ["shop.example"]);
-        assert_eq!(built.paths, ["/", "/api"]);
+        let paths: Vec<&str> = built.paths.iter().map(|p| p.1.as_str()).collect();
+        assert_eq!(paths, ["/", "/api"]);
         assert_eq!(built.farm.id, "default/a");
         assert_eq!(built.farm.backend_host.as_deref(), Some("internal.example"));
         assert_eq!(built.farm.allowed_upgrades, ["websocket"]);
