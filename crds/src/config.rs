@@ -13,9 +13,11 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::Duration;
+mod filters;
 pub use crate::v1alpha1::{
     AffinityMode, CookieProtection, ListenerProtocol, LoadBalancing, SameSite, UpstreamProtocol,
 };
+pub use filters::*;
 
 /// The config schema version this crate writes and reads.
 pub const CONFIG_VERSION: u32 = 1;
@@ -223,6 +225,9 @@ pub struct FarmConfig {
     /// `Upgrade` tokens clients may switch to, lower case.
     #[serde(default = "default_allowed_upgrades")]
     pub allowed_upgrades: Vec<String>,
+    /// Route features: rewrites, redirects, header changes, body limit.
+    #[serde(default, skip_serializing_if = "FiltersConfig::is_empty")]
+    pub filters: FiltersConfig,
 }
 
 fn default_allowed_upgrades() -> Vec<String> {

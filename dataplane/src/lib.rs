@@ -8,6 +8,7 @@ mod admin;
 mod balance;
 mod bind;
 pub mod cluster;
+mod filters;
 mod framing;
 #[doc(hidden)]
 pub mod fuzz;

@@ -20,11 +20,11 @@ use hyper_util::rt::TokioIo;
 use portcullis_crds::config::{AffinityMode, UpstreamProtocol};
 
 use crate::balance::FarmRt;
-use crate::hygiene;
 use crate::metrics::{FarmLabel, FarmStatus};
 use crate::pool::{ConnectError, Endpoint, InFlight, ReqBody, Sender};
 use crate::runtime::Shared;
 use crate::trace::{Finisher, Span};
+use crate::{filters, hygiene};
 
 /// Errors inside a proxied body.
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -342,6 +342,12 @@ async fn serve(
     if let Some(s) = span.as_deref_mut() {
         s.farm = Some(farm.cfg.id.clone());
     }
+    let rewritten = farm
+        .cfg
+        .filters
+        .rewrite
+        .as_ref()
+        .and_then(|rw| filters::rewrite(rw, route, req.uri()));
 
     // Rewrite the head for the upstream.
     let original_host = named_host(&req);
@@ -445,11 +451,12 @@ async fn serve(
         let connection = if upgrade { "upgrade, te" } else { "te" };
         headers.insert(header::CONNECTION, HeaderValue::from_static(connection));
     }
-    let pq = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "/".into());
+    let pq = rewritten.unwrap_or_else(|| {
+        req.uri()
+            .path_and_query()
+            .map(|p| p.as_str().to_owned())
+            .unwrap_or_else(|| "/".into())
+    });
     *req.uri_mut() = if h2_upstream {
         let scheme = if farm.cfg.upstream.tls.is_some() {
             "https"

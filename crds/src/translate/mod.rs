@@ -12,10 +12,12 @@
 //! (listeners, session, client limits), `routes` (published hosts and paths, conflicts
 //! between farms, precedence), `servers` (members and endpoints), `tls` (upstream trust
 //! and names, SNI order), `upstream` (pool limits, timeouts, retries, upgrades),
-//! `affinity` (the session cookie) and `verifier` (active and passive health).
+//! `affinity` (the session cookie), `verifier` (active and passive health) and `filters`
+//! (route features: rewrites, redirects, header changes, body limits).
 
 mod affinity;
 mod array;
+mod filters;
 mod names;
 mod routes;
 mod servers;
@@ -40,6 +42,7 @@ pub use routes::keep_last_good;
 
 use affinity::affinity;
 use array::{ArrayDefaults, validate_array};
+use filters::filters;
 use routes::{Claims, published_hosts, published_paths, route_precedence};
 use servers::{ServerContext, servers};
 use tls::upstream_tls;
@@ -365,6 +368,7 @@ fn build_farm(
     let verifier = verifier(spec, &hosts, &mut errs);
     let passive = passive(spec.connectivity_verifier.as_ref());
     let allowed_upgrades = allowed_upgrades(spec.allowed_upgrades.as_deref(), &mut errs);
+    let filters = filters(spec.filters.as_ref(), &mut errs);
     if !errs.errors.is_empty() {
         return Err(errs.errors);
     }
@@ -384,6 +388,7 @@ fn build_farm(
             passive,
             cookie_protection: spec.cookie_protection,
             allowed_upgrades,
+            filters,
         },
         hosts,
         paths,

@@ -106,6 +106,11 @@ pub struct ServerFarmSpec {
     /// How the dataplane talks to the servers: TLS, keep-alive, timeouts and retries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream: Option<Upstream>,
+
+    /// Route features: path rewrites, redirects, request header changes and a body
+    /// size limit, applied to every request of the farm before a server is picked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filters: Option<super::Filters>,
 }
 
 /// A reference to the GatewayArray that publishes a farm.
