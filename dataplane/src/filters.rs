@@ -2,8 +2,8 @@
 //! endpoint is picked: answers the proxy gives itself (redirects, the body limit) and
 //! changes to the request (path rewrite, request headers).
 
-use http::Uri;
-use portcullis_crds::config::{PathMatch, RewriteConfig};
+use http::{HeaderValue, StatusCode, Uri};
+use portcullis_crds::config::{FiltersConfig, PathMatch, RewriteConfig};
 
 use crate::routes::Route;
 
@@ -32,4 +32,55 @@ pub(crate) fn rewrite(rewrite: &RewriteConfig, route: &Route, uri: &Uri) -> Opti
         out.push_str(q);
     }
     Some(out)
+}
+
+/// A redirect the proxy answers itself.
+#[derive(Debug)]
+pub(crate) struct Redirect {
+    pub(crate) status: StatusCode,
+    pub(crate) location: HeaderValue,
+}
+
+/// The redirect the farm answers `uri` with, if any, in the order ingress-nginx
+/// applies them: plain HTTP to HTTPS first, then the farm's own redirect, then the
+/// application root for `/`. `host` is the request's host (lower case, no port).
+pub(crate) fn redirect(
+    filters: &FiltersConfig,
+    tls: bool,
+    host: &str,
+    uri: &Uri,
+) -> Option<Redirect> {
+    let status = |code: u16| StatusCode::from_u16(code).unwrap_or(StatusCode::FOUND);
+    if let Some(https) = filters.https_redirect.as_ref().filter(|_| !tls) {
+        let target = match uri.path_and_query().map(|pq| pq.as_str()) {
+            Some(pq) if pq.starts_with('/') => pq,
+            _ => "/",
+        };
+        let location = match https.port {
+            Some(port) => format!("https://{host}:{port}{target}"),
+            None => format!("https://{host}{target}"),
+        };
+        // The host and target passed the request parser, so this is a valid value.
+        return HeaderValue::from_str(&location)
+            .ok()
+            .map(|location| Redirect {
+                status: status(https.status),
+                location,
+            });
+    }
+    if let Some(r) = &filters.redirect {
+        return HeaderValue::from_str(&r.location)
+            .ok()
+            .map(|location| Redirect {
+                status: status(r.status),
+                location,
+            });
+    }
+    if let Some(root) = filters.app_root.as_ref().filter(|_| uri.path() == "/") {
+        return HeaderValue::from_str(root).ok().map(|location| Redirect {
+            status: StatusCode::FOUND,
+            location,
+        });
+    }
+    None
 }

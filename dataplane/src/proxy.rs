@@ -69,6 +69,16 @@ pub(crate) fn error_response(status: StatusCode, reason: &'static str) -> Respon
     r
 }
 
+/// A redirect the proxy answers itself, with an empty body.
+fn redirect_response(r: filters::Redirect) -> Response<RespBody> {
+    let mut resp = Response::new(full(""));
+    *resp.status_mut() = r.status;
+    let h = resp.headers_mut();
+    h.insert(header::LOCATION, r.location);
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    resp
+}
+
 /// What the dataplane adds to `Via` (the protocol version it received is 1.1 or 2; the
 /// name is a pseudonym, never a host name).
 const VIA: &str = "1.1 portcullis";
@@ -341,6 +351,10 @@ async fn serve(
     };
     if let Some(s) = span.as_deref_mut() {
         s.farm = Some(farm.cfg.id.clone());
+    }
+    if let Some(r) = filters::redirect(&farm.cfg.filters, conn.tls, &host, req.uri()) {
+        count_request(shared, &farm, r.status);
+        return redirect_response(r);
     }
     let rewritten = farm
         .cfg

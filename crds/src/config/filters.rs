@@ -11,6 +11,41 @@ pub struct FiltersConfig {
     /// The path sent to the servers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rewrite: Option<RewriteConfig>,
+    /// Every request answered with this redirect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redirect: Option<RedirectConfig>,
+    /// Plain-HTTP requests redirected to HTTPS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub https_redirect: Option<HttpsRedirectConfig>,
+    /// A request for `/` answered `302` to this path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app_root: Option<String>,
+}
+
+/// ServerFarm `spec.filters.requestRedirect.statusCode`.
+pub const DEFAULT_REDIRECT_STATUS: u16 = 302;
+/// ServerFarm `spec.filters.httpsRedirect.statusCode`.
+pub const DEFAULT_HTTPS_REDIRECT_STATUS: u16 = 308;
+
+/// A redirect to one URL.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RedirectConfig {
+    /// The `Location`, as the farm gave it (a valid header value).
+    pub location: String,
+    /// 301, 302, 303, 307 or 308.
+    pub status: u16,
+}
+
+/// A redirect of plain-HTTP requests to `https://host[:port]/path?query`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpsRedirectConfig {
+    /// 301, 302, 303, 307 or 308.
+    pub status: u16,
+    /// The port written after the host, when not 443.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
 }
 
 impl FiltersConfig {

@@ -5,14 +5,66 @@ use crate::v1alpha1::{Filters, Rewrite};
 
 use super::FarmErrors;
 
-/// The farm's route features; every bad field is reported.
-pub(crate) fn filters(filters: Option<&Filters>, errs: &mut FarmErrors<'_>) -> FiltersConfig {
+/// The farm's route features; every bad field is reported. `https_port` is the port
+/// an HTTPS redirect names (see [`ArrayDefaults`](super::array::ArrayDefaults)).
+pub(crate) fn filters(
+    filters: Option<&Filters>,
+    https_port: Option<u16>,
+    errs: &mut FarmErrors<'_>,
+) -> FiltersConfig {
     let Some(f) = filters else {
         return FiltersConfig::default();
     };
     FiltersConfig {
         rewrite: f.rewrite.as_ref().and_then(|r| rewrite(r, errs)),
+        redirect: f.request_redirect.as_ref().and_then(|r| {
+            let field = "spec.filters.requestRedirect";
+            let status = redirect_status(r.status_code, field, errs);
+            let location = location(&r.url, &format!("{field}.url"), errs);
+            Some(RedirectConfig {
+                location: location?,
+                status: status?,
+            })
+        }),
+        https_redirect: f.https_redirect.as_ref().and_then(|r| {
+            Some(HttpsRedirectConfig {
+                status: redirect_status(r.status_code, "spec.filters.httpsRedirect", errs)?,
+                port: https_port,
+            })
+        }),
+        app_root: f
+            .app_root
+            .as_ref()
+            .filter(|p| origin_path(p, "spec.filters.appRoot", errs))
+            .cloned(),
     }
+}
+
+/// A redirect status the farm may ask for.
+fn redirect_status(code: u16, field: &str, errs: &mut FarmErrors<'_>) -> Option<u16> {
+    if [301, 302, 303, 307, 308].contains(&code) {
+        return Some(code);
+    }
+    errs.push(
+        format!("{field}.statusCode"),
+        format!("{code} is not a redirect status: use 301, 302, 303, 307 or 308"),
+    );
+    None
+}
+
+/// A `Location` value: visible ASCII only, so it is a valid header value and cannot
+/// split the response.
+fn location(url: &str, field: &str, errs: &mut FarmErrors<'_>) -> Option<String> {
+    if url.is_empty() || url.len() > 2048 || !url.bytes().all(|b| b.is_ascii_graphic()) {
+        errs.push(
+            field,
+            format!(
+                "{url:?} is not a URL: 1 to 2048 visible ASCII characters (percent-encode others)"
+            ),
+        );
+        return None;
+    }
+    Some(url.to_owned())
 }
 
 fn rewrite(r: &Rewrite, errs: &mut FarmErrors<'_>) -> Option<RewriteConfig> {
@@ -64,7 +116,7 @@ mod tests {
     fn translated(spec: &str) -> (FiltersConfig, Vec<(String, String)>) {
         let f = farm("a", spec);
         let mut errs = FarmErrors::new(&f);
-        let out = filters(f.spec.filters.as_ref(), &mut errs);
+        let out = filters(f.spec.filters.as_ref(), Some(8443), &mut errs);
         let problems = problems(&errs.errors)
             .into_iter()
             .map(|(a, b)| (a.to_owned(), b.to_owned()))
@@ -92,6 +144,58 @@ mod tests {
         assert_eq!(
             out.rewrite,
             Some(RewriteConfig::ReplacePrefixMatch { with: "/v2".into() })
+        );
+    }
+
+    #[test]
+    fn redirects_take_their_default_status_and_the_https_port() {
+        let (out, problems) = translated(
+            "filters:\n  requestRedirect: {url: 'https://new.example/x?a=1'}\n  httpsRedirect: {}\n  appRoot: /app1\n",
+        );
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(
+            out.redirect,
+            Some(RedirectConfig {
+                location: "https://new.example/x?a=1".into(),
+                status: 302
+            })
+        );
+        assert_eq!(
+            out.https_redirect,
+            Some(HttpsRedirectConfig {
+                status: 308,
+                port: Some(8443)
+            })
+        );
+        assert_eq!(out.app_root.as_deref(), Some("/app1"));
+        let (out, _) = translated(
+            "filters:\n  requestRedirect: {url: /moved, statusCode: 301}\n  httpsRedirect: {statusCode: 307}\n",
+        );
+        assert_eq!(out.redirect.unwrap().status, 301);
+        assert_eq!(out.https_redirect.unwrap().status, 307);
+    }
+
+    #[test]
+    fn bad_redirects_are_refused_naming_the_field() {
+        let (out, problems) = translated(
+            "filters:\n  requestRedirect: {url: 'https://a.example/x y', statusCode: 200}\n  httpsRedirect: {statusCode: 304}\n  appRoot: app\n",
+        );
+        assert_eq!(out.redirect, None);
+        assert_eq!(out.https_redirect, None);
+        assert_eq!(out.app_root, None);
+        let fields: Vec<&str> = problems.iter().map(|p| p.0.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.filters.requestRedirect.statusCode",
+                "spec.filters.requestRedirect.url",
+                "spec.filters.httpsRedirect.statusCode",
+                "spec.filters.appRoot",
+            ]
+        );
+        assert_eq!(
+            problems[0].1,
+            "200 is not a redirect status: use 301, 302, 303, 307 or 308"
         );
     }
 

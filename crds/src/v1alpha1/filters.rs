@@ -12,6 +12,58 @@ pub struct Filters {
     /// Rewrites the request path sent to the servers. The query string is kept.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rewrite: Option<Rewrite>,
+
+    /// Answers every request of the farm with a redirect to `url`; no request reaches
+    /// a server (ingress-nginx `permanent-redirect` and `temporal-redirect`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_redirect: Option<RequestRedirect>,
+
+    /// Redirects a request that arrived on a plain-HTTP listener to
+    /// `https://<host><path>?<query>`; requests on HTTPS pass. The port is left out,
+    /// unless the array has exactly one HTTPS listener and it is not on 443: then it is
+    /// that listener's port (ingress-nginx `ssl-redirect`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub https_redirect: Option<HttpsRedirect>,
+
+    /// A request for exactly `/` is answered `302` with this path as its `Location`,
+    /// e.g. `/app1` (ingress-nginx `app-root`). Starts with `/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^/"), length(max = 1024))]
+    pub app_root: Option<String>,
+}
+
+/// A redirect of every request to one URL.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestRedirect {
+    /// The `Location` sent, as given: an absolute URL (`https://www.example.com/new`)
+    /// or a path.
+    #[schemars(length(min = 1, max = 2048))]
+    pub url: String,
+
+    /// `301`, `302`, `303`, `307` or `308`. Defaults to 302.
+    #[serde(default = "default_redirect_status")]
+    #[x_kube(validation = Rule::new("self in [301, 302, 303, 307, 308]").message("statusCode must be 301, 302, 303, 307 or 308"))]
+    pub status_code: u16,
+}
+
+/// A redirect of plain-HTTP requests to HTTPS.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpsRedirect {
+    /// `301`, `302`, `303`, `307` or `308`. Defaults to 308, which keeps the method and
+    /// body of the request.
+    #[serde(default = "default_https_redirect_status")]
+    #[x_kube(validation = Rule::new("self in [301, 302, 303, 307, 308]").message("statusCode must be 301, 302, 303, 307 or 308"))]
+    pub status_code: u16,
+}
+
+fn default_redirect_status() -> u16 {
+    crate::config::DEFAULT_REDIRECT_STATUS
+}
+
+fn default_https_redirect_status() -> u16 {
+    crate::config::DEFAULT_HTTPS_REDIRECT_STATUS
 }
 
 /// A path rewrite: exactly one of `replacePrefixMatch` and `pathTemplate`.
