@@ -2,8 +2,8 @@
 //! endpoint is picked: answers the proxy gives itself (redirects, the body limit) and
 //! changes to the request (path rewrite, request headers).
 
-use http::{HeaderValue, StatusCode, Uri};
-use portcullis_crds::config::{FiltersConfig, PathMatch, RewriteConfig};
+use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, Uri};
+use portcullis_crds::config::{FiltersConfig, HeaderChanges, PathMatch, RewriteConfig};
 
 use crate::routes::Route;
 
@@ -83,4 +83,51 @@ pub(crate) fn redirect(
         });
     }
     None
+}
+
+/// A farm's request header changes, parsed once per snapshot.
+#[derive(Debug, Default)]
+pub(crate) struct HeaderOps {
+    remove: Vec<HeaderName>,
+    set: Vec<(HeaderName, HeaderValue)>,
+    add: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl HeaderOps {
+    /// Parses checked changes; an entry that does not parse (translation refuses those)
+    /// is left out.
+    pub(crate) fn new(c: &HeaderChanges) -> Self {
+        let pairs = |m: &std::collections::BTreeMap<String, String>| {
+            m.iter()
+                .filter_map(|(n, v)| {
+                    Some((
+                        HeaderName::from_bytes(n.as_bytes()).ok()?,
+                        HeaderValue::from_str(v).ok()?,
+                    ))
+                })
+                .collect()
+        };
+        HeaderOps {
+            remove: c
+                .remove
+                .iter()
+                .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+                .collect(),
+            set: pairs(&c.set),
+            add: pairs(&c.add),
+        }
+    }
+
+    /// Removes, then sets, then adds.
+    pub(crate) fn apply(&self, headers: &mut HeaderMap) {
+        for n in &self.remove {
+            headers.remove(n);
+        }
+        for (n, v) in &self.set {
+            headers.insert(n.clone(), v.clone());
+        }
+        for (n, v) in &self.add {
+            headers.append(n.clone(), v.clone());
+        }
+    }
 }

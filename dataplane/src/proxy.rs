@@ -455,6 +455,11 @@ async fn serve(
     if let Some(v) = &upstream_host {
         headers.insert(header::HOST, v.clone());
     }
+    if farm.cfg.filters.request_headers.is_some()
+        && let Some(ops) = snapshot.header_ops.get(&farm.cfg.id)
+    {
+        ops.apply(headers);
+    }
     if let Some(u) = upgrade_value.clone() {
         headers.insert(header::UPGRADE, u);
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));

@@ -1,6 +1,8 @@
 //! The dataplane config of a farm's route features (`spec.filters`): rewrites,
 //! redirects, request header changes and the body size limit.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 /// A farm's route features, applied before a server is picked. Empty when the farm
@@ -20,7 +22,41 @@ pub struct FiltersConfig {
     /// A request for `/` answered `302` to this path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub app_root: Option<String>,
+    /// Changes to the request headers sent upstream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_headers: Option<HeaderChanges>,
 }
+
+/// Header changes: names are lower case, valid tokens, never hop-by-hop, `host`,
+/// `content-length` or `transfer-encoding`; values are valid header values. Applied as
+/// remove, then set, then add.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HeaderChanges {
+    /// Replaced or added.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub set: BTreeMap<String, String>,
+    /// Appended.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub add: BTreeMap<String, String>,
+    /// Removed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
+}
+
+/// Request headers a farm may not change: the hop-by-hop ones (RFC 9110 section 7.6.1)
+/// and those that frame or address the message (`Host` is `backendHost`'s).
+pub const PROTECTED_REQUEST_HEADERS: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+    "content-length",
+    "trailer",
+];
 
 /// ServerFarm `spec.filters.requestRedirect.statusCode`.
 pub const DEFAULT_REDIRECT_STATUS: u16 = 302;

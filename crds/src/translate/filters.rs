@@ -1,9 +1,10 @@
 //! Route features (`spec.filters`): checked, into the farm's [`FiltersConfig`].
 
 use crate::config::*;
-use crate::v1alpha1::{Filters, Rewrite};
+use crate::v1alpha1::{Filters, RequestHeaders, Rewrite};
 
 use super::FarmErrors;
+use super::names::http_token;
 
 /// The farm's route features; every bad field is reported. `https_port` is the port
 /// an HTTPS redirect names (see [`ArrayDefaults`](super::array::ArrayDefaults)).
@@ -37,7 +38,86 @@ pub(crate) fn filters(
             .as_ref()
             .filter(|p| origin_path(p, "spec.filters.appRoot", errs))
             .cloned(),
+        request_headers: f
+            .request_headers
+            .as_ref()
+            .and_then(|h| header_changes(h, "spec.filters.requestHeaders", errs)),
     }
+}
+
+/// Checked header changes (names lower-cased), or `None` when one is bad or there are
+/// none.
+fn header_changes(
+    h: &RequestHeaders,
+    field: &str,
+    errs: &mut FarmErrors<'_>,
+) -> Option<HeaderChanges> {
+    let before = errs.errors.len();
+    let name_ok = |name: &str, at: String, errs: &mut FarmErrors<'_>| -> Option<String> {
+        let lower = name.to_ascii_lowercase();
+        if http_token(name).is_err() {
+            errs.push(at, format!("{name:?} is not a header name (an HTTP token)"));
+            None
+        } else if PROTECTED_REQUEST_HEADERS.contains(&lower.as_str()) {
+            let why = if lower == "host" {
+                "; set spec.backendHost to change the Host sent upstream"
+            } else {
+                ""
+            };
+            errs.push(
+                at,
+                format!("{name} is managed by the proxy and cannot be changed{why}"),
+            );
+            None
+        } else {
+            Some(lower)
+        }
+    };
+    let value_ok = |value: &str| {
+        value.len() <= 4096
+            && value
+                .bytes()
+                .all(|b| b == b'\t' || (0x20..0x7f).contains(&b))
+    };
+    let mut out = HeaderChanges::default();
+    for (list, name) in [("set", &h.set), ("add", &h.add)] {
+        for (n, v) in name {
+            let at = format!("{field}.{list}.{n}");
+            let Some(lower) = name_ok(n, at.clone(), errs) else {
+                continue;
+            };
+            if !value_ok(v) {
+                errs.push(
+                    at,
+                    format!(
+                        "{v:?} is not a header value: up to 4096 printable ASCII characters, spaces and tabs"
+                    ),
+                );
+                continue;
+            }
+            let map = if list == "set" {
+                &mut out.set
+            } else {
+                &mut out.add
+            };
+            if map.insert(lower, v.clone()).is_some() {
+                errs.push(at, format!("{n} is listed twice (names ignore case)"));
+            }
+        }
+    }
+    for (i, n) in h.remove.iter().enumerate() {
+        let at = format!("{field}.remove[{i}]");
+        let Some(lower) = name_ok(n, at.clone(), errs) else {
+            continue;
+        };
+        if out.set.contains_key(&lower) || out.add.contains_key(&lower) {
+            errs.push(at, format!("{n} is both removed and set or added"));
+            continue;
+        }
+        out.remove.push(lower);
+    }
+    let empty = out == HeaderChanges::default();
+    (errs.errors.len() == before && !empty).then_some(out)
 }
 
 /// A redirect status the farm may ask for.
@@ -197,6 +277,52 @@ mod tests {
             problems[0].1,
             "200 is not a redirect status: use 301, 302, 303, 307 or 308"
         );
+    }
+
+    #[test]
+    fn header_changes_are_lower_cased() {
+        let (out, problems) = translated(
+            "filters:\n  requestHeaders:\n    set: {X-Tenant: blue, X-Forwarded-Proto: https}\n    add: {X-Trace: 'a b'}\n    remove: [X-Debug]\n",
+        );
+        assert!(problems.is_empty(), "{problems:?}");
+        let h = out.request_headers.unwrap();
+        assert_eq!(
+            h.set.iter().collect::<Vec<_>>(),
+            [
+                (&"x-forwarded-proto".to_owned(), &"https".to_owned()),
+                (&"x-tenant".to_owned(), &"blue".to_owned())
+            ]
+        );
+        assert_eq!(h.add["x-trace"], "a b");
+        assert_eq!(h.remove, ["x-debug"]);
+    }
+
+    #[test]
+    fn bad_header_changes_are_refused_naming_the_field() {
+        let (out, problems) = translated(
+            "filters:\n  requestHeaders:\n    set: {Host: x, 'bad name': v, X-Ok: \"a\\nb\", Connection: close}\n    add: {Transfer-Encoding: chunked, Content-Length: '1', X-A: '1', x-a: '2'}\n    remove: [Upgrade, X-Ok2, x-a]\n",
+        );
+        assert_eq!(out.request_headers, None);
+        let fields: Vec<&str> = problems.iter().map(|p| p.0.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.filters.requestHeaders.set.Connection",
+                "spec.filters.requestHeaders.set.Host",
+                "spec.filters.requestHeaders.set.X-Ok",
+                "spec.filters.requestHeaders.set.bad name",
+                "spec.filters.requestHeaders.add.Content-Length",
+                "spec.filters.requestHeaders.add.Transfer-Encoding",
+                "spec.filters.requestHeaders.add.x-a",
+                "spec.filters.requestHeaders.remove[0]",
+                "spec.filters.requestHeaders.remove[2]",
+            ]
+        );
+        assert_eq!(
+            problems[1].1,
+            "Host is managed by the proxy and cannot be changed; set spec.backendHost to change the Host sent upstream"
+        );
+        assert_eq!(problems[6].1, "x-a is listed twice (names ignore case)");
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! `ServerFarm` route features: what the dataplane does to a request of the farm, or
 //! answers itself, before a server is picked.
 
+use std::collections::BTreeMap;
+
 use kube::KubeSchema;
 use serde::{Deserialize, Serialize};
 
@@ -30,6 +32,32 @@ pub struct Filters {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^/"), length(max = 1024))]
     pub app_root: Option<String>,
+
+    /// Changes to the request headers sent to the servers, made after the proxy's own
+    /// (hop-by-hop removal, `X-Forwarded-*`, `Via`). Hop-by-hop headers, `Host` (see
+    /// `backendHost`), `Content-Length` and `Transfer-Encoding` cannot be changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_headers: Option<RequestHeaders>,
+}
+
+/// Request header changes. Names are matched case-insensitively.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestHeaders {
+    /// Headers set to these values, replacing any the client sent.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 64))]
+    pub set: BTreeMap<String, String>,
+
+    /// Headers added with these values, after any of the same name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 64))]
+    pub add: BTreeMap<String, String>,
+
+    /// Headers removed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 256)))]
+    pub remove: Vec<String>,
 }
 
 /// A redirect of every request to one URL.
