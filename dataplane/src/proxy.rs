@@ -52,6 +52,7 @@ pub(crate) fn error_response(status: StatusCode, reason: &'static str) -> Respon
         StatusCode::BAD_GATEWAY => "bad gateway\n",
         StatusCode::SERVICE_UNAVAILABLE => "service unavailable\n",
         StatusCode::GATEWAY_TIMEOUT => "gateway timeout\n",
+        StatusCode::PAYLOAD_TOO_LARGE => "request body too large\n",
         _ => "error\n",
     };
     let mut r = Response::new(full(body));
@@ -62,8 +63,12 @@ pub(crate) fn error_response(status: StatusCode, reason: &'static str) -> Respon
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     h.insert("x-portcullis-error", HeaderValue::from_static(reason));
-    if status == StatusCode::BAD_REQUEST {
-        // A connection that sent an ambiguous request is not trusted with another.
+    if matches!(
+        status,
+        StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE
+    ) {
+        // A connection that sent an ambiguous request is not trusted with another; one
+        // whose body was refused unread cannot carry another.
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     r
@@ -356,6 +361,16 @@ async fn serve(
         count_request(shared, &farm, r.status);
         return redirect_response(r);
     }
+    let body_limit = farm.cfg.filters.max_request_body_size.unwrap_or(u64::MAX);
+    if req.body().size_hint().lower() > body_limit {
+        // The declared length is over the limit: refused before any server sees it.
+        return finish_error(
+            shared,
+            &farm,
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body-too-large",
+        );
+    }
     let rewritten = farm
         .cfg
         .filters
@@ -556,6 +571,7 @@ async fn serve(
             // Only a body still to come can stall; a bodiless request allocates nothing.
             idle: (!progress.is_sent()).then(|| Box::pin(tokio::time::sleep(body_idle))),
             idle_timeout: body_idle,
+            limit: body_limit,
         })
     }));
     for attempt in 0..attempts {
@@ -617,14 +633,17 @@ async fn serve(
                 continue;
             }
             SendResult::Failed if progress.client_failed() => {
-                // The client's body was malformed, stalled or abandoned: its fault, not
-                // the server's, so passive health is not told (issue 12, finding 3).
-                let status = if progress.stalled() {
-                    StatusCode::REQUEST_TIMEOUT
+                // The client's body was malformed, stalled, abandoned or too large: its
+                // fault, not the server's, so passive health is not told (issue 12,
+                // finding 3).
+                let (status, reason) = if progress.too_large() {
+                    (StatusCode::PAYLOAD_TOO_LARGE, "body-too-large")
+                } else if progress.stalled() {
+                    (StatusCode::REQUEST_TIMEOUT, "bad-request-body")
                 } else {
-                    StatusCode::BAD_REQUEST
+                    (StatusCode::BAD_REQUEST, "bad-request-body")
                 };
-                return finish_error(shared, &farm, status, "bad-request-body");
+                return finish_error(shared, &farm, status, reason);
             }
             SendResult::Failed => {
                 farm.record(i, true);
@@ -869,6 +888,7 @@ struct ProgressState {
     sent: tokio::sync::watch::Sender<bool>,
     failed: std::sync::atomic::AtomicBool,
     stalled: std::sync::atomic::AtomicBool,
+    too_large: std::sync::atomic::AtomicBool,
 }
 
 impl BodyProgress {
@@ -877,7 +897,18 @@ impl BodyProgress {
             sent: tokio::sync::watch::Sender::new(sent),
             failed: std::sync::atomic::AtomicBool::new(false),
             stalled: std::sync::atomic::AtomicBool::new(false),
+            too_large: std::sync::atomic::AtomicBool::new(false),
         }))
+    }
+
+    /// The body grew past the farm's limit.
+    fn fail_too_large(&self) {
+        self.0.too_large.store(true, Ordering::Relaxed);
+        self.fail(false);
+    }
+
+    fn too_large(&self) -> bool {
+        self.0.too_large.load(Ordering::Relaxed)
     }
 
     fn finish(&self) {
@@ -1039,8 +1070,15 @@ pin_project_lite::pin_project! {
         progress: BodyProgress,
         idle: Option<Pin<Box<tokio::time::Sleep>>>,
         idle_timeout: Duration,
+        // The farm's body limit in bytes (`u64::MAX` for none).
+        limit: u64,
     }
 }
+
+/// The client's request body grew past the farm's limit.
+#[derive(Debug, thiserror::Error)]
+#[error("failed to forward the request body: larger than the farm's limit")]
+struct BodyTooLarge;
 
 /// The client's request body stalled longer than the idle timeout.
 #[derive(Debug, thiserror::Error)]
@@ -1059,7 +1097,11 @@ impl Body for Counted {
         match this.inner.as_mut().poll_frame(cx) {
             Poll::Ready(Some(Ok(f))) => {
                 if let Some(d) = f.data_ref() {
-                    this.count.fetch_add(d.len() as u64, Ordering::Relaxed);
+                    let before = this.count.fetch_add(d.len() as u64, Ordering::Relaxed);
+                    if before.saturating_add(d.len() as u64) > *this.limit {
+                        this.progress.fail_too_large();
+                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
+                    }
                 }
                 if let Some(idle) = this.idle.as_mut() {
                     idle.as_mut()

@@ -25,6 +25,9 @@ pub struct FiltersConfig {
     /// Changes to the request headers sent upstream.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_headers: Option<HeaderChanges>,
+    /// The largest request body, in bytes (never 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_request_body_size: Option<u64>,
 }
 
 /// Header changes: names are lower case, valid tokens, never hop-by-hop, `host`,

@@ -42,6 +42,7 @@ pub(crate) fn filters(
             .request_headers
             .as_ref()
             .and_then(|h| header_changes(h, "spec.filters.requestHeaders", errs)),
+        max_request_body_size: f.max_request_body_size.filter(|n| *n > 0),
     }
 }
 
@@ -323,6 +324,15 @@ mod tests {
             "Host is managed by the proxy and cannot be changed; set spec.backendHost to change the Host sent upstream"
         );
         assert_eq!(problems[6].1, "x-a is listed twice (names ignore case)");
+    }
+
+    #[test]
+    fn a_zero_body_limit_is_no_limit() {
+        let (out, _) = translated("filters:\n  maxRequestBodySize: 0\n");
+        assert_eq!(out.max_request_body_size, None);
+        assert!(out.is_empty());
+        let (out, _) = translated("filters:\n  maxRequestBodySize: 1048576\n");
+        assert_eq!(out.max_request_body_size, Some(1 << 20));
     }
 
     #[test]

@@ -38,6 +38,14 @@ pub struct Filters {
     /// `backendHost`), `Content-Length` and `Transfer-Encoding` cannot be changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_headers: Option<RequestHeaders>,
+
+    /// The largest request body accepted, in bytes (ingress-nginx `proxy-body-size`).
+    /// A request declaring a larger `Content-Length` is answered `413` without reaching a
+    /// server; a streamed body that grows past it is cut off and answered `413` (or the
+    /// connection reset, if the server already answered). Neither counts against the
+    /// server's health. 0 or unset means no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_request_body_size: Option<u64>,
 }
 
 /// Request header changes. Names are matched case-insensitively.
