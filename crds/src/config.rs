@@ -121,6 +121,28 @@ pub struct RouteConfig {
     pub path_match: PathMatch,
     /// The farm id.
     pub farm: String,
+    /// A canary farm that takes some of this route's requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanaryConfig>,
+}
+
+/// A canary of a route: which requests go to farm `farm` instead of the route's.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CanaryConfig {
+    /// The canary farm's id.
+    pub farm: String,
+    /// Percent, 0 to 100, of the requests no header or cookie decided.
+    pub weight: u32,
+    /// Request header (lower case) that decides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    /// The value of `header` that picks the canary; without it `always` and `never`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header_value: Option<String>,
+    /// Cookie whose value `always` or `never` decides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<String>,
 }
 
 /// How a route's path pattern matches a request path.
@@ -797,6 +819,20 @@ impl DataplaneConfig {
                     r.host, r.path_prefix, r.farm
                 ));
             }
+            if let Some(c) = &r.canary {
+                if !self.farms.contains_key(&c.farm) {
+                    return invalid(format!(
+                        "route {}{} names unknown canary farm {}",
+                        r.host, r.path_prefix, c.farm
+                    ));
+                }
+                if c.weight > 100 {
+                    return invalid(format!(
+                        "route {}{} has a canary weight over 100",
+                        r.host, r.path_prefix
+                    ));
+                }
+            }
             match r.path_match {
                 PathMatch::Prefix | PathMatch::Exact if !r.path_prefix.starts_with('/') => {
                     return invalid(format!(
@@ -894,6 +930,7 @@ mod tests {
         assert!(!serde_json::to_string(&old).unwrap().contains("pathMatch"));
         let regex = RouteConfig {
             path_prefix: "/api/v[0-9]+".into(),
+            canary: None,
             path_match: PathMatch::Regex,
             ..old
         };

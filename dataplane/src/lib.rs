@@ -7,6 +7,7 @@
 mod admin;
 mod balance;
 mod bind;
+mod canary;
 pub mod cluster;
 mod filters;
 mod framing;

@@ -348,7 +348,7 @@ async fn serve(
         return unrouted(shared, StatusCode::NOT_FOUND, "no-route");
     };
     let route_prefix = route.cookie_path();
-    let Some(farm) = snapshot.farms.get(&route.farm).cloned() else {
+    let Some(farm) = snapshot.farms.get(route.farm_for(req.headers())).cloned() else {
         return unrouted(shared, StatusCode::NOT_FOUND, "no-route");
     };
     let farm_label = FarmLabel {

@@ -7,6 +7,8 @@ use std::collections::HashMap;
 use portcullis_crds::config::{PathMatch, RouteConfig, path_regex};
 use regex::Regex;
 
+use crate::canary::CanaryRule;
+
 /// One route of a host, ready to match.
 #[derive(Debug)]
 pub(crate) struct Route {
@@ -16,6 +18,8 @@ pub(crate) struct Route {
     /// For a regex route, compiled once per snapshot.
     pub(crate) regex: Option<Regex>,
     pub(crate) farm: String,
+    /// A canary farm that takes some of the route's requests.
+    pub(crate) canary: Option<CanaryRule>,
 }
 
 impl Route {
@@ -24,6 +28,14 @@ impl Route {
             PathMatch::Prefix => prefix_matches(&self.pattern, path),
             PathMatch::Exact => self.pattern == path,
             PathMatch::Regex => self.regex.as_ref().is_some_and(|r| r.is_match(path)),
+        }
+    }
+
+    /// The farm that serves a request with `headers`: the route's, or its canary's.
+    pub(crate) fn farm_for(&self, headers: &http::HeaderMap) -> &str {
+        match &self.canary {
+            Some(c) if c.takes(headers) => &c.farm,
+            _ => &self.farm,
         }
     }
 
@@ -99,6 +111,7 @@ impl RouteIndex {
                 pattern: r.path_prefix.clone(),
                 regex,
                 farm: r.farm.clone(),
+                canary: r.canary.as_ref().map(CanaryRule::new),
             };
             match r.path_match {
                 PathMatch::Exact => {
@@ -144,6 +157,7 @@ mod tests {
             path_prefix: path.into(),
             path_match: kind,
             farm: farm.into(),
+            canary: None,
         }
     }
 

@@ -13,10 +13,12 @@
 //! between farms, precedence), `servers` (members and endpoints), `tls` (upstream trust
 //! and names, SNI order), `upstream` (pool limits, timeouts, retries, upgrades),
 //! `affinity` (the session cookie), `verifier` (active and passive health) and `filters`
-//! (route features: rewrites, redirects, header changes, body limits).
+//! (route features: rewrites, redirects, header changes, body limits), and `canary`
+//! (farms that take a share of another farm's routes).
 
 mod affinity;
 mod array;
+mod canary;
 mod filters;
 mod names;
 mod routes;
@@ -42,6 +44,7 @@ pub use routes::keep_last_good;
 
 use affinity::affinity;
 use array::{ArrayDefaults, validate_array};
+use canary::add_canary;
 use filters::filters;
 use routes::{Claims, published_hosts, published_paths, route_precedence};
 use servers::{ServerContext, servers};
@@ -179,7 +182,11 @@ pub fn translate(
     for farm in &ours {
         *seen.entry(farm_id(farm)).or_default() += 1;
     }
-    for farm in ours {
+    // Canaries attach to the routes their primaries claimed, so they come after every
+    // primary, whatever their age.
+    let (canaries, primaries): (Vec<&ServerFarm>, Vec<&ServerFarm>) =
+        ours.into_iter().partition(|f| f.spec.canary.is_some());
+    for farm in primaries.into_iter().chain(canaries) {
         let copies = seen[&farm_id(farm)];
         let outcome = if copies > 1 {
             FarmOutcome::Rejected(vec![farm_error(
@@ -187,6 +194,8 @@ pub fn translate(
                 "metadata.name".into(),
                 format!("ServerFarm {} is defined {copies} times", farm_id(farm)),
             )])
+        } else if farm.spec.canary.is_some() {
+            add_canary(&mut config, farm, &array_defaults, resolutions)
         } else {
             add_farm(&mut config, &mut claims, farm, &array_defaults, resolutions)
         };
@@ -277,6 +286,11 @@ fn add_farm(
     config
         .routes
         .extend(claims.claim(farm, &id, &built.hosts, &built.paths));
+    publish(config, id, built)
+}
+
+/// Adds a farm whose routes are settled: its endpoints and the farm itself.
+fn publish(config: &mut DataplaneConfig, id: String, built: BuiltFarm) -> FarmOutcome {
     for (key, ep) in built.endpoints {
         config
             .endpoints

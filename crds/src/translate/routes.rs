@@ -174,6 +174,7 @@ impl Claims {
                     path_prefix: path.1.clone(),
                     path_match: path.0,
                     farm: id.to_owned(),
+                    canary: None,
                 });
             }
             if let Some(tls) = &farm.spec.publish.tls {
@@ -249,12 +250,31 @@ pub fn keep_last_good(config: &mut DataplaneConfig, previous: &DataplaneConfig, 
     }
     let key = |r: &RouteConfig| (r.host.clone(), r.path_match, r.path_prefix.clone());
     let taken: BTreeSet<(String, PathMatch, String)> = config.routes.iter().map(key).collect();
+    // Its routes, each with its canary only while that canary is served.
     let routes: Vec<RouteConfig> = previous
         .routes
         .iter()
         .filter(|r| r.farm == id && !taken.contains(&key(r)))
-        .cloned()
+        .map(|r| {
+            let mut r = r.clone();
+            r.canary = r.canary.filter(|c| config.farms.contains_key(&c.farm));
+            r
+        })
         .collect();
+    // As a canary: back on the routes it served, unless another canary has them now.
+    for old in previous
+        .routes
+        .iter()
+        .filter(|r| r.canary.as_ref().is_some_and(|c| c.farm == id))
+    {
+        if let Some(r) = config
+            .routes
+            .iter_mut()
+            .find(|r| key(r) == key(old) && r.canary.is_none())
+        {
+            r.canary = old.canary.clone();
+        }
+    }
     let hosts: BTreeSet<&str> = routes.iter().map(|r| r.host.as_str()).collect();
     keep_sni(config, previous, &hosts);
     for m in &farm.members {
@@ -444,6 +464,7 @@ mod tests {
                 path_prefix: path.into(),
                 path_match: PathMatch::Prefix,
                 farm: "f".into(),
+                canary: None,
             })
         };
         let of = |kind: PathMatch, path: &str| {
@@ -452,6 +473,7 @@ mod tests {
                 path_prefix: path.into(),
                 path_match: kind,
                 farm: "f".into(),
+                canary: None,
             })
         };
         // An exact path beats everything of its host, even a longer pattern.

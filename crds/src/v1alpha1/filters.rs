@@ -1,5 +1,5 @@
 //! `ServerFarm` route features: what the dataplane does to a request of the farm, or
-//! answers itself, before a server is picked.
+//! answers itself, before a server is picked; and canary splits between farms.
 
 use std::collections::BTreeMap;
 
@@ -122,4 +122,44 @@ pub struct Rewrite {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^/"), length(max = 1024))]
     pub path_template: Option<String>,
+}
+
+/// Makes this farm a canary of the farm (or farms) of the same array that publish the
+/// same hosts and paths: it claims no route of its own, and a request on one of those
+/// routes goes to the canary instead of the primary as these rules say, in order
+/// (ingress-nginx canary annotations).
+///
+/// 1. `header`, when the request has it: with `headerValue`, the canary when the value
+///    equals it (another value goes on to the next rules); without, `always` picks the
+///    canary and `never` the primary (another value goes on).
+/// 2. `cookie`, when the request has it: `always` or `never`, likewise.
+/// 3. The canary with probability `weight`/100.
+///
+/// Every host and path of a canary needs a primary, and a route has at most one
+/// canary: the older canary farm keeps it. The canary's own servers, upstream settings
+/// and filters serve the requests it takes.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.headerValue) || has(self.header)").message("headerValue needs header").field_path(".headerValue"))]
+pub struct Canary {
+    /// Percent of the remaining requests (those no header or cookie decided) sent to the
+    /// canary, 0 to 100. Defaults to 0.
+    #[serde(default)]
+    #[schemars(range(max = 100))]
+    pub weight: u32,
+
+    /// A request header that decides: `always` or `never`, or `headerValue`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$"), length(max = 256))]
+    pub header: Option<String>,
+
+    /// The value of `header` that picks the canary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub header_value: Option<String>,
+
+    /// A cookie that decides: `always` or `never`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$"), length(max = 256))]
+    pub cookie: Option<String>,
 }

@@ -111,6 +111,11 @@ pub struct ServerFarmSpec {
     /// size limit, applied to every request of the farm before a server is picked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filters: Option<super::Filters>,
+
+    /// Makes this farm a canary of the farm that publishes the same hosts and paths on
+    /// the same array, taking a share of its requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<super::Canary>,
 }
 
 /// A reference to the GatewayArray that publishes a farm.
