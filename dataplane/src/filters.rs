@@ -41,15 +41,40 @@ pub(crate) struct Redirect {
     pub(crate) location: HeaderValue,
 }
 
-/// The redirect the farm answers `uri` with, if any, in the order ingress-nginx
-/// applies them: plain HTTP to HTTPS first, then the farm's own redirect, then the
-/// application root for `/`. `host` is the request's host (lower case, no port).
-pub(crate) fn redirect(
+/// What the admit phase decided about a request, before any server is picked.
+#[derive(Debug)]
+pub(crate) enum Admission {
+    /// Forward it.
+    Pass,
+    /// Answer with this redirect.
+    Redirect(Redirect),
+    /// Its declared body is over the farm's limit: answer 413.
+    TooLarge,
+}
+
+/// The admit phase: whether the farm answers the request itself (a redirect, or a
+/// declared body length over its limit) or forwards it. `host` is the request's host
+/// (lower case, no port); `declared` the body length the request announced, at least.
+pub(crate) fn admit(
     filters: &FiltersConfig,
     tls: bool,
     host: &str,
     uri: &Uri,
-) -> Option<Redirect> {
+    declared: u64,
+) -> Admission {
+    if let Some(r) = redirect(filters, tls, host, uri) {
+        return Admission::Redirect(r);
+    }
+    match filters.max_request_body_size {
+        Some(limit) if declared > limit => Admission::TooLarge,
+        _ => Admission::Pass,
+    }
+}
+
+/// The redirect the farm answers `uri` with, if any, in the order ingress-nginx
+/// applies them: plain HTTP to HTTPS first, then the farm's own redirect, then the
+/// application root for `/`.
+fn redirect(filters: &FiltersConfig, tls: bool, host: &str, uri: &Uri) -> Option<Redirect> {
     let status = |code: u16| StatusCode::from_u16(code).unwrap_or(StatusCode::FOUND);
     if let Some(https) = filters.https_redirect.as_ref().filter(|_| !tls) {
         let target = match uri.path_and_query().map(|pq| pq.as_str()) {

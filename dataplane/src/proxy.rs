@@ -357,20 +357,20 @@ async fn serve(
     if let Some(s) = span.as_deref_mut() {
         s.farm = Some(farm.cfg.id.clone());
     }
-    if let Some(r) = filters::redirect(&farm.cfg.filters, conn.tls, &host, req.uri()) {
-        count_request(shared, &farm, r.status);
-        return redirect_response(r);
+    let declared = req.body().size_hint().lower();
+    match filters::admit(&farm.cfg.filters, conn.tls, &host, req.uri(), declared) {
+        filters::Admission::Pass => {}
+        filters::Admission::Redirect(r) => {
+            count_request(shared, &farm, r.status);
+            return redirect_response(r);
+        }
+        filters::Admission::TooLarge => {
+            // Refused before any server sees it.
+            let status = StatusCode::PAYLOAD_TOO_LARGE;
+            return finish_error(shared, &farm, status, "body-too-large");
+        }
     }
     let body_limit = farm.cfg.filters.max_request_body_size.unwrap_or(u64::MAX);
-    if req.body().size_hint().lower() > body_limit {
-        // The declared length is over the limit: refused before any server sees it.
-        return finish_error(
-            shared,
-            &farm,
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "body-too-large",
-        );
-    }
     let rewritten = farm
         .cfg
         .filters
