@@ -13,9 +13,11 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::Duration;
+mod filters;
 pub use crate::v1alpha1::{
     AffinityMode, CookieProtection, ListenerProtocol, LoadBalancing, SameSite, UpstreamProtocol,
 };
+pub use filters::*;
 
 /// The config schema version this crate writes and reads.
 pub const CONFIG_VERSION: u32 = 1;
@@ -36,8 +38,9 @@ pub struct DataplaneConfig {
     pub array: ArrayMeta,
     /// The ports to listen on.
     pub listeners: Vec<ListenerConfig>,
-    /// Routes, in precedence order: exact hosts before wildcards, longer path prefixes
-    /// before shorter ones. The first match wins.
+    /// Routes, in precedence order: exact hosts before wildcards (longer suffixes
+    /// first); for one host, exact paths first, then prefixes and regexes together, the
+    /// longer pattern first. The first match wins.
     pub routes: Vec<RouteConfig>,
     /// Farms by id (`namespace/name`).
     pub farms: BTreeMap<String, FarmConfig>,
@@ -102,17 +105,81 @@ pub struct CertificateRef {
     pub secret: String,
 }
 
-/// One route: a host pattern and a path prefix leading to a farm.
+/// One route: a host pattern and a path pattern leading to a farm.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RouteConfig {
     /// Exact host (`shop.example.com`) or wildcard (`*.example.com`), lower case, no port.
     pub host: String,
-    /// Path prefix, starting with `/`. Matches on segment boundaries: `/api` matches
-    /// `/api` and `/api/x`, not `/apix`.
+    /// The path pattern, read as [`path_match`](Self::path_match) says. For a prefix,
+    /// starting with `/` and matching on segment boundaries: `/api` matches `/api` and
+    /// `/api/x`, not `/apix`.
     pub path_prefix: String,
+    /// How [`path_prefix`](Self::path_prefix) matches. Prefix when absent, so configs
+    /// written before path kinds existed still parse.
+    #[serde(default, skip_serializing_if = "PathMatch::is_prefix")]
+    pub path_match: PathMatch,
     /// The farm id.
     pub farm: String,
+    /// A canary farm that takes some of this route's requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanaryConfig>,
+}
+
+/// A canary of a route: which requests go to farm `farm` instead of the route's.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CanaryConfig {
+    /// The canary farm's id.
+    pub farm: String,
+    /// Percent, 0 to 100, of the requests no header or cookie decided.
+    pub weight: u32,
+    /// Request header (lower case) that decides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    /// The value of `header` that picks the canary; without it `always` and `never`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header_value: Option<String>,
+    /// Cookie whose value `always` or `never` decides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<String>,
+}
+
+/// How a route's path pattern matches a request path.
+#[derive(
+    Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash,
+)]
+pub enum PathMatch {
+    /// Whole leading path elements.
+    #[default]
+    Prefix,
+    /// The whole path, byte for byte.
+    Exact,
+    /// A regular expression ([`path_regex`]), from the start of the path,
+    /// case-insensitive.
+    Regex,
+}
+
+impl PathMatch {
+    /// Whether this is [`PathMatch::Prefix`].
+    pub fn is_prefix(&self) -> bool {
+        *self == PathMatch::Prefix
+    }
+}
+
+/// The largest compiled program a path regex may take, in bytes: a route table is built
+/// for every config, and one pathological pattern must not eat a member's memory.
+pub const PATH_REGEX_SIZE_LIMIT: usize = 1 << 20;
+
+/// Compiles a route's path regex as the dataplane matches it: anchored at the start of
+/// the path (`^` is implied, as ingress-nginx writes its locations), case-insensitive
+/// (nginx `location ~*`), and bounded by [`PATH_REGEX_SIZE_LIMIT`].
+pub fn path_regex(pattern: &str) -> Result<regex::Regex, regex::Error> {
+    regex::RegexBuilder::new(&format!("^(?:{pattern})"))
+        .case_insensitive(true)
+        .size_limit(PATH_REGEX_SIZE_LIMIT)
+        .dfa_size_limit(PATH_REGEX_SIZE_LIMIT)
+        .build()
 }
 
 impl RouteConfig {
@@ -131,14 +198,22 @@ impl RouteConfig {
         }
     }
 
-    /// Whether the path prefix covers `path` on a segment boundary: `/api` covers `/api`
-    /// and `/api/x`, not `/apix`; `/` covers every path.
+    /// Whether the path pattern covers `path`. A prefix on a segment boundary: `/api`
+    /// covers `/api` and `/api/x`, not `/apix`, and `/` covers every path; an exact path
+    /// only itself; a regex when it matches from the start of the path (compiled on
+    /// every call: this is the reference, the dataplane compiles once per config).
     pub fn matches_path(&self, path: &str) -> bool {
-        let prefix = self.path_prefix.as_str();
-        prefix == "/"
-            || path
-                .strip_prefix(prefix)
-                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        let pattern = self.path_prefix.as_str();
+        match self.path_match {
+            PathMatch::Prefix => {
+                pattern == "/"
+                    || path
+                        .strip_prefix(pattern)
+                        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+            }
+            PathMatch::Exact => pattern == path,
+            PathMatch::Regex => path_regex(pattern).is_ok_and(|r| r.is_match(path)),
+        }
     }
 }
 
@@ -172,6 +247,9 @@ pub struct FarmConfig {
     /// `Upgrade` tokens clients may switch to, lower case.
     #[serde(default = "default_allowed_upgrades")]
     pub allowed_upgrades: Vec<String>,
+    /// Route features: rewrites, redirects, header changes, body limit.
+    #[serde(default, skip_serializing_if = "FiltersConfig::is_empty")]
+    pub filters: FiltersConfig,
 }
 
 fn default_allowed_upgrades() -> Vec<String> {
@@ -644,7 +722,7 @@ pub enum ConfigError {
 
 impl DataplaneConfig {
     /// The route a request takes: the first of [`routes`](Self::routes) whose host and
-    /// path prefix cover it. `host` is lower case, without port or final dot. This is
+    /// path pattern cover it. `host` is lower case, without port or final dot. This is
     /// the reference for the precedence the dataplane implements.
     pub fn route(&self, host: &str, path: &str) -> Option<&RouteConfig> {
         self.routes
@@ -732,7 +810,7 @@ impl DataplaneConfig {
         }
         let mut claims = std::collections::BTreeSet::new();
         for r in &self.routes {
-            if !claims.insert((&r.host, &r.path_prefix)) {
+            if !claims.insert((&r.host, r.path_match, &r.path_prefix)) {
                 return invalid(format!("route {}{} appears twice", r.host, r.path_prefix));
             }
             if !self.farms.contains_key(&r.farm) {
@@ -741,11 +819,36 @@ impl DataplaneConfig {
                     r.host, r.path_prefix, r.farm
                 ));
             }
-            if !r.path_prefix.starts_with('/') {
-                return invalid(format!(
-                    "route {}{} has a path prefix without a leading /",
-                    r.host, r.path_prefix
-                ));
+            if let Some(c) = &r.canary {
+                if !self.farms.contains_key(&c.farm) {
+                    return invalid(format!(
+                        "route {}{} names unknown canary farm {}",
+                        r.host, r.path_prefix, c.farm
+                    ));
+                }
+                if c.weight > 100 {
+                    return invalid(format!(
+                        "route {}{} has a canary weight over 100",
+                        r.host, r.path_prefix
+                    ));
+                }
+            }
+            match r.path_match {
+                PathMatch::Prefix | PathMatch::Exact if !r.path_prefix.starts_with('/') => {
+                    return invalid(format!(
+                        "route {}{} has a path without a leading /",
+                        r.host, r.path_prefix
+                    ));
+                }
+                PathMatch::Regex => {
+                    if let Err(e) = path_regex(&r.path_prefix) {
+                        return invalid(format!(
+                            "route {} has an invalid path regex {:?}: {e}",
+                            r.host, r.path_prefix
+                        ));
+                    }
+                }
+                _ => {}
             }
         }
         for (id, farm) in &self.farms {
@@ -814,6 +917,24 @@ mod tests {
             t.key(),
             "h2+tls://[2001:db8::1]:443?sni=api.internal&trust=ca:upstream-ca"
         );
+    }
+
+    #[test]
+    fn a_route_without_a_path_kind_is_a_prefix() {
+        let old: RouteConfig =
+            serde_json::from_str(r#"{"host": "a.io", "pathPrefix": "/api", "farm": "d/a"}"#)
+                .unwrap();
+        assert_eq!(old.path_match, PathMatch::Prefix);
+        assert!(old.matches_path("/api/x") && !old.matches_path("/apix"));
+        // A prefix route is written as before, so older members read it.
+        assert!(!serde_json::to_string(&old).unwrap().contains("pathMatch"));
+        let regex = RouteConfig {
+            path_prefix: "/api/v[0-9]+".into(),
+            canary: None,
+            path_match: PathMatch::Regex,
+            ..old
+        };
+        assert!(regex.matches_path("/API/V2/x") && !regex.matches_path("/x/api/v2"));
     }
 
     #[test]

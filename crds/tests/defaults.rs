@@ -144,6 +144,16 @@ fn crd_docs_quote_the_defaults_translation_applies() {
             "spec.connectivityVerifier.passive.maxEjectedPercent",
             Default::Number(DEFAULT_MAX_EJECTED_PERCENT.into()),
         ),
+        (
+            &farm,
+            "spec.filters.requestRedirect.statusCode",
+            Default::Number(DEFAULT_REDIRECT_STATUS.into()),
+        ),
+        (
+            &farm,
+            "spec.filters.httpsRedirect.statusCode",
+            Default::Number(DEFAULT_HTTPS_REDIRECT_STATUS.into()),
+        ),
     ];
     let mut wrong = Vec::new();
     for (schema, path, want) in cases {

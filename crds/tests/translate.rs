@@ -905,3 +905,187 @@ fn allowed_upgrades_default_to_websocket_and_refuse_h2c() {
         ["spec.allowedUpgrades[1]", "spec.allowedUpgrades[2]"]
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Canary farms
+
+/// A farm publishing `shop.example.com` at `paths`, created at `created`, with `canary`
+/// (a YAML flow mapping) when given.
+fn shop(name: &str, created: &str, paths: &[&str], canary: Option<&str>) -> ServerFarm {
+    let canary = canary.map(|c| format!("canary: {c}\n")).unwrap_or_default();
+    farm_at(
+        name,
+        Some(created),
+        &format!(
+            "publish:\n  hosts: [shop.example.com]\n  paths: {paths:?}\nservers:\n- address: 10.0.0.1\n  port: 80\n{canary}"
+        ),
+    )
+}
+
+#[test]
+fn a_canary_attaches_to_its_primarys_routes_whatever_its_age() {
+    let canary = shop(
+        "canary",
+        "2026-01-01T00:00:00Z",
+        &["/", "/api"],
+        Some("{weight: 20, header: X-Canary, headerValue: yes, cookie: canary}"),
+    );
+    let primary = shop("primary", "2026-02-01T00:00:00Z", &["/", "/api"], None);
+    let t = ok(translate(
+        &edge(),
+        &[canary, primary],
+        &Resolutions::default(),
+    ));
+    accepted(&t, "default/primary");
+    accepted(&t, "default/canary");
+    assert_eq!(t.config.routes.len(), 2, "a canary claims no route");
+    for r in &t.config.routes {
+        assert_eq!(r.farm, "default/primary");
+        let c = r.canary.as_ref().expect("the canary is attached");
+        assert_eq!(c.farm, "default/canary");
+        assert_eq!(c.weight, 20);
+        assert_eq!(c.header.as_deref(), Some("x-canary"));
+        assert_eq!(c.header_value.as_deref(), Some("yes"));
+        assert_eq!(c.cookie.as_deref(), Some("canary"));
+    }
+    // The config document round-trips with the canary in it.
+    let text = t.config.to_json();
+    assert_eq!(DataplaneConfig::from_json(&text).unwrap(), t.config);
+}
+
+#[test]
+fn a_canary_without_a_primary_is_refused() {
+    let primary = shop("primary", "2026-01-01T00:00:00Z", &["/"], None);
+    let canary = shop(
+        "canary",
+        "2026-02-01T00:00:00Z",
+        &["/", "/beta"],
+        Some("{weight: 50}"),
+    );
+    let t = ok(translate(
+        &edge(),
+        &[primary, canary],
+        &Resolutions::default(),
+    ));
+    let errors = rejected(&t, "default/canary");
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0].field, "spec.publish.hosts[0]");
+    assert!(
+        errors[0]
+            .message
+            .starts_with("shop.example.com/beta has no primary"),
+        "{}",
+        errors[0]
+    );
+    // Refused whole: not even the route that has a primary gets it.
+    assert!(t.config.routes.iter().all(|r| r.canary.is_none()));
+    assert!(!t.config.farms.contains_key("default/canary"));
+}
+
+#[test]
+fn a_route_has_one_canary_and_the_older_keeps_it() {
+    let primary = shop("primary", "2026-01-01T00:00:00Z", &["/"], None);
+    let first = shop(
+        "first",
+        "2026-02-01T00:00:00Z",
+        &["/"],
+        Some("{weight: 10}"),
+    );
+    let second = shop(
+        "second",
+        "2026-03-01T00:00:00Z",
+        &["/"],
+        Some("{weight: 90}"),
+    );
+    let t = ok(translate(
+        &edge(),
+        &[second, primary, first],
+        &Resolutions::default(),
+    ));
+    accepted(&t, "default/first");
+    let errors = rejected(&t, "default/second");
+    assert_eq!(
+        errors[0].message,
+        "shop.example.com/ already has canary ServerFarm default/first"
+    );
+}
+
+#[test]
+fn bad_canary_rules_are_refused_naming_the_field() {
+    let primary = shop("primary", "2026-01-01T00:00:00Z", &["/"], None);
+    let canary = shop(
+        "canary",
+        "2026-02-01T00:00:00Z",
+        &["/"],
+        Some("{weight: 101, headerValue: x, cookie: 'a b'}"),
+    );
+    let t = ok(translate(
+        &edge(),
+        &[primary, canary],
+        &Resolutions::default(),
+    ));
+    let fields: Vec<&str> = rejected(&t, "default/canary")
+        .iter()
+        .map(|e| e.field.as_str())
+        .collect();
+    assert_eq!(
+        fields,
+        [
+            "spec.canary.weight",
+            "spec.canary.cookie",
+            "spec.canary.headerValue"
+        ]
+    );
+}
+
+#[test]
+fn a_refused_canary_keeps_its_last_good_place_and_a_kept_primary_drops_a_gone_canary() {
+    let primary = shop("primary", "2026-01-01T00:00:00Z", &["/"], None);
+    let canary = shop(
+        "canary",
+        "2026-02-01T00:00:00Z",
+        &["/"],
+        Some("{weight: 10}"),
+    );
+    let before = ok(translate(
+        &edge(),
+        &[primary.clone(), canary],
+        &Resolutions::default(),
+    ))
+    .config;
+
+    // The canary's edit is refused: its last good version goes back on the route.
+    let bad = shop(
+        "canary",
+        "2026-02-01T00:00:00Z",
+        &["/"],
+        Some("{weight: 101}"),
+    );
+    let t = ok(translate(
+        &edge(),
+        &[primary.clone(), bad],
+        &Resolutions::default(),
+    ));
+    let mut config = t.config;
+    assert!(config.routes[0].canary.is_none());
+    assert!(keep_last_good(&mut config, &before, "default/canary"));
+    config.check().unwrap();
+    assert_eq!(
+        config.routes[0].canary.as_ref().unwrap().farm,
+        "default/canary"
+    );
+
+    // The primary's edit is refused and its canary is gone: the primary comes back
+    // without it, so the config stays consistent.
+    let bad_primary = farm_at(
+        "primary",
+        Some("2026-01-01T00:00:00Z"),
+        "publish:\n  hosts: [shop.example.com]\nservers: []\n",
+    );
+    let t = ok(translate(&edge(), &[bad_primary], &Resolutions::default()));
+    let mut config = t.config;
+    assert!(keep_last_good(&mut config, &before, "default/primary"));
+    config.check().unwrap();
+    assert_eq!(config.routes[0].farm, "default/primary");
+    assert!(config.routes[0].canary.is_none());
+}

@@ -393,6 +393,7 @@ fn protected_farm(id: &str) -> FarmConfig {
         },
         cookie_protection: CookieProtection::Encrypt,
         allowed_upgrades: vec!["websocket".into()],
+        filters: Default::default(),
     }
 }
 

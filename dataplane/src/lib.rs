@@ -7,7 +7,9 @@
 mod admin;
 mod balance;
 mod bind;
+mod canary;
 pub mod cluster;
+mod filters;
 mod framing;
 #[doc(hidden)]
 pub mod fuzz;

@@ -20,11 +20,11 @@ use hyper_util::rt::TokioIo;
 use portcullis_crds::config::{AffinityMode, UpstreamProtocol};
 
 use crate::balance::FarmRt;
-use crate::hygiene;
 use crate::metrics::{FarmLabel, FarmStatus};
 use crate::pool::{ConnectError, Endpoint, InFlight, ReqBody, Sender};
 use crate::runtime::Shared;
 use crate::trace::{Finisher, Span};
+use crate::{filters, hygiene};
 
 /// Errors inside a proxied body.
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -52,6 +52,7 @@ pub(crate) fn error_response(status: StatusCode, reason: &'static str) -> Respon
         StatusCode::BAD_GATEWAY => "bad gateway\n",
         StatusCode::SERVICE_UNAVAILABLE => "service unavailable\n",
         StatusCode::GATEWAY_TIMEOUT => "gateway timeout\n",
+        StatusCode::PAYLOAD_TOO_LARGE => "request body too large\n",
         _ => "error\n",
     };
     let mut r = Response::new(full(body));
@@ -62,11 +63,25 @@ pub(crate) fn error_response(status: StatusCode, reason: &'static str) -> Respon
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     h.insert("x-portcullis-error", HeaderValue::from_static(reason));
-    if status == StatusCode::BAD_REQUEST {
-        // A connection that sent an ambiguous request is not trusted with another.
+    if matches!(
+        status,
+        StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE
+    ) {
+        // A connection that sent an ambiguous request is not trusted with another; one
+        // whose body was refused unread cannot carry another.
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     r
+}
+
+/// A redirect the proxy answers itself, with an empty body.
+fn redirect_response(r: filters::Redirect) -> Response<RespBody> {
+    let mut resp = Response::new(full(""));
+    *resp.status_mut() = r.status;
+    let h = resp.headers_mut();
+    h.insert(header::LOCATION, r.location);
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    resp
 }
 
 /// What the dataplane adds to `Via` (the protocol version it received is 1.1 or 2; the
@@ -332,8 +347,8 @@ async fn serve(
     let Some(route) = snapshot.routes.find(&host, path) else {
         return unrouted(shared, StatusCode::NOT_FOUND, "no-route");
     };
-    let route_prefix = route.prefix;
-    let Some(farm) = snapshot.farms.get(route.farm).cloned() else {
+    let route_prefix = route.cookie_path();
+    let Some(farm) = snapshot.farms.get(route.farm_for(req.headers())).cloned() else {
         return unrouted(shared, StatusCode::NOT_FOUND, "no-route");
     };
     let farm_label = FarmLabel {
@@ -342,6 +357,26 @@ async fn serve(
     if let Some(s) = span.as_deref_mut() {
         s.farm = Some(farm.cfg.id.clone());
     }
+    let declared = req.body().size_hint().lower();
+    match filters::admit(&farm.cfg.filters, conn.tls, &host, req.uri(), declared) {
+        filters::Admission::Pass => {}
+        filters::Admission::Redirect(r) => {
+            count_request(shared, &farm, r.status);
+            return redirect_response(r);
+        }
+        filters::Admission::TooLarge => {
+            // Refused before any server sees it.
+            let status = StatusCode::PAYLOAD_TOO_LARGE;
+            return finish_error(shared, &farm, status, "body-too-large");
+        }
+    }
+    let body_limit = farm.cfg.filters.max_request_body_size.unwrap_or(u64::MAX);
+    let rewritten = farm
+        .cfg
+        .filters
+        .rewrite
+        .as_ref()
+        .and_then(|rw| filters::rewrite(rw, route, req.uri()));
 
     // Rewrite the head for the upstream.
     let original_host = named_host(&req);
@@ -435,6 +470,11 @@ async fn serve(
     if let Some(v) = &upstream_host {
         headers.insert(header::HOST, v.clone());
     }
+    if farm.cfg.filters.request_headers.is_some()
+        && let Some(ops) = snapshot.header_ops.get(&farm.cfg.id)
+    {
+        ops.apply(headers);
+    }
     if let Some(u) = upgrade_value.clone() {
         headers.insert(header::UPGRADE, u);
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -445,11 +485,12 @@ async fn serve(
         let connection = if upgrade { "upgrade, te" } else { "te" };
         headers.insert(header::CONNECTION, HeaderValue::from_static(connection));
     }
-    let pq = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "/".into());
+    let pq = rewritten.unwrap_or_else(|| {
+        req.uri()
+            .path_and_query()
+            .map(|p| p.as_str().to_owned())
+            .unwrap_or_else(|| "/".into())
+    });
     *req.uri_mut() = if h2_upstream {
         let scheme = if farm.cfg.upstream.tls.is_some() {
             "https"
@@ -530,6 +571,7 @@ async fn serve(
             // Only a body still to come can stall; a bodiless request allocates nothing.
             idle: (!progress.is_sent()).then(|| Box::pin(tokio::time::sleep(body_idle))),
             idle_timeout: body_idle,
+            limit: body_limit,
         })
     }));
     for attempt in 0..attempts {
@@ -591,14 +633,17 @@ async fn serve(
                 continue;
             }
             SendResult::Failed if progress.client_failed() => {
-                // The client's body was malformed, stalled or abandoned: its fault, not
-                // the server's, so passive health is not told (issue 12, finding 3).
-                let status = if progress.stalled() {
-                    StatusCode::REQUEST_TIMEOUT
+                // The client's body was malformed, stalled, abandoned or too large: its
+                // fault, not the server's, so passive health is not told (issue 12,
+                // finding 3).
+                let (status, reason) = if progress.too_large() {
+                    (StatusCode::PAYLOAD_TOO_LARGE, "body-too-large")
+                } else if progress.stalled() {
+                    (StatusCode::REQUEST_TIMEOUT, "bad-request-body")
                 } else {
-                    StatusCode::BAD_REQUEST
+                    (StatusCode::BAD_REQUEST, "bad-request-body")
                 };
-                return finish_error(shared, &farm, status, "bad-request-body");
+                return finish_error(shared, &farm, status, reason);
             }
             SendResult::Failed => {
                 farm.record(i, true);
@@ -843,6 +888,7 @@ struct ProgressState {
     sent: tokio::sync::watch::Sender<bool>,
     failed: std::sync::atomic::AtomicBool,
     stalled: std::sync::atomic::AtomicBool,
+    too_large: std::sync::atomic::AtomicBool,
 }
 
 impl BodyProgress {
@@ -851,7 +897,18 @@ impl BodyProgress {
             sent: tokio::sync::watch::Sender::new(sent),
             failed: std::sync::atomic::AtomicBool::new(false),
             stalled: std::sync::atomic::AtomicBool::new(false),
+            too_large: std::sync::atomic::AtomicBool::new(false),
         }))
+    }
+
+    /// The body grew past the farm's limit.
+    fn fail_too_large(&self) {
+        self.0.too_large.store(true, Ordering::Relaxed);
+        self.fail(false);
+    }
+
+    fn too_large(&self) -> bool {
+        self.0.too_large.load(Ordering::Relaxed)
     }
 
     fn finish(&self) {
@@ -1013,8 +1070,15 @@ pin_project_lite::pin_project! {
         progress: BodyProgress,
         idle: Option<Pin<Box<tokio::time::Sleep>>>,
         idle_timeout: Duration,
+        // The farm's body limit in bytes (`u64::MAX` for none).
+        limit: u64,
     }
 }
+
+/// The client's request body grew past the farm's limit.
+#[derive(Debug, thiserror::Error)]
+#[error("failed to forward the request body: larger than the farm's limit")]
+struct BodyTooLarge;
 
 /// The client's request body stalled longer than the idle timeout.
 #[derive(Debug, thiserror::Error)]
@@ -1033,7 +1097,11 @@ impl Body for Counted {
         match this.inner.as_mut().poll_frame(cx) {
             Poll::Ready(Some(Ok(f))) => {
                 if let Some(d) = f.data_ref() {
-                    this.count.fetch_add(d.len() as u64, Ordering::Relaxed);
+                    let before = this.count.fetch_add(d.len() as u64, Ordering::Relaxed);
+                    if before.saturating_add(d.len() as u64) > *this.limit {
+                        this.progress.fail_too_large();
+                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
+                    }
                 }
                 if let Some(idle) = this.idle.as_mut() {
                     idle.as_mut()

@@ -12,6 +12,7 @@ use portcullis_crds::config::{
 use rustls::ClientConfig;
 
 use crate::balance::{FarmEndpoint, FarmRt};
+use crate::filters::HeaderOps;
 use crate::health::{ProbeKey, ProbeWant, Verifiers};
 use crate::pool::{Endpoints, PoolLimits};
 use crate::routes::RouteIndex;
@@ -27,6 +28,8 @@ pub(crate) struct Snapshot {
     pub(crate) hash: String,
     pub(crate) routes: RouteIndex,
     pub(crate) farms: HashMap<String, Arc<FarmRt>>,
+    /// Request header changes of the farms that make some, by farm id.
+    pub(crate) header_ops: HashMap<String, HeaderOps>,
 }
 
 /// Certificates by listener port.
@@ -218,10 +221,19 @@ pub(crate) fn build(
             .collect();
         farms.insert(id.clone(), Arc::new(FarmRt::new(farm.clone(), eps, tls)));
     }
+    let header_ops = config
+        .farms
+        .iter()
+        .filter_map(|(id, f)| {
+            let changes = f.filters.request_headers.as_ref()?;
+            Some((id.clone(), HeaderOps::new(changes)))
+        })
+        .collect();
     Snapshot {
         hash: config.content_hash(),
         routes: RouteIndex::new(&config.routes),
         farms,
+        header_ops,
         config,
     }
 }

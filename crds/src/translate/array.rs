@@ -19,6 +19,9 @@ pub(crate) struct ArrayDefaults {
     pub(crate) session: SessionConfig,
     pub(crate) limits: LimitsConfig,
     pub(crate) drain_timeout: Duration,
+    /// The port an HTTPS redirect names: the one HTTPS listener's, when it is alone
+    /// and not on 443.
+    pub(crate) https_redirect_port: Option<u16>,
 }
 
 fn array_error(
@@ -80,7 +83,20 @@ pub(crate) fn validate_array(array: &GatewayArray) -> Result<ArrayDefaults, Vec<
         session,
         limits,
         drain_timeout: spec.drain_timeout.unwrap_or(DEFAULT_DRAIN_TIMEOUT),
+        https_redirect_port: https_redirect_port(&spec.listeners),
     })
+}
+
+/// The port an HTTPS redirect names: only when the array has exactly one HTTPS
+/// listener and it is not on 443 (with several, none is the obvious one).
+fn https_redirect_port(listeners: &[v1alpha1::Listener]) -> Option<u16> {
+    let mut https = listeners
+        .iter()
+        .filter(|l| l.protocol == ListenerProtocol::Https);
+    match (https.next(), https.next()) {
+        (Some(l), None) if l.port != 443 => Some(l.port),
+        _ => None,
+    }
 }
 
 /// The problems of the listeners: names and ports that are not allowed, used twice, and
@@ -243,6 +259,21 @@ mod tests {
         assert_eq!(d.session.accept_retired_for, Duration::from_secs(24 * 3600));
         assert_eq!(d.limits.max_connections, 20_000);
         assert_eq!(d.drain_timeout, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn an_https_redirect_names_the_port_of_a_lone_https_listener_off_443() {
+        let port = |spec: &str| https_redirect_port(&array("edge", spec).spec.listeners);
+        let https = |name: &str, port: u16| {
+            format!(
+                "- name: {name}\n  port: {port}\n  protocol: HTTPS\n  tls:\n    secretName: c\n"
+            )
+        };
+        assert_eq!(port(HTTP), None);
+        assert_eq!(port(&format!("{HTTP}{}", https("s", 443))), None);
+        assert_eq!(port(&format!("{HTTP}{}", https("s", 8443))), Some(8443));
+        let two = format!("{HTTP}{}{}", https("s", 8443), https("t", 9443));
+        assert_eq!(port(&two), None);
     }
 
     #[test]

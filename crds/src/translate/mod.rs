@@ -12,10 +12,14 @@
 //! (listeners, session, client limits), `routes` (published hosts and paths, conflicts
 //! between farms, precedence), `servers` (members and endpoints), `tls` (upstream trust
 //! and names, SNI order), `upstream` (pool limits, timeouts, retries, upgrades),
-//! `affinity` (the session cookie) and `verifier` (active and passive health).
+//! `affinity` (the session cookie), `verifier` (active and passive health) and `filters`
+//! (route features: rewrites, redirects, header changes, body limits), and `canary`
+//! (farms that take a share of another farm's routes).
 
 mod affinity;
 mod array;
+mod canary;
+mod filters;
 mod names;
 mod routes;
 mod servers;
@@ -40,6 +44,8 @@ pub use routes::keep_last_good;
 
 use affinity::affinity;
 use array::{ArrayDefaults, validate_array};
+use canary::add_canary;
+use filters::filters;
 use routes::{Claims, published_hosts, published_paths, route_precedence};
 use servers::{ServerContext, servers};
 use tls::upstream_tls;
@@ -217,7 +223,11 @@ pub fn translate(
     for farm in &ours {
         *seen.entry(farm_id(farm)).or_default() += 1;
     }
-    for farm in ours {
+    // Canaries attach to the routes their primaries claimed, so they come after every
+    // primary, whatever their age.
+    let (canaries, primaries): (Vec<&ServerFarm>, Vec<&ServerFarm>) =
+        ours.into_iter().partition(|f| f.spec.canary.is_some());
+    for farm in primaries.into_iter().chain(canaries) {
         let copies = seen[&farm_id(farm)];
         let outcome = if copies > 1 {
             FarmOutcome::Rejected(vec![farm_error(
@@ -225,6 +235,8 @@ pub fn translate(
                 "metadata.name".into(),
                 format!("ServerFarm {} is defined {copies} times", farm_id(farm)),
             )])
+        } else if farm.spec.canary.is_some() {
+            add_canary(&mut config, farm, &array_defaults, resolutions)
         } else {
             add_farm(&mut config, &mut claims, farm, &array_defaults, resolutions)
         };
@@ -333,6 +345,11 @@ fn add_farm(
     config
         .routes
         .extend(claims.claim(farm, &id, &built.hosts, &built.paths));
+    publish(config, id, built)
+}
+
+/// Adds a farm whose routes are settled: its endpoints and the farm itself.
+fn publish(config: &mut DataplaneConfig, id: String, built: BuiltFarm) -> FarmOutcome {
     for (key, ep) in built.endpoints {
         config
             .endpoints
@@ -385,7 +402,7 @@ impl<'a> FarmErrors<'a> {
 struct BuiltFarm {
     farm: FarmConfig,
     hosts: Vec<String>,
-    paths: Vec<String>,
+    paths: Vec<routes::RoutePath>,
     endpoints: BTreeMap<String, EndpointConfig>,
     statuses: Vec<v1alpha1::EndpointStatus>,
     unresolved: Vec<String>,
@@ -424,6 +441,7 @@ fn build_farm(
     let verifier = verifier(spec, &hosts, &mut errs);
     let passive = passive(spec.connectivity_verifier.as_ref());
     let allowed_upgrades = allowed_upgrades(spec.allowed_upgrades.as_deref(), &mut errs);
+    let filters = filters(spec.filters.as_ref(), array.https_redirect_port, &mut errs);
     if !errs.errors.is_empty() {
         return Err(errs.errors);
     }
@@ -443,6 +461,7 @@ fn build_farm(
             passive,
             cookie_protection: spec.cookie_protection,
             allowed_upgrades,
+            filters,
         },
         hosts,
         paths,
@@ -632,7 +651,8 @@ mod tests {
         let built = build_farm(&f, &defaults(), &Resolutions::default())
             .unwrap_or_else(|e| panic!("{e:?}"));
         assert_eq!(built.hosts, ["shop.example"]);
-        assert_eq!(built.paths, ["/", "/api"]);
+        let paths: Vec<&str> = built.paths.iter().map(|p| p.1.as_str()).collect();
+        assert_eq!(paths, ["/", "/api"]);
         assert_eq!(built.farm.id, "default/a");
         assert_eq!(built.farm.backend_host.as_deref(), Some("internal.example"));
         assert_eq!(built.farm.allowed_upgrades, ["websocket"]);

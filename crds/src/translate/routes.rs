@@ -30,28 +30,79 @@ pub(crate) fn published_hosts(publish: &Publish, errs: &mut FarmErrors<'_>) -> V
     )
 }
 
-/// The farm's published path prefixes, normalized; an empty list, a bad prefix and a
-/// prefix listed twice are errors.
-pub(crate) fn published_paths(publish: &Publish, errs: &mut FarmErrors<'_>) -> Vec<String> {
-    published(
+/// Checks one entry of a published list; its normalized form.
+type Normalize = fn(&str) -> Result<String, String>;
+
+/// A path pattern a farm publishes, and how it matches.
+pub(crate) type RoutePath = (PathMatch, String);
+
+/// The farm's published paths: its prefixes (normalized), exact paths and regexes, or
+/// the prefix `/` when it lists none of them. A bad entry and an entry listed twice are
+/// errors naming the list and index.
+pub(crate) fn published_paths(publish: &Publish, errs: &mut FarmErrors<'_>) -> Vec<RoutePath> {
+    if publish.paths.is_empty() && publish.exact_paths.is_empty() && publish.regex_paths.is_empty()
+    {
+        return vec![(PathMatch::Prefix, "/".to_owned())];
+    }
+    let mut out = Vec::new();
+    let mut add = |list: &[String], field: &str, kind: PathMatch, check: Normalize| {
+        let entries = published(list, field, "", check, errs);
+        out.extend(entries.into_iter().map(|p| (kind, p)));
+    };
+    add(
         &publish.paths,
         "spec.publish.paths",
-        "needs at least one path prefix (use / for everything)",
+        PathMatch::Prefix,
         normalize_path,
-        errs,
-    )
+    );
+    add(
+        &publish.exact_paths,
+        "spec.publish.exactPaths",
+        PathMatch::Exact,
+        exact_path,
+    );
+    add(
+        &publish.regex_paths,
+        "spec.publish.regexPaths",
+        PathMatch::Regex,
+        regex_path,
+    );
+    out
 }
 
-/// The normalized entries of the list at `field`, each once.
+/// An exact path: what [`normalize_path`] accepts, kept byte for byte (a final `/` is
+/// part of it).
+fn exact_path(path: &str) -> Result<String, String> {
+    normalize_path(path).map(|_| path.to_owned())
+}
+
+/// A path regex that compiles as the dataplane compiles it.
+fn regex_path(pattern: &str) -> Result<String, String> {
+    if pattern.is_empty() {
+        return Err("a path regex may not be empty".into());
+    }
+    match path_regex(pattern) {
+        Ok(_) => Ok(pattern.to_owned()),
+        Err(regex::Error::CompiledTooBig(limit)) => Err(format!(
+            "{pattern:?} compiles to more than {limit} bytes; simplify it"
+        )),
+        Err(e) => Err(format!(
+            "{pattern:?} is not a valid regular expression: {e}"
+        )),
+    }
+}
+
+/// The normalized entries of the list at `field`, each once; an empty list is an
+/// error `empty` unless that is empty.
 fn published(
     list: &[String],
     field: &str,
     empty: &str,
-    normalize: fn(&str) -> Result<String, String>,
+    normalize: Normalize,
     errs: &mut FarmErrors<'_>,
 ) -> Vec<String> {
     let mut out = Vec::new();
-    if list.is_empty() {
+    if list.is_empty() && !empty.is_empty() {
         errs.push(field, empty);
     }
     for (i, entry) in list.iter().enumerate() {
@@ -70,8 +121,8 @@ fn published(
 /// are added (older farms first): a later farm asking for the same is refused.
 #[derive(Debug, Default)]
 pub(crate) struct Claims {
-    /// (host, path) → farm id.
-    routes: BTreeMap<(String, String), String>,
+    /// (host, path kind, path) → farm id.
+    routes: BTreeMap<(String, RoutePath), String>,
     /// Host → (certificate Secret, farm id).
     sni: BTreeMap<String, (String, String)>,
 }
@@ -83,7 +134,7 @@ impl Claims {
         &self,
         farm: &ServerFarm,
         hosts: &[String],
-        paths: &[String],
+        paths: &[RoutePath],
     ) -> Vec<TranslateError> {
         let mut errors = Vec::new();
         for (hi, host) in hosts.iter().enumerate() {
@@ -92,7 +143,10 @@ impl Claims {
                     errors.push(farm_error(
                         farm,
                         format!("spec.publish.hosts[{hi}]"),
-                        format!("{host}{path} is already published by ServerFarm {owner}"),
+                        format!(
+                            "{} is already published by ServerFarm {owner}",
+                            describe(host, path)
+                        ),
                     ));
                 }
             }
@@ -116,7 +170,7 @@ impl Claims {
         farm: &ServerFarm,
         id: &str,
         hosts: &[String],
-        paths: &[String],
+        paths: &[RoutePath],
     ) -> Vec<RouteConfig> {
         let mut routes = Vec::new();
         for host in hosts {
@@ -125,8 +179,10 @@ impl Claims {
                     .insert((host.clone(), path.clone()), id.to_owned());
                 routes.push(RouteConfig {
                     host: host.clone(),
-                    path_prefix: path.clone(),
+                    path_prefix: path.1.clone(),
+                    path_match: path.0,
                     farm: id.to_owned(),
+                    canary: None,
                 });
             }
             // The catch-all host has no name a client could send in SNI.
@@ -154,23 +210,37 @@ impl Claims {
     }
 }
 
+/// How a route reads in a message: `host/path`, or `host` and the exact path or regex.
+pub(crate) fn describe(host: &str, (kind, path): &RoutePath) -> String {
+    match kind {
+        PathMatch::Prefix => format!("{host}{path}"),
+        PathMatch::Exact => format!("{host} exact path {path}"),
+        PathMatch::Regex => format!("{host} path regex {path:?}"),
+    }
+}
+
 /// Sort key giving route precedence: exact hosts first, then wildcards with longer
-/// suffixes, then longer path prefixes.
+/// suffixes; for one host, exact paths first, then prefixes and regexes together by
+/// longer pattern text (as ingress-nginx orders its locations).
 pub(crate) fn route_precedence(
     r: &RouteConfig,
 ) -> (
     bool,
     std::cmp::Reverse<usize>,
     String,
+    bool,
     std::cmp::Reverse<usize>,
     String,
+    PathMatch,
 ) {
     (
         r.is_wildcard(),
         std::cmp::Reverse(r.host.len()),
         r.host.clone(),
+        r.path_match != PathMatch::Exact,
         std::cmp::Reverse(r.path_prefix.len()),
         r.path_prefix.clone(),
+        r.path_match,
     )
 }
 
@@ -187,17 +257,33 @@ pub fn keep_last_good(config: &mut DataplaneConfig, previous: &DataplaneConfig, 
     if config.farms.contains_key(id) {
         return false;
     }
-    let taken: BTreeSet<(String, String)> = config
-        .routes
-        .iter()
-        .map(|r| (r.host.clone(), r.path_prefix.clone()))
-        .collect();
+    let key = |r: &RouteConfig| (r.host.clone(), r.path_match, r.path_prefix.clone());
+    let taken: BTreeSet<(String, PathMatch, String)> = config.routes.iter().map(key).collect();
+    // Its routes, each with its canary only while that canary is served.
     let routes: Vec<RouteConfig> = previous
         .routes
         .iter()
-        .filter(|r| r.farm == id && !taken.contains(&(r.host.clone(), r.path_prefix.clone())))
-        .cloned()
+        .filter(|r| r.farm == id && !taken.contains(&key(r)))
+        .map(|r| {
+            let mut r = r.clone();
+            r.canary = r.canary.filter(|c| config.farms.contains_key(&c.farm));
+            r
+        })
         .collect();
+    // As a canary: back on the routes it served, unless another canary has them now.
+    for old in previous
+        .routes
+        .iter()
+        .filter(|r| r.canary.as_ref().is_some_and(|c| c.farm == id))
+    {
+        if let Some(r) = config
+            .routes
+            .iter_mut()
+            .find(|r| key(r) == key(old) && r.canary.is_none())
+        {
+            r.canary = old.canary.clone();
+        }
+    }
     let hosts: BTreeSet<&str> = routes.iter().map(|r| r.host.as_str()).collect();
     keep_sni(config, previous, &hosts);
     for m in &farm.members {
@@ -252,7 +338,13 @@ mod tests {
         let hosts = published_hosts(&f.spec.publish, &mut errs);
         let paths = published_paths(&f.spec.publish, &mut errs);
         assert_eq!(hosts, ["shop.example.com"]);
-        assert_eq!(paths, ["/api", "/"]);
+        assert_eq!(
+            paths,
+            [
+                (PathMatch::Prefix, "/api".to_owned()),
+                (PathMatch::Prefix, "/".to_owned())
+            ]
+        );
         assert_eq!(
             fields(&errs.errors),
             ["spec.publish.hosts[1]", "spec.publish.hosts[2]"]
@@ -261,15 +353,89 @@ mod tests {
     }
 
     #[test]
-    fn an_empty_path_list_is_an_error() {
+    fn without_any_path_list_a_farm_publishes_everything() {
+        for spec in [
+            "publish:\n  hosts: [a.example]\nservers: []\n",
+            "publish:\n  hosts: [a.example]\n  paths: []\nservers: []\n",
+        ] {
+            let f = farm("a", spec);
+            let mut errs = FarmErrors::new(&f);
+            assert_eq!(
+                published_paths(&f.spec.publish, &mut errs),
+                [(PathMatch::Prefix, "/".to_owned())]
+            );
+            assert!(errs.errors.is_empty());
+        }
+    }
+
+    #[test]
+    fn exact_paths_are_kept_byte_for_byte_and_regexes_must_compile() {
         let f = farm(
             "a",
-            "publish:\n  hosts: [a.example]\n  paths: []\nservers: []\n",
+            "publish:\n  hosts: [a.example]\n  exactPaths: [/foo/, /foo, /foo, bar, /a//b]\n  regexPaths: ['/api(/|$)(.*)', '/x(', '']\nservers: []\n",
+        );
+        let mut errs = FarmErrors::new(&f);
+        let paths = published_paths(&f.spec.publish, &mut errs);
+        assert_eq!(
+            paths,
+            [
+                (PathMatch::Exact, "/foo/".to_owned()),
+                (PathMatch::Exact, "/foo".to_owned()),
+                (PathMatch::Regex, "/api(/|$)(.*)".to_owned()),
+            ],
+            "no default / when another list is given"
+        );
+        assert_eq!(
+            fields(&errs.errors),
+            [
+                "spec.publish.exactPaths[2]",
+                "spec.publish.exactPaths[3]",
+                "spec.publish.exactPaths[4]",
+                "spec.publish.regexPaths[1]",
+                "spec.publish.regexPaths[2]",
+            ]
+        );
+        assert!(
+            errs.errors[3]
+                .message
+                .contains("is not a valid regular expression"),
+            "{}",
+            errs.errors[3].message
+        );
+    }
+
+    #[test]
+    fn a_regex_too_big_to_compile_is_refused() {
+        let f = farm(
+            "a",
+            "publish:\n  hosts: [a.example]\n  regexPaths: ['/(\\w{100}){100}']\nservers: []\n",
         );
         let mut errs = FarmErrors::new(&f);
         assert!(published_paths(&f.spec.publish, &mut errs).is_empty());
-        assert_eq!(errs.errors.len(), 1);
-        assert_eq!(errs.errors[0].field, "spec.publish.paths");
+        assert_eq!(fields(&errs.errors), ["spec.publish.regexPaths[0]"]);
+        assert!(
+            errs.errors[0].message.contains("compiles to more than"),
+            "{}",
+            errs.errors[0].message
+        );
+    }
+
+    #[test]
+    fn the_same_path_of_another_kind_is_no_conflict() {
+        let a = farm("a", "servers: []\n");
+        let b = farm("b", "servers: []\n");
+        let hosts = ["a.example".to_owned()];
+        let prefix = [(PathMatch::Prefix, "/foo".to_owned())];
+        let exact = [(PathMatch::Exact, "/foo".to_owned())];
+        let mut claims = Claims::default();
+        claims.claim(&a, "default/a", &hosts, &prefix);
+        assert!(claims.conflicts(&b, &hosts, &exact).is_empty());
+        claims.claim(&b, "default/b", &hosts, &exact);
+        let errors = claims.conflicts(&b, &hosts, &exact);
+        assert_eq!(
+            errors[0].message,
+            "a.example exact path /foo is already published by ServerFarm default/b"
+        );
     }
 
     #[test]
@@ -279,7 +445,7 @@ mod tests {
         let first = farm("first", &tls.replace("OWNER", "one"));
         let second = farm("second", &tls.replace("OWNER", "two"));
         let hosts = ["a.example".to_owned()];
-        let paths = ["/".to_owned()];
+        let paths = [(PathMatch::Prefix, "/".to_owned())];
         let mut claims = Claims::default();
         assert!(claims.conflicts(&first, &hosts, &paths).is_empty());
         let routes = claims.claim(&first, "default/first", &hosts, &paths);
@@ -305,9 +471,26 @@ mod tests {
             route_precedence(&RouteConfig {
                 host: host.into(),
                 path_prefix: path.into(),
+                path_match: PathMatch::Prefix,
                 farm: "f".into(),
+                canary: None,
             })
         };
+        let of = |kind: PathMatch, path: &str| {
+            route_precedence(&RouteConfig {
+                host: "x.io".into(),
+                path_prefix: path.into(),
+                path_match: kind,
+                farm: "f".into(),
+                canary: None,
+            })
+        };
+        // An exact path beats everything of its host, even a longer pattern.
+        assert!(of(PathMatch::Exact, "/a") < of(PathMatch::Prefix, "/a/very/long"));
+        assert!(of(PathMatch::Exact, "/a") < of(PathMatch::Regex, "/a.*/long"));
+        // Prefixes and regexes take turns by length.
+        assert!(of(PathMatch::Regex, "/api/.+") < of(PathMatch::Prefix, "/api"));
+        assert!(of(PathMatch::Prefix, "/api/v1") < of(PathMatch::Regex, "/ap.*"));
         // An exact host beats any wildcard, even with a shorter name.
         assert!(key("x.io", "/") < key("*.very.long.example.org", "/"));
         // Between wildcards, the longer suffix is more specific.

@@ -2,9 +2,11 @@
 //!
 //! Field doc comments are the user manual: they become `kubectl explain` output.
 
+mod filters;
 mod gateway_array;
 mod server_farm;
 
+pub use filters::*;
 pub use gateway_array::*;
 pub use server_farm::*;
 

@@ -51,8 +51,8 @@ pub struct ServerFarmSpec {
     /// `arrayRef.namespace` says otherwise).
     pub array_ref: ArrayRef,
 
-    /// What this farm publishes: host names, path prefixes and the TLS certificate for
-    /// those hosts.
+    /// What this farm publishes: host names, paths (prefixes, exact paths, regexes) and
+    /// the TLS certificate for those hosts.
     pub publish: Publish,
 
     /// The servers behind the site. Each names exactly one of `host` (a DNS name,
@@ -107,6 +107,16 @@ pub struct ServerFarmSpec {
     /// How the dataplane talks to the servers: TLS, keep-alive, timeouts and retries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream: Option<Upstream>,
+
+    /// Route features: path rewrites, redirects, request header changes and a body
+    /// size limit, applied to every request of the farm before a server is picked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filters: Option<super::Filters>,
+
+    /// Makes this farm a canary of the farm that publishes the same hosts and paths on
+    /// the same array, taking a share of its requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<super::Canary>,
 }
 
 /// A reference to the GatewayArray that publishes a farm.
@@ -128,8 +138,8 @@ pub struct ArrayRef {
     pub namespace: Option<String>,
 }
 
-/// The host names and path prefixes a farm answers, and its certificate.
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+/// The host names and paths a farm answers, and its certificate.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct Publish {
     /// Host names this farm answers: exact (`shop.example.com`) or one-level-or-more
@@ -140,19 +150,34 @@ pub struct Publish {
     #[schemars(length(max = 64), inner(length(max = 253)))]
     pub hosts: Vec<String>,
 
-    /// Path prefixes this farm answers, each starting with `/`. The longest matching
-    /// prefix wins across all farms of the same host. Defaults to `["/"]`.
-    #[serde(default = "default_paths")]
+    /// Path prefixes this farm answers, each starting with `/` and matching whole path
+    /// elements (`/api` matches `/api` and `/api/x`, not `/apix`). Across all farms of a
+    /// host, an `exactPaths` match wins first; then prefixes and `regexPaths` are tried
+    /// together, the longer pattern text first. Defaults to `["/"]` (every path) when
+    /// none of `paths`, `exactPaths` and `regexPaths` is given.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 64), inner(regex(pattern = r"^/"), length(max = 1024)))]
     pub paths: Vec<String>,
+
+    /// Paths this farm answers only when the request path is exactly one of them, byte
+    /// for byte and case-sensitively (`/foo` does not match `/foo/` or `/Foo`). Each
+    /// starts with `/`. An exact match wins over any prefix or regex of the same host.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(regex(pattern = r"^/"), length(max = 1024)))]
+    pub exact_paths: Vec<String>,
+
+    /// Regular expressions (Rust `regex` syntax, no look-around or back-references)
+    /// matched against the request path from its start, as if they began with `^`, and
+    /// case-insensitively, like an nginx `location ~*`. For example `/api/v[0-9]+/`
+    /// or `/api(/|$)(.*)`, whose capture groups `filters.rewrite.pathTemplate` can use.
+    /// They take their turn with `paths` by length: the longer pattern text first.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 1024)))]
+    pub regex_paths: Vec<String>,
 
     /// The TLS certificate for these hosts on HTTPS listeners, chosen by SNI.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsCertificateRef>,
-}
-
-fn default_paths() -> Vec<String> {
-    vec!["/".to_owned()]
 }
 
 /// A reference to a `kubernetes.io/tls` Secret (keys `tls.crt` and `tls.key`).
