@@ -200,7 +200,7 @@ fn states_default(description: &str, default: &Value) -> bool {
     };
     let quoted = flat.split_once("Defaults to ").map(|(_, after)| {
         after
-            .split(". ")
+            .split(' ')
             .next()
             .unwrap()
             .trim_end_matches(['.', ',', ';'])

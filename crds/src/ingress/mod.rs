@@ -314,9 +314,6 @@ fn set_paths(publish: &mut Value, paths: &FarmPaths) {
     let list = |s: &BTreeSet<String>| s.iter().cloned().collect::<Vec<_>>();
     if !paths.prefix.is_empty() {
         publish["paths"] = json!(list(&paths.prefix));
-    } else {
-        // Without prefixes the farm must not fall back to the default `/`.
-        publish["paths"] = json!([]);
     }
     if !paths.exact.is_empty() {
         publish["exactPaths"] = json!(list(&paths.exact));

@@ -222,3 +222,51 @@ fn the_default_backend_catches_every_other_host() {
         "fallback"
     );
 }
+
+#[test]
+fn exact_and_regex_paths_keep_their_kind() {
+    let ing = ingress(
+        "metadata: {name: k, namespace: web}\nspec:\n  rules:\n  - host: a.example.com\n    http:\n      paths:\n      - {path: /foo, pathType: Exact, backend: {service: {name: web, port: {number: 80}}}}\n      - {path: /foo, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}\n",
+    );
+    let t = translate(&ing, &edge(), &ServicePorts::new());
+    assert_eq!(t.findings, []);
+    let p = &t.farms[0].spec.publish;
+    assert_eq!(p.exact_paths, ["/foo"]);
+    assert_eq!(p.paths, ["/foo"]);
+    assert!(p.regex_paths.is_empty());
+
+    let mut regex = ingress(
+        "metadata: {name: r, namespace: web}\nspec:\n  rules:\n  - host: a.example.com\n    http:\n      paths:\n      - {path: '/api(/|$)(.*)', pathType: ImplementationSpecific, backend: {service: {name: web, port: {number: 80}}}}\n",
+    );
+    regex.metadata.annotations = Some(BTreeMap::from([(
+        "nginx.ingress.kubernetes.io/rewrite-target".to_owned(),
+        "/$2".to_owned(),
+    )]));
+    let t = translate(&regex, &edge(), &ServicePorts::new());
+    assert_eq!(t.findings, []);
+    let f = &t.farms[0];
+    assert_eq!(f.spec.publish.regex_paths, ["/api(/|$)(.*)"]);
+    assert!(f.spec.publish.paths.is_empty() && f.spec.publish.exact_paths.is_empty());
+    let spec = serde_json::to_value(&f.spec).unwrap();
+    assert_eq!(spec["filters"]["rewrite"], json!({"pathTemplate": "/$2"}));
+}
+
+#[test]
+fn a_canary_ingress_becomes_a_canary_farm() {
+    let mut ing = ingress(SHOP);
+    ing.metadata.annotations = Some(BTreeMap::from([
+        (
+            "nginx.ingress.kubernetes.io/canary".to_owned(),
+            "true".to_owned(),
+        ),
+        (
+            "nginx.ingress.kubernetes.io/canary-weight".to_owned(),
+            "25".to_owned(),
+        ),
+    ]));
+    let t = translate(&ing, &edge(), &ports());
+    for f in &t.farms {
+        let spec = serde_json::to_value(&f.spec).unwrap();
+        assert_eq!(spec["canary"]["weight"], 25, "{spec}");
+    }
+}
