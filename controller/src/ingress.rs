@@ -8,9 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Service;
-use k8s_openapi::api::networking::v1::{
-    Ingress, IngressClass, IngressLoadBalancerIngress, IngressLoadBalancerStatus, IngressStatus,
-};
+use k8s_openapi::api::networking::v1::{Ingress, IngressClass, IngressLoadBalancerIngress};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
@@ -78,28 +76,37 @@ pub async fn reconcile_ingress(
         .items;
     let farms_api: Api<ServerFarm> = Api::namespaced(client.clone(), &ns);
     let existing = farms_api
-        .list(&ListParams::default().labels(&format!("{INGRESS_LABEL}={}", ing.name_any())))
+        .list(&ListParams::default().labels(&format!(
+            "{INGRESS_LABEL}={}",
+            ingress::label_value(&ing.name_any())
+        )))
         .await
         .map_err(err(format!(
             "list the farms of Ingress {ns}/{}",
             ing.name_any()
         )))?
         .items;
-    let Some((class, target)) = ingress::target(&ing, &classes, &ictx.migration) else {
+    let Some((_class, target)) = ingress::target(&ing, &classes, &ictx.migration) else {
         // Not (or no longer) ours: take back what it had become.
         delete_stale(&farms_api, &ing, &existing, &BTreeSet::new()).await?;
+        // A class of ours that cannot be used is said on its Ingresses.
+        let broken: Vec<Finding> = classes
+            .iter()
+            .filter(|c| Some(c.name_any()) == ingress::requested_class(&ing))
+            .filter_map(ingress::class_problem)
+            .map(|message| Finding {
+                subject: "spec.ingressClassName".into(),
+                severity: Severity::Ignored,
+                message,
+            })
+            .collect();
+        if !existing.is_empty() || !broken.is_empty() {
+            report(&ictx, &ing, &broken).await;
+            write_status(client, &ing, Vec::new()).await?;
+        }
         return Ok(Action::await_change());
     };
-    let mut findings: Vec<Finding> = classes
-        .iter()
-        .filter(|c| c.name_any() == class)
-        .filter_map(ingress::class_problem)
-        .map(|message| Finding {
-            subject: "spec.ingressClassName".into(),
-            severity: Severity::Ignored,
-            message,
-        })
-        .collect();
+    let mut findings: Vec<Finding> = Vec::new();
     let ports = service_ports(client, &ns, &ing).await?;
     let translated = ingress::translate(&ing, &target, &ports);
     findings.extend(translated.findings);
@@ -120,9 +127,20 @@ pub async fn reconcile_ingress(
                 &PatchParams::apply(FIELD_MANAGER).force(),
                 &Patch::Apply(&farm),
             )
-            .await
-            .map_err(err(format!("apply ServerFarm {ns}/{name}")))?;
-        applied.push(written);
+            .await;
+        match written {
+            Ok(w) => applied.push(w),
+            // The API server refused this farm (its schema or CEL rules): say why on
+            // the Ingress and go on with the others.
+            Err(kube::Error::Api(s)) if s.code == 422 || s.code == 400 => {
+                findings.push(Finding {
+                    subject: format!("ServerFarm {name}"),
+                    severity: Severity::Ignored,
+                    message: format!("refused by the API server, not served: {}", s.message),
+                });
+            }
+            Err(e) => return Err(err(format!("apply ServerFarm {ns}/{name}"))(e)),
+        }
     }
     let keep: BTreeSet<String> = applied.iter().map(ResourceExt::name_any).collect();
     delete_stale(&farms_api, &ing, &existing, &keep).await?;
@@ -268,12 +286,16 @@ async fn report(ictx: &IngressContext, ing: &Ingress, findings: &[Finding]) {
             Severity::Ignored => (EventType::Warning, "NotServed"),
             Severity::Note => (EventType::Normal, "ServedDifferently"),
         };
+        // The recorder folds events of one reason and action into a series that keeps
+        // the first note: each finding gets its own action (what it is about), so every
+        // one is seen.
+        let action: String = f.subject.chars().take(128).collect();
         ictx.ctx
             .publish(
                 &reference,
                 type_,
                 reason,
-                "Translate",
+                &action,
                 format!("{}: {}", f.subject, f.message),
             )
             .await;
@@ -295,20 +317,36 @@ async fn publish_status(
             target.namespace, target.name
         )))?;
     let addresses = svc.map(|s| lb_addresses(&s)).unwrap_or_default();
-    let status = IngressStatus {
-        load_balancer: Some(IngressLoadBalancerStatus {
-            ingress: (!addresses.is_empty()).then_some(addresses),
-        }),
-    };
-    if ing.status.as_ref() == Some(&status) {
+    write_status(client, ing, addresses).await
+}
+
+/// Sets `status.loadBalancer.ingress` to `addresses` unless it already is. An empty list
+/// is written as an explicit null, so a merge patch clears what was there.
+async fn write_status(
+    client: &kube::Client,
+    ing: &Ingress,
+    addresses: Vec<IngressLoadBalancerIngress>,
+) -> Result<(), IngressError> {
+    let current = ing
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.clone())
+        .unwrap_or_default();
+    if current == addresses {
         return Ok(());
     }
+    let value = if addresses.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::to_value(&addresses).unwrap_or_default()
+    };
     let ns = ing.namespace().unwrap_or_default();
     Api::<Ingress>::namespaced(client.clone(), &ns)
         .patch_status(
             &ing.name_any(),
             &PatchParams::default(),
-            &Patch::Merge(serde_json::json!({"status": status})),
+            &Patch::Merge(serde_json::json!({"status": {"loadBalancer": {"ingress": value}}})),
         )
         .await
         .map_err(err(format!(

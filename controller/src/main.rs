@@ -252,6 +252,10 @@ async fn main() -> anyhow::Result<()> {
     let identity = std::env::var("POD_NAME")
         .or_else(|_| std::env::var("HOSTNAME"))
         .unwrap_or_else(|_| format!("portcullis-controller-{}", std::process::id()));
+    let migration = Migration {
+        classes: cli.nginx_migration_classes,
+        array: cli.nginx_migration_array,
+    };
     let result = run(RunConfig {
         admin: cli.admin,
         settings: Settings {
@@ -259,15 +263,13 @@ async fn main() -> anyhow::Result<()> {
             watch_secrets: cli.watch_secrets,
             allow_private_targets: cli.allow_private_targets,
             watch_namespace: cli.watch_namespace.clone(),
+            migration: migration.clone(),
         },
         watch_namespace: cli.watch_namespace,
         leader_election,
         identity,
         serve_ingress: cli.serve_ingress,
-        migration: Migration {
-            classes: cli.nginx_migration_classes,
-            array: cli.nginx_migration_array,
-        },
+        migration,
     })
     .await;
     if let Err(e) = result {

@@ -251,6 +251,16 @@ fn array_controller(
                 move |farm| placements.arrays_for_farm(&farm),
             );
     let array_store = controller.store();
+    // An IngressClass decides which Ingresses' farms (from other namespaces) its array
+    // publishes.
+    controller = controller.watches(
+        Api::<IngressClass>::all(client.clone()),
+        watcher::Config::default(),
+        |class| {
+            portcullis_crds::ingress::class_array(&class)
+                .map(|(ns, name)| reflector::ObjectRef::new(&name).within(&ns))
+        },
+    );
     let fs = farm_store.clone();
     controller = controller.watches(
         api::<EndpointSlice>(client, ns),

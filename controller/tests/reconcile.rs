@@ -484,6 +484,7 @@ fn default_settings() -> Settings {
         watch_secrets: false,
         allow_private_targets: false,
         watch_namespace: None,
+        migration: Default::default(),
     }
 }
 
@@ -922,6 +923,7 @@ async fn invalid_farm_is_rejected_with_field_and_message_and_the_rest_keeps_work
     let w2 = world(Settings {
         allow_private_targets: true,
         watch_namespace: None,
+        migration: Default::default(),
         ..default_settings()
     });
     w2.add_farm(
@@ -2172,10 +2174,21 @@ async fn farms_from_other_namespaces_are_published_only_for_ingresses_of_a_class
         .put(&format!("{WEB_FARMS}/gen"), web_farm("gen", true));
     w.fake
         .put(&format!("{WEB_FARMS}/rogue"), web_farm("rogue", false));
+    // The Ingress `gen` exists; `forged` claims an Ingress of that name with another uid.
+    w.fake.put(
+        "/apis/networking.k8s.io/v1/namespaces/web/ingresses/gen",
+        json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+               "metadata": {"name": "gen", "namespace": "web", "uid": "uid-ing-gen",
+                            "creationTimestamp": Timestamp::from_second(T0 - 1000).unwrap().to_string()},
+               "spec": {"ingressClassName": "portcullis"}}),
+    );
+    let mut forged = web_farm("forged", true);
+    forged["metadata"]["ownerReferences"][0]["name"] = json!("gen");
+    w.fake.put(&format!("{WEB_FARMS}/forged"), forged);
 
-    // No IngressClass names the array yet: neither is published.
+    // No IngressClass names the array yet: none is published.
     let (_, reqs) = w.reconcile().await;
-    for name in ["gen", "rogue"] {
+    for name in ["gen", "rogue", "forged"] {
         let st = status_patch(&reqs, &format!("{WEB_FARMS}/{name}")).unwrap();
         assert_eq!(condition(st, "Accepted")["status"], "False", "{name}");
         assert!(
@@ -2199,9 +2212,15 @@ async fn farms_from_other_namespaces_are_published_only_for_ingresses_of_a_class
     let (_, reqs) = w.reconcile().await;
     let st = status_patch(&reqs, &format!("{WEB_FARMS}/gen")).unwrap();
     assert_eq!(condition(st, "Accepted")["status"], "True", "{st}");
-    // The rogue farm's status is unchanged (so not rewritten): still refused.
-    let rogue = w.fake.get(&format!("{WEB_FARMS}/rogue")).unwrap();
-    assert_eq!(condition(&rogue["status"], "Accepted")["status"], "False");
+    // The rogue and forged farms' status is unchanged (so not rewritten): still refused.
+    for name in ["rogue", "forged"] {
+        let farm = w.fake.get(&format!("{WEB_FARMS}/{name}")).unwrap();
+        assert_eq!(
+            condition(&farm["status"], "Accepted")["status"],
+            "False",
+            "{name}"
+        );
+    }
     let config = w.config();
     assert_eq!(keys_of(&config["farms"]), ["shop/web", "web/gen"]);
     // The farm's Secret is read from the farm's namespace and travels under its own id.
@@ -2251,9 +2270,9 @@ fn put_class(w: &World) {
 }
 
 fn put_ingress(w: &World, class: &str) {
-    w.fake.put(
-        WEB_INGRESS,
-        json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+    // An edit keeps the status the controller wrote, as the API server does.
+    let status = w.fake.get(WEB_INGRESS).map(|old| old["status"].clone());
+    let mut ing = json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
                "metadata": {"name": "shop", "namespace": "web", "uid": "uid-ing-shop", "generation": 1,
                             "creationTimestamp": Timestamp::from_second(T0).unwrap().to_string(),
                             "annotations": {
@@ -2262,8 +2281,11 @@ fn put_ingress(w: &World, class: &str) {
                "spec": {"ingressClassName": class,
                         "rules": [{"host": "shop.example.com", "http": {"paths": [
                             {"path": "/", "pathType": "Prefix",
-                             "backend": {"service": {"name": "app", "port": {"name": "http"}}}}]}}]}}),
-    );
+                             "backend": {"service": {"name": "app", "port": {"name": "http"}}}}]}}]}});
+    if let Some(status) = status {
+        ing["status"] = status;
+    }
+    w.fake.put(WEB_INGRESS, ing);
 }
 
 async fn reconcile_shop(w: &World, ictx: &Arc<IngressContext>) -> Vec<Req> {
@@ -2355,12 +2377,62 @@ async fn an_ingress_becomes_farms_it_controls_with_events_and_status() {
         .collect();
     assert_eq!(deletes.len(), 1, "{:?}", summary(&reqs));
     assert!(deletes[0].starts_with(&format!("{WEB_FARMS}/shop-")));
+    // ... and its status.loadBalancer is cleared (an explicit null, or a merge keeps it).
+    let status = reqs
+        .iter()
+        .find(|r| r.method == "PATCH" && r.path == format!("{WEB_INGRESS}/status"))
+        .expect("status cleared");
+    assert_eq!(
+        status.body,
+        json!({"status": {"loadBalancer": {"ingress": null}}})
+    );
+}
+
+#[tokio::test]
+async fn a_farm_the_api_server_refuses_is_reported_and_the_rest_goes_on() {
+    let w = world(default_settings());
+    put_class(&w);
+    put_ingress(&w, "portcullis");
+    w.fake.put(
+        "/api/v1/namespaces/web/services/app",
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "app", "namespace": "web"},
+               "spec": {"ports": [{"name": "http", "port": 8080}]}}),
+    );
+    let ictx = Arc::new(IngressContext::new(w.ctx.clone(), Migration::default()));
+    let reqs = reconcile_shop(&w, &ictx).await;
+    let path = reqs
+        .iter()
+        .find(|r| r.method == "PATCH" && r.path.starts_with(WEB_FARMS))
+        .map(|r| r.path.clone())
+        .unwrap();
+    w.fake.refuse.lock().insert(
+        format!("PATCH {path}"),
+        (
+            422,
+            "ServerFarm.portcullis.io is invalid: spec.publish.paths: Too many".into(),
+        ),
+    );
+    let ictx = Arc::new(IngressContext::new(w.ctx.clone(), Migration::default()));
+    // The reconcile itself succeeds (reconcile_shop unwraps it) and says why.
+    let reqs = reconcile_shop(&w, &ictx).await;
+    assert!(
+        web_events(&reqs).iter().any(|(t, _, n)| t == "Warning"
+            && n.contains("refused by the API server")
+            && n.contains("Too many")),
+        "{:?}",
+        web_events(&reqs)
+    );
 }
 
 #[tokio::test]
 async fn a_farm_name_that_belongs_to_someone_else_is_never_taken_over() {
     let w = world(default_settings());
     put_class(&w);
+    w.fake.put(
+        "/api/v1/namespaces/web/services/app",
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "app", "namespace": "web"},
+               "spec": {"ports": [{"name": "http", "port": 8080}]}}),
+    );
     put_ingress(&w, "portcullis");
     let ictx = Arc::new(IngressContext::new(w.ctx.clone(), Migration::default()));
     // Learn the generated name, then give it to a hand-written farm.
@@ -2369,7 +2441,7 @@ async fn a_farm_name_that_belongs_to_someone_else_is_never_taken_over() {
         .iter()
         .find(|r| r.method == "PATCH" && r.path.starts_with(WEB_FARMS))
         .map(|r| r.path.rsplit('/').next().unwrap().to_owned())
-        .unwrap();
+        .unwrap_or_else(|| panic!("{:?}", summary(&reqs)));
     let mut mine = web_farm(&name, false);
     mine["metadata"]["name"] = json!(name);
     w.fake.put(&format!("{WEB_FARMS}/{name}"), mine.clone());
@@ -2391,7 +2463,8 @@ async fn a_farm_name_that_belongs_to_someone_else_is_never_taken_over() {
         web_events(&reqs)
             .iter()
             .any(|(_, _, n)| n.contains("already exists and this Ingress does not control it")),
-        "{:?}",
-        web_events(&reqs)
+        "{:?} {:?}",
+        web_events(&reqs),
+        summary(&reqs)
     );
 }

@@ -983,6 +983,31 @@ fn a_canary_without_a_primary_is_refused() {
 }
 
 #[test]
+fn a_canary_never_takes_another_namespaces_routes() {
+    let primary = shop("primary", "2026-01-01T00:00:00Z", &["/"], None);
+    let mut canary = shop(
+        "thief",
+        "2026-02-01T00:00:00Z",
+        &["/"],
+        Some("{weight: 100}"),
+    );
+    canary.metadata.namespace = Some("tenant-b".into());
+    canary.spec.array_ref.namespace = Some("default".into());
+    let t = ok(translate(
+        &edge(),
+        &[primary, canary],
+        &Resolutions::default(),
+    ));
+    let errors = rejected(&t, "tenant-b/thief");
+    assert!(
+        errors[0].message.contains("of another namespace"),
+        "{}",
+        errors[0]
+    );
+    assert!(t.config.routes.iter().all(|r| r.canary.is_none()));
+}
+
+#[test]
 fn a_route_has_one_canary_and_the_older_keeps_it() {
     let primary = shop("primary", "2026-01-01T00:00:00Z", &["/"], None);
     let first = shop(

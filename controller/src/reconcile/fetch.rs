@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service, ServiceAccount};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::api::networking::v1::IngressClass;
+use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use kube::api::ListParams;
@@ -44,10 +44,6 @@ fn fetch_err(what: String) -> impl FnOnce(kube::Error) -> FetchError {
 pub struct Fetched {
     /// Farms naming the array, from any namespace watched.
     pub farms: Vec<ServerFarm>,
-    /// Whether a Portcullis IngressClass names the array (only read when a farm from
-    /// another namespace names it): such an array publishes Ingresses' farms from every
-    /// namespace.
-    pub ingress_class: bool,
     /// Referenced Secrets, `None` when absent.
     pub secrets: BTreeMap<String, Option<Secret>>,
     /// The array's keys Secret (`spec.sessionKeys.secretName`, else `<array>-keys`).
@@ -154,12 +150,8 @@ pub(super) async fn fetch(
     ctx: &Context,
 ) -> Result<Fetched, FetchError> {
     let client = &ctx.client;
-    let farms = farms(client, ctx.settings.watch_namespace.as_deref(), array).await?;
-    let ingress_class = if farms.iter().any(translate::is_cross_namespace) {
-        named_by_ingress_class(client, ns, array).await?
-    } else {
-        false
-    };
+    let mut farms = farms(client, ctx.settings.watch_namespace.as_deref(), array).await?;
+    verify_ingress_farms(client, ns, array, &ctx.settings.migration, &mut farms).await?;
     let secrets = referenced_secrets(client, ns, array, &farms).await?;
     let (keys, previous_keys) = keys_secrets(client, ns, array).await?;
     // Only an array with a valid name writes anything (validation says why not).
@@ -173,7 +165,6 @@ pub(super) async fn fetch(
     let members = members(ctx, ns, array).await?;
     Ok(Fetched {
         farms,
-        ingress_class,
         secrets,
         keys,
         previous_keys,
@@ -208,20 +199,77 @@ async fn farms(
     Ok(farms)
 }
 
-/// Whether a Portcullis IngressClass names `array` as its parameters.
-async fn named_by_ingress_class(
+/// Checks every farm that claims an Ingress controls it against that Ingress: it must
+/// exist with the uid the farm names, and be published by `array` (its class, or the
+/// migration switch, names the array). A farm that passes counts as the Ingress's (it may
+/// live in another namespace, and is as old as the Ingress when conflicts are decided);
+/// one that does not loses the claim, in this reconcile's copy: a hand-written farm cannot
+/// borrow an Ingress's standing with a forged owner reference or annotation.
+async fn verify_ingress_farms(
     client: &Client,
     ns: &str,
     array: &GatewayArray,
-) -> Result<bool, FetchError> {
+    migration: &ingress::Migration,
+    farms: &mut [ServerFarm],
+) -> Result<(), FetchError> {
+    if !farms
+        .iter()
+        .any(|f| translate::controlling_ingress(f).is_some())
+    {
+        return Ok(());
+    }
     let classes = kube::Api::<IngressClass>::all(client.clone())
         .list(&ListParams::default())
         .await
         .map_err(fetch_err("IngressClasses".to_owned()))?
         .items;
-    Ok(classes.iter().any(|c| {
-        ingress::class_array(c).is_some_and(|(n, name)| n == ns && name == array.name_any())
-    }))
+    let target = ingress::ArrayTarget {
+        namespace: ns.to_owned(),
+        name: array.name_any(),
+    };
+    for farm in farms.iter_mut() {
+        let Some((farm_ns, name)) = translate::controlling_ingress(farm) else {
+            continue;
+        };
+        let found = api::<Ingress>(client, &farm_ns)
+            .get_opt(&name)
+            .await
+            .map_err(fetch_err(format!("Ingress {farm_ns}/{name}")))?;
+        let owner_uid = farm
+            .owner_references()
+            .iter()
+            .find(|o| o.controller == Some(true))
+            .map(|o| o.uid.clone());
+        let verified = found.filter(|ing| {
+            ing.uid() == owner_uid
+                && ingress::target(ing, &classes, migration).is_some_and(|(_, t)| t == target)
+        });
+        let annotations = farm
+            .metadata
+            .annotations
+            .get_or_insert_with(Default::default);
+        match verified.and_then(|ing| ing.metadata.creation_timestamp) {
+            Some(created) => {
+                annotations.insert(
+                    translate::SOURCE_CREATED_ANNOTATION.to_owned(),
+                    created.0.to_string(),
+                );
+            }
+            None => {
+                annotations.remove(translate::SOURCE_CREATED_ANNOTATION);
+                if let Some(refs) = farm.metadata.owner_references.as_mut() {
+                    refs.retain(|o| o.controller != Some(true));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether `farm` can be published at all as far as its namespace goes: nothing is read
+/// for a farm from another namespace that no verified Ingress controls (it is refused).
+fn may_publish(farm: &ServerFarm) -> bool {
+    !translate::is_cross_namespace(farm) || translate::controlling_ingress(farm).is_some()
 }
 
 /// The Secrets the array and its farms name, by id, `None` for those that do not exist.
@@ -241,7 +289,7 @@ async fn referenced_secrets(
         .filter(|n| translate::is_dns_subdomain(n))
         .map(|n| (n.clone(), (ns.to_owned(), n)))
         .collect();
-    for f in farms {
+    for f in farms.iter().filter(|f| may_publish(f)) {
         let farm_ns = f.namespace().unwrap_or_default();
         wanted.extend(
             farm_secrets(f)
@@ -308,6 +356,7 @@ async fn service_resolutions(
 ) -> Result<Resolutions, FetchError> {
     let services: BTreeSet<(String, String, u16)> = farms
         .iter()
+        .filter(|f| may_publish(f))
         .flat_map(|f| {
             let ns = f.namespace().unwrap_or_default();
             f.spec.servers.iter().filter_map(move |s| {

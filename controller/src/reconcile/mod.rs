@@ -47,6 +47,9 @@ pub struct Settings {
     /// The one namespace watched, `None` for all: where farms naming an array are
     /// looked for (a farm may name an array in another namespace).
     pub watch_namespace: Option<String>,
+    /// Classes served besides Portcullis's own IngressClasses (the ingress-nginx
+    /// migration switch): their Ingresses' farms are published by its array.
+    pub migration: portcullis_crds::ingress::Migration,
 }
 
 /// How often referenced Secrets are re-read when they are not watched.

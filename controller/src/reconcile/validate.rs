@@ -101,7 +101,7 @@ pub fn validate(array: &GatewayArray, fetched: &Fetched, settings: &Settings) ->
     let mut verdicts = BTreeMap::new();
     let mut eligible = Vec::new();
     for farm in &fetched.farms {
-        let refused = cross_namespace_refusal(farm, fetched.ingress_class)
+        let refused = cross_namespace_refusal(farm)
             .or_else(|| refusal(farm, &keys_name, settings, &material));
         match refused {
             Some(verdict) => {
@@ -167,13 +167,14 @@ fn invalidate_all(
     }
 }
 
-/// A farm from another namespace than the array is published only when an Ingress
-/// controls it and a Portcullis IngressClass names the array (`ingress_class`).
-fn cross_namespace_refusal(farm: &ServerFarm, ingress_class: bool) -> Option<FarmVerdict> {
-    if !translate::is_cross_namespace(farm)
-        || (ingress_class && translate::controlling_ingress(farm).is_some())
-    {
+/// A farm from another namespace than the array is published only when an Ingress the
+/// array publishes controls it (fetch verified that, and dropped a claim that failed).
+fn cross_namespace_refusal(farm: &ServerFarm) -> Option<FarmVerdict> {
+    if !translate::is_cross_namespace(farm) {
         return None;
+    }
+    if translate::controlling_ingress(farm).is_some() {
+        return secret_id_refusal(farm);
     }
     Some(FarmVerdict::Translated(FarmOutcome::Rejected(vec![
         keys_field_error(
@@ -188,6 +189,27 @@ fn cross_namespace_refusal(farm: &ServerFarm, ingress_class: bool) -> Option<Far
             ),
         ),
     ])))
+}
+
+/// The longest Secret data key (`<id>.tls.crt`) is at most 253 characters: a farm whose
+/// Secret ids would be longer is refused alone, instead of the array's Secret failing.
+fn secret_id_refusal(farm: &ServerFarm) -> Option<FarmVerdict> {
+    let errors: Vec<TranslateError> = farm_secret_refs(farm)
+        .into_iter()
+        .filter(|(_, name, _)| translate::secret_id(farm, name).len() + ".tls.crt".len() > 253)
+        .map(|(field, name, _)| {
+            keys_field_error(
+                "ServerFarm",
+                farm,
+                field,
+                format!(
+                    "Secret {name} of namespace {} makes a key longer than 253 characters in the array's Secret; use a shorter Secret name",
+                    farm.namespace().unwrap_or_default()
+                ),
+            )
+        })
+        .collect();
+    (!errors.is_empty()).then_some(FarmVerdict::Translated(FarmOutcome::Rejected(errors)))
 }
 
 /// Why `farm` is refused before translation (names that cannot be read, the keys
@@ -457,6 +479,7 @@ mod tests {
             watch_secrets: true,
             allow_private_targets: true,
             watch_namespace: None,
+            migration: Default::default(),
         };
         let material = Material {
             tls: BTreeMap::new(),

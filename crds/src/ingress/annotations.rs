@@ -44,8 +44,9 @@ pub struct Features {
     ssl_redirect: bool,
     /// `force-ssl-redirect`: redirect plain HTTP even without TLS for the host.
     force_ssl_redirect: bool,
-    /// `http-redirect-code`-like status for those redirects.
-    https_redirect_code: Option<u16>,
+    /// Why the Ingress must not be served at all: it asks for protection (authentication)
+    /// that cannot be given as written, and serving it without would expose it.
+    pub(super) deny: Vec<String>,
 }
 
 impl Features {
@@ -71,10 +72,9 @@ impl Features {
             merge(&mut spec[k.as_str()], v);
         }
         if self.force_ssl_redirect || (self.ssl_redirect && has_tls) {
-            let code = self.https_redirect_code.unwrap_or(308);
             merge(
                 &mut spec["filters"],
-                &json!({"httpsRedirect": {"statusCode": code}}),
+                &json!({"httpsRedirect": {"statusCode": 308}}),
             );
         }
     }
@@ -110,13 +110,18 @@ fn merge(into: &mut Value, from: &Value) {
 /// Reads the ingress-nginx annotations of an Ingress. Every annotation under
 /// [`PREFIX`] that is not served, or not served as written, adds a [`Finding`];
 /// annotations under other prefixes are not ours and pass silently.
-pub fn read(annotations: &BTreeMap<String, String>, findings: &mut Vec<Finding>) -> Features {
+pub fn read(
+    annotations: &BTreeMap<String, String>,
+    namespace: &str,
+    findings: &mut Vec<Finding>,
+) -> Features {
     let ours: BTreeMap<&str, &str> = annotations
         .iter()
         .filter_map(|(k, v)| Some((k.strip_prefix(PREFIX)?, v.as_str())))
         .collect();
     let mut r = Reader {
         all: &ours,
+        namespace,
         features: Features {
             ssl_redirect: true,
             ..Features::default()
@@ -131,6 +136,8 @@ pub fn read(annotations: &BTreeMap<String, String>, findings: &mut Vec<Finding>)
 
 struct Reader<'a> {
     all: &'a BTreeMap<&'a str, &'a str>,
+    /// The Ingress's namespace (`auth-secret` may name it).
+    namespace: &'a str,
     features: Features,
     findings: &'a mut Vec<Finding>,
 }
@@ -150,6 +157,16 @@ impl<'a> Reader<'a> {
 
     fn note(&mut self, name: &str, message: impl Into<String>) {
         self.finding(name, Severity::Note, message.into());
+    }
+
+    /// The Ingress asks for protection that cannot be given: it is not served at all
+    /// (ingress-nginx answers such locations with an error too).
+    fn deny(&mut self, name: &str, why: String) {
+        self.ignored(
+            name,
+            format!("{why}; the Ingress is not served at all rather than served unprotected"),
+        );
+        self.features.deny.push(format!("{PREFIX}{name}"));
     }
 
     fn invalid(&mut self, name: &str, value: &str, want: &str) {
@@ -495,20 +512,31 @@ impl<'a> Reader<'a> {
             }
             "auth-type" => {
                 if value != "basic" {
-                    self.invalid(name, value, "\"basic\" (digest is not supported)");
+                    self.deny(
+                        name,
+                        format!("auth-type {value:?} is not supported (only \"basic\")"),
+                    );
                 } else if self.get("auth-secret").is_none() {
-                    self.ignored(name, "needs nginx.ingress.kubernetes.io/auth-secret; without it no authentication is configured");
+                    self.deny(
+                        name,
+                        "auth-type basic needs nginx.ingress.kubernetes.io/auth-secret".into(),
+                    );
                 }
             }
             "auth-secret" => {
                 if self.needs(name, "auth-type", Some("basic")) {
-                    match value.split_once('/') {
-                        Some((_, _)) => self.ignored(
+                    let secret = match value.split_once('/') {
+                        Some((ns, secret)) if ns == self.namespace => Some(secret),
+                        Some(_) => None,
+                        None => Some(value),
+                    };
+                    match secret {
+                        None => self.deny(
                             name,
-                            "a Secret in another namespace is not read (a farm only reads Secrets of its own namespace); name a Secret of the Ingress's namespace",
+                            "a Secret in another namespace is not read (a farm only reads Secrets of its own namespace)".into(),
                         ),
-                        None => {
-                            let mut auth = json!({"secretName": value});
+                        Some(secret) => {
+                            let mut auth = json!({"secretName": secret});
                             if let Some(realm) = self.get("auth-realm") {
                                 auth["realm"] = json!(realm);
                             }
@@ -543,7 +571,7 @@ impl<'a> Reader<'a> {
                     }
                     self.features.set(&["access", "externalAuth"], ext);
                 } else {
-                    self.invalid(name, value, "an http:// or https:// URL");
+                    self.deny(name, format!("{value:?} is not an http:// or https:// URL"));
                 }
             }
             "auth-signin" | "auth-method" | "auth-response-headers" => {
@@ -609,7 +637,12 @@ impl<'a> Reader<'a> {
                             .filter(|t| *t > 0)
                             .unwrap_or(100);
                         match w.parse::<u64>() {
-                            Ok(w) if w <= total => c["weight"] = json!(w * 100 / total),
+                            // Rounded to the nearest percent, in u128 so no total overflows.
+                            Ok(w) if w <= total => {
+                                let pct = (u128::from(w) * 100 + u128::from(total) / 2)
+                                    / u128::from(total);
+                                c["weight"] = json!(pct as u64);
+                            }
                             _ => self.invalid(
                                 "canary-weight",
                                 w,
@@ -670,7 +703,7 @@ mod tests {
             .map(|(k, v)| (format!("{PREFIX}{k}"), (*v).to_owned()))
             .collect();
         let mut findings = Vec::new();
-        let f = read(&ann, &mut findings);
+        let f = read(&ann, "web", &mut findings);
         (f, findings)
     }
 
@@ -756,7 +789,7 @@ mod tests {
             "{}".into(),
         );
         let mut findings = Vec::new();
-        read(&ann, &mut findings);
+        read(&ann, "web", &mut findings);
         assert_eq!(findings.len(), 1);
         assert_eq!(
             findings[0].subject,
@@ -863,7 +896,29 @@ mod tests {
             json!({"allowOrigins": ["https://a.example", "https://*.b.example"], "allowCredentials": false})
         );
         assert_eq!(spec["canary"], json!({"weight": 20, "header": "X-Canary"}));
-        let (_, findings) = read_all(&[("auth-type", "basic"), ("auth-secret", "other/users")]);
+        let (f, findings) = read_all(&[("auth-type", "basic"), ("auth-secret", "other/users")]);
         assert!(findings[0].message.contains("another namespace"));
+        assert_eq!(f.deny, ["nginx.ingress.kubernetes.io/auth-secret"]);
+        // Its own namespace may be named.
+        let (f, _) = read_all(&[("auth-type", "basic"), ("auth-secret", "web/users")]);
+        assert!(f.deny.is_empty());
+        assert_eq!(
+            spec_of(&f, false)["access"]["basicAuth"]["secretName"],
+            "users"
+        );
+        for bad in [
+            &[("auth-type", "digest"), ("auth-secret", "users")][..],
+            &[("auth-type", "basic")][..],
+            &[("auth-url", "ftp://auth")][..],
+        ] {
+            let (f, findings) = read_all(bad);
+            assert!(!f.deny.is_empty(), "{bad:?}");
+            assert!(
+                findings
+                    .iter()
+                    .any(|x| x.message.contains("not served at all")),
+                "{findings:?}"
+            );
+        }
     }
 }

@@ -185,7 +185,11 @@ struct FarmPaths {
 /// Translates `ing` for `target`. Pure: `services` resolves named ports.
 pub fn translate(ing: &Ingress, target: &ArrayTarget, services: &ServicePorts) -> Translated {
     let mut findings = Vec::new();
-    let features = annotations::read(ing.annotations(), &mut findings);
+    let features = annotations::read(
+        ing.annotations(),
+        &ing.namespace().unwrap_or_default(),
+        &mut findings,
+    );
     let Some(spec) = ing.spec.as_ref() else {
         return Translated {
             farms: Vec::new(),
@@ -225,17 +229,28 @@ pub fn translate(ing: &Ingress, target: &ArrayTarget, services: &ServicePorts) -
             };
         }
     }
-    if let Some(default) = &spec.default_backend {
-        let catch_all = ("*".to_owned(), "Prefix".to_owned(), "/".to_owned());
-        if claimed.contains_key(&catch_all) {
-            findings.push(Finding {
-                subject: "spec.defaultBackend".into(),
-                severity: Severity::Note,
-                message: "a rule without a host already routes / : the default backend only answers what no rule matches, which here is nothing".into(),
-            });
-        } else if let Some(b) = backend(default, services, "spec.defaultBackend", &mut findings) {
+    // The default backend answers what the Ingress's rules leave: `/` on each of its
+    // hosts that does not route `/` itself (as ingress-nginx does), and every host only
+    // for an Ingress without rules.
+    if let Some(default) = &spec.default_backend
+        && let Some(b) = backend(default, services, "spec.defaultBackend", &mut findings)
+    {
+        let mut hosts: BTreeSet<String> = spec
+            .rules
+            .iter()
+            .flatten()
+            .map(|r| r.host.clone().unwrap_or_else(|| "*".to_owned()))
+            .collect();
+        if hosts.is_empty() {
+            hosts.insert("*".to_owned());
+        }
+        for host in hosts {
+            let root = (host.clone(), "Prefix".to_owned(), "/".to_owned());
+            if claimed.contains_key(&root) {
+                continue;
+            }
             groups
-                .entry(("*".to_owned(), b))
+                .entry((host, b.clone()))
                 .or_default()
                 .prefix
                 .insert("/".to_owned());
@@ -275,6 +290,11 @@ pub fn translate(ing: &Ingress, target: &ArrayTarget, services: &ServicePorts) -
         })
         .collect();
     farms.sort_by_key(ResourceExt::name_any);
+    // Protection this build cannot give (a field it lacks) fails closed too.
+    let unprotected = unserved.iter().any(|m| m.starts_with("spec.access"));
+    if !features.deny.is_empty() || unprotected {
+        farms.clear();
+    }
     findings.extend(unserved.into_iter().map(|m| Finding {
         subject: "metadata.annotations".into(),
         severity: Severity::Ignored,
@@ -409,12 +429,25 @@ pub fn has_tls(ing: &Ingress, host: &str) -> bool {
 /// (host, backend), at most 63 characters.
 fn farm_name(ing: &Ingress, host: &str, backend: &Backend) -> String {
     let mut h = sha2::Sha256::new();
+    h.update(ing.name_any().as_bytes());
+    h.update([0]);
     h.update(host.as_bytes());
     h.update([0]);
     h.update(backend.service.as_bytes());
     h.update(backend.port.to_be_bytes());
     let digest = hex::encode(&h.finalize()[..5]);
     let base: String = ing.name_any().chars().take(52).collect();
+    format!("{}-{digest}", base.trim_end_matches(['-', '.']))
+}
+
+/// The [`INGRESS_LABEL`] value for Ingress `name`: the name itself, or, for a name
+/// longer than a label value may be (63), its first 52 characters and a hash.
+pub fn label_value(name: &str) -> String {
+    if name.len() <= 63 {
+        return name.to_owned();
+    }
+    let digest = hex::encode(&sha2::Sha256::digest(name.as_bytes())[..5]);
+    let base: String = name.chars().take(52).collect();
     format!("{}-{digest}", base.trim_end_matches(['-', '.']))
 }
 
@@ -426,7 +459,10 @@ fn farm_meta(ing: &Ingress, name: &str) -> ObjectMeta {
     ObjectMeta {
         name: Some(name.to_owned()),
         namespace: ing.namespace(),
-        labels: Some(BTreeMap::from([(INGRESS_LABEL.to_owned(), ing.name_any())])),
+        labels: Some(BTreeMap::from([(
+            INGRESS_LABEL.to_owned(),
+            label_value(&ing.name_any()),
+        )])),
         annotations: Some(annotations),
         owner_references: Some(vec![OwnerReference {
             api_version: "networking.k8s.io/v1".into(),

@@ -205,22 +205,30 @@ fn unresolvable_backends_are_findings_not_failures() {
 }
 
 #[test]
-fn the_default_backend_catches_every_other_host() {
+fn the_default_backend_answers_what_the_rules_leave() {
     let ing = ingress(
-        "metadata: {name: d, namespace: web}\nspec:\n  defaultBackend: {service: {name: fallback, port: {number: 8080}}}\n  rules:\n  - host: a.example.com\n    http:\n      paths:\n      - {path: /, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}\n",
+        "metadata: {name: d, namespace: web}\nspec:\n  defaultBackend: {service: {name: fallback, port: {number: 8080}}}\n  rules:\n  - host: a.example.com\n    http:\n      paths:\n      - {path: /api, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}\n  - host: b.example.com\n    http:\n      paths:\n      - {path: /, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}\n",
     );
     let t = translate(&ing, &edge(), &ServicePorts::new());
     assert_eq!(t.findings, []);
-    let catch_all = t
+    let fallback: Vec<(Vec<String>, Vec<String>)> = t
         .farms
         .iter()
-        .find(|f| f.spec.publish.hosts == ["*"])
-        .unwrap();
-    assert_eq!(catch_all.spec.publish.paths, ["/"]);
+        .filter(|f| f.spec.servers[0].service.as_ref().unwrap().name == "fallback")
+        .map(|f| (f.spec.publish.hosts.clone(), f.spec.publish.paths.clone()))
+        .collect();
+    // Only a.example.com leaves / unrouted; no catch-all host is claimed.
     assert_eq!(
-        catch_all.spec.servers[0].service.as_ref().unwrap().name,
-        "fallback"
+        fallback,
+        [(vec!["a.example.com".to_owned()], vec!["/".to_owned()])]
     );
+    // An Ingress without rules: its default backend catches every host.
+    let bare = ingress(
+        "metadata: {name: e, namespace: web}\nspec:\n  defaultBackend: {service: {name: fallback, port: {number: 8080}}}\n",
+    );
+    let t = translate(&bare, &edge(), &ServicePorts::new());
+    assert_eq!(t.farms.len(), 1);
+    assert_eq!(t.farms[0].spec.publish.hosts, ["*"]);
 }
 
 #[test]
@@ -269,4 +277,52 @@ fn a_canary_ingress_becomes_a_canary_farm() {
         let spec = serde_json::to_value(&f.spec).unwrap();
         assert_eq!(spec["canary"]["weight"], 25, "{spec}");
     }
+}
+
+#[test]
+fn protection_that_cannot_be_given_fails_closed() {
+    let mut ing = ingress(SHOP);
+    ing.metadata.annotations = Some(BTreeMap::from([
+        (
+            "nginx.ingress.kubernetes.io/auth-type".to_owned(),
+            "digest".to_owned(),
+        ),
+        (
+            "nginx.ingress.kubernetes.io/auth-secret".to_owned(),
+            "users".to_owned(),
+        ),
+    ]));
+    let t = translate(&ing, &edge(), &ports());
+    assert!(t.farms.is_empty(), "served without its authentication");
+    assert!(
+        t.findings
+            .iter()
+            .any(|f| f.message.contains("not served at all"))
+    );
+}
+
+#[test]
+fn long_names_make_valid_labels_and_distinct_farm_names() {
+    let long = "a".repeat(60);
+    let one = ingress(&format!(
+        "metadata: {{name: {long}x1, namespace: web}}\nspec:\n  defaultBackend: {{service: {{name: web, port: {{number: 80}}}}}}\n"
+    ));
+    let two = ingress(&format!(
+        "metadata: {{name: {long}x2, namespace: web}}\nspec:\n  defaultBackend: {{service: {{name: web, port: {{number: 80}}}}}}\n"
+    ));
+    let (a, b) = (
+        translate(&one, &edge(), &ServicePorts::new()),
+        translate(&two, &edge(), &ServicePorts::new()),
+    );
+    let (fa, fb) = (&a.farms[0], &b.farms[0]);
+    assert_ne!(
+        fa.name_any(),
+        fb.name_any(),
+        "same host and backend, other Ingress"
+    );
+    for f in [fa, fb] {
+        assert!(f.name_any().len() <= 63);
+        assert!(f.labels()[INGRESS_LABEL].len() <= 63);
+    }
+    assert_ne!(fa.labels()[INGRESS_LABEL], fb.labels()[INGRESS_LABEL]);
 }

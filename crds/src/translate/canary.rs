@@ -44,6 +44,16 @@ pub(super) fn add_canary(
                     ),
                 ),
                 Some((_, r)) if r.farm == id => {}
+                // A canary takes traffic from its own namespace's farms only: a tenant
+                // may not divert another namespace's site to its own servers.
+                Some((_, r)) if namespace_of(&r.farm) != namespace_of(&id) => errs.push(
+                    field,
+                    format!(
+                        "{} is published by ServerFarm {} of another namespace; a canary only takes a share of its own namespace's routes",
+                        describe(host, path),
+                        r.farm
+                    ),
+                ),
                 Some((_, r)) if r.canary.is_some() => errs.push(
                     field,
                     format!(
@@ -63,6 +73,11 @@ pub(super) fn add_canary(
         config.routes[i].canary = Some(canary.clone());
     }
     publish(config, id, built)
+}
+
+/// The namespace part of a farm id (`namespace/name`).
+fn namespace_of(id: &str) -> &str {
+    id.split_once('/').map_or("", |(ns, _)| ns)
 }
 
 /// The checked canary rules of farm `id`.
