@@ -13,10 +13,12 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::Duration;
+mod access;
 mod filters;
 pub use crate::v1alpha1::{
     AffinityMode, CookieProtection, ListenerProtocol, LoadBalancing, SameSite, UpstreamProtocol,
 };
+pub use access::*;
 pub use filters::*;
 
 /// The config schema version this crate writes and reads.
@@ -250,6 +252,9 @@ pub struct FarmConfig {
     /// Route features: rewrites, redirects, header changes, body limit.
     #[serde(default, skip_serializing_if = "FiltersConfig::is_empty")]
     pub filters: FiltersConfig,
+    /// What the proxy checks before a request may reach a server.
+    #[serde(default, skip_serializing_if = "AccessConfig::is_empty")]
+    pub access: AccessConfig,
 }
 
 fn default_allowed_upgrades() -> Vec<String> {

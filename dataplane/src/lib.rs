@@ -4,6 +4,7 @@
 //! `main.rs` parses flags into [`Options`] and calls [`run`]; tests call [`start`] to get
 //! a [`Handle`] with the bound addresses and stop it with [`Handle::shutdown`].
 
+mod access;
 mod admin;
 mod balance;
 mod bind;

@@ -116,6 +116,10 @@ pub struct ServerFarmSpec {
     /// the same array, taking a share of its requests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary: Option<super::Canary>,
+    /// Who may use the farm: client address ranges, rate limits and authentication,
+    /// checked by the proxy before a server is picked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access: Option<super::Access>,
 }
 
 /// A reference to the GatewayArray that publishes a farm.

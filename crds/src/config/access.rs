@@ -1,0 +1,68 @@
+//! The access phase of a farm: what the proxy checks before it picks a server.
+
+use serde::{Deserialize, Serialize};
+
+use super::IpRange;
+
+/// What the proxy checks before a request of the farm may reach a server. Each part is
+/// off when unset; a config without any (every config written before these existed)
+/// admits every request.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AccessConfig {
+    /// Client address ranges.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_ranges: Option<SourceRangesConfig>,
+}
+
+impl AccessConfig {
+    /// Whether nothing is checked (the field is then left out of the document).
+    pub fn is_empty(&self) -> bool {
+        self == &AccessConfig::default()
+    }
+}
+
+/// Client address ranges: a client in `deny`, or not in a non-empty `allow`, is refused.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SourceRangesConfig {
+    /// When not empty, only these clients are served.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<IpRange>,
+    /// These clients are refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deny: Vec<IpRange>,
+}
+
+impl SourceRangesConfig {
+    /// Whether `ip` may be served.
+    pub fn admits(&self, ip: std::net::IpAddr) -> bool {
+        !self.deny.iter().any(|r| r.contains(ip))
+            && (self.allow.is_empty() || self.allow.iter().any(|r| r.contains(ip)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ranges(allow: &[&str], deny: &[&str]) -> SourceRangesConfig {
+        SourceRangesConfig {
+            allow: allow.iter().map(|r| r.parse().unwrap()).collect(),
+            deny: deny.iter().map(|r| r.parse().unwrap()).collect(),
+        }
+    }
+
+    #[test]
+    fn deny_wins_and_an_empty_allow_allows_everyone_else() {
+        let r = ranges(&["10.0.0.0/8", "2001:db8::/32"], &["10.1.0.0/16"]);
+        assert!(r.admits("10.2.3.4".parse().unwrap()));
+        assert!(r.admits("::ffff:10.2.3.4".parse().unwrap()));
+        assert!(r.admits("2001:db8::1".parse().unwrap()));
+        assert!(!r.admits("10.1.2.3".parse().unwrap()));
+        assert!(!r.admits("192.0.2.1".parse().unwrap()));
+        let open = ranges(&[], &["192.0.2.1"]);
+        assert!(open.admits("192.0.2.2".parse().unwrap()));
+        assert!(!open.admits("192.0.2.1".parse().unwrap()));
+    }
+}
