@@ -154,6 +154,16 @@ fn crd_docs_quote_the_defaults_translation_applies() {
             "spec.filters.httpsRedirect.statusCode",
             Default::Number(DEFAULT_HTTPS_REDIRECT_STATUS.into()),
         ),
+        (
+            &farm,
+            "spec.access.rateLimit.burstMultiplier",
+            Default::Number(DEFAULT_BURST_MULTIPLIER.into()),
+        ),
+        (
+            &farm,
+            "spec.access.rateLimit.statusCode",
+            Default::Number(DEFAULT_RATE_LIMIT_STATUS.into()),
+        ),
     ];
     let mut wrong = Vec::new();
     for (schema, path, want) in cases {

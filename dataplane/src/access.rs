@@ -1,19 +1,31 @@
 //! The access phase: what a request must pass before the proxy picks a server.
 //!
-//! A refused request is answered by the proxy itself (403 for a source range), so it
-//! never reaches a server and never counts in passive health. The state of each farm's
+//! A refused request is answered by the proxy itself (403 for a source range, the
+//! farm's status for a rate limit), so it never reaches a server and never counts in
+//! passive health; it is counted in `portcullis_access_refused_total{farm,reason}`
+//! (and, by the caller, in `portcullis_requests_total`). The state of each farm's
 //! checks lives in the snapshot ([`AccessMap`]), built on every config load from the
 //! previous one.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
 
-use http::{HeaderMap, Request, Response, StatusCode};
-use portcullis_crds::config::{AccessConfig, DataplaneConfig, IpRange};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use portcullis_crds::config::{AccessConfig, DataplaneConfig};
 
-use crate::proxy::{ConnInfo, RespBody, error_response};
+use crate::metrics::FarmReason;
+use crate::proxy::{BoxError, ConnInfo, RespBody, error_response};
+use crate::ratelimit::{InFlightGuard, Limited, RateLimiter};
+use crate::runtime::Shared;
+use crate::snapshot::Snapshot;
 use crate::source::SourceError;
 
 /// The access state of every farm that checks something, by farm id.
@@ -23,23 +35,33 @@ pub(crate) type AccessMap = HashMap<String, Arc<FarmAccess>>;
 #[derive(Debug)]
 pub(crate) struct FarmAccess {
     cfg: AccessConfig,
+    limiter: Option<Arc<RateLimiter>>,
 }
 
 /// Builds the access state of `config`'s farms. Farms that check nothing get no entry.
 pub(crate) fn build(
     config: &DataplaneConfig,
     _certs_dir: &Path,
-    _previous: Option<&AccessMap>,
+    previous: Option<&AccessMap>,
 ) -> Result<AccessMap, SourceError> {
     let mut out = AccessMap::new();
     for (id, farm) in &config.farms {
         if farm.access.is_empty() {
             continue;
         }
+        let before = previous.and_then(|p| p.get(id));
+        // Counts carry over while the farm's limits stay the same.
+        let limiter = farm.access.rate_limit.as_ref().map(|r| {
+            before
+                .filter(|b| b.cfg.rate_limit.as_ref() == Some(r))
+                .and_then(|b| b.limiter.clone())
+                .unwrap_or_else(|| Arc::new(RateLimiter::new(r)))
+        });
         out.insert(
             id.clone(),
             Arc::new(FarmAccess {
                 cfg: farm.access.clone(),
+                limiter,
             }),
         );
     }
@@ -48,39 +70,121 @@ pub(crate) fn build(
 
 /// A request let through: what must live as long as its response.
 #[derive(Debug, Default)]
-pub(crate) struct Admitted {}
+pub(crate) struct Admitted {
+    in_flight: Option<InFlightGuard>,
+}
 
 impl Admitted {
     /// The response to send, with whatever the access phase adds to it.
     pub(crate) fn respond(self, resp: Response<RespBody>) -> Response<RespBody> {
-        resp
+        match self.in_flight {
+            // The request stays in flight until its response body ends.
+            Some(guard) => resp.map(|inner| {
+                Holding {
+                    inner,
+                    guard: Some(guard),
+                }
+                .boxed_unsync()
+            }),
+            None => resp,
+        }
     }
 }
 
-/// The access phase of `farm` for `req`: `Ok` lets it through, `Err` is the proxy's
-/// answer (not yet counted).
+/// A response body that holds its request's place among the client's requests in
+/// flight until it ends (its last frame is read, before it is written) or is dropped.
+struct Holding {
+    inner: RespBody,
+    guard: Option<InFlightGuard>,
+}
+
+impl Body for Holding {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let frame = Pin::new(&mut this.inner).poll_frame(cx);
+        if matches!(frame, Poll::Ready(None)) || this.inner.is_end_stream() {
+            this.guard.take();
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The access phase of farm `farm` for `req`: `Ok` lets it through, `Err` is the
+/// proxy's answer (counted here by reason, not yet in `requests_total`).
 pub(crate) async fn admit<B>(
-    access: Option<&Arc<FarmAccess>>,
-    trusted: &[IpRange],
+    shared: &Shared,
+    snapshot: &Snapshot,
+    farm: &str,
     conn: ConnInfo,
     req: &mut Request<B>,
 ) -> Result<Admitted, Response<RespBody>> {
-    let Some(access) = access else {
+    let Some(access) = snapshot.access.get(farm) else {
         return Ok(Admitted::default());
     };
+    let refused = |reason: &'static str, resp: Response<RespBody>| {
+        shared
+            .metrics
+            .access_refused
+            .get_or_create(&FarmReason {
+                farm: farm.to_owned(),
+                reason,
+            })
+            .inc();
+        resp
+    };
+    let trusted = &snapshot.config.limits.trusted_proxies;
     let client = client_ip(conn.client.ip(), req.headers(), trusted);
     if let Some(ranges) = &access.cfg.source_ranges
         && !ranges.admits(client)
     {
-        return Err(error_response(StatusCode::FORBIDDEN, "source-range"));
+        return Err(refused(
+            "source-range",
+            error_response(StatusCode::FORBIDDEN, "source-range"),
+        ));
     }
-    Ok(Admitted::default())
+    let mut admitted = Admitted::default();
+    if let (Some(limiter), Some(cfg)) = (&access.limiter, &access.cfg.rate_limit) {
+        match limiter.take(client, Instant::now()) {
+            Ok(guard) => admitted.in_flight = Some(guard),
+            Err(limited) => {
+                let status =
+                    StatusCode::from_u16(cfg.status_code).unwrap_or(StatusCode::TOO_MANY_REQUESTS);
+                let mut resp = error_response(status, limited.reason());
+                let retry = match limited {
+                    Limited::Rate(wait) => wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
+                    Limited::Connections | Limited::Full => 1,
+                };
+                resp.headers_mut()
+                    .insert(http::header::RETRY_AFTER, HeaderValue::from(retry.max(1)));
+                return Err(refused(limited.reason(), resp));
+            }
+        }
+    }
+    Ok(admitted)
 }
 
 /// The client's address: the TCP peer, or, when the peer is a trusted proxy, the last
 /// address of `X-Forwarded-For` that is not one (the first that a trusted proxy did not
 /// write). IPv4-mapped IPv6 addresses are IPv4.
-pub(crate) fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpRange]) -> IpAddr {
+pub(crate) fn client_ip(
+    peer: IpAddr,
+    headers: &HeaderMap,
+    trusted: &[portcullis_crds::config::IpRange],
+) -> IpAddr {
     let is_trusted = |ip: IpAddr| trusted.iter().any(|r| r.contains(ip));
     let mut client = peer.to_canonical();
     if !is_trusted(client) {
@@ -108,6 +212,7 @@ pub(crate) fn client_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpRange]) 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use portcullis_crds::config::IpRange;
 
     #[test]
     fn the_client_is_the_peer_unless_a_trusted_proxy_forwarded_it() {

@@ -20,6 +20,7 @@ mod listener;
 mod metrics;
 mod pool;
 mod proxy;
+mod ratelimit;
 mod routes;
 mod runtime;
 pub mod session;

@@ -375,9 +375,8 @@ async fn serve(
         .rewrite
         .as_ref()
         .and_then(|rw| filters::rewrite(rw, route, req.uri()));
-    let trusted = &snapshot.config.limits.trusted_proxies;
-    let access = snapshot.access.get(&farm.cfg.id);
-    let admitted = match crate::access::admit(access, trusted, conn, &mut req).await {
+    let admitted = match crate::access::admit(shared, &snapshot, &farm.cfg.id, conn, &mut req).await
+    {
         Ok(a) => a,
         Err(refusal) => {
             count_request(shared, &farm, refusal.status());

@@ -88,3 +88,86 @@ async fn source_ranges_refuse_with_403_before_any_server() {
     assert_eq!(requests(&m, "elsewhere", 403), 1.0, "{m}");
     proxy.shutdown().await;
 }
+
+#[tokio::test]
+async fn rate_limits_answer_the_farms_status_beyond_the_burst() {
+    let limited = Backend::start("limited").await;
+    let proxy = Proxy::start(
+        "rate-limit",
+        &[farm_with_access(
+            "limited",
+            &limited,
+            // A burst of 1 × 2 on top of the first request; refilling takes a minute,
+            // far longer than the test.
+            "    rateLimit: {requestsPerMinute: 1, burstMultiplier: 2, statusCode: 503}\n",
+        )],
+    )
+    .await;
+    let mut c = Client::connect(proxy.addr).await;
+    let mut statuses = Vec::new();
+    let mut retry_after = None;
+    for _ in 0..6 {
+        let (status, headers, _) = c.get("limited.test", "/").await.unwrap();
+        if status == 503 {
+            assert_eq!(headers["x-portcullis-error"], "rate-limit");
+            retry_after = headers.get("retry-after").cloned();
+        }
+        statuses.push(status);
+    }
+    assert_eq!(statuses, [200, 200, 200, 503, 503, 503]);
+    let retry: u64 = retry_after.unwrap().to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+    assert_eq!(limited.seen().len(), 3, "refused requests reach no server");
+    let m = metrics(proxy.admin_addr()).await;
+    assert_eq!(requests(&m, "limited", 503), 3.0, "{m}");
+    assert_eq!(
+        metric_sum(
+            &m,
+            "portcullis_access_refused_total",
+            &["farm=\"default/limited\"", "reason=\"rate-limit\""]
+        ),
+        3.0,
+        "{m}"
+    );
+    // A reload that leaves the limit alone keeps the counts: still refused.
+    let mut farms = vec![farm_with_access(
+        "limited",
+        &limited,
+        "    rateLimit: {requestsPerMinute: 1, burstMultiplier: 2, statusCode: 503}\n",
+    )];
+    farms.push(plain_farm(&Backend::start("other").await));
+    proxy.reload(&farms).await;
+    assert_eq!(get(proxy.addr, "limited.test", "/").await.0, 503);
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn connections_limit_requests_in_flight_per_client() {
+    let slow = Backend::start("slow").await;
+    let proxy = Proxy::start(
+        "connection-limit",
+        &[farm_with_access(
+            "slow",
+            &slow,
+            "    rateLimit: {connections: 1}\n",
+        )],
+    )
+    .await;
+    let addr = proxy.addr;
+    // One request holds the only place until its response ends.
+    let first = tokio::spawn(async move {
+        Client::connect(addr)
+            .await
+            .get("slow.test", "/slow/1500")
+            .await
+            .unwrap()
+    });
+    wait_until(std::time::Duration::from_secs(5), || slow.seen().len() == 1).await;
+    let (status, headers, _) = get(addr, "slow.test", "/").await;
+    assert_eq!(status, 429);
+    assert_eq!(headers["x-portcullis-error"], "connection-limit");
+    assert_eq!(first.await.unwrap().0, 200);
+    // Its place is free again once the response ended.
+    assert_eq!(get(addr, "slow.test", "/").await.0, 200);
+    proxy.shutdown().await;
+}

@@ -13,6 +13,9 @@ pub struct AccessConfig {
     /// Client address ranges.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_ranges: Option<SourceRangesConfig>,
+    /// Rate and concurrency limits per client address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimitConfig>,
 }
 
 impl AccessConfig {
@@ -41,6 +44,30 @@ impl SourceRangesConfig {
             && (self.allow.is_empty() || self.allow.iter().any(|r| r.contains(ip)))
     }
 }
+
+/// Limits per client address, per member.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RateLimitConfig {
+    /// Requests per second, when limited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_second: Option<u32>,
+    /// Requests per minute, when limited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests_per_minute: Option<u32>,
+    /// The burst on top of each rate, as a multiple of it.
+    pub burst_multiplier: u32,
+    /// Requests in flight at once, when limited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connections: Option<u32>,
+    /// The status of a refused request.
+    pub status_code: u16,
+}
+
+/// ServerFarm `spec.access.rateLimit.burstMultiplier` (as ingress-nginx).
+pub const DEFAULT_BURST_MULTIPLIER: u32 = 5;
+/// ServerFarm `spec.access.rateLimit.statusCode`.
+pub const DEFAULT_RATE_LIMIT_STATUS: u16 = 429;
 
 #[cfg(test)]
 mod tests {

@@ -2,7 +2,7 @@
 //! the proxy before it picks a server.
 
 use crate::config::*;
-use crate::v1alpha1::{Access, SourceRanges};
+use crate::v1alpha1::{Access, RateLimit, SourceRanges};
 
 use super::FarmErrors;
 
@@ -17,7 +17,42 @@ pub(crate) fn access(access: Option<&Access>, errs: &mut FarmErrors<'_>) -> Acce
             .source_ranges
             .as_ref()
             .map(|r| source_ranges(r, errs)),
+        rate_limit: access.rate_limit.as_ref().map(|r| rate_limit(r, errs)),
     }
+}
+
+fn rate_limit(limit: &RateLimit, errs: &mut FarmErrors<'_>) -> RateLimitConfig {
+    let field = "spec.access.rateLimit";
+    let positive = |v: Option<u32>| v.filter(|n| *n > 0);
+    let config = RateLimitConfig {
+        requests_per_second: positive(limit.requests_per_second),
+        requests_per_minute: positive(limit.requests_per_minute),
+        burst_multiplier: limit.burst_multiplier.unwrap_or(DEFAULT_BURST_MULTIPLIER),
+        connections: positive(limit.connections),
+        status_code: limit.status_code.unwrap_or(DEFAULT_RATE_LIMIT_STATUS),
+    };
+    if config.requests_per_second.is_none()
+        && config.requests_per_minute.is_none()
+        && config.connections.is_none()
+    {
+        errs.push(
+            field,
+            "rateLimit needs at least one of requestsPerSecond, requestsPerMinute or connections above 0",
+        );
+    }
+    if !(1..=100).contains(&config.burst_multiplier) {
+        errs.push(
+            format!("{field}.burstMultiplier"),
+            format!("{} is not 1 to 100", config.burst_multiplier),
+        );
+    }
+    if !(400..=599).contains(&config.status_code) {
+        errs.push(
+            format!("{field}.statusCode"),
+            format!("{} is not an error status (400 to 599)", config.status_code),
+        );
+    }
+    config
 }
 
 fn source_ranges(ranges: &SourceRanges, errs: &mut FarmErrors<'_>) -> SourceRangesConfig {
@@ -71,6 +106,53 @@ mod tests {
         let shown: Vec<String> = r.allow.iter().map(ToString::to_string).collect();
         assert_eq!(shown, ["10.0.0.0/8", "192.0.2.7/32", "2001:db8::/32"]);
         assert_eq!(r.deny[0].to_string(), "::1/128");
+    }
+
+    #[test]
+    fn rate_limits_get_ingress_nginx_defaults() {
+        let (a, p) = translate("access:\n  rateLimit: {requestsPerSecond: 10}\n");
+        assert!(p.is_empty(), "{p:?}");
+        assert_eq!(
+            a.rate_limit,
+            Some(RateLimitConfig {
+                requests_per_second: Some(10),
+                requests_per_minute: None,
+                burst_multiplier: 5,
+                connections: None,
+                status_code: 429,
+            })
+        );
+        let (a, p) = translate(
+            "access:\n  rateLimit: {requestsPerMinute: 60, burstMultiplier: 1, connections: 3, statusCode: 503}\n",
+        );
+        assert!(p.is_empty(), "{p:?}");
+        let r = a.rate_limit.unwrap();
+        assert_eq!(
+            (
+                r.requests_per_minute,
+                r.burst_multiplier,
+                r.connections,
+                r.status_code
+            ),
+            (Some(60), 1, Some(3), 503)
+        );
+    }
+
+    #[test]
+    fn a_rate_limit_that_limits_nothing_or_answers_success_is_refused() {
+        let (_, p) = translate(
+            "access:\n  rateLimit: {requestsPerSecond: 0, burstMultiplier: 0, statusCode: 200}\n",
+        );
+        let fields: Vec<&str> = p.iter().map(|(f, _)| f.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.access.rateLimit",
+                "spec.access.rateLimit.burstMultiplier",
+                "spec.access.rateLimit.statusCode",
+            ]
+        );
+        assert_eq!(p[2].1, "200 is not an error status (400 to 599)");
     }
 
     #[test]

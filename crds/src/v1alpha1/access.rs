@@ -16,6 +16,12 @@ pub struct Access {
     /// proxy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source_ranges: Option<SourceRanges>,
+
+    /// Limits per client address, counted by each array member on its own (a client
+    /// spread over `n` members gets up to `n` times the rate). A request over a limit is
+    /// answered `statusCode` by the proxy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limit: Option<RateLimit>,
 }
 
 /// Client address ranges, as IPv4 or IPv6 CIDRs (`10.0.0.0/8`, `2001:db8::/32`) or
@@ -39,4 +45,46 @@ pub struct SourceRanges {
     #[schemars(length(max = 256), inner(length(max = 64)))]
     #[x_kube(validation = Rule::new("self.all(r, isCIDR(r) || isIP(r))").message("sourceRanges.deny entries must be IP addresses or CIDR ranges"))]
     pub deny: Vec<String>,
+}
+
+/// Request rates and concurrency allowed to one client address, per array member.
+///
+/// Rates are token buckets (GCRA): a client may send `rate × burstMultiplier` requests at
+/// once, then `rate` per second (or minute); both rates apply when both are set. A
+/// refused request gets `statusCode` with `Retry-After`. Each member tracks at most
+/// 100000 client addresses per farm; addresses whose bucket has refilled and that have
+/// no request in flight are forgotten, and when the table is full of active clients a
+/// new address is refused until one is forgotten. Counts start again when a member
+/// restarts or the farm's `rateLimit` changes; other changes keep them.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.requestsPerSecond) || has(self.requestsPerMinute) || has(self.connections)").message("rateLimit needs at least one of requestsPerSecond, requestsPerMinute or connections"))]
+pub struct RateLimit {
+    /// Requests per second one client address may send.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub requests_per_second: Option<u32>,
+
+    /// Requests per minute one client address may send.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 60000000))]
+    pub requests_per_minute: Option<u32>,
+
+    /// The burst allowed on top of each rate, as a multiple of it (as ingress-nginx's
+    /// `limit-burst-multiplier`). Defaults to 5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub burst_multiplier: Option<u32>,
+
+    /// Requests one client address may have in flight at once: HTTP/1 requests and
+    /// HTTP/2 streams alike (one HTTP/2 connection carries many), counted from admission
+    /// until the response body ends, as nginx's `limit_conn` counts them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub connections: Option<u32>,
+
+    /// The status answered to a request over a limit, 400 to 599. Defaults to 429.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 400, max = 599))]
+    pub status_code: Option<u16>,
 }
