@@ -745,7 +745,7 @@ impl DataplaneConfig {
     }
 
     /// The Secrets whose material the config loads: listener certificates (default and
-    /// SNI) and upstream CAs.
+    /// SNI), upstream CAs and basic-auth htpasswd files.
     pub fn certificate_secrets(&self) -> std::collections::BTreeSet<String> {
         let mut out = std::collections::BTreeSet::new();
         for l in &self.listeners {
@@ -755,6 +755,9 @@ impl DataplaneConfig {
         for f in self.farms.values() {
             if let Some(UpstreamTrust::Ca { secret }) = f.upstream.tls.as_ref().map(|t| &t.trust) {
                 out.insert(secret.clone());
+            }
+            if let Some(auth) = &f.access.basic_auth {
+                out.insert(auth.secret.clone());
             }
         }
         out

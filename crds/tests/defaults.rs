@@ -164,6 +164,11 @@ fn crd_docs_quote_the_defaults_translation_applies() {
             "spec.access.rateLimit.statusCode",
             Default::Number(DEFAULT_RATE_LIMIT_STATUS.into()),
         ),
+        (
+            &farm,
+            "spec.access.basicAuth.realm",
+            Default::Text(DEFAULT_BASIC_AUTH_REALM),
+        ),
     ];
     let mut wrong = Vec::new();
     for (schema, path, want) in cases {

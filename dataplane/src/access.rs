@@ -1,7 +1,7 @@
 //! The access phase: what a request must pass before the proxy picks a server.
 //!
 //! A refused request is answered by the proxy itself (403 for a source range, the
-//! farm's status for a rate limit), so it never reaches a server and never counts in
+//! farm's status for a rate limit, 401 for basic authentication), so it never reaches a server and never counts in
 //! passive health; it is counted in `portcullis_access_refused_total{farm,reason}`
 //! (and, by the caller, in `portcullis_requests_total`). The state of each farm's
 //! checks lives in the snapshot ([`AccessMap`]), built on every config load from the
@@ -15,12 +15,16 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
+use base64::Engine;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
-use portcullis_crds::config::{AccessConfig, DataplaneConfig};
+use parking_lot::Mutex;
+use portcullis_crds::config::{AccessConfig, BasicAuthConfig, DataplaneConfig};
+use sha2::{Digest, Sha256};
 
+use crate::htpasswd::Htpasswd;
 use crate::metrics::FarmReason;
 use crate::proxy::{BoxError, ConnInfo, RespBody, error_response};
 use crate::ratelimit::{InFlightGuard, Limited, RateLimiter};
@@ -36,12 +40,96 @@ pub(crate) type AccessMap = HashMap<String, Arc<FarmAccess>>;
 pub(crate) struct FarmAccess {
     cfg: AccessConfig,
     limiter: Option<Arc<RateLimiter>>,
+    basic_auth: Option<BasicAuth>,
+}
+
+/// Distinct `Authorization` values whose bcrypt verdict is kept, per farm and snapshot.
+const VERDICTS: usize = 1024;
+
+/// A farm's htpasswd users and the verdicts on slow (bcrypt) credentials.
+///
+/// bcrypt is slow by design, so each distinct `Authorization` value is checked at most
+/// once per snapshot: its verdict (right or wrong) is kept under the SHA-256 of the
+/// value, and requests that repeat it, even at the same time, wait for that one check,
+/// which runs off the request threads. The cache holds [`VERDICTS`] values and starts
+/// empty again when full; a new snapshot (any reload) starts it empty too, so a changed
+/// htpasswd file is never judged by old verdicts.
+#[derive(Debug)]
+struct BasicAuth {
+    users: Arc<Htpasswd>,
+    challenge: HeaderValue,
+    verdicts: Mutex<HashMap<[u8; 32], Arc<tokio::sync::OnceCell<bool>>>>,
+}
+
+impl BasicAuth {
+    fn load(dir: &Path, farm: &str, cfg: &BasicAuthConfig) -> Result<Self, SourceError> {
+        let path = dir.join(&cfg.secret).join("auth");
+        let text = std::fs::read_to_string(&path).map_err(|e| SourceError::Htpasswd {
+            secret: cfg.secret.clone(),
+            message: format!("failed to read {}: {e}", path.display()),
+        })?;
+        let (users, skipped) = Htpasswd::parse(&text);
+        if !skipped.is_empty() {
+            tracing::warn!(farm, secret = %cfg.secret, lines = ?skipped, "htpasswd lines without a supported hash (bcrypt, apr1, MD5-crypt, SHA-1) are ignored");
+        }
+        let challenge = HeaderValue::from_str(&format!("Basic realm=\"{}\"", cfg.realm))
+            .unwrap_or_else(|_| HeaderValue::from_static("Basic realm=\"Restricted\""));
+        Ok(BasicAuth {
+            users: Arc::new(users),
+            challenge,
+            verdicts: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Whether the request carries the credentials of a user.
+    async fn admits(&self, headers: &HeaderMap) -> bool {
+        let Some(value) = headers.get(http::header::AUTHORIZATION) else {
+            return false;
+        };
+        let Some((user, password)) = basic_credentials(value) else {
+            return false;
+        };
+        if !self.users.is_slow(&user) {
+            return self.users.check(&user, &password);
+        }
+        let key: [u8; 32] = Sha256::digest(value.as_bytes()).into();
+        let verdict = {
+            let mut verdicts = self.verdicts.lock();
+            if verdicts.len() >= VERDICTS && !verdicts.contains_key(&key) {
+                verdicts.clear();
+            }
+            verdicts.entry(key).or_default().clone()
+        };
+        let users = self.users.clone();
+        *verdict
+            .get_or_init(|| async move {
+                tokio::task::spawn_blocking(move || users.check(&user, &password))
+                    .await
+                    .unwrap_or(false)
+            })
+            .await
+    }
+}
+
+/// The user and password of a `Basic` `Authorization` value.
+fn basic_credentials(value: &HeaderValue) -> Option<(String, String)> {
+    let value = value.to_str().ok()?.trim();
+    let (scheme, token) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(token.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (user, password) = text.split_once(':')?;
+    Some((user.to_owned(), password.to_owned()))
 }
 
 /// Builds the access state of `config`'s farms. Farms that check nothing get no entry.
 pub(crate) fn build(
     config: &DataplaneConfig,
-    _certs_dir: &Path,
+    certs_dir: &Path,
     previous: Option<&AccessMap>,
 ) -> Result<AccessMap, SourceError> {
     let mut out = AccessMap::new();
@@ -57,11 +145,16 @@ pub(crate) fn build(
                 .and_then(|b| b.limiter.clone())
                 .unwrap_or_else(|| Arc::new(RateLimiter::new(r)))
         });
+        let basic_auth = match &farm.access.basic_auth {
+            Some(b) => Some(BasicAuth::load(certs_dir, id, b)?),
+            None => None,
+        };
         out.insert(
             id.clone(),
             Arc::new(FarmAccess {
                 cfg: farm.access.clone(),
                 limiter,
+                basic_auth,
             }),
         );
     }
@@ -174,6 +267,15 @@ pub(crate) async fn admit<B>(
             }
         }
     }
+    // After the rate limits, so they bound the bcrypt checks a client can ask for.
+    if let Some(basic) = &access.basic_auth
+        && !basic.admits(req.headers()).await
+    {
+        let mut resp = error_response(StatusCode::UNAUTHORIZED, "basic-auth");
+        resp.headers_mut()
+            .insert(http::header::WWW_AUTHENTICATE, basic.challenge.clone());
+        return Err(refused("basic-auth", resp));
+    }
     Ok(admitted)
 }
 
@@ -213,6 +315,19 @@ pub(crate) fn client_ip(
 mod tests {
     use super::*;
     use portcullis_crds::config::IpRange;
+
+    #[test]
+    fn basic_credentials_are_decoded_whatever_the_scheme_case() {
+        let v = |s: &str| HeaderValue::from_str(s).unwrap();
+        // "alice:open:sesame" — the password may hold colons.
+        assert_eq!(
+            basic_credentials(&v("basic YWxpY2U6b3BlbjpzZXNhbWU=")),
+            Some(("alice".into(), "open:sesame".into()))
+        );
+        assert_eq!(basic_credentials(&v("Bearer YWxpY2U6eA==")), None);
+        assert_eq!(basic_credentials(&v("Basic !!!")), None);
+        assert_eq!(basic_credentials(&v("Basic YWxpY2U=")), None);
+    }
 
     #[test]
     fn the_client_is_the_peer_unless_a_trusted_proxy_forwarded_it() {

@@ -15,6 +15,7 @@ mod framing;
 #[doc(hidden)]
 pub mod fuzz;
 mod health;
+mod htpasswd;
 mod hygiene;
 mod listener;
 mod metrics;

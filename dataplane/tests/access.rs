@@ -171,3 +171,69 @@ async fn connections_limit_requests_in_flight_per_client() {
     assert_eq!(get(addr, "slow.test", "/").await.0, 200);
     proxy.shutdown().await;
 }
+
+/// `user:password` as a `Basic` `Authorization` value.
+fn basic(credentials: &str) -> String {
+    use base64::Engine;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(credentials)
+    )
+}
+
+#[tokio::test]
+async fn basic_auth_checks_bcrypt_and_apr1_users_and_forwards_the_header() {
+    let site = Backend::start("site").await;
+    let dir = TempDir::new("basic-auth");
+    // Local mode: the Secret `users` is the directory certs/users.
+    let secret = dir.path().join("certs/users");
+    std::fs::create_dir_all(&secret).unwrap();
+    let bcrypt_hash = bcrypt::hash("b-secret", 4).unwrap();
+    std::fs::write(
+        secret.join("auth"),
+        // apr1: `openssl passwd -apr1 -salt lZL6V/ci password`.
+        format!("alice:{bcrypt_hash}\nbob:$apr1$lZL6V/ci$eIMz/iKDkbtys/uU7LEK00\n"),
+    )
+    .unwrap();
+    let proxy = Proxy::start_in(
+        dir,
+        web_array,
+        &[farm_with_access(
+            "site",
+            &site,
+            "    basicAuth: {secretName: users, realm: Staff only}\n",
+        )],
+    )
+    .await;
+    let mut c = Client::connect(proxy.addr).await;
+    let (status, headers, _) = c.get("site.test", "/").await.unwrap();
+    assert_eq!(status, 401);
+    assert_eq!(headers["www-authenticate"], "Basic realm=\"Staff only\"");
+    let alice = basic("alice:b-secret");
+    for (credentials, want) in [
+        (alice.as_str(), 200),
+        (&basic("alice:wrong"), 401),
+        (&basic("bob:password"), 200),
+        (&basic("bob:b-secret"), 401),
+        (&basic("mallory:password"), 401),
+        // Repeated: answered from the verdict of the first check.
+        (alice.as_str(), 200),
+        (&basic("alice:wrong"), 401),
+    ] {
+        let auth = [("authorization", credentials)];
+        let got = c.get_with("site.test", "/", &auth).await.unwrap().0;
+        assert_eq!(got, want, "{credentials}");
+    }
+    let seen = site.seen();
+    assert_eq!(
+        seen.len(),
+        3,
+        "only authenticated requests reach the server"
+    );
+    // As ingress-nginx, the credentials go on to the server.
+    assert_eq!(seen[0].headers["authorization"], alice.as_str());
+    let m = metrics(proxy.admin_addr()).await;
+    assert_eq!(requests(&m, "site", 401), 5.0, "{m}");
+    assert!(!m.contains("b-secret") && !m.contains("$2"), "{m}");
+    proxy.shutdown().await;
+}

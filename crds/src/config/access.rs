@@ -16,6 +16,9 @@ pub struct AccessConfig {
     /// Rate and concurrency limits per client address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimitConfig>,
+    /// HTTP Basic authentication.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub basic_auth: Option<BasicAuthConfig>,
 }
 
 impl AccessConfig {
@@ -63,6 +66,22 @@ pub struct RateLimitConfig {
     /// The status of a refused request.
     pub status_code: u16,
 }
+
+/// HTTP Basic authentication against an htpasswd file, referenced by the Secret that
+/// holds it (never its content: in cluster mode the controller copies the Secret's
+/// `auth` into the array's Secret as `<secret>.auth`; in local mode the file is
+/// `certs/<secret>/auth`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BasicAuthConfig {
+    /// The Secret holding the htpasswd file.
+    pub secret: String,
+    /// The realm of the challenge.
+    pub realm: String,
+}
+
+/// ServerFarm `spec.access.basicAuth.realm`.
+pub const DEFAULT_BASIC_AUTH_REALM: &str = "Restricted";
 
 /// ServerFarm `spec.access.rateLimit.burstMultiplier` (as ingress-nginx).
 pub const DEFAULT_BURST_MULTIPLIER: u32 = 5;

@@ -2,7 +2,7 @@
 //! the proxy before it picks a server.
 
 use crate::config::*;
-use crate::v1alpha1::{Access, RateLimit, SourceRanges};
+use crate::v1alpha1::{Access, BasicAuth, RateLimit, SourceRanges};
 
 use super::FarmErrors;
 
@@ -18,6 +18,32 @@ pub(crate) fn access(access: Option<&Access>, errs: &mut FarmErrors<'_>) -> Acce
             .as_ref()
             .map(|r| source_ranges(r, errs)),
         rate_limit: access.rate_limit.as_ref().map(|r| rate_limit(r, errs)),
+        basic_auth: access.basic_auth.as_ref().map(|b| basic_auth(b, errs)),
+    }
+}
+
+/// The Secret name is checked with the farm's other references
+/// ([`super::farm_reference_errors`]); the realm must fit in a quoted string.
+fn basic_auth(auth: &BasicAuth, errs: &mut FarmErrors<'_>) -> BasicAuthConfig {
+    let realm = auth
+        .realm
+        .clone()
+        .unwrap_or_else(|| DEFAULT_BASIC_AUTH_REALM.to_owned());
+    if realm.len() > 128
+        || realm
+            .chars()
+            .any(|c| c == '"' || c == '\\' || c.is_control())
+    {
+        errs.push(
+            "spec.access.basicAuth.realm",
+            format!(
+                "{realm:?} must be at most 128 characters without double quotes, backslashes or control characters"
+            ),
+        );
+    }
+    BasicAuthConfig {
+        secret: auth.secret_name.clone(),
+        realm,
     }
 }
 
@@ -153,6 +179,28 @@ mod tests {
             ]
         );
         assert_eq!(p[2].1, "200 is not an error status (400 to 599)");
+    }
+
+    #[test]
+    fn basic_auth_names_its_secret_and_a_realm() {
+        let (a, p) = translate("access:\n  basicAuth: {secretName: users}\n");
+        assert!(p.is_empty(), "{p:?}");
+        assert_eq!(
+            a.basic_auth,
+            Some(BasicAuthConfig {
+                secret: "users".into(),
+                realm: "Restricted".into()
+            })
+        );
+        let (a, _) = translate("access:\n  basicAuth: {secretName: users, realm: Staff only}\n");
+        assert_eq!(a.basic_auth.unwrap().realm, "Staff only");
+    }
+
+    #[test]
+    fn a_realm_that_breaks_the_challenge_is_refused() {
+        let (_, p) = translate("access:\n  basicAuth: {secretName: users, realm: 'a\"b'}\n");
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].0, "spec.access.basicAuth.realm");
     }
 
     #[test]

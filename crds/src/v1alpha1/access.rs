@@ -22,6 +22,12 @@ pub struct Access {
     /// answered `statusCode` by the proxy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rate_limit: Option<RateLimit>,
+
+    /// HTTP Basic authentication against an htpasswd file. A request without valid
+    /// credentials is answered `401` with `WWW-Authenticate` by the proxy. The
+    /// `Authorization` header is forwarded to the servers, as ingress-nginx does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub basic_auth: Option<BasicAuth>,
 }
 
 /// Client address ranges, as IPv4 or IPv6 CIDRs (`10.0.0.0/8`, `2001:db8::/32`) or
@@ -87,4 +93,26 @@ pub struct RateLimit {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 400, max = 599))]
     pub status_code: Option<u16>,
+}
+
+/// HTTP Basic authentication (ingress-nginx's `auth-type: basic` with `auth-secret-type:
+/// auth-file`).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct BasicAuth {
+    /// A Secret in the farm's namespace whose key `auth` holds an htpasswd file: one
+    /// `user:hash` per line, with bcrypt (`$2y$`, `$2b$`, `$2a$`), apr1-MD5 (`$apr1$`),
+    /// MD5-crypt (`$1$`) or SHA-1 (`{SHA}`) hashes; other lines are ignored. In local
+    /// mode, the file `certs/<secretName>/auth` under the manifests directory.
+    #[schemars(
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"),
+        length(max = 253)
+    )]
+    pub secret_name: String,
+
+    /// The realm named in the `WWW-Authenticate` challenge, without double quotes,
+    /// backslashes or control characters. Defaults to `Restricted`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r#"^[^"\\\x00-\x1f\x7f]*$"#), length(max = 128))]
+    pub realm: Option<String>,
 }
