@@ -169,6 +169,11 @@ fn crd_docs_quote_the_defaults_translation_applies() {
             "spec.access.basicAuth.realm",
             Default::Text(DEFAULT_BASIC_AUTH_REALM),
         ),
+        (
+            &farm,
+            "spec.access.externalAuth.method",
+            Default::Text(DEFAULT_EXTERNAL_AUTH_METHOD),
+        ),
     ];
     let mut wrong = Vec::new();
     for (schema, path, want) in cases {

@@ -1,7 +1,8 @@
 //! The access phase: what a request must pass before the proxy picks a server.
 //!
 //! A refused request is answered by the proxy itself (403 for a source range, the
-//! farm's status for a rate limit, 401 for basic authentication), so it never reaches a server and never counts in
+//! farm's status for a rate limit, 401 for basic authentication, what the auth service
+//! decided for external authentication), so it never reaches a server and never counts in
 //! passive health; it is counted in `portcullis_access_refused_total{farm,reason}`
 //! (and, by the caller, in `portcullis_requests_total`). The state of each farm's
 //! checks lives in the snapshot ([`AccessMap`]), built on every config load from the
@@ -21,9 +22,10 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use parking_lot::Mutex;
-use portcullis_crds::config::{AccessConfig, BasicAuthConfig, DataplaneConfig};
+use portcullis_crds::config::{AccessConfig, BasicAuthConfig, DataplaneConfig, UpstreamTrust};
 use sha2::{Digest, Sha256};
 
+use crate::extauth::{ExternalAuth, Verdict};
 use crate::htpasswd::Htpasswd;
 use crate::metrics::FarmReason;
 use crate::proxy::{BoxError, ConnInfo, RespBody, error_response};
@@ -41,6 +43,7 @@ pub(crate) struct FarmAccess {
     cfg: AccessConfig,
     limiter: Option<Arc<RateLimiter>>,
     basic_auth: Option<BasicAuth>,
+    external_auth: Option<ExternalAuth>,
 }
 
 /// Distinct `Authorization` values whose bcrypt verdict is kept, per farm and snapshot.
@@ -133,6 +136,7 @@ pub(crate) fn build(
     previous: Option<&AccessMap>,
 ) -> Result<AccessMap, SourceError> {
     let mut out = AccessMap::new();
+    let mut system_roots = None;
     for (id, farm) in &config.farms {
         if farm.access.is_empty() {
             continue;
@@ -149,12 +153,24 @@ pub(crate) fn build(
             Some(b) => Some(BasicAuth::load(certs_dir, id, b)?),
             None => None,
         };
+        let external_auth = match &farm.access.external_auth {
+            Some(e) => Some(ExternalAuth::new(e, || {
+                if let Some(c) = &system_roots {
+                    return Ok(Arc::clone(c));
+                }
+                let c = crate::tls::client_config(certs_dir, &UpstreamTrust::System, false)?;
+                system_roots = Some(c.clone());
+                Ok(c)
+            })?),
+            None => None,
+        };
         out.insert(
             id.clone(),
             Arc::new(FarmAccess {
                 cfg: farm.access.clone(),
                 limiter,
                 basic_auth,
+                external_auth,
             }),
         );
     }
@@ -275,6 +291,20 @@ pub(crate) async fn admit<B>(
         resp.headers_mut()
             .insert(http::header::WWW_AUTHENTICATE, basic.challenge.clone());
         return Err(refused("basic-auth", resp));
+    }
+    if let Some(external) = &access.external_auth {
+        match external.check(req, client, conn.tls).await {
+            Verdict::Allow(set) => {
+                let headers = req.headers_mut();
+                for (name, value) in set {
+                    headers.remove(&name);
+                    if let Some(v) = value {
+                        headers.insert(name, v);
+                    }
+                }
+            }
+            Verdict::Refuse(resp, reason) => return Err(refused(reason, resp)),
+        }
     }
     Ok(admitted)
 }

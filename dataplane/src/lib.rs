@@ -10,6 +10,7 @@ mod balance;
 mod bind;
 mod canary;
 pub mod cluster;
+mod extauth;
 mod filters;
 mod framing;
 #[doc(hidden)]

@@ -182,7 +182,7 @@ impl Metrics {
         }
         registry.register(
             "access_refused",
-            "Requests the access phase answered itself, by farm and reason (source-range, rate-limit, connection-limit, rate-limit-full, basic-auth, external-auth)",
+            "Requests the access phase answered itself, by farm and reason (source-range, rate-limit, connection-limit, rate-limit-full, basic-auth, external-auth, external-auth-error, external-auth-timeout)",
             m.access_refused.clone(),
         );
         registry.register(

@@ -237,3 +237,175 @@ async fn basic_auth_checks_bcrypt_and_apr1_users_and_forwards_the_header() {
     assert!(!m.contains("b-secret") && !m.contains("$2"), "{m}");
     proxy.shutdown().await;
 }
+
+/// An auth service on 127.0.0.1: `Bearer good` is alice (200 with `X-Auth-User`),
+/// `Bearer forbidden` gets 403, `Bearer odd` a 302, anything else 401. Records the
+/// requests it saw.
+struct AuthService {
+    addr: std::net::SocketAddr,
+    seen: std::sync::Arc<parking_lot::Mutex<Vec<Seen>>>,
+}
+
+impl AuthService {
+    async fn start() -> AuthService {
+        use http_body_util::{BodyExt, Full};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = std::sync::Arc::new(parking_lot::Mutex::new(Vec::<Seen>::new()));
+        let record = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let record = record.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(
+                        move |req: http::Request<hyper::body::Incoming>| {
+                            let record = record.clone();
+                            async move {
+                                let (parts, body) = req.into_parts();
+                                let body = body.collect().await.unwrap().to_bytes();
+                                assert!(body.is_empty(), "the auth request has no body");
+                                record.lock().push(Seen {
+                                    method: parts.method.to_string(),
+                                    path: parts.uri.to_string(),
+                                    headers: parts.headers.clone(),
+                                });
+                                let token = parts
+                                    .headers
+                                    .get("authorization")
+                                    .and_then(|v| v.to_str().ok())
+                                    .unwrap_or("");
+                                let resp = http::Response::builder();
+                                let resp = match token {
+                                    "Bearer good" => {
+                                        resp.status(200).header("x-auth-user", "alice")
+                                    }
+                                    "Bearer forbidden" => resp.status(403),
+                                    "Bearer odd" => resp.status(302).header("location", "/x"),
+                                    _ => resp
+                                        .status(401)
+                                        .header("www-authenticate", "Bearer realm=\"auth\""),
+                                };
+                                Ok::<_, std::convert::Infallible>(
+                                    resp.body(Full::new(bytes::Bytes::from_static(b"auth")))
+                                        .unwrap(),
+                                )
+                            }
+                        },
+                    );
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                        .await;
+                });
+            }
+        });
+        AuthService { addr, seen }
+    }
+}
+
+#[tokio::test]
+async fn external_auth_decides_with_a_subrequest() {
+    let auth = AuthService::start().await;
+    let guarded = Backend::start("guarded").await;
+    let signin = Backend::start("signin").await;
+    let broken = Backend::start("broken").await;
+    let closed = free_port();
+    let url = format!("http://{}/check?svc=1", auth.addr);
+    let proxy = Proxy::start(
+        "external-auth",
+        &[
+            farm_with_access(
+                "guarded",
+                &guarded,
+                &format!(
+                    "    externalAuth: {{url: \"{url}\", responseHeaders: [X-Auth-User]}}\n"
+                ),
+            ),
+            farm_with_access(
+                "signin",
+                &signin,
+                &format!(
+                    "    externalAuth: {{url: \"{url}\", method: POST, signin: \"https://login.example/start\"}}\n"
+                ),
+            ),
+            farm_with_access(
+                "broken",
+                &broken,
+                &format!("    externalAuth: {{url: \"http://127.0.0.1:{closed}/\"}}\n"),
+            ),
+        ],
+    )
+    .await;
+    let mut c = Client::connect(proxy.addr).await;
+    let ask = |token: &'static str| {
+        [
+            ("authorization", token),
+            // A client cannot name the user itself.
+            ("x-auth-user", "mallory"),
+        ]
+    };
+
+    // Allowed: the request goes on with the auth answer's header.
+    let (status, _, body) = c
+        .get_with("guarded.test", "/some/path?q=1", &ask("Bearer good"))
+        .await
+        .unwrap();
+    assert_eq!((status, body.as_str()), (200, "guarded"));
+    let upstream = &guarded.seen()[0];
+    assert_eq!(upstream.headers["x-auth-user"], "alice");
+    assert_eq!(upstream.headers["authorization"], "Bearer good");
+    let sub = auth.seen.lock()[0].clone();
+    assert_eq!(sub.method, "GET");
+    assert_eq!(sub.path, "/check?svc=1");
+    assert_eq!(
+        sub.headers["x-original-url"],
+        "http://guarded.test/some/path?q=1"
+    );
+    assert_eq!(sub.headers["x-original-method"], "GET");
+    assert_eq!(sub.headers["x-real-ip"], "127.0.0.1");
+    assert_eq!(sub.headers["authorization"], "Bearer good");
+    assert_eq!(sub.headers["host"], auth.addr.to_string());
+
+    // Denied: 401 with the service's challenge, or 403; nothing reaches the server.
+    let (status, headers, _) = c
+        .get_with("guarded.test", "/", &ask("Bearer nobody"))
+        .await
+        .unwrap();
+    assert_eq!(status, 401);
+    assert_eq!(headers["www-authenticate"], "Bearer realm=\"auth\"");
+    let forbidden = c
+        .get_with("guarded.test", "/", &ask("Bearer forbidden"))
+        .await;
+    assert_eq!(forbidden.unwrap().0, 403);
+    // Anything else from the service is the proxy's 500.
+    let odd = c.get_with("guarded.test", "/", &ask("Bearer odd")).await;
+    assert_eq!(odd.unwrap().0, 500);
+    assert_eq!(guarded.seen().len(), 1);
+
+    // With signin, a 401 redirects there with the original URL.
+    let (status, headers, _) = c
+        .get_with("signin.test", "/p?a=b", &ask("Bearer nobody"))
+        .await
+        .unwrap();
+    assert_eq!(status, 302);
+    assert_eq!(
+        headers["location"],
+        "https://login.example/start?rd=http%3A%2F%2Fsignin.test%2Fp%3Fa%3Db"
+    );
+    assert_eq!(auth.seen.lock().last().unwrap().method, "POST");
+    assert!(signin.seen().is_empty());
+
+    // An auth service that cannot be reached: 500, never the server.
+    let (status, headers, _) = c.get("broken.test", "/").await.unwrap();
+    assert_eq!(status, 500);
+    assert_eq!(headers["x-portcullis-error"], "external-auth-error");
+    assert!(broken.seen().is_empty());
+
+    let m = metrics(proxy.admin_addr()).await;
+    assert_eq!(requests(&m, "guarded", 401), 1.0, "{m}");
+    assert_eq!(requests(&m, "signin", 302), 1.0, "{m}");
+    assert_eq!(requests(&m, "broken", 500), 1.0, "{m}");
+    proxy.shutdown().await;
+}

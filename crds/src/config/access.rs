@@ -19,6 +19,9 @@ pub struct AccessConfig {
     /// HTTP Basic authentication.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub basic_auth: Option<BasicAuthConfig>,
+    /// Authentication by another service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_auth: Option<ExternalAuthConfig>,
 }
 
 impl AccessConfig {
@@ -79,6 +82,25 @@ pub struct BasicAuthConfig {
     /// The realm of the challenge.
     pub realm: String,
 }
+
+/// Authentication by another service (ingress-nginx's `auth-url`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ExternalAuthConfig {
+    /// The auth service, `http://` or `https://` with an authority.
+    pub url: String,
+    /// The method of the auth request.
+    pub method: String,
+    /// Where a 401 redirects to, with `rd=<original URL>`, when set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signin: Option<String>,
+    /// Headers of the auth answer set on the upstream request, lower case.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub response_headers: Vec<String>,
+}
+
+/// ServerFarm `spec.access.externalAuth.method`.
+pub const DEFAULT_EXTERNAL_AUTH_METHOD: &str = "GET";
 
 /// ServerFarm `spec.access.basicAuth.realm`.
 pub const DEFAULT_BASIC_AUTH_REALM: &str = "Restricted";

@@ -2,7 +2,9 @@
 //! the proxy before it picks a server.
 
 use crate::config::*;
-use crate::v1alpha1::{Access, BasicAuth, RateLimit, SourceRanges};
+use crate::v1alpha1::{Access, BasicAuth, ExternalAuth, RateLimit, SourceRanges};
+
+use super::names::http_token;
 
 use super::FarmErrors;
 
@@ -19,6 +21,72 @@ pub(crate) fn access(access: Option<&Access>, errs: &mut FarmErrors<'_>) -> Acce
             .map(|r| source_ranges(r, errs)),
         rate_limit: access.rate_limit.as_ref().map(|r| rate_limit(r, errs)),
         basic_auth: access.basic_auth.as_ref().map(|b| basic_auth(b, errs)),
+        external_auth: access
+            .external_auth
+            .as_ref()
+            .map(|e| external_auth(e, errs)),
+    }
+}
+
+/// Whether `url` is `http://` or `https://` with a host, and nothing a request line
+/// cannot carry (spaces, control characters, a fragment).
+fn is_http_url(url: &str) -> bool {
+    let Some(rest) = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+    else {
+        return false;
+    };
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    !authority.is_empty()
+        && !authority.contains('@')
+        && url.bytes().all(|b| b.is_ascii_graphic())
+        && !url.contains('#')
+}
+
+fn external_auth(auth: &ExternalAuth, errs: &mut FarmErrors<'_>) -> ExternalAuthConfig {
+    let field = "spec.access.externalAuth";
+    if !is_http_url(&auth.url) {
+        errs.push(
+            format!("{field}.url"),
+            format!(
+                "{:?} is not an http:// or https:// URL with a host (and no credentials, spaces or fragment)",
+                auth.url
+            ),
+        );
+    }
+    let method = auth
+        .method
+        .clone()
+        .unwrap_or_else(|| DEFAULT_EXTERNAL_AUTH_METHOD.to_owned());
+    if http_token(&method).is_err() || method.bytes().any(|b| b.is_ascii_lowercase()) {
+        errs.push(
+            format!("{field}.method"),
+            format!("{method:?} is not an HTTP method in upper case"),
+        );
+    }
+    if let Some(signin) = auth.signin.as_deref().filter(|s| !is_http_url(s)) {
+        errs.push(
+            format!("{field}.signin"),
+            format!("{signin:?} is not an http:// or https:// URL with a host"),
+        );
+    }
+    let mut response_headers = Vec::new();
+    for (i, h) in auth.response_headers.iter().enumerate() {
+        if http_token(h).is_err() {
+            errs.push(
+                format!("{field}.responseHeaders[{i}]"),
+                format!("{h:?} is not a header name"),
+            );
+        } else {
+            response_headers.push(h.to_ascii_lowercase());
+        }
+    }
+    ExternalAuthConfig {
+        url: auth.url.clone(),
+        method,
+        signin: auth.signin.clone(),
+        response_headers,
     }
 }
 
@@ -201,6 +269,49 @@ mod tests {
         let (_, p) = translate("access:\n  basicAuth: {secretName: users, realm: 'a\"b'}\n");
         assert_eq!(p.len(), 1, "{p:?}");
         assert_eq!(p[0].0, "spec.access.basicAuth.realm");
+    }
+
+    #[test]
+    fn external_auth_gets_ingress_nginx_defaults() {
+        let (a, p) = translate(
+            "access:\n  externalAuth:\n    url: http://auth.default.svc:8080/check?x=1\n    signin: https://login.example/start\n    responseHeaders: [X-Auth-User]\n",
+        );
+        assert!(p.is_empty(), "{p:?}");
+        assert_eq!(
+            a.external_auth,
+            Some(ExternalAuthConfig {
+                url: "http://auth.default.svc:8080/check?x=1".into(),
+                method: "GET".into(),
+                signin: Some("https://login.example/start".into()),
+                response_headers: vec!["x-auth-user".into()],
+            })
+        );
+    }
+
+    #[test]
+    fn external_auth_refuses_what_cannot_be_requested() {
+        let (_, p) = translate(
+            "access:\n  externalAuth:\n    url: ftp://auth\n    method: get\n    signin: /login\n    responseHeaders: [ok, 'bad header']\n",
+        );
+        let fields: Vec<&str> = p.iter().map(|(f, _)| f.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.access.externalAuth.url",
+                "spec.access.externalAuth.method",
+                "spec.access.externalAuth.signin",
+                "spec.access.externalAuth.responseHeaders[1]",
+            ]
+        );
+        for url in [
+            "http://",
+            "https://u:p@auth/",
+            "http://auth/a b",
+            "http://auth/#f",
+        ] {
+            assert!(!is_http_url(url), "{url}");
+        }
+        assert!(is_http_url("https://auth"));
     }
 
     #[test]

@@ -28,6 +28,12 @@ pub struct Access {
     /// `Authorization` header is forwarded to the servers, as ingress-nginx does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub basic_auth: Option<BasicAuth>,
+
+    /// Authentication by another service (ingress-nginx's `auth-url`): before a request
+    /// is proxied, the proxy asks `url` with the request's headers; the request goes on
+    /// only when it answers 2xx.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_auth: Option<ExternalAuth>,
 }
 
 /// Client address ranges, as IPv4 or IPv6 CIDRs (`10.0.0.0/8`, `2001:db8::/32`) or
@@ -115,4 +121,46 @@ pub struct BasicAuth {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r#"^[^"\\\x00-\x1f\x7f]*$"#), length(max = 128))]
     pub realm: Option<String>,
+}
+
+/// Authentication by another service, with ingress-nginx's `auth-url` semantics.
+///
+/// Before proxying, the proxy sends `method` to `url` with the original request's headers
+/// (not its body; `Host` is the auth service's) plus `X-Original-URL`,
+/// `X-Original-Method`, `X-Original-URI`, `X-Auth-Request-Redirect`, `X-Real-IP`,
+/// `X-Forwarded-For`, `X-Forwarded-Host` and `X-Forwarded-Proto`. A 2xx answer lets the
+/// request through, with the `responseHeaders` of the answer set on it; 401 and 403 are
+/// answered to the client (401 with the service's `WWW-Authenticate`, or a redirect to
+/// `signin` when set); any other answer, or none within 5 seconds, is answered 500.
+/// `https://` URLs are verified against the system roots.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ExternalAuth {
+    /// The auth service's URL, `http://` or `https://`.
+    #[schemars(length(max = 2048))]
+    #[x_kube(validation = Rule::new("self.matches('^https?://[^/?#]+')").message("externalAuth.url must be an http:// or https:// URL"))]
+    pub url: String,
+
+    /// The method of the request to the auth service. Defaults to `GET`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[A-Z]+$"), length(max = 16))]
+    pub method: Option<String>,
+
+    /// Where a client the auth service answered 401 is sent instead: a 302 to this URL,
+    /// with the original URL in its `rd` query parameter (as ingress-nginx's
+    /// `auth-signin`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
+    #[x_kube(validation = Rule::new("self.matches('^https?://[^/?#]+')").message("externalAuth.signin must be an http:// or https:// URL"))]
+    pub signin: Option<String>,
+
+    /// Headers of the auth service's 2xx answer set on the request to the servers (a
+    /// header the answer lacks is removed from the request, so a client cannot supply it
+    /// itself).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 32),
+        inner(regex(pattern = r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$"), length(max = 128))
+    )]
+    pub response_headers: Vec<String>,
 }
