@@ -174,6 +174,11 @@ fn crd_docs_quote_the_defaults_translation_applies() {
             "spec.access.externalAuth.method",
             Default::Text(DEFAULT_EXTERNAL_AUTH_METHOD),
         ),
+        (
+            &farm,
+            "spec.cors.maxAge",
+            Default::Number(DEFAULT_CORS_MAX_AGE.into()),
+        ),
     ];
     let mut wrong = Vec::new();
     for (schema, path, want) in cases {

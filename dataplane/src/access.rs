@@ -1,12 +1,14 @@
-//! The access phase: what a request must pass before the proxy picks a server.
+//! The access phase: what a request must pass before the proxy picks a server, in this
+//! order: source ranges, rate limits, CORS preflight, basic auth, external auth.
 //!
 //! A refused request is answered by the proxy itself (403 for a source range, the
 //! farm's status for a rate limit, 401 for basic authentication, what the auth service
 //! decided for external authentication), so it never reaches a server and never counts in
 //! passive health; it is counted in `portcullis_access_refused_total{farm,reason}`
-//! (and, by the caller, in `portcullis_requests_total`). The state of each farm's
-//! checks lives in the snapshot ([`AccessMap`]), built on every config load from the
-//! previous one.
+//! (and, by the caller, in `portcullis_requests_total`). A CORS preflight from an allowed
+//! origin is answered here too (204, counted in `portcullis_requests_total` only). The
+//! state of each farm's checks lives in the snapshot ([`AccessMap`]), built on every
+//! config load from the previous one.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -18,11 +20,14 @@ use std::time::Instant;
 
 use base64::Engine;
 use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
+use http::header::{self, HeaderName};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use parking_lot::Mutex;
-use portcullis_crds::config::{AccessConfig, BasicAuthConfig, DataplaneConfig, UpstreamTrust};
+use portcullis_crds::config::{
+    AccessConfig, BasicAuthConfig, CorsConfig, DataplaneConfig, UpstreamTrust,
+};
 use sha2::{Digest, Sha256};
 
 use crate::extauth::{ExternalAuth, Verdict};
@@ -177,15 +182,25 @@ pub(crate) fn build(
     Ok(out)
 }
 
-/// A request let through: what must live as long as its response.
+/// A request let through: what must live as long as its response, and what its
+/// response gets.
 #[derive(Debug, Default)]
 pub(crate) struct Admitted {
     in_flight: Option<InFlightGuard>,
+    /// CORS headers for an allowed origin.
+    cors: Vec<(HeaderName, HeaderValue)>,
 }
 
 impl Admitted {
     /// The response to send, with whatever the access phase adds to it.
-    pub(crate) fn respond(self, resp: Response<RespBody>) -> Response<RespBody> {
+    pub(crate) fn respond(self, mut resp: Response<RespBody>) -> Response<RespBody> {
+        for (name, value) in self.cors {
+            if name == header::VARY {
+                resp.headers_mut().append(name, value);
+            } else {
+                resp.headers_mut().insert(name, value);
+            }
+        }
         match self.in_flight {
             // The request stays in flight until its response body ends.
             Some(guard) => resp.map(|inner| {
@@ -283,6 +298,22 @@ pub(crate) async fn admit<B>(
             }
         }
     }
+    // Preflights come without credentials: they are answered before authentication.
+    if let Some(cors) = &access.cfg.cors
+        && let Some(origin) = req
+            .headers()
+            .get(header::ORIGIN)
+            .filter(|o| o.to_str().is_ok_and(|o| cors.allows(o)))
+    {
+        let preflight = req.method() == Method::OPTIONS
+            && req
+                .headers()
+                .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+        if preflight {
+            return Err(preflight_answer(cors, origin));
+        }
+        admitted.cors = cors_headers(cors, origin);
+    }
     // After the rate limits, so they bound the bcrypt checks a client can ask for.
     if let Some(basic) = &access.basic_auth
         && !basic.admits(req.headers()).await
@@ -307,6 +338,61 @@ pub(crate) async fn admit<B>(
         }
     }
     Ok(admitted)
+}
+
+/// The CORS headers of every answer to an allowed `origin`.
+fn cors_headers(cors: &CorsConfig, origin: &HeaderValue) -> Vec<(HeaderName, HeaderValue)> {
+    // Browsers refuse `*` with credentials: then the origin itself is allowed.
+    let any = cors.allow_origins.iter().any(|o| o == "*") && !cors.allow_credentials;
+    let mut out = Vec::new();
+    if any {
+        out.push((
+            header::ACCESS_CONTROL_ALLOW_ORIGIN,
+            HeaderValue::from_static("*"),
+        ));
+    } else {
+        out.push((header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone()));
+        out.push((header::VARY, HeaderValue::from_static("Origin")));
+    }
+    if cors.allow_credentials {
+        out.push((
+            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            HeaderValue::from_static("true"),
+        ));
+    }
+    if let Ok(v) = HeaderValue::from_str(&cors.expose_headers.join(", "))
+        && !cors.expose_headers.is_empty()
+    {
+        out.push((header::ACCESS_CONTROL_EXPOSE_HEADERS, v));
+    }
+    out
+}
+
+/// The proxy's `204` to a preflight from an allowed `origin`.
+fn preflight_answer(cors: &CorsConfig, origin: &HeaderValue) -> Response<RespBody> {
+    let mut resp = Response::new(
+        http_body_util::Empty::new()
+            .map_err(|never| match never {})
+            .boxed_unsync(),
+    );
+    *resp.status_mut() = StatusCode::NO_CONTENT;
+    let h = resp.headers_mut();
+    for (name, value) in cors_headers(cors, origin) {
+        h.append(name, value);
+    }
+    for (name, list) in [
+        (header::ACCESS_CONTROL_ALLOW_METHODS, &cors.allow_methods),
+        (header::ACCESS_CONTROL_ALLOW_HEADERS, &cors.allow_headers),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(&list.join(", ")) {
+            h.insert(name, v);
+        }
+    }
+    h.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from(cors.max_age),
+    );
+    resp
 }
 
 /// The client's address: the TCP peer, or, when the peer is a trusted proxy, the last

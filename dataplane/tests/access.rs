@@ -409,3 +409,92 @@ async fn external_auth_decides_with_a_subrequest() {
     assert_eq!(requests(&m, "broken", 500), 1.0, "{m}");
     proxy.shutdown().await;
 }
+
+/// A preflight from `origin` to `host`, on its own connection: the raw answer.
+async fn preflight(addr: std::net::SocketAddr, host: &str, origin: &str) -> String {
+    let req = format!(
+        "OPTIONS /api HTTP/1.1\r\nHost: {host}\r\nOrigin: {origin}\r\nAccess-Control-Request-Method: PUT\r\nAccess-Control-Request-Headers: content-type\r\nConnection: close\r\n\r\n"
+    );
+    raw(addr, req.as_bytes()).await.to_ascii_lowercase()
+}
+
+#[tokio::test]
+async fn cors_preflights_are_answered_and_allowed_origins_get_headers() {
+    let app = Backend::start("app").await;
+    let open = Backend::start("open").await;
+    let proxy = Proxy::start(
+        "cors",
+        &[
+            farm_yaml(
+                "app",
+                &["app.test"],
+                &["/"],
+                &[addr_server(app.addr)],
+                "  cors:\n    allowOrigins: [https://app.example.com, 'https://*.example.org']\n    exposeHeaders: [X-Total]\n",
+            ),
+            farm_yaml(
+                "open",
+                &["open.test"],
+                &["/"],
+                &[addr_server(open.addr)],
+                "  cors: {allowCredentials: false, maxAge: 60}\n",
+            ),
+        ],
+    )
+    .await;
+    let addr = proxy.addr;
+
+    // A preflight from an allowed origin: the proxy's 204, never the server.
+    let answer = preflight(addr, "app.test", "https://app.example.com").await;
+    assert!(answer.starts_with("http/1.1 204"), "{answer}");
+    for line in [
+        "access-control-allow-origin: https://app.example.com\r\n",
+        "access-control-allow-credentials: true\r\n",
+        "access-control-allow-methods: get, put, post, delete, patch, options\r\n",
+        "access-control-allow-headers: dnt, keep-alive, user-agent, x-requested-with, if-modified-since, cache-control, content-type, range, authorization\r\n",
+        "access-control-max-age: 1728000\r\n",
+        "vary: origin\r\n",
+    ] {
+        assert!(answer.contains(line), "{line}in\n{answer}");
+    }
+    assert!(app.seen().is_empty());
+
+    // A request from an allowed (wildcard) origin gets the headers on the server's answer.
+    let mut c = Client::connect(addr).await;
+    let origin = [("origin", "https://shop.example.org")];
+    let (status, headers, body) = c.get_with("app.test", "/", &origin).await.unwrap();
+    assert_eq!((status, body.as_str()), (200, "app"));
+    assert_eq!(
+        headers["access-control-allow-origin"],
+        "https://shop.example.org"
+    );
+    assert_eq!(headers["access-control-expose-headers"], "X-Total");
+    assert_eq!(headers["access-control-allow-credentials"], "true");
+
+    // Another origin gets none, and its preflight goes to the server.
+    let evil = [("origin", "https://evil.example")];
+    let (status, headers, _) = c.get_with("app.test", "/", &evil).await.unwrap();
+    assert_eq!(status, 200);
+    assert!(!headers.contains_key("access-control-allow-origin"));
+    let answer = preflight(addr, "app.test", "https://a.b.example.org").await;
+    assert!(answer.starts_with("http/1.1 200"), "{answer}");
+    assert!(!answer.contains("access-control-allow-origin"), "{answer}");
+    assert_eq!(app.seen().last().unwrap().method, "OPTIONS");
+
+    // Any origin without credentials: `*`.
+    let (_, headers, _) = c
+        .get_with("open.test", "/", &[("origin", "https://x.example")])
+        .await
+        .unwrap();
+    assert_eq!(headers["access-control-allow-origin"], "*");
+    assert!(!headers.contains_key("access-control-allow-credentials"));
+    let answer = preflight(addr, "open.test", "https://x.example").await;
+    assert!(
+        answer.contains("access-control-max-age: 60\r\n"),
+        "{answer}"
+    );
+
+    let m = metrics(proxy.admin_addr()).await;
+    assert_eq!(requests(&m, "app", 204), 1.0, "{m}");
+    proxy.shutdown().await;
+}

@@ -22,6 +22,9 @@ pub struct AccessConfig {
     /// Authentication by another service.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external_auth: Option<ExternalAuthConfig>,
+    /// Cross-origin resource sharing (ServerFarm `spec.cors`), answered in the same phase.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cors: Option<CorsConfig>,
 }
 
 impl AccessConfig {
@@ -99,6 +102,69 @@ pub struct ExternalAuthConfig {
     pub response_headers: Vec<String>,
 }
 
+/// Cross-origin resource sharing.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CorsConfig {
+    /// `*`, exact origins and `scheme://*.suffix` patterns, lower case.
+    pub allow_origins: Vec<String>,
+    /// Methods a preflight allows.
+    pub allow_methods: Vec<String>,
+    /// Request headers a preflight allows.
+    pub allow_headers: Vec<String>,
+    /// Response headers scripts may read.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expose_headers: Vec<String>,
+    /// Whether credentials are allowed.
+    pub allow_credentials: bool,
+    /// Seconds a preflight's answer may be cached.
+    pub max_age: u32,
+}
+
+impl CorsConfig {
+    /// Whether `origin` (an `Origin` header value) is allowed.
+    pub fn allows(&self, origin: &str) -> bool {
+        let origin = origin.to_ascii_lowercase();
+        self.allow_origins.iter().any(|p| {
+            if p == "*" {
+                return true;
+            }
+            let Some((scheme, suffix)) = p.split_once("://*.") else {
+                return *p == origin;
+            };
+            // One label, as ingress-nginx's `[A-Za-z0-9-]+` does.
+            origin
+                .strip_prefix(scheme)
+                .and_then(|o| o.strip_prefix("://"))
+                .and_then(|o| o.strip_suffix(suffix))
+                .and_then(|o| o.strip_suffix('.'))
+                .is_some_and(|label| {
+                    !label.is_empty()
+                        && label
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                })
+        })
+    }
+}
+
+/// ServerFarm `spec.cors.allowMethods` (as ingress-nginx).
+pub const DEFAULT_CORS_METHODS: [&str; 6] = ["GET", "PUT", "POST", "DELETE", "PATCH", "OPTIONS"];
+/// ServerFarm `spec.cors.allowHeaders` (as ingress-nginx).
+pub const DEFAULT_CORS_HEADERS: [&str; 9] = [
+    "DNT",
+    "Keep-Alive",
+    "User-Agent",
+    "X-Requested-With",
+    "If-Modified-Since",
+    "Cache-Control",
+    "Content-Type",
+    "Range",
+    "Authorization",
+];
+/// ServerFarm `spec.cors.maxAge`, in seconds (as ingress-nginx).
+pub const DEFAULT_CORS_MAX_AGE: u32 = 1_728_000;
+
 /// ServerFarm `spec.access.externalAuth.method`.
 pub const DEFAULT_EXTERNAL_AUTH_METHOD: &str = "GET";
 
@@ -119,6 +185,30 @@ mod tests {
             allow: allow.iter().map(|r| r.parse().unwrap()).collect(),
             deny: deny.iter().map(|r| r.parse().unwrap()).collect(),
         }
+    }
+
+    #[test]
+    fn cors_origins_match_exactly_or_by_one_wildcard_label() {
+        let cors = CorsConfig {
+            allow_origins: vec![
+                "https://app.example.com".into(),
+                "https://*.example.org:8443".into(),
+            ],
+            allow_methods: vec![],
+            allow_headers: vec![],
+            expose_headers: vec![],
+            allow_credentials: true,
+            max_age: 0,
+        };
+        assert!(cors.allows("https://app.example.com"));
+        assert!(cors.allows("HTTPS://App.Example.com"));
+        assert!(!cors.allows("http://app.example.com"));
+        assert!(!cors.allows("https://app.example.com.evil"));
+        assert!(cors.allows("https://a-1.example.org:8443"));
+        assert!(!cors.allows("https://example.org:8443"));
+        assert!(!cors.allows("https://a.b.example.org:8443"));
+        assert!(!cors.allows("https://a.example.org"));
+        assert!(!cors.allows("https://evilexample.org:8443"));
     }
 
     #[test]

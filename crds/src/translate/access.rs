@@ -2,19 +2,28 @@
 //! the proxy before it picks a server.
 
 use crate::config::*;
-use crate::v1alpha1::{Access, BasicAuth, ExternalAuth, RateLimit, SourceRanges};
+use crate::v1alpha1::{Access, BasicAuth, Cors, ExternalAuth, RateLimit, SourceRanges};
 
 use super::names::http_token;
 
 use super::FarmErrors;
 
-/// The farm's access phase. Every range that does not parse is an error naming its
-/// index.
-pub(crate) fn access(access: Option<&Access>, errs: &mut FarmErrors<'_>) -> AccessConfig {
+/// The farm's access phase (`spec.access` and `spec.cors`). Every value that does not
+/// parse is an error naming its field and index.
+pub(crate) fn access(
+    access: Option<&Access>,
+    cors: Option<&Cors>,
+    errs: &mut FarmErrors<'_>,
+) -> AccessConfig {
+    let cors = cors.map(|c| cors_config(c, errs));
     let Some(access) = access else {
-        return AccessConfig::default();
+        return AccessConfig {
+            cors,
+            ..AccessConfig::default()
+        };
     };
     AccessConfig {
+        cors,
         source_ranges: access
             .source_ranges
             .as_ref()
@@ -25,6 +34,83 @@ pub(crate) fn access(access: Option<&Access>, errs: &mut FarmErrors<'_>) -> Acce
             .external_auth
             .as_ref()
             .map(|e| external_auth(e, errs)),
+    }
+}
+
+/// Whether `origin` is a CORS origin pattern: `*`, `scheme://host[:port]` or
+/// `scheme://*.suffix[:port]`.
+fn is_origin_pattern(origin: &str) -> bool {
+    if origin == "*" {
+        return true;
+    }
+    let Some((scheme, rest)) = origin.split_once("://") else {
+        return false;
+    };
+    let host = rest.strip_prefix("*.").unwrap_or(rest);
+    let (host, port) = match host.rsplit_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (host, None),
+    };
+    !scheme.is_empty()
+        && scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'-' | b'.'))
+        && !host.is_empty()
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.'))
+        && port.is_none_or(|p| p.parse::<u16>().is_ok())
+}
+
+fn cors_config(cors: &Cors, errs: &mut FarmErrors<'_>) -> CorsConfig {
+    let mut tokens = |list: Option<&Vec<String>>, default: &[&str], field: &str| {
+        let list: Vec<String> = match list {
+            Some(l) => l.clone(),
+            None => default.iter().map(|s| (*s).to_owned()).collect(),
+        };
+        for (i, t) in list.iter().enumerate() {
+            if http_token(t).is_err() {
+                errs.push(
+                    format!("spec.cors.{field}[{i}]"),
+                    format!("{t:?} is not an HTTP token"),
+                );
+            }
+        }
+        list
+    };
+    let allow_methods = tokens(
+        cors.allow_methods.as_ref(),
+        &DEFAULT_CORS_METHODS,
+        "allowMethods",
+    );
+    let allow_headers = tokens(
+        cors.allow_headers.as_ref(),
+        &DEFAULT_CORS_HEADERS,
+        "allowHeaders",
+    );
+    let expose_headers = tokens(Some(&cors.expose_headers), &[], "exposeHeaders");
+    let allow_origins: Vec<String> = cors
+        .allow_origins
+        .clone()
+        .unwrap_or_else(|| vec!["*".to_owned()])
+        .into_iter()
+        .map(|o| o.trim().trim_end_matches('/').to_ascii_lowercase())
+        .collect();
+    for (i, o) in allow_origins.iter().enumerate() {
+        if !is_origin_pattern(o) {
+            errs.push(
+                format!("spec.cors.allowOrigins[{i}]"),
+                format!("{o:?} is not *, an origin (https://app.example.com) or a wildcard origin (https://*.example.com)"),
+            );
+        }
+    }
+    CorsConfig {
+        allow_origins,
+        allow_methods,
+        allow_headers,
+        expose_headers,
+        allow_credentials: cors.allow_credentials.unwrap_or(true),
+        max_age: cors.max_age.unwrap_or(DEFAULT_CORS_MAX_AGE),
     }
 }
 
@@ -175,7 +261,7 @@ mod tests {
     fn translate(spec: &str) -> (AccessConfig, Vec<(String, String)>) {
         let f = farm("a", spec);
         let mut errs = FarmErrors::new(&f);
-        let a = access(f.spec.access.as_ref(), &mut errs);
+        let a = access(f.spec.access.as_ref(), f.spec.cors.as_ref(), &mut errs);
         let p = problems(&errs.errors)
             .into_iter()
             .map(|(f, m)| (f.to_owned(), m.to_owned()))
@@ -312,6 +398,50 @@ mod tests {
             assert!(!is_http_url(url), "{url}");
         }
         assert!(is_http_url("https://auth"));
+    }
+
+    #[test]
+    fn cors_gets_ingress_nginx_defaults() {
+        let (a, p) = translate("cors: {}\n");
+        assert!(p.is_empty(), "{p:?}");
+        let c = a.cors.unwrap();
+        assert_eq!(c.allow_origins, ["*"]);
+        assert_eq!(
+            c.allow_methods,
+            ["GET", "PUT", "POST", "DELETE", "PATCH", "OPTIONS"]
+        );
+        assert_eq!(c.allow_headers.len(), 9);
+        assert!(c.allow_credentials);
+        assert_eq!(c.max_age, 1_728_000);
+        let (a, p) = translate(
+            "cors:\n  allowOrigins: ['https://App.example.com/', 'https://*.example.org:8443']\n  allowCredentials: false\n  exposeHeaders: [X-Total]\n",
+        );
+        assert!(p.is_empty(), "{p:?}");
+        let c = a.cors.unwrap();
+        assert_eq!(
+            c.allow_origins,
+            ["https://app.example.com", "https://*.example.org:8443"]
+        );
+        assert!(!c.allow_credentials);
+        assert_eq!(c.expose_headers, ["X-Total"]);
+    }
+
+    #[test]
+    fn cors_refuses_what_is_not_an_origin_or_a_token() {
+        let (_, p) = translate(
+            "cors:\n  allowOrigins: ['*', 'app.example.com', 'https://a.example.com:99999', 'https://a b']\n  allowMethods: ['GET', 'BAD METHOD']\n  exposeHeaders: ['x:y']\n",
+        );
+        let fields: Vec<&str> = p.iter().map(|(f, _)| f.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.cors.allowMethods[1]",
+                "spec.cors.exposeHeaders[0]",
+                "spec.cors.allowOrigins[1]",
+                "spec.cors.allowOrigins[2]",
+                "spec.cors.allowOrigins[3]",
+            ]
+        );
     }
 
     #[test]

@@ -386,7 +386,7 @@ fn build_farm(
     let passive = passive(spec.connectivity_verifier.as_ref());
     let allowed_upgrades = allowed_upgrades(spec.allowed_upgrades.as_deref(), &mut errs);
     let filters = filters(spec.filters.as_ref(), array.https_redirect_port, &mut errs);
-    let access = access(spec.access.as_ref(), &mut errs);
+    let access = access(spec.access.as_ref(), spec.cors.as_ref(), &mut errs);
     if !errs.errors.is_empty() {
         return Err(errs.errors);
     }

@@ -164,3 +164,63 @@ pub struct ExternalAuth {
     )]
     pub response_headers: Vec<String>,
 }
+
+/// Cross-origin resource sharing, answered by the proxy (ingress-nginx's `enable-cors`).
+///
+/// A preflight (`OPTIONS` with `Origin` and `Access-Control-Request-Method`) from an
+/// allowed origin is answered `204` by the proxy with the `Access-Control-Allow-*`
+/// headers, after source ranges and rate limits but before authentication (browsers send
+/// preflights without credentials). Other requests from an allowed origin get
+/// `Access-Control-Allow-Origin` (and `-Allow-Credentials`, `-Expose-Headers`) added to
+/// their response. A request from another origin gets no CORS header and its preflight
+/// goes to the servers like any request.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Cors {
+    /// Allowed origins: `*` (any), an exact origin (`https://app.example.com`, with
+    /// `:port` when not the scheme's default) or one with a wildcard first label
+    /// (`https://*.example.com`, matching `https://a.example.com` but not
+    /// `https://example.com` or `https://a.b.example.com`, as ingress-nginx). With
+    /// `allowCredentials`, `*` answers the request's own origin, since browsers refuse `*`
+    /// with credentials. Defaults to `["*"]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 64), inner(length(max = 253)))]
+    pub allow_origins: Option<Vec<String>>,
+
+    /// Methods a preflight allows. Defaults to GET, PUT, POST, DELETE, PATCH and OPTIONS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(max = 32),
+        inner(regex(pattern = r"^[A-Z]+$"), length(max = 16))
+    )]
+    pub allow_methods: Option<Vec<String>>,
+
+    /// Request headers a preflight allows. Defaults to ingress-nginx's list: DNT,
+    /// Keep-Alive, User-Agent, X-Requested-With, If-Modified-Since, Cache-Control,
+    /// Content-Type, Range and Authorization.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(max = 64),
+        inner(regex(pattern = r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$"), length(max = 128))
+    )]
+    pub allow_headers: Option<Vec<String>>,
+
+    /// Response headers scripts may read (`Access-Control-Expose-Headers`). None by
+    /// default.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 64),
+        inner(regex(pattern = r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$"), length(max = 128))
+    )]
+    pub expose_headers: Vec<String>,
+
+    /// Whether requests with credentials (cookies, `Authorization`) are allowed
+    /// (`Access-Control-Allow-Credentials: true`). Defaults to true, as ingress-nginx.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_credentials: Option<bool>,
+
+    /// How long, in seconds, browsers may cache a preflight's answer. Defaults to 1728000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(max = 31536000))]
+    pub max_age: Option<u32>,
+}

@@ -120,6 +120,12 @@ pub struct ServerFarmSpec {
     /// checked by the proxy before a server is picked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access: Option<super::Access>,
+
+    /// Cross-origin resource sharing: preflights answered by the proxy and CORS headers
+    /// added to responses for allowed origins. Off when unset; `{}` turns it on with
+    /// ingress-nginx's defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cors: Option<super::Cors>,
 }
 
 /// A reference to the GatewayArray that publishes a farm.
