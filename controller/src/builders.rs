@@ -54,6 +54,8 @@ pub struct TlsMaterial {
     pub key: Option<ByteString>,
     /// `ca.crt`.
     pub ca: Option<ByteString>,
+    /// `auth`: an htpasswd file for basic authentication.
+    pub auth: Option<ByteString>,
 }
 
 impl std::fmt::Debug for TlsMaterial {
@@ -62,6 +64,7 @@ impl std::fmt::Debug for TlsMaterial {
             .field("cert", &self.cert.is_some())
             .field("key", &self.key.is_some())
             .field("ca", &self.ca.is_some())
+            .field("auth", &self.auth.is_some())
             .finish()
     }
 }
@@ -188,6 +191,12 @@ pub fn tls_keys(secret: &str) -> [String; 3] {
     ]
 }
 
+/// Secret data key name for the htpasswd file of Secret `secret`: `<secret>.auth`. It
+/// cannot be read as TLS material of another Secret (those end in `.crt` or `.key`).
+pub fn auth_key(secret: &str) -> String {
+    format!("{secret}.auth")
+}
+
 /// The objects the API server would refuse for their size: each says what it would hold
 /// and by how much that is too much. Names objects and sizes, never contents.
 pub fn oversized(desired: &Desired) -> Vec<String> {
@@ -289,6 +298,9 @@ fn secret(inputs: &BuildInputs<'_>, mut metadata: ObjectMeta) -> Secret {
             if let Some(v) = v {
                 data.insert(k, v.clone());
             }
+        }
+        if let Some(auth) = &material.auth {
+            data.insert(auth_key(secret), auth.clone());
         }
     }
     if let Some(handled) = inputs.rotation_handled {

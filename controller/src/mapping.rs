@@ -120,10 +120,12 @@ pub enum SecretUse {
     Certificate,
     /// `ca.crt`: the CA its upstream TLS trusts.
     Ca,
+    /// `auth`: the htpasswd file of its basic authentication.
+    BasicAuth,
 }
 
 /// The Secrets a farm names, each with the field that names it and what it needs: its
-/// publish certificate and its upstream CA.
+/// publish certificate, its upstream CA and its basic-auth htpasswd file.
 pub fn farm_secret_refs(farm: &ServerFarm) -> Vec<(&'static str, &str, SecretUse)> {
     let mut out = Vec::new();
     if let Some(tls) = &farm.spec.publish.tls {
@@ -142,10 +144,23 @@ pub fn farm_secret_refs(farm: &ServerFarm) -> Vec<(&'static str, &str, SecretUse
     {
         out.push(("spec.upstream.tls.caSecretName", ca, SecretUse::Ca));
     }
+    if let Some(auth) = farm
+        .spec
+        .access
+        .as_ref()
+        .and_then(|a| a.basic_auth.as_ref())
+    {
+        out.push((
+            "spec.access.basicAuth.secretName",
+            auth.secret_name.as_str(),
+            SecretUse::BasicAuth,
+        ));
+    }
     out
 }
 
-/// Secret names a farm references: its publish certificate and its upstream CA.
+/// Secret names a farm references: its publish certificate, its upstream CA and its
+/// basic-auth htpasswd file.
 pub fn farm_secrets(farm: &ServerFarm) -> Vec<String> {
     farm_secret_refs(farm)
         .into_iter()

@@ -226,6 +226,7 @@ spec:
                 cert: pem(CERT_PEM),
                 key: pem(KEY_PEM),
                 ca: None,
+                auth: None,
             },
         ),
         (
@@ -234,6 +235,7 @@ spec:
                 cert: pem(CERT_PEM),
                 key: pem(KEY_PEM),
                 ca: None,
+                auth: None,
             },
         ),
         (
@@ -242,6 +244,7 @@ spec:
                 cert: None,
                 key: None,
                 ca: pem(CERT_PEM),
+                auth: None,
             },
         ),
     ]);

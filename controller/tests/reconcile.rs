@@ -2468,3 +2468,73 @@ async fn a_farm_name_that_belongs_to_someone_else_is_never_taken_over() {
         summary(&reqs)
     );
 }
+
+/// Issue: basic auth. The htpasswd file is secret: it travels from the farm's Secret into
+/// the array's Secret (`<secret>.auth`) and nowhere else; the config names the Secret.
+#[tokio::test]
+async fn basic_auth_htpasswd_travels_in_the_array_secret_never_in_the_config() {
+    let w = world(default_settings());
+    w.install().await;
+    w.add_farm(
+        "staff",
+        300,
+        json!([{"address": "10.4.0.1", "port": 80}]),
+        json!(null),
+    );
+    let path = format!("{FARMS}/staff");
+    let mut farm = w.fake.get(&path).unwrap();
+    farm["spec"]["access"] = json!({"basicAuth": {"secretName": "staff-users"}});
+    w.fake.put(&path, farm);
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let secret = |data: Value| {
+        json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+               "metadata": {"name": "staff-users", "namespace": NS}, "data": data})
+    };
+    // A Secret without the `auth` key: the farm says so and is not published.
+    w.fake.put(
+        &format!("{SECRETS}/staff-users"),
+        secret(json!({"users": b64.encode("x")})),
+    );
+    let (_, reqs) = w.reconcile().await;
+    let status = status_patch(&reqs, &path).unwrap();
+    assert_eq!(condition(status, "ResolvedRefs")["status"], "False");
+    assert_eq!(
+        condition(status, "ResolvedRefs")["message"],
+        "Secret staff-users has no key auth (an htpasswd file)"
+    );
+    assert!(w.config()["farms"].get("shop/staff").is_none());
+
+    let htpasswd = "alice:$apr1$lZL6V/ci$eIMz/iKDkbtys/uU7LEK00\n";
+    let encoded = b64.encode(htpasswd);
+    w.fake.put(
+        &format!("{SECRETS}/staff-users"),
+        secret(json!({"auth": encoded})),
+    );
+    let (_, reqs) = w.reconcile().await;
+    let status = status_patch(&reqs, &path).unwrap();
+    assert_eq!(condition(status, "Accepted")["status"], "True");
+    assert_eq!(
+        w.config()["farms"]["shop/staff"]["access"]["basicAuth"],
+        json!({"secret": "staff-users", "realm": "Restricted"})
+    );
+    let keys = w.fake.get(&format!("{SECRETS}/edge-keys")).unwrap();
+    assert_eq!(keys["data"]["staff-users.auth"], json!(encoded));
+    let config_map = w
+        .fake
+        .get("/api/v1/namespaces/shop/configmaps/edge-config")
+        .unwrap()
+        .to_string();
+    assert!(!config_map.contains("lZL6V") && !config_map.contains(&encoded));
+    for r in &reqs {
+        if r.path == format!("{SECRETS}/edge-keys") || r.method == "GET" {
+            continue;
+        }
+        let body = r.body.to_string();
+        assert!(
+            !body.contains("lZL6V") && !body.contains(&encoded),
+            "{} {} carries the htpasswd file",
+            r.method,
+            r.path
+        );
+    }
+}

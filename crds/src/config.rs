@@ -13,10 +13,12 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::Duration;
+mod access;
 mod filters;
 pub use crate::v1alpha1::{
     AffinityMode, CookieProtection, ListenerProtocol, LoadBalancing, SameSite, UpstreamProtocol,
 };
+pub use access::*;
 pub use filters::*;
 
 /// The config schema version this crate writes and reads.
@@ -250,6 +252,9 @@ pub struct FarmConfig {
     /// Route features: rewrites, redirects, header changes, body limit.
     #[serde(default, skip_serializing_if = "FiltersConfig::is_empty")]
     pub filters: FiltersConfig,
+    /// What the proxy checks before a request may reach a server.
+    #[serde(default, skip_serializing_if = "AccessConfig::is_empty")]
+    pub access: AccessConfig,
 }
 
 fn default_allowed_upgrades() -> Vec<String> {
@@ -740,7 +745,7 @@ impl DataplaneConfig {
     }
 
     /// The Secrets whose material the config loads: listener certificates (default and
-    /// SNI) and upstream CAs.
+    /// SNI), upstream CAs and basic-auth htpasswd files.
     pub fn certificate_secrets(&self) -> std::collections::BTreeSet<String> {
         let mut out = std::collections::BTreeSet::new();
         for l in &self.listeners {
@@ -750,6 +755,9 @@ impl DataplaneConfig {
         for f in self.farms.values() {
             if let Some(UpstreamTrust::Ca { secret }) = f.upstream.tls.as_ref().map(|t| &t.trust) {
                 out.insert(secret.clone());
+            }
+            if let Some(auth) = &f.access.basic_auth {
+                out.insert(auth.secret.clone());
             }
         }
         out

@@ -154,6 +154,31 @@ fn crd_docs_quote_the_defaults_translation_applies() {
             "spec.filters.httpsRedirect.statusCode",
             Default::Number(DEFAULT_HTTPS_REDIRECT_STATUS.into()),
         ),
+        (
+            &farm,
+            "spec.access.rateLimit.burstMultiplier",
+            Default::Number(DEFAULT_BURST_MULTIPLIER.into()),
+        ),
+        (
+            &farm,
+            "spec.access.rateLimit.statusCode",
+            Default::Number(DEFAULT_RATE_LIMIT_STATUS.into()),
+        ),
+        (
+            &farm,
+            "spec.access.basicAuth.realm",
+            Default::Text(DEFAULT_BASIC_AUTH_REALM),
+        ),
+        (
+            &farm,
+            "spec.access.externalAuth.method",
+            Default::Text(DEFAULT_EXTERNAL_AUTH_METHOD),
+        ),
+        (
+            &farm,
+            "spec.cors.maxAge",
+            Default::Number(DEFAULT_CORS_MAX_AGE.into()),
+        ),
     ];
     let mut wrong = Vec::new();
     for (schema, path, want) in cases {

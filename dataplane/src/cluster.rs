@@ -7,7 +7,7 @@
 //! (`resourceVersion=0`), each later one at a version no older than the last one seen, so
 //! a member never steps back to an older object (another API server's cache may lag).
 //! It writes them atomically into the state directory as `config.json`,
-//! `keyring.yaml` and `certs/<secret>/{tls.crt,tls.key,ca.crt}`. The runtime serves those
+//! `keyring.yaml` and `certs/<secret>/{tls.crt,tls.key,ca.crt,auth}`. The runtime serves those
 //! files exactly as `--config`/`--keyring`/`--certs` would, so a cluster change goes
 //! through the same reload path as a file change: atomic, last good kept on error.
 
@@ -189,7 +189,7 @@ pub async fn sync_once(
             return Ok(());
         };
         for name in written_config.certificate_secrets() {
-            for file in ["tls.crt", "tls.key", "ca.crt"] {
+            for file in ["tls.crt", "tls.key", "ca.crt", "auth"] {
                 keep.insert(opts.state_dir.join("certs").join(&name).join(file));
             }
         }
@@ -239,8 +239,8 @@ fn remove_stale_certs(
     Ok(())
 }
 
-/// Where a Secret key is written: `keyring.yaml`, or `<s>.crt`, `<s>.key`, `<s>.ca.crt`
-/// under `certs/<s>/`. Other keys and names that are not one path component are skipped.
+/// Where a Secret key is written: `keyring.yaml`, or `<s>.tls.crt`, `<s>.tls.key`,
+/// `<s>.ca.crt` and `<s>.auth` (an htpasswd file) under `certs/<s>/`. Other keys and names that are not one path component are skipped.
 fn secret_path(state: &Path, key: &str) -> Option<PathBuf> {
     if key == KEYRING_SECRET_KEY {
         return Some(state.join("keyring.yaml"));
@@ -251,6 +251,8 @@ fn secret_path(state: &Path, key: &str) -> Option<PathBuf> {
         (n, "tls.crt")
     } else if let Some(n) = key.strip_suffix(".tls.key") {
         (n, "tls.key")
+    } else if let Some(n) = key.strip_suffix(".auth") {
+        (n, "auth")
     } else {
         return None;
     };
@@ -369,10 +371,14 @@ mod tests {
             Some("/state/certs/x.ca/tls.key")
         );
         assert_eq!(p("x.tls.crt").as_deref(), Some("/state/certs/x/tls.crt"));
+        assert_eq!(p("x.auth").as_deref(), Some("/state/certs/x/auth"));
+        assert_eq!(p("x.ca.auth").as_deref(), Some("/state/certs/x.ca/auth"));
         // Nothing escapes certs/, and unknown keys are skipped.
         for bad in [
             "..tls.crt",
             "..ca.crt",
+            "..auth",
+            "a/b.auth",
             ".tls.key",
             "a/b.tls.crt",
             "x.crt",

@@ -394,6 +394,7 @@ fn protected_farm(id: &str) -> FarmConfig {
         cookie_protection: CookieProtection::Encrypt,
         allowed_upgrades: vec!["websocket".into()],
         filters: Default::default(),
+        access: Default::default(),
     }
 }
 

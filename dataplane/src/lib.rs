@@ -4,21 +4,25 @@
 //! `main.rs` parses flags into [`Options`] and calls [`run`]; tests call [`start`] to get
 //! a [`Handle`] with the bound addresses and stop it with [`Handle::shutdown`].
 
+mod access;
 mod admin;
 mod balance;
 mod bind;
 mod canary;
 pub mod cluster;
+mod extauth;
 mod filters;
 mod framing;
 #[doc(hidden)]
 pub mod fuzz;
 mod health;
+mod htpasswd;
 mod hygiene;
 mod listener;
 mod metrics;
 mod pool;
 mod proxy;
+mod ratelimit;
 mod routes;
 mod runtime;
 pub mod session;

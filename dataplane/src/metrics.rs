@@ -23,6 +23,13 @@ pub(crate) struct FarmLabel {
     pub(crate) farm: String,
 }
 
+/// A farm and why the access phase refused a request of it.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct FarmReason {
+    pub(crate) farm: String,
+    pub(crate) reason: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct EndpointLabel {
     pub(crate) endpoint: String,
@@ -96,6 +103,7 @@ pub(crate) struct Metrics {
     pub(crate) config_loaded: Family<HashLabel, Gauge>,
     pub(crate) session_keys: Family<KeyLabel, Gauge>,
     pub(crate) trace_spans: Family<OutcomeLabel, Counter>,
+    pub(crate) access_refused: Family<FarmReason, Counter>,
     /// Held from setting the scrape-time gauges to encoding them, so two concurrent
     /// scrapes never encode each other's half-cleared families.
     pub(crate) scrape: parking_lot::Mutex<()>,
@@ -123,6 +131,7 @@ impl Metrics {
             config_loaded: Family::default(),
             session_keys: Family::default(),
             trace_spans: Family::default(),
+            access_refused: Family::default(),
             scrape: parking_lot::Mutex::new(()),
         };
         registry.register(
@@ -171,6 +180,11 @@ impl Metrics {
         for outcome in ["success", "failure"] {
             let _ = m.reloads.get_or_create(&OutcomeLabel { outcome });
         }
+        registry.register(
+            "access_refused",
+            "Requests the access phase answered itself, by farm and reason (source-range, rate-limit, connection-limit, rate-limit-full, basic-auth, external-auth, external-auth-error, external-auth-timeout)",
+            m.access_refused.clone(),
+        );
         registry.register(
             "farm_endpoints",
             "Endpoints in a farm's config, by farm (set when scraped)",
@@ -287,6 +301,12 @@ impl Metrics {
         self.trace_spans
             .get_or_create(&OutcomeLabel {
                 outcome: "exported",
+            })
+            .inc();
+        self.access_refused
+            .get_or_create(&FarmReason {
+                farm: "ns/farm".into(),
+                reason: "rate-limit",
             })
             .inc();
         self.set_serving(&Serving {

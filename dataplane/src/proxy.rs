@@ -23,6 +23,7 @@ use crate::balance::FarmRt;
 use crate::metrics::{FarmLabel, FarmStatus};
 use crate::pool::{ConnectError, Endpoint, InFlight, ReqBody, Sender};
 use crate::runtime::Shared;
+use crate::snapshot::Snapshot;
 use crate::trace::{Finisher, Span};
 use crate::{filters, hygiene};
 
@@ -351,9 +352,6 @@ async fn serve(
     let Some(farm) = snapshot.farms.get(route.farm_for(req.headers())).cloned() else {
         return unrouted(shared, StatusCode::NOT_FOUND, "no-route");
     };
-    let farm_label = FarmLabel {
-        farm: farm.cfg.id.clone(),
-    };
     if let Some(s) = span.as_deref_mut() {
         s.farm = Some(farm.cfg.id.clone());
     }
@@ -377,6 +375,59 @@ async fn serve(
         .rewrite
         .as_ref()
         .and_then(|rw| filters::rewrite(rw, route, req.uri()));
+    let admitted = match crate::access::admit(shared, &snapshot, &farm.cfg.id, conn, &mut req).await
+    {
+        Ok(a) => a,
+        Err(refusal) => {
+            count_request(shared, &farm, refusal.status());
+            return refusal;
+        }
+    };
+    let routed = Routed {
+        snapshot: &snapshot,
+        farm,
+        prefix: route_prefix,
+        upgrade,
+        body_limit,
+        rewritten,
+    };
+    admitted.respond(forward(shared, conn, req, start, span, routed).await)
+}
+
+/// Where an admitted request goes.
+struct Routed<'a> {
+    snapshot: &'a Snapshot,
+    farm: Arc<FarmRt>,
+    /// The path prefix of the route it took.
+    prefix: &'a str,
+    /// Whether the client asked for an upgrade.
+    upgrade: bool,
+    /// The farm's request body limit in bytes (`u64::MAX` for none).
+    body_limit: u64,
+    /// The path and query the farm's rewrite made, if any.
+    rewritten: Option<String>,
+}
+
+/// Rewrites an admitted request for the upstream, picks a server and forwards it.
+async fn forward(
+    shared: &Arc<Shared>,
+    conn: ConnInfo,
+    mut req: Request<Incoming>,
+    start: Instant,
+    mut span: Option<&mut Span>,
+    routed: Routed<'_>,
+) -> Response<RespBody> {
+    let Routed {
+        snapshot,
+        farm,
+        prefix: route_prefix,
+        upgrade,
+        body_limit,
+        rewritten,
+    } = routed;
+    let farm_label = FarmLabel {
+        farm: farm.cfg.id.clone(),
+    };
 
     // Rewrite the head for the upstream.
     let original_host = named_host(&req);

@@ -463,13 +463,21 @@ impl Control {
                 }
             }
         }
-        let snap = snapshot::build(
+        // Access state carries over from the last snapshot for farms whose checks did
+        // not change.
+        let access = crate::access::build(
+            &cfg,
+            &self.certs_dir,
+            self.shared.snapshot.load().as_deref().map(|s| &s.access),
+        )?;
+        let mut snap = snapshot::build(
             cfg.clone(),
             &self.dns,
             &clients,
             &self.shared.endpoints,
             &self.shared.verifiers,
         );
+        snap.access = access;
         {
             let mut listeners = self.shared.listeners.lock();
             for (port, b) in new_bound {

@@ -30,6 +30,8 @@ pub(crate) struct Snapshot {
     pub(crate) farms: HashMap<String, Arc<FarmRt>>,
     /// Request header changes of the farms that make some, by farm id.
     pub(crate) header_ops: HashMap<String, HeaderOps>,
+    /// The access checks of farms that have some, by farm id.
+    pub(crate) access: crate::access::AccessMap,
 }
 
 /// Certificates by listener port.
@@ -234,6 +236,7 @@ pub(crate) fn build(
         routes: RouteIndex::new(&config.routes),
         farms,
         header_ops,
+        access: Default::default(),
         config,
     }
 }

@@ -50,6 +50,14 @@ pub enum SourceError {
         #[source]
         source: portcullis_crds::config::ConfigError,
     },
+    /// A basic-auth htpasswd file was missing or unreadable.
+    #[error("failed to load the htpasswd file of Secret {secret}: {message}")]
+    Htpasswd {
+        /// The secret name.
+        secret: String,
+        /// What is wrong (never the file's content).
+        message: String,
+    },
     /// A certificate or key file was missing or unusable.
     #[error("failed to load certificate {secret}: {message}")]
     Certificate {

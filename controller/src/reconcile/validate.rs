@@ -33,6 +33,7 @@ fn tls_material(fetched: &Fetched) -> (BTreeMap<String, TlsMaterial>, BTreeMap<S
                         cert: data.get("tls.crt").cloned(),
                         key: data.get("tls.key").cloned(),
                         ca: data.get("ca.crt").cloned(),
+                        auth: data.get("auth").cloned(),
                     },
                 );
             }
@@ -70,6 +71,10 @@ impl Material {
                 m.ca.is_none()
                     .then(|| format!("Secret {} has no ca.crt", shown(name)))
             }
+            SecretUse::BasicAuth => m
+                .auth
+                .is_none()
+                .then(|| format!("Secret {} has no key auth (an htpasswd file)", shown(name))),
         }
     }
 }
@@ -395,6 +400,7 @@ mod tests {
                     cert: some(),
                     key: None,
                     ca: None,
+                    auth: None,
                 },
             )]),
             missing: BTreeMap::from([("gone".to_owned(), "Secret gone not found".to_owned())]),
@@ -411,6 +417,10 @@ mod tests {
         assert_eq!(
             problem("cert", SecretUse::Ca).as_deref(),
             Some("Secret cert has no ca.crt")
+        );
+        assert_eq!(
+            problem("cert", SecretUse::BasicAuth).as_deref(),
+            Some("Secret cert has no key auth (an htpasswd file)")
         );
         assert_eq!(problem("unread", SecretUse::Ca), None);
     }

@@ -12,10 +12,12 @@
 //! (listeners, session, client limits), `routes` (published hosts and paths, conflicts
 //! between farms, precedence), `servers` (members and endpoints), `tls` (upstream trust
 //! and names, SNI order), `upstream` (pool limits, timeouts, retries, upgrades),
-//! `affinity` (the session cookie), `verifier` (active and passive health) and `filters`
-//! (route features: rewrites, redirects, header changes, body limits), and `canary`
-//! (farms that take a share of another farm's routes).
+//! `affinity` (the session cookie), `verifier` (active and passive health), `filters`
+//! (route features: rewrites, redirects, header changes, body limits), `canary`
+//! (farms that take a share of another farm's routes) and `access` (source ranges, rate
+//! limits, authentication, CORS).
 
+mod access;
 mod affinity;
 mod array;
 mod canary;
@@ -42,6 +44,7 @@ pub use names::{
 };
 pub use routes::keep_last_good;
 
+use access::access;
 use affinity::affinity;
 use array::{ArrayDefaults, validate_array};
 use canary::add_canary;
@@ -377,7 +380,7 @@ fn farm_error(farm: &ServerFarm, field: String, message: String) -> TranslateErr
 /// The errors of one farm, in the order its fields are checked.
 #[derive(Debug)]
 pub(crate) struct FarmErrors<'a> {
-    farm: &'a ServerFarm,
+    pub(crate) farm: &'a ServerFarm,
     /// So far.
     pub(crate) errors: Vec<TranslateError>,
 }
@@ -442,6 +445,7 @@ fn build_farm(
     let passive = passive(spec.connectivity_verifier.as_ref());
     let allowed_upgrades = allowed_upgrades(spec.allowed_upgrades.as_deref(), &mut errs);
     let filters = filters(spec.filters.as_ref(), array.https_redirect_port, &mut errs);
+    let access = access(spec.access.as_ref(), spec.cors.as_ref(), &mut errs);
     if !errs.errors.is_empty() {
         return Err(errs.errors);
     }
@@ -462,6 +466,7 @@ fn build_farm(
             cookie_protection: spec.cookie_protection,
             allowed_upgrades,
             filters,
+            access,
         },
         hosts,
         paths,

@@ -101,6 +101,13 @@ pub fn farm_reference_errors(farm: &ServerFarm) -> Vec<TranslateError> {
                 .and_then(|u| u.tls.as_ref())
                 .and_then(|t| t.ca_secret_name.as_ref()),
         ),
+        (
+            "spec.access.basicAuth.secretName",
+            spec.access
+                .as_ref()
+                .and_then(|a| a.basic_auth.as_ref())
+                .map(|b| &b.secret_name),
+        ),
     ];
     for (field, name) in secrets {
         if let Some(name) = name.filter(|n| !is_dns_subdomain(n)) {

@@ -2,10 +2,12 @@
 //!
 //! Field doc comments are the user manual: they become `kubectl explain` output.
 
+mod access;
 mod filters;
 mod gateway_array;
 mod server_farm;
 
+pub use access::*;
 pub use filters::*;
 pub use gateway_array::*;
 pub use server_farm::*;

@@ -117,6 +117,16 @@ pub struct ServerFarmSpec {
     /// the same array, taking a share of its requests.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub canary: Option<super::Canary>,
+    /// Who may use the farm: client address ranges, rate limits and authentication,
+    /// checked by the proxy before a server is picked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access: Option<super::Access>,
+
+    /// Cross-origin resource sharing: preflights answered by the proxy and CORS headers
+    /// added to responses for allowed origins. Off when unset; `{}` turns it on with
+    /// ingress-nginx's defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cors: Option<super::Cors>,
 }
 
 /// A reference to the GatewayArray that publishes a farm.

@@ -52,6 +52,7 @@ pub fn farm(id: &str, affinity: AffinityMode, protection: CookieProtection) -> F
         cookie_protection: protection,
         allowed_upgrades: vec!["websocket".into()],
         filters: Default::default(),
+        access: Default::default(),
     }
 }
 
