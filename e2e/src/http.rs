@@ -29,17 +29,31 @@ pub async fn get(
     path: &str,
     cookie: Option<&str>,
 ) -> anyhow::Result<Response> {
-    tokio::time::timeout(Duration::from_secs(15), get_inner(addr, host, path, cookie))
-        .await
-        .with_context(|| format!("GET http://{host}{path} via {addr} timed out"))?
-        .with_context(|| format!("GET http://{host}{path} via {addr}"))
+    let cookie: Vec<(&str, &str)> = cookie.map(|c| ("cookie", c)).into_iter().collect();
+    get_with(addr, host, path, &cookie).await
+}
+
+/// Sends `GET path` with `Host: host` and the extra `headers` to `addr`.
+pub async fn get_with(
+    addr: SocketAddr,
+    host: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<Response> {
+    tokio::time::timeout(
+        Duration::from_secs(15),
+        get_inner(addr, host, path, headers),
+    )
+    .await
+    .with_context(|| format!("GET http://{host}{path} via {addr} timed out"))?
+    .with_context(|| format!("GET http://{host}{path} via {addr}"))
 }
 
 async fn get_inner(
     addr: SocketAddr,
     host: &str,
     path: &str,
-    cookie: Option<&str>,
+    headers: &[(&str, &str)],
 ) -> anyhow::Result<Response> {
     let stream = TcpStream::connect(addr).await?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
@@ -47,8 +61,8 @@ async fn get_inner(
     let mut req = hyper::Request::get(path)
         .header(hyper::header::HOST, host)
         .header(hyper::header::USER_AGENT, "portcullis-e2e");
-    if let Some(cookie) = cookie {
-        req = req.header(hyper::header::COOKIE, cookie);
+    for (name, value) in headers {
+        req = req.header(*name, *value);
     }
     let resp = sender
         .send_request(req.body(Empty::<Bytes>::new())?)

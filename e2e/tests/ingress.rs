@@ -8,6 +8,7 @@
 use std::collections::BTreeSet;
 
 use anyhow::{Context as _, ensure};
+use base64::Engine as _;
 use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::networking::v1::Ingress;
@@ -41,6 +42,43 @@ spec:
       paths:
       - path: /app(/|$)(.*)
         pathType: ImplementationSpecific
+        backend:
+          service:
+            name: demo
+            port:
+              number: 80
+"#
+    )
+}
+
+/// A second Ingress, for the staff site: basic auth from an htpasswd Secret of its own
+/// namespace (`alice` / `secret`, a `{SHA}` line).
+fn staff_yaml(class: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Secret
+metadata:
+  name: staff-users
+type: Opaque
+stringData:
+  auth: "alice:{{SHA}}5en6G6MezRroT3XKqkdPOmY/BfQ=\n"
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: staff
+  annotations:
+    nginx.ingress.kubernetes.io/auth-type: basic
+    nginx.ingress.kubernetes.io/auth-secret: staff-users
+    nginx.ingress.kubernetes.io/auth-realm: Staff only
+spec:
+  ingressClassName: {class}
+  rules:
+  - host: staff.e2e.test
+    http:
+      paths:
+      - path: /
+        pathType: Prefix
         backend:
           service:
             name: demo
@@ -186,6 +224,52 @@ async fn flow(ctx: &Ctx, apps_ns: &str, class: &str) -> anyhow::Result<()> {
         ensure!(r.body.trim() == pinned, "the session moved to {:?}", r.body);
     }
     ensure!(fixtures::served_by(&backend, "demo"), "{backend}");
+
+    // Basic auth with the htpasswd Secret of the Ingress's namespace (it travels to the
+    // array of the other namespace under its own id, never through the ConfigMap).
+    kubectl_apply(ctx, apps_ns, &staff_yaml(class)).await?;
+    wait::until("basic auth to be asked for", ctx.timeout, || async {
+        let r = http::get(pf.addr, "staff.e2e.test", "/hostname", None).await?;
+        Ok((r.status == 401).then_some(()))
+    })
+    .await?;
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("alice:secret")
+    );
+    let r = http::get_with(
+        pf.addr,
+        "staff.e2e.test",
+        "/hostname",
+        &[("authorization", basic.as_str())],
+    )
+    .await?;
+    ensure!(
+        r.status == 200 && fixtures::served_by(&r.body, "demo"),
+        "with credentials: {} {:?}",
+        r.status,
+        r.body
+    );
+    let wrong = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("alice:guess")
+    );
+    let r = http::get_with(
+        pf.addr,
+        "staff.e2e.test",
+        "/hostname",
+        &[("authorization", wrong.as_str())],
+    )
+    .await?;
+    ensure!(r.status == 401, "a wrong password answered {}", r.status);
+    let cm = ctx
+        .api::<k8s_openapi::api::core::v1::ConfigMap>()
+        .get("edge-config")
+        .await?;
+    ensure!(
+        !serde_json::to_string(&cm.data)?.contains("5en6G6Me"),
+        "the htpasswd file reached the ConfigMap"
+    );
 
     // A Warning event names the ignored annotation.
     let events: Api<Event> = Api::namespaced(ctx.client.clone(), apps_ns);
