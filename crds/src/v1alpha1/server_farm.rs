@@ -89,10 +89,13 @@ pub struct ServerFarmSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connectivity_verifier: Option<ConnectivityVerifier>,
 
-    /// `Encrypt` seals the names of cookies set by this farm's servers with the array
-    /// keyring, so applications published on the same host name never see each other's
-    /// cookies. `Off` (the default) passes cookies unchanged; write it quoted (`"Off"`),
-    /// since kubectl reads YAML 1.1, where a bare `Off` is the boolean false.
+    /// `Encrypt` seals the names and values of cookies set by this farm's servers with
+    /// the array keyring, so applications published on the same host name never see
+    /// each other's cookies and clients cannot forge or change them. The servers then
+    /// receive only cookies they set: any unsealed cookie (a forgery, or one a page
+    /// script wrote) is dropped. `Off` (the default) passes cookies unchanged; write it
+    /// quoted (`"Off"`), since kubectl reads YAML 1.1, where a bare `Off` is the boolean
+    /// false.
     #[serde(default)]
     pub cookie_protection: CookieProtection,
 
@@ -323,13 +326,14 @@ pub enum SameSite {
     None,
 }
 
-/// Whether cookie names set by a farm's servers are sealed per farm.
+/// Whether cookies set by a farm's servers are sealed per farm.
 #[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum CookieProtection {
     /// Cookies pass unchanged.
     #[default]
     Off,
-    /// Cookie names are sealed per farm with the array keyring.
+    /// Cookie names and values are sealed per farm with the array keyring; unsealed
+    /// cookies are dropped.
     Encrypt,
 }
 

@@ -22,7 +22,9 @@ use sha2::{Digest, Sha256};
 use super::RejectReason;
 use super::affinity::{Claim, unix_secs};
 use super::keyring::{KeyringLoadError, Ring};
-use super::protection::{SEALED_NAME_PREFIX, is_sealed_name, is_token, open_name, seal_name};
+use super::protection::{
+    SEALED_NAME_PREFIX, is_sealed_name, is_token, open_name, open_value, seal_name, seal_value,
+};
 use super::seal::{self, NonceMode, Purpose, key_id_of};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -186,11 +188,13 @@ impl SessionManager {
     /// Removes the farm's affinity cookie and every protected-looking (`__pc_`) cookie.
     /// A valid affinity cookie (this farm, this name, a known key, not expired, not idle
     /// too long) yields its endpoint identity key as [`RequestSession::sticky`]. Cookies
-    /// whose names were sealed for this farm go upstream under their original names;
-    /// those sealed for other farms are withheld. Anything that does not open is
-    /// dropped, counted in `portcullis_session_cookie_rejected_total{farm,reason}` and
-    /// logged at debug with its key id and reason only. A server never receives a
-    /// sealed or garbled cookie.
+    /// sealed for this farm (name and value) go upstream under their original names and
+    /// values; those sealed for other farms are withheld. With `cookieProtection:
+    /// Encrypt`, nothing else goes upstream: an unsealed cookie is one the farm's servers
+    /// did not set through this array (a forgery, or a script's), so it is dropped and
+    /// counted as `unsealed`. Anything that does not open is dropped, counted in
+    /// `portcullis_session_cookie_rejected_total{farm,reason}` and logged at debug with
+    /// its key id and reason only. A server never receives a sealed or garbled cookie.
     pub fn on_request(
         &self,
         farm: &FarmConfig,
@@ -203,11 +207,13 @@ impl SessionManager {
         }
         let affinity = (farm.affinity.mode == AffinityMode::Cookie)
             .then_some(farm.affinity.cookie_name.as_bytes());
+        let protect = farm.cookie_protection == CookieProtection::Encrypt;
         let ours = |p: &Pair<'_>| p.looks_sealed() || Some(p.name) == affinity;
-        if !headers
-            .get_all(COOKIE)
-            .iter()
-            .any(|v| pairs(v.as_bytes()).any(|p| ours(&p)))
+        if !protect
+            && !headers
+                .get_all(COOKIE)
+                .iter()
+                .any(|v| pairs(v.as_bytes()).any(|p| ours(&p)))
         {
             return session;
         }
@@ -216,7 +222,7 @@ impl SessionManager {
             Plain(&'a [u8]),
             Unsealed {
                 name: String,
-                value: &'a [u8],
+                value: Vec<u8>,
                 active: bool,
                 sealed: &'a [u8],
             },
@@ -239,21 +245,28 @@ impl SessionManager {
                         Err(reason) => self.reject(farm, reason, p.value),
                     }
                 } else if is_sealed_name(p.name) {
-                    match open_name(&ring, &farm.id, p.name) {
-                        Ok(opened) => kept.push(Kept::Unsealed {
+                    let opened = open_name(&ring, &farm.id, p.name)
+                        .map_err(|reason| (reason, &p.name[SEALED_NAME_PREFIX.len()..]))
+                        .and_then(|opened| {
+                            let value = open_value(&ring, p.name, p.value)
+                                .map_err(|reason| (reason, p.value))?;
+                            Ok((opened, value))
+                        });
+                    match opened {
+                        Ok((opened, value)) => kept.push(Kept::Unsealed {
                             name: opened.name,
-                            value: p.value,
+                            value,
                             active: opened.active,
                             sealed: p.name,
                         }),
-                        Err(reason) => {
-                            self.reject(farm, reason, &p.name[SEALED_NAME_PREFIX.len()..]);
-                        }
+                        Err((reason, sealed)) => self.reject(farm, reason, sealed),
                     }
                 } else if p.looks_sealed() {
                     // A sealed-looking piece without a name (`__pc_...` with no `=`):
                     // garbled, and ours all the same.
                     self.reject(farm, RejectReason::Malformed, p.value);
+                } else if protect {
+                    self.reject(farm, RejectReason::Unsealed, b"");
                 } else {
                     kept.push(Kept::Plain(p.raw));
                 }
@@ -297,7 +310,7 @@ impl SessionManager {
                             continue;
                         }
                     }
-                    push(&mut out, &[name.as_bytes(), b"=", value]);
+                    push(&mut out, &[name.as_bytes(), b"=", value.as_slice()]);
                 }
             }
         }
@@ -339,7 +352,7 @@ impl SessionManager {
     /// Rewrites the response head before it goes to the client.
     ///
     /// With `cookieProtection: Encrypt`, every `Set-Cookie` name is sealed for the farm
-    /// (the value and attributes are kept). With `affinity: Cookie`, a `Set-Cookie` for
+    /// and its value sealed and bound to that sealed name (the attributes are kept). With `affinity: Cookie`, a `Set-Cookie` for
     /// `chosen` is appended when the request had no valid cookie, when it pointed
     /// elsewhere, when the idle timer needs refreshing (every tenth of the idle
     /// timeout), or when it was sealed with a key that is no longer active: `HttpOnly`,
@@ -393,7 +406,14 @@ impl SessionManager {
                 tracing::debug!(farm = %farm.id, "dropped a Set-Cookie whose name is not a cookie token");
                 continue;
             }
-            let sealed = match seal_name(ring, &farm.id, name) {
+            let rest = &bytes[eq + 1..];
+            let value_end = rest.iter().position(|&b| b == b';').unwrap_or(rest.len());
+            let (value, attributes) = rest.split_at(value_end);
+            let sealed = seal_name(ring, &farm.id, name).and_then(|sealed| {
+                let value = seal_value(ring, &sealed, value.trim_ascii())?;
+                Ok((sealed, value))
+            });
+            let (sealed, sealed_value) = match sealed {
                 Ok(sealed) => sealed,
                 Err(reason) => {
                     // Never set a cookie no member could open again.
@@ -401,9 +421,12 @@ impl SessionManager {
                     continue;
                 }
             };
-            let mut out = Vec::with_capacity(sealed.len() + bytes.len() - eq);
+            let mut out =
+                Vec::with_capacity(sealed.len() + 1 + sealed_value.len() + attributes.len());
             out.extend_from_slice(sealed.as_bytes());
-            out.extend_from_slice(&bytes[eq..]);
+            out.push(b'=');
+            out.extend_from_slice(sealed_value.as_bytes());
+            out.extend_from_slice(attributes);
             append(headers, SET_COOKIE, &out);
             for (_, old) in session
                 .stale

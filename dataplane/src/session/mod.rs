@@ -39,12 +39,21 @@
 //! sealed farm id and original name. The nonce is synthetic (SHA-256 of the nonce subkey,
 //! purpose and plaintext), so a name seals to the same text every time under one key and
 //! the browser replaces the cookie instead of keeping copies; equal names reveal only that
-//! they are equal. Values and attributes pass unchanged. On requests every member removes
-//! every `__pc_` cookie, and forwards only those sealed for the farm being requested,
-//! under their original names (which must be cookie tokens). When a name was set again
-//! after a rotation, the copy under the active key wins and the old copy is expired on
-//! that response. A protected cookie lives as long as the key that sealed its name stays
-//! in the ring, unless the server sets it again.
+//! they are equal. The value is sealed too (purpose `cookie-value`, random nonce), with
+//! the sealed name as the name in its associated data: a value opens only under the
+//! cookie it was set with, so it cannot be changed, forged, or moved to another cookie,
+//! farm or name. Attributes pass unchanged. On requests every member removes every
+//! `__pc_` cookie, and forwards only those whose name and value open for the farm being
+//! requested, under their original names (which must be cookie tokens) and values. A
+//! protected farm gets no unsealed cookie at all: every cookie its servers set arrives
+//! sealed, so an unsealed one was set by someone else (a client forging `sid=...`, a
+//! page script, another application on the host) and is dropped and counted as
+//! `unsealed`. Deciding by the cookie alone, rather than by a list of names learned from
+//! `Set-Cookie` headers, gives the same answer on every member from its first request,
+//! with no state to lose at a restart. When a name was set again after a rotation, the
+//! copy under the active key wins and the old copy is expired on that response. A
+//! protected cookie lives as long as the key that sealed it stays in the ring, unless the
+//! server sets it again.
 //!
 //! # Rejections
 //!
@@ -88,6 +97,9 @@ pub enum RejectReason {
     /// Too long to seal into a text that opens again: a `Set-Cookie` refused on the
     /// response (never set), or an affinity cookie not issued.
     TooLong,
+    /// Not sealed at all, sent to a farm with cookie protection: its servers did not set
+    /// it through the array (a forgery, or a cookie a script wrote).
+    Unsealed,
 }
 
 impl RejectReason {
@@ -100,14 +112,16 @@ impl RejectReason {
             RejectReason::OtherFarm => "other_farm",
             RejectReason::Malformed => "malformed",
             RejectReason::TooLong => "too_long",
+            RejectReason::Unsealed => "unsealed",
         }
     }
 }
 
 /// The cookie-open fuzz target's body (see `crate::fuzz::cookie_open`): `data` as a
-/// sealed text must not open (no forgery); as a change to a sealed text, must not open
-/// once it changed anything (no malleability); as a plaintext and a cookie name, seals
-/// (or is refused as too long) and opens again only for its own purpose and farm.
+/// sealed text or a sealed cookie value must not open (no forgery); as a change to a
+/// sealed text, must not open once it changed anything (no malleability); as a
+/// plaintext, a cookie name and a cookie value, seals (or is refused as too long) and
+/// opens again only for its own purpose, farm and sealed name.
 pub(crate) fn fuzz_seal_open(data: &[u8]) {
     use portcullis_crds::keyring::{KeyState, KeyringDoc};
     use seal::{NonceMode, Purpose};
@@ -124,6 +138,9 @@ pub(crate) fn fuzz_seal_open(data: &[u8]) {
         assert!(seal::open(&ring, purpose, "", data).is_err());
     }
     assert!(protection::open_name(&ring, "ns/a", data).is_err());
+    let sid = protection::seal_name(&ring, "ns/a", b"sid").expect("a short name seals");
+    let csrf = protection::seal_name(&ring, "ns/a", b"csrf").expect("a short name seals");
+    assert!(protection::open_value(&ring, sid.as_bytes(), data).is_err());
     // A sealed text changed by `data` (xor) opens only if unchanged.
     let sealed = seal::seal(&ring, Purpose::Affinity, "aff", b"claim", NonceMode::Random)
         .expect("a short plaintext seals");
@@ -143,6 +160,19 @@ pub(crate) fn fuzz_seal_open(data: &[u8]) {
             assert_eq!(opened.plaintext, data);
             assert!(seal::open(&ring, Purpose::Affinity, "other", text.as_bytes()).is_err());
             assert!(seal::open(&ring, Purpose::CookieName, "aff", text.as_bytes()).is_err());
+        }
+        Err(reason) => assert_eq!(reason, RejectReason::TooLong),
+    }
+    // `data` as a cookie value: opens under the sealed name it was set with, and only
+    // as a value.
+    match protection::seal_value(&ring, &sid, data) {
+        Ok(value) => {
+            let opened = protection::open_value(&ring, sid.as_bytes(), value.as_bytes())
+                .expect("a sealed value opens");
+            assert_eq!(opened, data);
+            assert!(protection::open_value(&ring, csrf.as_bytes(), value.as_bytes()).is_err());
+            assert!(seal::open(&ring, Purpose::CookieName, "", value.as_bytes()).is_err());
+            assert!(seal::open(&ring, Purpose::Affinity, &sid, value.as_bytes()).is_err());
         }
         Err(reason) => assert_eq!(reason, RejectReason::TooLong),
     }

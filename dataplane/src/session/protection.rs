@@ -1,4 +1,4 @@
-//! Cookie protection: cookie names sealed per farm.
+//! Cookie protection: cookie names sealed per farm, and their values bound to them.
 
 use super::RejectReason;
 use super::keyring::Ring;
@@ -101,4 +101,31 @@ pub(crate) fn open_name(
         name: String::from_utf8(name.to_vec()).map_err(|_| RejectReason::Malformed)?,
         active: opened.key.active,
     })
+}
+
+/// Seals a cookie's value under the active key, bound to the sealed name it travels
+/// under: a value moved to another cookie, farm or name does not open. The nonce is
+/// random; values are not what the browser keys its jar by.
+pub(crate) fn seal_value(
+    ring: &Ring,
+    sealed_name: &str,
+    value: &[u8],
+) -> Result<String, RejectReason> {
+    seal::seal(
+        ring,
+        Purpose::CookieValue,
+        sealed_name,
+        value,
+        NonceMode::Random,
+    )
+}
+
+/// Opens the value of the cookie whose (already opened) sealed name is `sealed_name`.
+pub(crate) fn open_value(
+    ring: &Ring,
+    sealed_name: &[u8],
+    sealed: &[u8],
+) -> Result<Vec<u8>, RejectReason> {
+    let name = std::str::from_utf8(sealed_name).map_err(|_| RejectReason::Malformed)?;
+    Ok(seal::open(ring, Purpose::CookieValue, name, sealed)?.plaintext)
 }

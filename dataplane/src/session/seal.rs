@@ -26,6 +26,8 @@ pub(crate) enum Purpose {
     Affinity,
     /// A cookie name sealed by cookie protection.
     CookieName,
+    /// A cookie value sealed by cookie protection, bound to its sealed name.
+    CookieValue,
 }
 
 impl Purpose {
@@ -33,13 +35,15 @@ impl Purpose {
         match self {
             Purpose::Affinity => b"affinity",
             Purpose::CookieName => b"cookie-name",
+            Purpose::CookieValue => b"cookie-value",
         }
     }
 }
 
 /// The associated data: format version, purpose, key id and the name the sealed text
-/// travels under (the affinity cookie's name; empty for sealed names). Each part is
-/// length-prefixed so no two different tuples encode alike.
+/// travels under (the affinity cookie's name; empty for sealed names; the sealed name
+/// for sealed values). Each part is length-prefixed so no two different tuples encode
+/// alike.
 fn associated_data(purpose: Purpose, key_id: &str, name: &str) -> Vec<u8> {
     let mut ad = Vec::with_capacity(32 + key_id.len() + name.len());
     for part in [
