@@ -98,6 +98,22 @@ enum Permit {
     Reuse(Sender),
 }
 
+/// Whether a checkout may take a pooled connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Reuse {
+    /// An idle pooled connection if there is one, else a new one.
+    Idle,
+    /// A new connection: the pooled one just failed before the request was written.
+    Never,
+}
+
+/// A connection for one request.
+pub(crate) struct Checkout {
+    pub(crate) sender: Sender,
+    /// It came from the pool (it may have been closed by the server while idle).
+    pub(crate) reused: bool,
+}
+
 /// A request sender on one upstream connection.
 pub(crate) enum Sender {
     H1(http1::SendRequest<ReqBody>),
@@ -214,40 +230,47 @@ impl Endpoint {
         self.ewma_us.store(new, Ordering::Relaxed);
     }
 
-    /// Takes an idle connection or opens one.
+    /// Takes an idle connection or opens one; with [`Reuse::Never`], always opens one.
     pub(crate) async fn checkout(
         self: &Arc<Self>,
         tls: Option<Arc<ClientConfig>>,
         connect_timeout: Duration,
-    ) -> Result<Sender, ConnectError> {
-        if let Some(s) = self.take_idle() {
+        reuse: Reuse,
+    ) -> Result<Checkout, ConnectError> {
+        let reused = |sender| {
             self.metrics.pool_reused.get_or_create(&self.label).inc();
-            return Ok(s);
+            Ok(Checkout {
+                sender,
+                reused: true,
+            })
+        };
+        let may_reuse = reuse == Reuse::Idle;
+        if may_reuse && let Some(s) = self.take_idle() {
+            return reused(s);
         }
         let _connecting = if self.identity.protocol == UpstreamProtocol::Http2 {
             let guard = tokio::time::timeout(connect_timeout, self.pool.h2_connecting.lock())
                 .await
                 .map_err(|_| ConnectError::Timeout)?;
-            if let Some(s) = self.take_idle() {
-                self.metrics.pool_reused.get_or_create(&self.label).inc();
-                return Ok(s);
+            if may_reuse && let Some(s) = self.take_idle() {
+                return reused(s);
             }
             Some(guard)
         } else {
             None
         };
-        let permit = match self.permit(connect_timeout).await? {
-            Permit::Reuse(s) => {
-                self.metrics.pool_reused.get_or_create(&self.label).inc();
-                return Ok(s);
-            }
+        let permit = match self.permit(connect_timeout, may_reuse).await? {
+            Permit::Reuse(s) => return reused(s),
             Permit::Open(p) => p,
         };
         let sender = tokio::time::timeout(connect_timeout, self.connect(tls, permit))
             .await
             .map_err(|_| ConnectError::Timeout)??;
         self.metrics.pool_opened.get_or_create(&self.label).inc();
-        Ok(sender)
+        Ok(Checkout {
+            sender,
+            reused: false,
+        })
     }
 
     fn take_idle(&self) -> Option<Sender> {
@@ -272,8 +295,9 @@ impl Endpoint {
         taken
     }
 
-    /// Waits for the right to open a connection, or for a connection to come back.
-    async fn permit(&self, wait: Duration) -> Result<Permit, ConnectError> {
+    /// Waits for the right to open a connection, or (when `may_reuse`) for a connection
+    /// to come back.
+    async fn permit(&self, wait: Duration, may_reuse: bool) -> Result<Permit, ConnectError> {
         let sem = self.pool.limit.lock().as_ref().map(|(_, s)| s.clone());
         let Some(sem) = sem else {
             return Ok(Permit::Open(None));
@@ -283,7 +307,7 @@ impl Endpoint {
             if let Ok(p) = sem.clone().try_acquire_owned() {
                 return Ok(Permit::Open(Some(p)));
             }
-            if let Some(s) = self.take_idle() {
+            if may_reuse && let Some(s) = self.take_idle() {
                 return Ok(Permit::Reuse(s));
             }
             let returned = self.pool.returned.notified();

@@ -21,7 +21,7 @@ use portcullis_crds::config::{AffinityMode, UpstreamProtocol};
 
 use crate::balance::FarmRt;
 use crate::metrics::{FarmLabel, FarmStatus};
-use crate::pool::{ConnectError, Endpoint, InFlight, ReqBody, Sender};
+use crate::pool::{ConnectError, Endpoint, InFlight, ReqBody, Reuse, Sender};
 use crate::runtime::Shared;
 use crate::snapshot::Snapshot;
 use crate::trace::{Finisher, Span};
@@ -594,8 +594,12 @@ async fn forward(
     let bytes_in = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let method = req.method().clone();
     let uri = req.uri().clone();
-    let attempts = 1 + farm.cfg.upstream.retries.min(3);
+    let mut attempts = 1 + farm.cfg.upstream.retries.min(3);
     let mut tried: Option<usize> = None;
+    // The endpoint to send to again on a fresh connection, when a pooled one turned out
+    // closed before the request was written (once per request, outside the retries).
+    let mut fresh_on: Option<usize> = None;
+    let mut stale_replayed = false;
     let mut last_error = (StatusCode::SERVICE_UNAVAILABLE, "no-healthy-endpoint");
     // A bodiless idempotent request can be sent again even after it reached a server
     // (a keep-alive connection the server closed as we wrote is the usual case).
@@ -625,7 +629,10 @@ async fn forward(
             limit: body_limit,
         })
     }));
-    for attempt in 0..attempts {
+    let mut attempt = 0;
+    while attempt < attempts {
+        let first = attempt == 0;
+        attempt += 1;
         if req.is_none() {
             match &replay {
                 Some(r) => {
@@ -641,10 +648,15 @@ async fn forward(
                 None => break,
             }
         }
-        let pick = if attempt == 0 {
-            sticky.or_else(|| farm.pick(hash_key.as_deref(), None))
+        let reuse = if fresh_on.is_some() {
+            Reuse::Never
         } else {
-            farm.pick(hash_key.as_deref(), tried)
+            Reuse::Idle
+        };
+        let pick = match fresh_on.take() {
+            Some(i) => Some(i),
+            None if first => sticky.or_else(|| farm.pick(hash_key.as_deref(), None)),
+            None => farm.pick(hash_key.as_deref(), tried),
         };
         let Some(i) = pick else { break };
         tried = Some(i);
@@ -652,11 +664,15 @@ async fn forward(
         if let Some(s) = span.as_deref_mut() {
             s.endpoint = Some(endpoint.key.clone());
         }
-        let sender = match endpoint
-            .checkout(farm.tls.clone(), farm.cfg.upstream.connect_timeout.get())
+        let checkout = match endpoint
+            .checkout(
+                farm.tls.clone(),
+                farm.cfg.upstream.connect_timeout.get(),
+                reuse,
+            )
             .await
         {
-            Ok(s) => s,
+            Ok(c) => c,
             Err(e) => {
                 last_error = connect_status(&e);
                 if !matches!(e, ConnectError::Saturated) {
@@ -669,7 +685,7 @@ async fn forward(
         let guard = endpoint.enter();
         let r = req.take().expect("request present until sent");
         let (result, h1_sender) = send(
-            sender,
+            checkout.sender,
             r,
             &progress,
             farm.cfg.upstream.first_byte_timeout.get(),
@@ -681,6 +697,15 @@ async fn forward(
                 req = Some(back);
                 last_error = (StatusCode::BAD_GATEWAY, "upstream-closed");
                 drop(guard);
+                if checkout.reused && !stale_replayed {
+                    // The server closed the pooled connection while it sat idle (the
+                    // keep-alive race), and hyper gave the request back unwritten. Not
+                    // the server failing, and not the request's retry budget: one more
+                    // try, same server, new connection.
+                    stale_replayed = true;
+                    fresh_on = Some(i);
+                    attempts += 1;
+                }
                 continue;
             }
             SendResult::Failed if progress.client_failed() => {

@@ -454,7 +454,9 @@ pub struct Upstream {
     pub idle_timeout: Option<Duration>,
 
     /// Retries on another server. A request is retried only when no byte of it reached
-    /// a server, or when it is idempotent and failed on connect.
+    /// a server, or when it is idempotent and failed on connect. Apart from these, a
+    /// request given back unsent by a pooled keep-alive connection the server had just
+    /// closed is sent once more, on a new connection to the same server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retries: Option<Retries>,
 }
