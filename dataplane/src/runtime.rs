@@ -373,16 +373,21 @@ impl Control {
 
     async fn reload(&mut self) {
         self.seen = self.fingerprint();
-        let mut report = ReloadReport::default();
-        let outcome = match self.source.load() {
-            Ok(loaded) => match self.keep_refused_farms(loaded, &mut report) {
-                Ok(cfg) => {
-                    let cfg = Arc::new(cfg);
-                    self.dns = resolve_all(&cfg, &self.dns).await;
-                    self.apply(cfg).await
-                }
-                Err(e) => Err(e),
-            },
+        let (source, last) = (self.source.clone(), self.config.clone());
+        let (loaded, mut report) = off_worker(move || {
+            let mut report = ReloadReport::default();
+            let loaded = source
+                .load()
+                .and_then(|loaded| keep_refused_farms(loaded, last.as_deref(), &mut report));
+            (loaded, report)
+        })
+        .await;
+        let outcome = match loaded {
+            Ok(cfg) => {
+                let cfg = Arc::new(cfg);
+                self.dns = resolve_all(&cfg, &self.dns).await;
+                self.apply(cfg).await
+            }
             Err(e) => Err(e),
         };
         if let Err(e) = &outcome {
@@ -404,37 +409,11 @@ impl Control {
         *self.shared.last_reload.lock() = report;
     }
 
-    /// Puts back the last good version of every farm whose new version was refused, so
-    /// one bad edit never takes its site down; records each refusal in `report`.
-    fn keep_refused_farms(
-        &self,
-        loaded: Loaded,
-        report: &mut ReloadReport,
-    ) -> Result<DataplaneConfig, SourceError> {
-        let mut cfg = loaded.config;
-        for (id, why) in &loaded.refused {
-            report.errors.push(why.clone());
-            let kept = self
-                .config
-                .as_ref()
-                .is_some_and(|last| keep_last_good(&mut cfg, last, id));
-            if kept {
-                tracing::error!(farm = %id, error = %why, "farm refused; its last good version keeps serving");
-                report.kept_farms.push(id.clone());
-            } else {
-                tracing::error!(farm = %id, error = %why, "farm refused; it has no good version to serve");
-            }
-        }
-        cfg.check().map_err(|e| {
-            SourceError::Translate(format!(
-                "the config with the kept farms is inconsistent: {e}"
-            ))
-        })?;
-        Ok(cfg)
-    }
-
     async fn apply(&mut self, cfg: Arc<DataplaneConfig>) -> Result<(), SourceError> {
-        let (certs, clients) = snapshot::load_tls(&cfg, &self.certs_dir)?;
+        let (certs, clients) = {
+            let (cfg, dir) = (cfg.clone(), self.certs_dir.clone());
+            off_worker(move || snapshot::load_tls(&cfg, &dir)).await?
+        };
         // Bind new listeners first so a port conflict refuses the config whole.
         let mut new_bound = Vec::new();
         {
@@ -463,21 +442,28 @@ impl Control {
                 }
             }
         }
-        // Access state carries over from the last snapshot for farms whose checks did
-        // not change.
-        let access = crate::access::build(
-            &cfg,
-            &self.certs_dir,
-            self.shared.snapshot.load().as_deref().map(|s| &s.access),
-        )?;
-        let mut snap = snapshot::build(
-            cfg.clone(),
-            &self.dns,
-            &clients,
-            &self.shared.endpoints,
-            &self.shared.verifiers,
-        );
-        snap.access = access;
+        let snap = {
+            let (cfg, dir, dns, shared) = (
+                cfg.clone(),
+                self.certs_dir.clone(),
+                self.dns.clone(),
+                self.shared.clone(),
+            );
+            off_worker(move || -> Result<Snapshot, SourceError> {
+                // Access state carries over from the last snapshot for farms whose
+                // checks did not change.
+                let access = crate::access::build(
+                    &cfg,
+                    &dir,
+                    shared.snapshot.load().as_deref().map(|s| &s.access),
+                )?;
+                let mut snap =
+                    snapshot::build(cfg, &dns, &clients, &shared.endpoints, &shared.verifiers);
+                snap.access = access;
+                Ok(snap)
+            })
+            .await?
+        };
         {
             let mut listeners = self.shared.listeners.lock();
             for (port, b) in new_bound {
@@ -504,6 +490,46 @@ impl Control {
         self.shared.listening.store(true, Ordering::Relaxed);
         self.config = Some(cfg);
         Ok(())
+    }
+}
+
+/// Puts back the last good version of every farm whose new version was refused, so
+/// one bad edit never takes its site down; records each refusal in `report`.
+fn keep_refused_farms(
+    loaded: Loaded,
+    last: Option<&DataplaneConfig>,
+    report: &mut ReloadReport,
+) -> Result<DataplaneConfig, SourceError> {
+    let mut cfg = loaded.config;
+    for (id, why) in &loaded.refused {
+        report.errors.push(why.clone());
+        let kept = last.is_some_and(|last| keep_last_good(&mut cfg, last, id));
+        if kept {
+            tracing::error!(farm = %id, error = %why, "farm refused; its last good version keeps serving");
+            report.kept_farms.push(id.clone());
+        } else {
+            tracing::error!(farm = %id, error = %why, "farm refused; it has no good version to serve");
+        }
+    }
+    cfg.check().map_err(|e| {
+        SourceError::Translate(format!(
+            "the config with the kept farms is inconsistent: {e}"
+        ))
+    })?;
+    Ok(cfg)
+}
+
+/// Runs a reload's CPU-bound work (parsing, certificate loading, the snapshot and its
+/// hash rings) on the blocking pool. A large config would otherwise hold a runtime
+/// worker for its whole build, and every connection scheduled on that worker with it.
+async fn off_worker<T: Send + 'static>(work: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(work).await {
+        Ok(done) => done,
+        Err(e) => match e.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            // Cancelled: the runtime is shutting down, and this task goes with it.
+            Err(_) => std::future::pending().await,
+        },
     }
 }
 

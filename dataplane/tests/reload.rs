@@ -221,3 +221,77 @@ async fn a_farm_file_caught_half_written_never_takes_the_site_down() {
     );
     proxy.shutdown().await;
 }
+
+/// A reload's parsing and snapshot build (hash rings included) run off the runtime's
+/// workers: on a one-thread runtime, requests keep being answered while a large config
+/// loads (issue 12).
+#[tokio::test]
+async fn a_large_reload_does_not_stall_serving() {
+    let b = Backend::start("b").await;
+    let proxy = Proxy::start("reload-large", &[plain_farm(&b)]).await;
+    let addr = proxy.addr;
+    // A client on a thread of its own, timing every round trip.
+    let stop = Arc::new(AtomicBool::new(false));
+    let client = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+            let mut slowest = Duration::ZERO;
+            let mut buf = [0u8; 4096];
+            while !stop.load(Ordering::SeqCst) {
+                let sent = std::time::Instant::now();
+                tcp.write_all(b"GET / HTTP/1.1\r\nHost: b.test\r\n\r\n")
+                    .unwrap();
+                let mut got = Vec::new();
+                while !got.ends_with(b"\r\n\r\nb") {
+                    let n = tcp.read(&mut buf).unwrap();
+                    assert!(n > 0, "the proxy closed the connection");
+                    got.extend_from_slice(&buf[..n]);
+                }
+                slowest = slowest.max(sent.elapsed());
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            slowest
+        })
+    };
+    // Many farms, each a hash ring of 16 000 points (weight 1000).
+    let mut farms = vec![plain_farm(&b)];
+    for i in 0..FARMS {
+        farms.push(farm_yaml(
+            &format!("f{i}"),
+            &[&format!("f{i}.test")],
+            &["/"],
+            &[format!(
+                "{{address: \"{}\", port: {}, weight: 1000}}",
+                b.addr.ip(),
+                b.addr.port()
+            )],
+            "",
+        ));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let started = std::time::Instant::now();
+    let before = proxy.config_hash();
+    proxy.dir.write("farm.yaml", &farms.join("---\n"));
+    wait_until(Duration::from_secs(60), || proxy.config_hash() != before).await;
+    let reload = started.elapsed();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, Ordering::SeqCst);
+    // Joined off the runtime: the client may be waiting for an answer it serves.
+    let slowest = tokio::task::spawn_blocking(move || client.join().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(get(addr, "f7.test", "/").await.0, 200);
+    assert!(
+        reload >= Duration::from_millis(500),
+        "the reload was not large: {reload:?}"
+    );
+    assert!(
+        slowest < Duration::from_millis(250),
+        "a request waited {slowest:?} while a {reload:?} reload ran"
+    );
+    proxy.shutdown().await;
+}
+
+const FARMS: usize = 200;
