@@ -260,6 +260,9 @@ fn main() -> ExitCode {
             _ => Ok(portcullis_dataplane::run(opts).await?),
         }
     });
+    // The drain is over. What may still run (a reload being built on the blocking pool)
+    // could only be thrown away: dropping the runtime would wait for it to finish.
+    rt.shutdown_background();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -118,3 +118,117 @@ fn bad_flags_exit_64() {
     assert_eq!(out.status.code(), Some(64));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--manifests"));
 }
+
+/// The real binary serving the manifests in `dir`; its admin address.
+fn spawn_member(dir: &TempDir) -> (std::process::Child, std::net::SocketAddr) {
+    let admin_port = free_port();
+    let child = Command::new(env!("CARGO_BIN_EXE_portcullis-dataplane"))
+        .args([
+            "--manifests",
+            dir.path().to_str().unwrap(),
+            "--bind",
+            "127.0.0.1",
+        ])
+        .arg("--admin")
+        .arg(format!("127.0.0.1:{admin_port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    (child, format!("127.0.0.1:{admin_port}").parse().unwrap())
+}
+
+async fn wait_ready(admin: std::net::SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(mut c) = Client::try_connect(admin).await
+            && c.get("admin", "/readyz").await.is_ok_and(|r| r.0 == 200)
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "dataplane never became ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Sends SIGTERM; returns how long the member took to exit, once it exited zero.
+async fn terminate(child: &mut std::process::Child) -> Duration {
+    let sent = Instant::now();
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let code = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            sent.elapsed() < Duration::from_secs(20),
+            "dataplane did not exit"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert!(code.success(), "exit status {code:?}");
+    sent.elapsed()
+}
+
+/// Once nothing is in flight, SIGTERM exits at once, with pooled upstream connections
+/// and idle client and scraper keep-alives open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_member_exits_promptly_on_sigterm() {
+    let b = Backend::start("b").await;
+    let dir = TempDir::new("drain-idle");
+    let port = dir.write_manifests(web_array, &[plain_farm(&b)]);
+    let (mut child, admin) = spawn_member(&dir);
+    wait_ready(admin).await;
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut client = Client::connect(addr).await;
+    assert_eq!(client.get("b.test", "/").await.unwrap().0, 200);
+    let mut scraper = Client::connect(admin).await;
+    assert_eq!(scraper.get("admin", "/metrics").await.unwrap().0, 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let took = terminate(&mut child).await;
+    assert!(
+        took < Duration::from_millis(800),
+        "exit took {took:?} after SIGTERM"
+    );
+}
+
+/// SIGTERM while a large config is being loaded: once the drain is done the member exits
+/// without waiting for the reload, whose result could only be thrown away (issue 12:
+/// exit came seconds after the drain).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_large_reload_exits_without_waiting_for_it() {
+    let b = Backend::start("b").await;
+    let dir = TempDir::new("drain-reload");
+    dir.write_manifests(web_array, &[plain_farm(&b)]);
+    let (mut child, admin) = spawn_member(&dir);
+    wait_ready(admin).await;
+    let status = || async { get(admin, "admin", "/status").await.2 };
+    let before = status().await;
+    let server = format!(
+        "{{address: \"{}\", port: {}, weight: 1000}}",
+        b.addr.ip(),
+        b.addr.port()
+    );
+    let farms: Vec<String> = (0..400)
+        .map(|i| {
+            let host = format!("f{i}.test");
+            farm_yaml(&format!("f{i}"), &[&host], &["/"], &[server.clone()], "")
+        })
+        .collect();
+    dir.write("farm.yaml", &farms.join("---\n"));
+    // The member polls every 500 ms and lets a change settle for 100 ms.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(
+        status().await,
+        before,
+        "the reload is over already: make it larger"
+    );
+    let took = terminate(&mut child).await;
+    assert!(
+        took < Duration::from_millis(800),
+        "exit took {took:?} after SIGTERM"
+    );
+}
