@@ -13,16 +13,12 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::Path;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Instant;
 
 use base64::Engine;
-use bytes::Bytes;
 use http::header::{self, HeaderName};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
-use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use parking_lot::Mutex;
 use portcullis_crds::config::{
@@ -30,10 +26,11 @@ use portcullis_crds::config::{
 };
 use sha2::{Digest, Sha256};
 
+use crate::error::ProxyError;
 use crate::extauth::{ExternalAuth, Verdict};
 use crate::htpasswd::Htpasswd;
 use crate::metrics::FarmReason;
-use crate::proxy::{BoxError, ConnInfo, RespBody, error_response};
+use crate::proxy::{ConnInfo, EndHook, OnEnd, RespBody};
 use crate::ratelimit::{InFlightGuard, Limited, RateLimiter};
 use crate::runtime::Shared;
 use crate::snapshot::Snapshot;
@@ -204,9 +201,9 @@ impl Admitted {
         match self.in_flight {
             // The request stays in flight until its response body ends.
             Some(guard) => resp.map(|inner| {
-                Holding {
+                OnEnd {
                     inner,
-                    guard: Some(guard),
+                    hook: Some(guard),
                 }
                 .boxed_unsync()
             }),
@@ -215,35 +212,11 @@ impl Admitted {
     }
 }
 
-/// A response body that holds its request's place among the client's requests in
-/// flight until it ends (its last frame is read, before it is written) or is dropped.
-struct Holding {
-    inner: RespBody,
-    guard: Option<InFlightGuard>,
-}
-
-impl Body for Holding {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.get_mut();
-        let frame = Pin::new(&mut this.inner).poll_frame(cx);
-        if matches!(frame, Poll::Ready(None)) || this.inner.is_end_stream() {
-            this.guard.take();
-        }
-        frame
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+/// A response body holds its request's place among the client's requests in flight
+/// until it ends (its last frame is read, before it is written) or is dropped.
+impl EndHook for Option<InFlightGuard> {
+    fn ended(&mut self, _complete: bool) {
+        self.take();
     }
 }
 
@@ -259,13 +232,13 @@ pub(crate) async fn admit<B>(
     let Some(access) = snapshot.access.get(farm) else {
         return Ok(Admitted::default());
     };
-    let refused = |reason: &'static str, resp: Response<RespBody>| {
+    let refused = |error: ProxyError, resp: Response<RespBody>| {
         shared
             .metrics
             .access_refused
             .get_or_create(&FarmReason {
                 farm: farm.to_owned(),
-                reason,
+                reason: error.label(),
             })
             .inc();
         resp
@@ -275,26 +248,24 @@ pub(crate) async fn admit<B>(
     if let Some(ranges) = &access.cfg.source_ranges
         && !ranges.admits(client)
     {
-        return Err(refused(
-            "source-range",
-            error_response(StatusCode::FORBIDDEN, "source-range"),
-        ));
+        let error = ProxyError::SourceRange;
+        return Err(refused(error, error.response()));
     }
     let mut admitted = Admitted::default();
     if let (Some(limiter), Some(cfg)) = (&access.limiter, &access.cfg.rate_limit) {
         match limiter.take(client, Instant::now()) {
             Ok(guard) => admitted.in_flight = Some(guard),
             Err(limited) => {
-                let status =
-                    StatusCode::from_u16(cfg.status_code).unwrap_or(StatusCode::TOO_MANY_REQUESTS);
-                let mut resp = error_response(status, limited.reason());
+                let error = limited.error();
+                let status = StatusCode::from_u16(cfg.status_code).unwrap_or(error.status());
+                let mut resp = error.response_with(status);
                 let retry = match limited {
                     Limited::Rate(wait) => wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
                     Limited::Connections | Limited::Full => 1,
                 };
                 resp.headers_mut()
                     .insert(http::header::RETRY_AFTER, HeaderValue::from(retry.max(1)));
-                return Err(refused(limited.reason(), resp));
+                return Err(refused(error, resp));
             }
         }
     }
@@ -318,10 +289,11 @@ pub(crate) async fn admit<B>(
     if let Some(basic) = &access.basic_auth
         && !basic.admits(req.headers()).await
     {
-        let mut resp = error_response(StatusCode::UNAUTHORIZED, "basic-auth");
+        let error = ProxyError::BasicAuth;
+        let mut resp = error.response();
         resp.headers_mut()
             .insert(http::header::WWW_AUTHENTICATE, basic.challenge.clone());
-        return Err(refused("basic-auth", resp));
+        return Err(refused(error, resp));
     }
     if let Some(external) = &access.external_auth {
         match external.check(req, client, conn.tls).await {

@@ -31,8 +31,7 @@ use std::task::{Context, Poll, Waker};
 use http::{Method, StatusCode, Version};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Why a request was refused (the `x-portcullis-error` value).
-pub(crate) type Refusal = &'static str;
+use crate::error::ProxyError;
 
 /// The HTTP/2 connection preface; hyper-util serves HTTP/2 when a connection opens with it.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -48,7 +47,7 @@ pub struct FramedHead {
     /// How many header lines the head has.
     pub headers: usize,
     /// Why the checks refuse it, if they do.
-    pub refusal: Option<Refusal>,
+    pub refusal: Option<ProxyError>,
     /// Whether the request may switch protocols (hyper's rule: `CONNECT`, or an
     /// `Upgrade` header on HTTP/1.1).
     pub upgrade: bool,
@@ -108,14 +107,14 @@ impl Framing {
     }
 
     /// Takes the framed head of the next request hyper serves and applies the checks.
-    pub(crate) fn admit(&self, method: &Method, version: Version) -> Result<Admitted, Refusal> {
+    pub(crate) fn admit(&self, method: &Method, version: Version) -> Result<Admitted, ProxyError> {
         // HTTP/2 frames its own messages; this framer only ever sees HTTP/1 heads.
         if version > Version::HTTP_11 {
             return Ok(Admitted::default());
         }
         let head = self.exchange.lock().heads.pop_front();
         let Some(head) = head else {
-            return Err("unframed-request");
+            return Err(ProxyError::UnframedRequest);
         };
         let watch = head.upgrade.then(|| self.clone());
         let admitted = Admitted {
@@ -123,7 +122,7 @@ impl Framing {
             method_connect: head.method == Method::CONNECT,
         };
         if head.method != *method {
-            return Err("unframed-request");
+            return Err(ProxyError::UnframedRequest);
         }
         match head.refusal {
             // Dropping `admitted` answers "no switch".
@@ -465,13 +464,13 @@ fn judge(req: &httparse::Request<'_, '_>) -> Option<(FramedHead, Body)> {
         }
     }
     let refusal = if lengths > 1 {
-        Some("duplicate-content-length")
+        Some(ProxyError::DuplicateContentLength)
     } else if lengths > 0 && te {
-        Some("content-length-and-transfer-encoding")
+        Some(ProxyError::ContentLengthAndTransferEncoding)
     } else if te && (!http11 || !chunked) {
-        Some("bad-transfer-encoding")
+        Some(ProxyError::BadTransferEncoding)
     } else if lengths == 1 && length.is_none() {
-        Some("bad-content-length")
+        Some(ProxyError::BadContentLength)
     } else {
         None
     };
@@ -672,11 +671,11 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Gate<T> {
 mod tests {
     use proptest::prelude::*;
 
-    use super::{FramedHead, Framer};
+    use super::{FramedHead, Framer, ProxyError};
 
     /// The verdicts of the framer alone, fed `input` in pieces of `step` bytes; a
     /// request that may switch protocols is answered "no switch".
-    fn verdicts(input: &[u8], step: usize) -> Vec<Option<&'static str>> {
+    fn verdicts(input: &[u8], step: usize) -> Vec<Option<ProxyError>> {
         let mut f = Framer::new(8192, 100, true);
         let framing = f.framing();
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
@@ -706,14 +705,14 @@ GET /c HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n";
         for step in [1, 3, 7, stream.len()] {
             assert_eq!(
                 verdicts(stream, step),
-                vec![None, None, Some("duplicate-content-length")],
+                vec![None, None, Some(ProxyError::DuplicateContentLength)],
                 "step {step}"
             );
         }
         let smuggle = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n";
         assert_eq!(
             verdicts(smuggle, 5),
-            vec![Some("content-length-and-transfer-encoding")]
+            vec![Some(ProxyError::ContentLengthAndTransferEncoding)]
         );
     }
 
@@ -731,7 +730,7 @@ GET /c HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n";
                 let got = verdicts(&stream, step);
                 assert_eq!(
                     got.last(),
-                    Some(&Some("duplicate-content-length")),
+                    Some(&Some(ProxyError::DuplicateContentLength)),
                     "step {step}"
                 );
             }

@@ -25,6 +25,7 @@ use portcullis_crds::config::{
 use portcullis_crds::keyring::{KeyState, KeyringDoc};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::error::ProxyError;
 use crate::framing::{FramedHead, Framer, Gate};
 use crate::session::{RequestSession, SEALED_NAME_PREFIX, SessionManager};
 
@@ -60,7 +61,7 @@ struct Served {
     /// Header lines as hyper kept them.
     headers: usize,
     /// With the gate: why the checks refused it.
-    refusal: Option<&'static str>,
+    refusal: Option<ProxyError>,
 }
 
 /// The differential target: the same bytes go to the framer (whose heads the checks
@@ -190,7 +191,7 @@ fn check_gated(heads: &[FramedHead], gated: &[Served]) {
         .collect();
     assert!(gated.len() <= heads.len(), "{gated:?} vs {heads:?}");
     for (i, (f, s)) in heads.iter().zip(&gated).enumerate() {
-        assert_ne!(s.refusal, Some("unframed-request"), "request {i}");
+        assert_ne!(s.refusal, Some(ProxyError::UnframedRequest), "request {i}");
         assert_eq!(f.method, s.method, "request {i}");
         assert_eq!(f.refusal, s.refusal, "request {i}");
         if f.refusal.is_some() {
@@ -249,11 +250,8 @@ async fn serve_on(data: &[u8], pattern: &[usize], gated: bool) -> Vec<Served> {
         async move {
             let admitted = match admitted {
                 Ok(a) => a,
-                Err(reason) => {
-                    return Ok::<_, std::convert::Infallible>(crate::proxy::error_response(
-                        http::StatusCode::BAD_REQUEST,
-                        reason,
-                    ));
+                Err(error) => {
+                    return Ok::<_, std::convert::Infallible>(error.response());
                 }
             };
             let mut body = req.into_body();

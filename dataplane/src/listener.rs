@@ -20,6 +20,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+use crate::error::ProxyError;
 use crate::framing::{Framer, Gate};
 use crate::proxy::{self, ConnInfo};
 use crate::runtime::Shared;
@@ -219,15 +220,10 @@ async fn serve_connection(
         async move {
             let admitted = match admitted {
                 Ok(admitted) => admitted,
-                Err(reason) => {
-                    return Ok(proxy::error_response(http::StatusCode::BAD_REQUEST, reason));
-                }
+                Err(error) => return Ok(error.response()),
             };
             if too_many {
-                return Ok(proxy::error_response(
-                    http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                    "too-many-headers",
-                ));
+                return Ok(ProxyError::TooManyHeaders.response());
             }
             let resp = proxy::handle(shared, info, req).await;
             if let Ok(r) = &resp {
