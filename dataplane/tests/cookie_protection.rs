@@ -22,13 +22,7 @@ async fn cookie_backend() -> SocketAddr {
         while let Ok((tcp, _)) = listener.accept().await {
             tokio::spawn(async move {
                 let svc = hyper::service::service_fn(|req: http::Request<Incoming>| async move {
-                    let cookie = req
-                        .headers()
-                        .get_all(http::header::COOKIE)
-                        .iter()
-                        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-                        .collect::<Vec<_>>()
-                        .join(" | ");
+                    let cookie = cookie_header(req.headers());
                     let mut resp = http::Response::builder();
                     if req.uri().path() == "/login" {
                         resp = resp

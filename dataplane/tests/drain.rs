@@ -215,7 +215,13 @@ async fn sigterm_during_a_large_reload_exits_without_waiting_for_it() {
     let farms: Vec<String> = (0..400)
         .map(|i| {
             let host = format!("f{i}.test");
-            farm_yaml(&format!("f{i}"), &[&host], &["/"], &[server.clone()], "")
+            farm_yaml(
+                &format!("f{i}"),
+                &[&host],
+                &["/"],
+                std::slice::from_ref(&server),
+                "",
+            )
         })
         .collect();
     dir.write("farm.yaml", &farms.join("---\n"));

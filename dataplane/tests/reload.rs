@@ -226,6 +226,10 @@ async fn a_farm_file_caught_half_written_never_takes_the_site_down() {
 /// workers: on a one-thread runtime, requests keep being answered while a large config
 /// loads (issue 12).
 #[tokio::test]
+#[allow(
+    clippy::disallowed_methods,
+    reason = "the client paces itself on a thread of its own, outside the runtime"
+)]
 async fn a_large_reload_does_not_stall_serving() {
     let b = Backend::start("b").await;
     let proxy = Proxy::start("reload-large", &[plain_farm(&b)]).await;

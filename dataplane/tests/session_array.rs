@@ -77,13 +77,7 @@ impl Backend {
                         let sessions = sessions.clone();
                         let seen = seen.clone();
                         async move {
-                            let cookie = req
-                                .headers()
-                                .get_all(http::header::COOKIE)
-                                .iter()
-                                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-                                .collect::<Vec<_>>()
-                                .join("; ");
+                            let cookie = common::cookie_header(req.headers());
                             seen.lock().push(cookie.clone());
                             let prefix = format!("{APP}={name}-");
                             let own = cookie

@@ -475,6 +475,16 @@ pub async fn get(addr: SocketAddr, host: &str, path: &str) -> Reply {
     Client::connect(addr).await.get(host, path).await.unwrap()
 }
 
+/// Every `Cookie` header of a request, joined with `; ` (empty when there is none).
+pub fn cookie_header(headers: &http::HeaderMap) -> String {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// Reads the admin server's metrics text.
 pub async fn metrics(admin: SocketAddr) -> String {
     get(admin, "admin", "/metrics").await.2
