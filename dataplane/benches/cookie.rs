@@ -66,7 +66,7 @@ fn bench(c: &mut Criterion) {
         "JSESSIONID=abc123; Path=/; HttpOnly".parse().unwrap(),
         "csrf=xyz; Path=/".parse().unwrap(),
     ];
-    c.bench_function("cookie_names_seal_2", |b| {
+    c.bench_function("protected_cookies_seal_2", |b| {
         b.iter(|| {
             let mut headers = HeaderMap::new();
             for v in &server_sets {
@@ -88,7 +88,7 @@ fn bench(c: &mut Criterion) {
         .map(|v| pair_of(v.to_str().unwrap()))
         .collect();
     let cookie: HeaderValue = format!("{}; theme=dark", jar.join("; ")).parse().unwrap();
-    c.bench_function("cookie_names_open_2", |b| {
+    c.bench_function("protected_cookies_open_2", |b| {
         b.iter(|| {
             let mut headers = HeaderMap::new();
             headers.insert(COOKIE, cookie.clone());

@@ -352,10 +352,11 @@ impl SessionManager {
     /// Rewrites the response head before it goes to the client.
     ///
     /// With `cookieProtection: Encrypt`, every `Set-Cookie` name is sealed for the farm
-    /// and its value sealed and bound to that sealed name (the attributes are kept). With `affinity: Cookie`, a `Set-Cookie` for
-    /// `chosen` is appended when the request had no valid cookie, when it pointed
-    /// elsewhere, when the idle timer needs refreshing (every tenth of the idle
-    /// timeout), or when it was sealed with a key that is no longer active: `HttpOnly`,
+    /// and its value sealed and bound to that sealed name (the attributes are kept).
+    /// With `affinity: Cookie`, a `Set-Cookie` for `chosen` is appended when the request
+    /// had no valid cookie, when it pointed elsewhere, when the idle timer needs
+    /// refreshing (every tenth of the idle timeout), or when it was sealed with a key
+    /// that is no longer active: `HttpOnly`,
     /// `Secure` when `secure`, `SameSite` from the farm, `Path=route_path`, `Max-Age`
     /// up to the session's expiry.
     #[allow(clippy::too_many_arguments)]
