@@ -21,6 +21,9 @@
 //! - After a request that may switch protocols (an `Upgrade` header or `CONNECT`), the
 //!   gate holds back further bytes until the answer is known: only a relayed `101` (or a
 //!   2xx to `CONNECT`) turns framing off; any other answer keeps the checks on.
+//! - httparse knows only HTTP/1.0 and 1.1, so the version digits hyper is handed are
+//!   rewritten as the request line arrives: a higher HTTP/1 minor version is served as
+//!   1.1 (RFC 9112 section 2.3); another major version is refused 505.
 
 use std::collections::VecDeque;
 use std::io;
@@ -33,6 +36,17 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Why a request was refused (the `x-portcullis-error` value).
 pub(crate) type Refusal = &'static str;
+
+/// A request line of an HTTP major version other than 1.
+pub(crate) const VERSION_NOT_SUPPORTED: Refusal = "http-version-not-supported";
+
+/// The status a refusal is answered with.
+pub(crate) fn refusal_status(reason: Refusal) -> StatusCode {
+    match reason {
+        VERSION_NOT_SUPPORTED => StatusCode::HTTP_VERSION_NOT_SUPPORTED,
+        _ => StatusCode::BAD_REQUEST,
+    }
+}
 
 /// The HTTP/2 connection preface; hyper-util serves HTTP/2 when a connection opens with it.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -187,6 +201,9 @@ pub(crate) struct Framer {
     head: Vec<u8>,
     max_head: usize,
     max_headers: usize,
+    /// The head being read names an HTTP major version other than 1 (its digits were
+    /// rewritten to 1.1 for hyper).
+    other_major: bool,
     /// The current message may switch protocols.
     switch: bool,
     /// ALPN chose HTTP/1.1: the HTTP/2 preface is not a way into HTTP/2.
@@ -210,6 +227,7 @@ impl Framer {
             head: Vec::new(),
             max_head,
             max_headers: max_headers.max(1),
+            other_major: false,
             switch: false,
             framing: Framing::default(),
         }
@@ -223,6 +241,7 @@ impl Framer {
             head: Vec::new(),
             max_head: 0,
             max_headers: 1,
+            other_major: false,
             switch: false,
             framing: Framing::default(),
         }
@@ -235,15 +254,16 @@ impl Framer {
 
     /// Frames `data`, the next bytes of the stream, and returns how many of them may be
     /// handed to hyper now. Fewer than all when the framer stopped, broke, or waits for
-    /// the answer to a request that may switch protocols.
-    pub(crate) fn feed(&mut self, data: &[u8]) -> usize {
+    /// the answer to a request that may switch protocols. The version digits of a
+    /// request line are rewritten in `data` as hyper must read them.
+    pub(crate) fn feed(&mut self, data: &mut [u8]) -> usize {
         let mut at = 0;
         while at < data.len() {
             match self.state {
                 State::Off => return data.len(),
                 State::Stopped | State::Broken | State::AwaitSwitch => return at,
                 State::Preface => at += self.preface(&data[at..]),
-                State::Head => at += self.read_head(&data[at..]),
+                State::Head => at += self.read_head(&mut data[at..]),
                 State::Length(left) => {
                     let take = left.min((data.len() - at) as u64);
                     at += take as usize;
@@ -297,13 +317,23 @@ impl Framer {
         0
     }
 
-    fn read_head(&mut self, data: &[u8]) -> usize {
+    fn read_head(&mut self, data: &mut [u8]) -> usize {
         let before = self.head.len();
         // A head that arrives whole is parsed where it lies; only a partial one is kept.
+        if before > 0 {
+            self.head.extend_from_slice(data);
+        }
+        if let Some(line) = &request_line(if before == 0 { data } else { &self.head }) {
+            let all: &mut [u8] = if before == 0 { data } else { &mut self.head };
+            self.other_major = fix_version(all, line, before, self.other_major);
+            if before > 0 {
+                // hyper is handed `data`: with the digits as rewritten.
+                data.copy_from_slice(&self.head[before..]);
+            }
+        }
         let parsed = if before == 0 {
             parse_head(data, self.max_headers)
         } else {
-            self.head.extend_from_slice(data);
             parse_head(&self.head, self.max_headers)
         };
         let (end, judged) = match parsed {
@@ -320,7 +350,7 @@ impl Framer {
                 return data.len();
             }
             Parsed::Invalid => {
-                let bytes = if before == 0 { data } else { &self.head[..] };
+                let bytes = if before == 0 { &*data } else { &self.head[..] };
                 if self.h1_only && bytes.starts_with(b"PRI * HTTP/2") {
                     // hyper-util would take the preface for HTTP/2 whatever ALPN said;
                     // it gets none of it and the connection fails instead.
@@ -338,10 +368,13 @@ impl Framer {
             self.framing.exchange.lock().head_since = None;
         }
         let consumed = end.saturating_sub(before);
-        let Some((head, body)) = judged else {
+        let Some((mut head, body)) = judged else {
             self.stop();
             return consumed;
         };
+        if std::mem::take(&mut self.other_major) {
+            head.refusal = Some(VERSION_NOT_SUPPORTED);
+        }
         self.switch = head.upgrade;
         let refused = head.refusal.is_some();
         self.framing.exchange.lock().heads.push_back(head);
@@ -359,6 +392,7 @@ impl Framer {
 
     fn stop(&mut self) {
         self.head = Vec::new();
+        self.other_major = false;
         self.framing.exchange.lock().head_since = None;
         self.state = State::Stopped;
     }
@@ -492,6 +526,95 @@ fn judge(req: &httparse::Request<'_, '_>) -> Option<(FramedHead, Body)> {
     Some((head, body))
 }
 
+/// Where the parts of a request line lie, as httparse finds them (after any empty
+/// lines; one space after the method and after the target).
+struct RequestLine {
+    method: std::ops::Range<usize>,
+    target: std::ops::Range<usize>,
+    /// Where the version begins, once the target has ended.
+    version: Option<usize>,
+}
+
+/// The request line at the start of `buf`, as far as it has arrived; `None` before its
+/// target begins, or where httparse will not find one.
+fn request_line(buf: &[u8]) -> Option<RequestLine> {
+    let mut at = 0;
+    loop {
+        match &buf[at..] {
+            [b'\r', b'\n', ..] => at += 2,
+            [b'\n', ..] => at += 1,
+            _ => break,
+        }
+    }
+    let delimiter = |b: &u8| matches!(b, b' ' | b'\r' | b'\n');
+    let sp = at + buf[at..].iter().position(delimiter)?;
+    if buf[sp] != b' ' {
+        return None;
+    }
+    let start = sp + 1;
+    let (end, version) = match buf[start..].iter().position(delimiter) {
+        Some(n) if buf[start + n] == b' ' => (start + n, Some(start + n + 1)),
+        Some(_) => return None,
+        None => (buf.len(), None),
+    };
+    Some(RequestLine {
+        method: at..sp,
+        target: start..end,
+        version,
+    })
+}
+
+/// Rewrites the version digits of the request line in `buf` at `from` or later (those
+/// before were seen by an earlier call) as hyper must read them: `HTTP/1.x` with x > 1
+/// becomes `HTTP/1.1` (RFC 9112 section 2.3: served as the highest minor version
+/// supported), and `HTTP/y.x` with y other than 1 becomes `HTTP/1.1` too: the head is
+/// then refused 505. Anything else is left for httparse to refuse. The HTTP/2 preface
+/// (`PRI * HTTP/2.0`) is not a request line to rewrite. Takes and returns whether the
+/// major version was another one.
+fn fix_version(buf: &mut [u8], line: &RequestLine, from: usize, mut other_major: bool) -> bool {
+    let Some(v) = line.version else {
+        return other_major;
+    };
+    if &buf[line.method.clone()] == b"PRI" && &buf[line.target.clone()] == b"*" {
+        return other_major;
+    }
+    let seen = &buf[v..buf.len().min(v + 5)];
+    if !b"HTTP/".starts_with(seen) {
+        return other_major;
+    }
+    let (major, minor) = (v + 5, v + 7);
+    // Only a request line httparse takes up to the version: the rewrite must not
+    // depend on whether bytes it refuses arrived before the version or with it.
+    if buf.len() <= major || !line_prefix_parses(&buf[..major]) {
+        return other_major;
+    }
+    if let Some(d) = buf.get_mut(major)
+        && major >= from
+        && d.is_ascii_digit()
+        && *d != b'1'
+    {
+        *d = b'1';
+        other_major = true;
+    }
+    // After a rewritten major version, its minor is rewritten whatever it is.
+    if let Some(d) = buf.get_mut(minor)
+        && minor >= from
+        && d.is_ascii_digit()
+        && (*d > b'1' || other_major)
+    {
+        *d = b'1';
+    }
+    other_major
+}
+
+/// Whether httparse takes `prefix`, the start of a request line, as far as it goes.
+fn line_prefix_parses(prefix: &[u8]) -> bool {
+    let mut req = httparse::Request::new(&mut []);
+    httparse::ParserConfig::default()
+        .parse_request(&mut req, prefix)
+        .is_ok()
+}
+
 /// hyper's rule: ASCII digits only, no sign, no list, below its largest length.
 fn content_length(v: &[u8]) -> Option<u64> {
     if v.is_empty() {
@@ -573,7 +696,7 @@ impl<T> Gate<T> {
     /// Frames the bytes just put into `buf` after `before`, keeps back what may not
     /// pass yet, and says whether anything passed.
     fn pass(&mut self, buf: &mut ReadBuf<'_>, before: usize, from_held: bool) -> bool {
-        let new = &buf.filled()[before..];
+        let new = &mut buf.filled_mut()[before..];
         let len = new.len();
         let passed = self.framer.feed(new);
         if from_held {
@@ -682,11 +805,12 @@ mod tests {
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         let mut heads: Vec<FramedHead> = Vec::new();
         for piece in input.chunks(step) {
-            let mut rest = piece;
+            let mut piece = piece.to_vec();
+            let mut rest = &mut piece[..];
             while !rest.is_empty() {
                 let n = f.feed(rest);
                 heads.extend(f.take_heads());
-                rest = &rest[n..];
+                rest = &mut rest[n..];
                 if f.is_awaiting_switch() {
                     framing.decide(false);
                     let _ = f.poll_switch(&mut cx);
@@ -748,9 +872,51 @@ GET /c HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n";
     fn a_chunk_line_hyper_refuses_stops_the_framer() {
         let mut f = Framer::new(8192, 100, true);
         let head = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
-        assert_eq!(f.feed(head), head.len());
+        assert_eq!(f.feed(&mut head.to_vec()), head.len());
         // hyper wants CRLF after a chunk size; nothing after the bare LF is handed on.
-        assert_eq!(f.feed(b"5\nhello"), 1);
+        assert_eq!(f.feed(&mut b"5\nhello".to_vec()), 1);
+        assert!(f.is_stopped());
+    }
+
+    /// What the framer hands hyper of `input` fed in pieces of `step` bytes, and the
+    /// verdicts.
+    fn handed(f: &mut Framer, input: &[u8], step: usize) -> (Vec<u8>, Vec<Option<&'static str>>) {
+        let mut out = Vec::new();
+        for piece in input.chunks(step) {
+            let mut piece = piece.to_vec();
+            let n = f.feed(&mut piece);
+            out.extend_from_slice(&piece[..n]);
+        }
+        let verdicts = f.take_heads().into_iter().map(|h| h.refusal).collect();
+        (out, verdicts)
+    }
+
+    #[test]
+    fn version_digits_are_rewritten_as_hyper_must_read_them() {
+        let cases: [(&[u8], &[u8], Option<&str>); 4] = [
+            (b"GET / HTTP/1.2\r\n\r\n", b"GET / HTTP/1.1\r\n\r\n", None),
+            (b"GET / HTTP/1.0\r\n\r\n", b"GET / HTTP/1.0\r\n\r\n", None),
+            (
+                b"GET / HTTP/2.0\r\n\r\n",
+                b"GET / HTTP/1.1\r\n\r\n",
+                Some(super::VERSION_NOT_SUPPORTED),
+            ),
+            (
+                b"\r\nGET / HTTP/0.9\r\n\r\n",
+                b"\r\nGET / HTTP/1.1\r\n\r\n",
+                Some(super::VERSION_NOT_SUPPORTED),
+            ),
+        ];
+        for (input, out, verdict) in cases {
+            for step in [1, 2, 7, input.len()] {
+                let mut f = Framer::new(8192, 100, true);
+                assert_eq!(handed(&mut f, input, step), (out.to_vec(), vec![verdict]));
+            }
+        }
+        // The HTTP/2 preface where ALPN chose HTTP/1.1 is not a request to rewrite.
+        let mut f = Framer::new(8192, 100, false);
+        let mut preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        assert_eq!(f.feed(&mut preface), 0);
         assert!(f.is_stopped());
     }
 

@@ -65,9 +65,10 @@ struct Served {
 
 /// The differential target: the same bytes go to the framer (whose heads the checks
 /// judge) and to hyper (which serves them), whole, byte by byte, and in pieces chosen
-/// by the input. Asserts that the verdicts do not depend on the segmentation, that the
-/// framer finds the message boundaries hyper finds, and that behind the gate hyper
-/// serves exactly the heads the framer framed, in order, and nothing it did not.
+/// by the input. Asserts that the verdicts and the version digits the framer rewrites
+/// do not depend on the segmentation, that the framer finds the message boundaries
+/// hyper finds in the bytes as rewritten, and that behind the gate hyper serves exactly
+/// the heads the framer framed, in order, and nothing it did not.
 pub fn request_heads(data: &[u8]) {
     let data = &data[..data.len().min(MAX_INPUT)];
     let splits = [
@@ -82,13 +83,21 @@ pub fn request_heads(data: &[u8]) {
             "framer verdicts changed with the split {s:?}"
         );
     }
-    let (heads, end) = &framed[0];
+    let (heads, end, rewritten) = &framed[0];
     let mut gated_first = None;
     for split in &splits {
-        let served = serve(data, split, false);
+        let served = serve(rewritten, split, false);
         agree(heads, *end, &served);
         let gated = serve(data, split, true);
         check_gated(heads, &gated);
+        // A version hyper does not know is refused by the service, not by hyper,
+        // wherever hyper serves the rewritten head.
+        if let Some(first) = heads.first()
+            && first.refusal == Some(crate::framing::VERSION_NOT_SUPPORTED)
+            && !served.is_empty()
+        {
+            assert!(!gated.is_empty(), "hyper did not serve {first:?}");
+        }
         match &gated_first {
             None => gated_first = Some(gated),
             Some(first) => assert_eq!(&gated, first, "gated answers changed with the split"),
@@ -111,8 +120,9 @@ fn pieces(data: &[u8], pattern: &[usize]) -> Vec<Vec<u8>> {
 }
 
 /// The framer alone; a request that may switch protocols is answered "no switch", as
-/// the servers in [`serve`] answer.
-fn frame_alone(data: &[u8], pattern: &[usize]) -> (Vec<FramedHead>, FramerEnd) {
+/// the servers in [`serve`] answer. Also returns `data` with the version digits the
+/// framer rewrote.
+fn frame_alone(data: &[u8], pattern: &[usize]) -> (Vec<FramedHead>, FramerEnd, Vec<u8>) {
     let mut framer = Framer::new(
         crate::listener::max_buf_size(MAX_HEADER_BYTES),
         MAX_HEADERS,
@@ -121,12 +131,13 @@ fn frame_alone(data: &[u8], pattern: &[usize]) -> (Vec<FramedHead>, FramerEnd) {
     let framing = framer.framing();
     let mut cx = Context::from_waker(std::task::Waker::noop());
     let mut heads: Vec<FramedHead> = Vec::new();
-    for piece in pieces(data, pattern) {
-        let mut rest = &piece[..];
+    let mut rewritten = Vec::with_capacity(data.len());
+    for mut piece in pieces(data, pattern) {
+        let mut rest = &mut piece[..];
         while !rest.is_empty() {
             let n = framer.feed(rest);
             heads.extend(framer.take_heads());
-            rest = &rest[n..];
+            rest = &mut rest[n..];
             if framer.is_awaiting_switch() {
                 // The servers in `serve` answer 200: only a CONNECT switches.
                 let connect = heads.last().is_some_and(|h| h.method == Method::CONNECT);
@@ -136,6 +147,7 @@ fn frame_alone(data: &[u8], pattern: &[usize]) -> (Vec<FramedHead>, FramerEnd) {
                 break;
             }
         }
+        rewritten.extend_from_slice(&piece);
     }
     // A request that ended the input may still wait for its answer.
     if framer.is_awaiting_switch() {
@@ -152,7 +164,7 @@ fn frame_alone(data: &[u8], pattern: &[usize]) -> (Vec<FramedHead>, FramerEnd) {
     } else {
         FramerEnd::Framing
     };
-    (heads, end)
+    (heads, end, rewritten)
 }
 
 /// The framer and hyper alone agree on every message boundary: hyper's n-th request is
@@ -189,6 +201,7 @@ fn check_gated(heads: &[FramedHead], gated: &[Served]) {
         .filter(|s| s.version <= Version::HTTP_11)
         .collect();
     assert!(gated.len() <= heads.len(), "{gated:?} vs {heads:?}");
+
     for (i, (f, s)) in heads.iter().zip(&gated).enumerate() {
         assert_ne!(s.refusal, Some("unframed-request"), "request {i}");
         assert_eq!(f.method, s.method, "request {i}");
@@ -251,7 +264,7 @@ async fn serve_on(data: &[u8], pattern: &[usize], gated: bool) -> Vec<Served> {
                 Ok(a) => a,
                 Err(reason) => {
                     return Ok::<_, std::convert::Infallible>(crate::proxy::error_response(
-                        http::StatusCode::BAD_REQUEST,
+                        crate::framing::refusal_status(reason),
                         reason,
                     ));
                 }

@@ -20,7 +20,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::framing::{Framer, Gate};
+use crate::framing::{Framer, Gate, refusal_status};
 use crate::proxy::{self, ConnInfo};
 use crate::runtime::Shared;
 use crate::tls::{ListenerCerts, server_config};
@@ -220,7 +220,7 @@ async fn serve_connection(
             let admitted = match admitted {
                 Ok(admitted) => admitted,
                 Err(reason) => {
-                    return Ok(proxy::error_response(http::StatusCode::BAD_REQUEST, reason));
+                    return Ok(proxy::error_response(refusal_status(reason), reason));
                 }
             };
             if too_many {

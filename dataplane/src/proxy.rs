@@ -54,6 +54,7 @@ pub(crate) fn error_response(status: StatusCode, reason: &'static str) -> Respon
         StatusCode::SERVICE_UNAVAILABLE => "service unavailable\n",
         StatusCode::GATEWAY_TIMEOUT => "gateway timeout\n",
         StatusCode::PAYLOAD_TOO_LARGE => "request body too large\n",
+        StatusCode::HTTP_VERSION_NOT_SUPPORTED => "http version not supported\n",
         _ => "error\n",
     };
     let mut r = Response::new(full(body));
@@ -66,10 +67,13 @@ pub(crate) fn error_response(status: StatusCode, reason: &'static str) -> Respon
     h.insert("x-portcullis-error", HeaderValue::from_static(reason));
     if matches!(
         status,
-        StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE
+        StatusCode::BAD_REQUEST
+            | StatusCode::PAYLOAD_TOO_LARGE
+            | StatusCode::HTTP_VERSION_NOT_SUPPORTED
     ) {
         // A connection that sent an ambiguous request is not trusted with another; one
-        // whose body was refused unread cannot carry another.
+        // whose body was refused unread cannot carry another; nor one of an HTTP
+        // version it does not speak.
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     r

@@ -342,3 +342,70 @@ async fn options_asterisk_reaches_an_http2_backend_intact() {
     );
     proxy.shutdown().await;
 }
+
+/// Sends `pieces` one write at a time (the proxy reads each separately) and reads the
+/// answer until the peer closes or 3 s pass. Sending stops when the proxy has closed.
+async fn raw_pieces(addr: SocketAddr, pieces: &[&[u8]]) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    for piece in pieces {
+        if s.write_all(piece).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+    }
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(3),
+        s.read_to_end(&mut out),
+    )
+    .await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// RFC 9112 section 2.3: a request with a higher HTTP/1 minor version is served as the
+/// highest minor version supported, HTTP/1.1, however the version arrives; a request of
+/// another major version on an HTTP/1 connection gets 505 (RFC 9110 section 15.6.6).
+#[tokio::test]
+async fn a_higher_http1_minor_is_served_as_1_1_and_another_major_gets_505() {
+    let b = Backend::start("b").await;
+    let proxy = Proxy::start("versions-1x", &[plain_farm(&b)]).await;
+    let resp = raw(
+        proxy.addr,
+        b"GET /one-two HTTP/1.2\r\nHost: b.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    // The minor digit in a read of its own.
+    let resp = raw_pieces(
+        proxy.addr,
+        &[
+            b"GET /one-nine HTTP/1.",
+            b"9\r\nHost: b.test\r\nConnection: close\r\n\r\n",
+        ],
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    let paths: Vec<String> = b.seen().into_iter().map(|s| s.path).collect();
+    assert_eq!(paths, ["/one-two", "/one-nine"]);
+
+    for version in ["HTTP/2.0", "HTTP/3.0", "HTTP/0.9"] {
+        let req = format!("GET /x {version}\r\nHost: b.test\r\n\r\n");
+        let resp = raw(proxy.addr, req.as_bytes()).await;
+        assert_eq!(status_of(&resp), "505", "{version}: {resp}");
+        assert!(
+            resp.to_ascii_lowercase().contains("\r\nconnection: close\r\n"),
+            "{resp}"
+        );
+    }
+    let resp = raw_pieces(
+        proxy.addr,
+        &[b"GET /x HTTP/", b"2", b".0\r\nHost: b.test\r\n\r\n"],
+    )
+    .await;
+    assert_eq!(status_of(&resp), "505", "{resp}");
+    // Not an HTTP-version at all (RFC 9112: one digit each side): still a 400.
+    let resp = raw(proxy.addr, b"GET /x HTTP/1.10\r\nHost: b.test\r\n\r\n").await;
+    assert_eq!(status_of(&resp), "400", "{resp}");
+    assert_eq!(b.seen().len(), 2, "nothing refused reached the backend");
+    proxy.shutdown().await;
+}
