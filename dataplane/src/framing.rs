@@ -21,9 +21,12 @@
 //! - After a request that may switch protocols (an `Upgrade` header or `CONNECT`), the
 //!   gate holds back further bytes until the answer is known: only a relayed `101` (or a
 //!   2xx to `CONNECT`) turns framing off; any other answer keeps the checks on.
-//! - httparse knows only HTTP/1.0 and 1.1, so the version digits hyper is handed are
-//!   rewritten as the request line arrives: a higher HTTP/1 minor version is served as
-//!   1.1 (RFC 9112 section 2.3); another major version is refused 505.
+//! - Two answers hyper cannot give are given here, from the request line as it arrives:
+//!   httparse knows only HTTP/1.0 and 1.1, so the version digits hyper is handed are
+//!   rewritten (a higher HTTP/1 minor version is served as 1.1, RFC 9112 section 2.3;
+//!   another major version is refused 505), and a request target longer than
+//!   [`MAX_TARGET`] is refused 414 (hyper would answer 431 to the whole head) by
+//!   handing hyper the target up to the limit and an end of head of our own.
 
 use std::collections::VecDeque;
 use std::io;
@@ -37,16 +40,28 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// Why a request was refused (the `x-portcullis-error` value).
 pub(crate) type Refusal = &'static str;
 
+/// A request line's target longer than this is refused (414), as ingress-nginx does by
+/// default: its `large_client_header_buffers` (8k) must hold the request line. Less
+/// where the head limit leaves no room for it (`listener::max_target`).
+pub(crate) const MAX_TARGET: usize = 8192;
+
+/// A request target over the limit.
+pub(crate) const URI_TOO_LONG: Refusal = "uri-too-long";
 /// A request line of an HTTP major version other than 1.
 pub(crate) const VERSION_NOT_SUPPORTED: Refusal = "http-version-not-supported";
 
 /// The status a refusal is answered with.
 pub(crate) fn refusal_status(reason: Refusal) -> StatusCode {
     match reason {
+        URI_TOO_LONG => StatusCode::URI_TOO_LONG,
         VERSION_NOT_SUPPORTED => StatusCode::HTTP_VERSION_NOT_SUPPORTED,
         _ => StatusCode::BAD_REQUEST,
     }
 }
+
+/// Ends the request line and head of a request whose target was cut at the limit, so
+/// that hyper serves it and the service answers 414.
+const CUT_TARGET_END: &[u8] = b" HTTP/1.1\r\n\r\n";
 
 /// The HTTP/2 connection preface; hyper-util serves HTTP/2 when a connection opens with it.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -201,9 +216,12 @@ pub(crate) struct Framer {
     head: Vec<u8>,
     max_head: usize,
     max_headers: usize,
+    max_target: usize,
     /// The head being read names an HTTP major version other than 1 (its digits were
     /// rewritten to 1.1 for hyper).
     other_major: bool,
+    /// Bytes of our own for hyper after the last framed ones (see [`CUT_TARGET_END`]).
+    tail: &'static [u8],
     /// The current message may switch protocols.
     switch: bool,
     /// ALPN chose HTTP/1.1: the HTTP/2 preface is not a way into HTTP/2.
@@ -213,10 +231,16 @@ pub(crate) struct Framer {
 
 impl Framer {
     /// A framer for a new connection; `max_head` and `max_headers` are hyper's
-    /// `max_buf_size` and `max_headers`. With `h2_preface`, a connection that opens with
-    /// the HTTP/2 preface is served as HTTP/2 (hyper-util's auto server does the same);
-    /// without (ALPN chose `http/1.1`), everything is framed as HTTP/1.
-    pub(crate) fn new(max_head: usize, max_headers: usize, h2_preface: bool) -> Self {
+    /// `max_buf_size` and `max_headers`, `max_target` the longest request target served.
+    /// With `h2_preface`, a connection that opens with the HTTP/2 preface is served as
+    /// HTTP/2 (hyper-util's auto server does the same); without (ALPN chose `http/1.1`),
+    /// everything is framed as HTTP/1.
+    pub(crate) fn new(
+        max_head: usize,
+        max_headers: usize,
+        max_target: usize,
+        h2_preface: bool,
+    ) -> Self {
         Framer {
             state: if h2_preface {
                 State::Preface
@@ -227,7 +251,9 @@ impl Framer {
             head: Vec::new(),
             max_head,
             max_headers: max_headers.max(1),
+            max_target,
             other_major: false,
+            tail: &[],
             switch: false,
             framing: Framing::default(),
         }
@@ -241,7 +267,9 @@ impl Framer {
             head: Vec::new(),
             max_head: 0,
             max_headers: 1,
+            max_target: 0,
             other_major: false,
+            tail: &[],
             switch: false,
             framing: Framing::default(),
         }
@@ -323,7 +351,24 @@ impl Framer {
         if before > 0 {
             self.head.extend_from_slice(data);
         }
-        if let Some(line) = &request_line(if before == 0 { data } else { &self.head }) {
+        let line = request_line(if before == 0 { data } else { &self.head });
+        if let Some(line) = &line
+            && line.target.len() > self.max_target
+            && let Some((cut, method)) =
+                self.cut_target(line, if before == 0 { data } else { &self.head })
+        {
+            // hyper gets the target up to the limit, then an end of head of ours.
+            self.framing.exchange.lock().heads.push_back(FramedHead {
+                method,
+                headers: 0,
+                refusal: Some(URI_TOO_LONG),
+                upgrade: false,
+            });
+            self.tail = CUT_TARGET_END;
+            self.stop();
+            return cut - before;
+        }
+        if let Some(line) = &line {
             let all: &mut [u8] = if before == 0 { data } else { &mut self.head };
             self.other_major = fix_version(all, line, before, self.other_major);
             if before > 0 {
@@ -332,9 +377,9 @@ impl Framer {
             }
         }
         let parsed = if before == 0 {
-            parse_head(data, self.max_headers)
+            parse_head(data, self.max_headers, self.max_target)
         } else {
-            parse_head(&self.head, self.max_headers)
+            parse_head(&self.head, self.max_headers, self.max_target)
         };
         let (end, judged) = match parsed {
             Parsed::Complete(end, judged) => (end, judged),
@@ -388,6 +433,31 @@ impl Framer {
             }
         }
         consumed
+    }
+
+    /// For a request target over the limit: where the head is cut for hyper (after the
+    /// target's first `max_target` bytes), and its method. `None` where httparse refuses
+    /// the bytes before the cut (hyper answers 400), or where hyper's buffer has no room
+    /// for the cut head (then hyper answers 431 before the head ends, or the service 414
+    /// after: [`judge`] refuses it too). Decided on the bytes up to the cut alone, so
+    /// whatever follows them in the same read does not change the verdict.
+    fn cut_target(&self, line: &RequestLine, head: &[u8]) -> Option<(usize, Method)> {
+        let cut = line.target.start + self.max_target;
+        if cut + CUT_TARGET_END.len() >= self.max_head
+            || matches!(
+                parse_head(&head[..cut], self.max_headers, self.max_target),
+                Parsed::Invalid
+            )
+        {
+            return None;
+        }
+        let method = Method::from_bytes(&head[line.method.clone()]).ok()?;
+        Some((cut, method))
+    }
+
+    /// Takes the bytes of our own that hyper is to read after the framed ones.
+    pub(crate) fn take_tail(&mut self) -> &'static [u8] {
+        std::mem::take(&mut self.tail)
     }
 
     fn stop(&mut self) {
@@ -459,7 +529,7 @@ enum Parsed {
 
 /// Parses a head as hyper's server does: httparse with its default configuration and
 /// room for `max_headers` headers.
-fn parse_head(buf: &[u8], max_headers: usize) -> Parsed {
+fn parse_head(buf: &[u8], max_headers: usize, max_target: usize) -> Parsed {
     let mut inline = [httparse::EMPTY_HEADER; INLINE_HEADERS];
     let mut heap = Vec::new();
     let headers = if max_headers <= INLINE_HEADERS {
@@ -470,7 +540,7 @@ fn parse_head(buf: &[u8], max_headers: usize) -> Parsed {
     };
     let mut req = httparse::Request::new(headers);
     match httparse::ParserConfig::default().parse_request(&mut req, buf) {
-        Ok(httparse::Status::Complete(end)) => Parsed::Complete(end, judge(&req)),
+        Ok(httparse::Status::Complete(end)) => Parsed::Complete(end, judge(&req, max_target)),
         Ok(httparse::Status::Partial) => Parsed::Partial,
         Err(_) => Parsed::Invalid,
     }
@@ -478,7 +548,7 @@ fn parse_head(buf: &[u8], max_headers: usize) -> Parsed {
 
 /// The checks, on what httparse parsed, and the body that follows. `None` for a head
 /// hyper refuses itself (a method it cannot represent).
-fn judge(req: &httparse::Request<'_, '_>) -> Option<(FramedHead, Body)> {
+fn judge(req: &httparse::Request<'_, '_>, max_target: usize) -> Option<(FramedHead, Body)> {
     let method = Method::from_bytes(req.method?.as_bytes()).ok()?;
     let http11 = req.version? == 1;
     let mut lengths = 0usize;
@@ -498,7 +568,9 @@ fn judge(req: &httparse::Request<'_, '_>) -> Option<(FramedHead, Body)> {
             upgrade = http11;
         }
     }
-    let refusal = if lengths > 1 {
+    let refusal = if req.path?.len() > max_target {
+        Some(URI_TOO_LONG)
+    } else if lengths > 1 {
         Some("duplicate-content-length")
     } else if lengths > 0 && te {
         Some("content-length-and-transfer-encoding")
@@ -530,6 +602,7 @@ fn judge(req: &httparse::Request<'_, '_>) -> Option<(FramedHead, Body)> {
 /// lines; one space after the method and after the target).
 struct RequestLine {
     method: std::ops::Range<usize>,
+    /// The target so far: to its end, or to the end of the bytes while it has none.
     target: std::ops::Range<usize>,
     /// Where the version begins, once the target has ended.
     version: Option<usize>,
@@ -681,6 +754,8 @@ pub(crate) struct Gate<T> {
     /// Bytes read from `inner` but held back from hyper, from `held_at` on.
     held: Vec<u8>,
     held_at: usize,
+    /// Bytes of the framer's own still to hand hyper.
+    tail: &'static [u8],
 }
 
 impl<T> Gate<T> {
@@ -690,6 +765,7 @@ impl<T> Gate<T> {
             framer,
             held: Vec::new(),
             held_at: 0,
+            tail: &[],
         }
     }
 
@@ -711,7 +787,20 @@ impl<T> Gate<T> {
             self.held_at = 0;
         }
         buf.set_filled(before + passed);
-        passed > 0
+        let tail = self.framer.take_tail();
+        if !tail.is_empty() {
+            self.tail = tail;
+        }
+        // The end of a cut head goes with its last bytes where it fits.
+        self.put_tail(buf) || passed > 0
+    }
+
+    /// Hands hyper what fits of the framer's own bytes; says whether any did.
+    fn put_tail(&mut self, buf: &mut ReadBuf<'_>) -> bool {
+        let n = buf.remaining().min(self.tail.len());
+        buf.put_slice(&self.tail[..n]);
+        self.tail = &self.tail[n..];
+        n > 0
     }
 }
 
@@ -725,6 +814,10 @@ impl<T: AsyncRead + Unpin> AsyncRead for Gate<T> {
         loop {
             if this.framer.state == State::Off && this.held.is_empty() {
                 return Pin::new(&mut this.inner).poll_read(cx, buf);
+            }
+            if !this.tail.is_empty() {
+                this.put_tail(buf);
+                return Poll::Ready(Ok(()));
             }
             if this.framer.poll_switch(cx).is_pending() {
                 return Poll::Pending;
@@ -800,7 +893,7 @@ mod tests {
     /// The verdicts of the framer alone, fed `input` in pieces of `step` bytes; a
     /// request that may switch protocols is answered "no switch".
     fn verdicts(input: &[u8], step: usize) -> Vec<Option<&'static str>> {
-        let mut f = Framer::new(8192, 100, true);
+        let mut f = Framer::new(8192, 100, 4096, true);
         let framing = f.framing();
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         let mut heads: Vec<FramedHead> = Vec::new();
@@ -870,7 +963,7 @@ GET /c HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n";
 
     #[test]
     fn a_chunk_line_hyper_refuses_stops_the_framer() {
-        let mut f = Framer::new(8192, 100, true);
+        let mut f = Framer::new(8192, 100, 4096, true);
         let head = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
         assert_eq!(f.feed(&mut head.to_vec()), head.len());
         // hyper wants CRLF after a chunk size; nothing after the bare LF is handed on.
@@ -878,14 +971,15 @@ GET /c HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n";
         assert!(f.is_stopped());
     }
 
-    /// What the framer hands hyper of `input` fed in pieces of `step` bytes, and the
-    /// verdicts.
+    /// What the framer hands hyper of `input` fed in pieces of `step` bytes, with its own
+    /// bytes after a cut head, and the verdicts.
     fn handed(f: &mut Framer, input: &[u8], step: usize) -> (Vec<u8>, Vec<Option<&'static str>>) {
         let mut out = Vec::new();
         for piece in input.chunks(step) {
             let mut piece = piece.to_vec();
             let n = f.feed(&mut piece);
             out.extend_from_slice(&piece[..n]);
+            out.extend_from_slice(f.take_tail());
         }
         let verdicts = f.take_heads().into_iter().map(|h| h.refusal).collect();
         (out, verdicts)
@@ -909,15 +1003,35 @@ GET /c HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n";
         ];
         for (input, out, verdict) in cases {
             for step in [1, 2, 7, input.len()] {
-                let mut f = Framer::new(8192, 100, true);
+                let mut f = Framer::new(8192, 100, 4096, true);
                 assert_eq!(handed(&mut f, input, step), (out.to_vec(), vec![verdict]));
             }
         }
         // The HTTP/2 preface where ALPN chose HTTP/1.1 is not a request to rewrite.
-        let mut f = Framer::new(8192, 100, false);
+        let mut f = Framer::new(8192, 100, 4096, false);
         let mut preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
         assert_eq!(f.feed(&mut preface), 0);
         assert!(f.is_stopped());
+    }
+
+    #[test]
+    fn a_target_over_the_limit_is_cut_for_hyper_where_its_buffer_has_room() {
+        let head = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(200));
+        for step in [1, 5, head.len()] {
+            let mut f = Framer::new(8192, 100, 100, true);
+            let (out, verdicts) = handed(&mut f, head.as_bytes(), step);
+            let cut = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(99));
+            assert_eq!(String::from_utf8(out).unwrap(), cut, "step {step}");
+            assert_eq!(verdicts, [Some(super::URI_TOO_LONG)]);
+            assert!(f.is_stopped());
+        }
+        // No room in hyper's buffer for the cut head: the whole head is refused when it
+        // ends (hyper answers 431 first to a longer one).
+        let mut f = Framer::new(8192, 100, 8180, true);
+        let long = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(8185));
+        let (out, verdicts) = handed(&mut f, long.as_bytes(), 1000);
+        assert_eq!(out, long.as_bytes());
+        assert_eq!(verdicts, [Some(super::URI_TOO_LONG)]);
     }
 
     proptest! {

@@ -54,6 +54,7 @@ pub(crate) fn error_response(status: StatusCode, reason: &'static str) -> Respon
         StatusCode::SERVICE_UNAVAILABLE => "service unavailable\n",
         StatusCode::GATEWAY_TIMEOUT => "gateway timeout\n",
         StatusCode::PAYLOAD_TOO_LARGE => "request body too large\n",
+        StatusCode::URI_TOO_LONG => "request target too long\n",
         StatusCode::HTTP_VERSION_NOT_SUPPORTED => "http version not supported\n",
         _ => "error\n",
     };
@@ -69,11 +70,12 @@ pub(crate) fn error_response(status: StatusCode, reason: &'static str) -> Respon
         status,
         StatusCode::BAD_REQUEST
             | StatusCode::PAYLOAD_TOO_LARGE
+            | StatusCode::URI_TOO_LONG
             | StatusCode::HTTP_VERSION_NOT_SUPPORTED
     ) {
         // A connection that sent an ambiguous request is not trusted with another; one
         // whose body was refused unread cannot carry another; nor one of an HTTP
-        // version it does not speak.
+        // version it does not speak, or whose head was cut at its target (414).
         h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     r

@@ -354,11 +354,7 @@ async fn raw_pieces(addr: SocketAddr, pieces: &[&[u8]]) -> String {
         tokio::time::sleep(std::time::Duration::from_millis(30)).await;
     }
     let mut out = Vec::new();
-    let _ = tokio::time::timeout(
-        std::time::Duration::from_secs(3),
-        s.read_to_end(&mut out),
-    )
-    .await;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(3), s.read_to_end(&mut out)).await;
     String::from_utf8_lossy(&out).into_owned()
 }
 
@@ -393,7 +389,8 @@ async fn a_higher_http1_minor_is_served_as_1_1_and_another_major_gets_505() {
         let resp = raw(proxy.addr, req.as_bytes()).await;
         assert_eq!(status_of(&resp), "505", "{version}: {resp}");
         assert!(
-            resp.to_ascii_lowercase().contains("\r\nconnection: close\r\n"),
+            resp.to_ascii_lowercase()
+                .contains("\r\nconnection: close\r\n"),
             "{resp}"
         );
     }
@@ -407,5 +404,64 @@ async fn a_higher_http1_minor_is_served_as_1_1_and_another_major_gets_505() {
     let resp = raw(proxy.addr, b"GET /x HTTP/1.10\r\nHost: b.test\r\n\r\n").await;
     assert_eq!(status_of(&resp), "400", "{resp}");
     assert_eq!(b.seen().len(), 2, "nothing refused reached the backend");
+    proxy.shutdown().await;
+}
+
+/// RFC 9110 section 15.5.15: a request target longer than the proxy serves (8 KiB, as
+/// ingress-nginx's default `large_client_header_buffers`) gets 414, whether or not the
+/// whole head would fit the head limit; an oversized header section still gets 431.
+#[tokio::test]
+async fn an_over_long_target_gets_414_and_an_over_long_head_431() {
+    let b = Backend::start("b").await;
+    let proxy = Proxy::start("uri-too-long", &[plain_farm(&b)]).await;
+    let at_limit = format!("/{}", "a".repeat(8191));
+    let req = format!("GET {at_limit} HTTP/1.1\r\nHost: b.test\r\nConnection: close\r\n\r\n");
+    let resp = raw(proxy.addr, req.as_bytes()).await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    for len in [8193, 40_000, 100_000] {
+        let target = format!("/{}", "a".repeat(len - 1));
+        let req = format!("GET {target} HTTP/1.1\r\nHost: b.test\r\n\r\n");
+        let resp = raw(proxy.addr, req.as_bytes()).await;
+        assert_eq!(
+            status_of(&resp),
+            "414",
+            "{len}: {}",
+            &resp[..resp.len().min(200)]
+        );
+        assert!(
+            resp.to_ascii_lowercase()
+                .contains("\r\nconnection: close\r\n"),
+            "{resp}"
+        );
+        // The target trickling in.
+        let mut pieces: Vec<&[u8]> = vec![b"GET "];
+        pieces.extend(target.as_bytes().chunks(3000));
+        pieces.push(b" HTTP/1.1\r\nHost: b.test\r\n\r\n");
+        let resp = raw_pieces(proxy.addr, &pieces).await;
+        assert_eq!(
+            status_of(&resp),
+            "414",
+            "{len}: {}",
+            &resp[..resp.len().min(200)]
+        );
+    }
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: b.test\r\nx-big: {}\r\n\r\n",
+        "a".repeat(40_000)
+    );
+    let resp = raw(proxy.addr, big.as_bytes()).await;
+    assert_eq!(status_of(&resp), "431", "{resp}");
+    assert_eq!(b.seen().len(), 1);
+    // HTTP/2 has the same limit.
+    let mut send = h2(proxy.addr).await;
+    for (len, status) in [(8192, 200), (8193, 414)] {
+        let req = http::Request::get(format!("http://b.test/{}", "a".repeat(len - 1)))
+            .body(Empty::new())
+            .unwrap();
+        let resp = send.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), status, "HTTP/2, {len}");
+        let _ = resp.into_body().collect().await;
+    }
+    assert_eq!(b.seen().len(), 2);
     proxy.shutdown().await;
 }
