@@ -226,6 +226,8 @@ pub(crate) struct Framer {
     switch: bool,
     /// ALPN chose HTTP/1.1: the HTTP/2 preface is not a way into HTTP/2.
     h1_only: bool,
+    /// ALPN chose HTTP/2: anything but the preface is not a way into HTTP/1.
+    h2_only: bool,
     framing: Framing,
 }
 
@@ -248,6 +250,7 @@ impl Framer {
                 State::Head
             },
             h1_only: !h2_preface,
+            h2_only: false,
             head: Vec::new(),
             max_head,
             max_headers: max_headers.max(1),
@@ -259,11 +262,16 @@ impl Framer {
         }
     }
 
-    /// A framer that reads nothing (HTTP/2 negotiated with ALPN).
-    pub(crate) fn off() -> Self {
+    /// A framer for a connection that negotiated HTTP/2 with ALPN: it reads the preface
+    /// and nothing after it, and a connection that opens with anything else fails
+    /// (RFC 9113 section 3.4). hyper-util's `serve_connection_with_upgrades` sniffs for
+    /// the preface whatever `http2_only` says, and would serve anything else as
+    /// HTTP/1.1.
+    pub(crate) fn h2_only() -> Self {
         Framer {
-            state: State::Off,
+            state: State::Preface,
             h1_only: false,
+            h2_only: true,
             head: Vec::new(),
             max_head: 0,
             max_headers: 1,
@@ -339,6 +347,11 @@ impl Framer {
                 self.state = State::Off;
             }
             return take;
+        }
+        if self.h2_only {
+            self.head = Vec::new();
+            self.state = State::Broken;
+            return 0;
         }
         // HTTP/1: the bytes kept so far start the first head.
         self.state = State::Head;

@@ -203,7 +203,7 @@ async fn serve_connection(
     };
     let target_limit = max_target(max_buf_size(max_header_bytes));
     let framer = if h2 {
-        Framer::off()
+        Framer::h2_only()
     } else {
         Framer::new(
             max_buf_size(max_header_bytes),

@@ -182,3 +182,42 @@ async fn an_h2_preface_after_alpn_http11_is_not_served_as_h2() {
     assert!(a.seen().is_empty());
     proxy.shutdown().await;
 }
+
+/// RFC 9113 section 3.4: a client that negotiated `h2` by ALPN must open with the
+/// connection preface; anything else is a connection error, and the connection is
+/// closed. It is not served as HTTP/1.1 (h2spec, section 3.5 case 2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anything_but_the_preface_after_alpn_h2_closes_the_connection() {
+    let a = Backend::start("a").await;
+    let dir = TempDir::new("tls-alpn-h2");
+    let pki = Pki {
+        a: write_cert(&dir, "cert-a", "a.test"),
+        b: write_cert(&dir, "cert-b", "b.test"),
+    };
+    let https = |port| array_yaml(&[("tls", port, "HTTPS", Some("cert-a"))]);
+    let proxy = Proxy::start_in(dir, https, &[plain_farm(&a)]).await;
+    for opening in [
+        &b"INVALID CONNECTION PREFACE\r\n\r\n"[..],
+        b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n",
+    ] {
+        let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+        let mut tls = client(&pki, &[b"h2"], &[&rustls::version::TLS13])
+            .connect(ServerName::try_from("a.test").unwrap(), tcp)
+            .await
+            .unwrap();
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        tls.write_all(opening).await.unwrap();
+        let mut out = Vec::new();
+        let closed =
+            tokio::time::timeout(std::time::Duration::from_secs(3), tls.read_to_end(&mut out))
+                .await;
+        assert!(closed.is_ok(), "the connection stayed open");
+        assert!(
+            out.is_empty(),
+            "answered: {:?}",
+            String::from_utf8_lossy(&out)
+        );
+    }
+    assert!(a.seen().is_empty());
+    proxy.shutdown().await;
+}
