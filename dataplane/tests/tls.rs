@@ -16,15 +16,6 @@ struct Pki {
     b: CertificateDer<'static>,
 }
 
-fn write_cert(dir: &TempDir, secret: &str, host: &str) -> CertificateDer<'static> {
-    let ck = rcgen::generate_simple_self_signed(vec![host.to_owned()]).unwrap();
-    let base = dir.path().join("certs").join(secret);
-    std::fs::create_dir_all(&base).unwrap();
-    std::fs::write(base.join("tls.crt"), ck.cert.pem()).unwrap();
-    std::fs::write(base.join("tls.key"), ck.signing_key.serialize_pem()).unwrap();
-    ck.cert.der().clone()
-}
-
 fn client(
     pki: &Pki,
     alpn: &[&[u8]],

@@ -309,6 +309,21 @@ impl TempDir {
     }
 }
 
+/// Writes a self-signed certificate for `host` as the TLS Secret `secret` under `dir`'s
+/// `certs/` (where local mode looks); returns it.
+pub fn write_cert(
+    dir: &TempDir,
+    secret: &str,
+    host: &str,
+) -> rustls::pki_types::CertificateDer<'static> {
+    let ck = rcgen::generate_simple_self_signed(vec![host.to_owned()]).unwrap();
+    let base = dir.path().join("certs").join(secret);
+    std::fs::create_dir_all(&base).unwrap();
+    std::fs::write(base.join("tls.crt"), ck.cert.pem()).unwrap();
+    std::fs::write(base.join("tls.key"), ck.signing_key.serialize_pem()).unwrap();
+    ck.cert.der().clone()
+}
+
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
