@@ -30,10 +30,11 @@ use portcullis_crds::config::{
 };
 use sha2::{Digest, Sha256};
 
+use crate::error::ProxyError;
 use crate::extauth::{ExternalAuth, Verdict};
 use crate::htpasswd::Htpasswd;
 use crate::metrics::FarmReason;
-use crate::proxy::{BoxError, ConnInfo, RespBody, error_response};
+use crate::proxy::{BoxError, ConnInfo, RespBody};
 use crate::ratelimit::{InFlightGuard, Limited, RateLimiter};
 use crate::runtime::Shared;
 use crate::snapshot::Snapshot;
@@ -259,13 +260,13 @@ pub(crate) async fn admit<B>(
     let Some(access) = snapshot.access.get(farm) else {
         return Ok(Admitted::default());
     };
-    let refused = |reason: &'static str, resp: Response<RespBody>| {
+    let refused = |error: ProxyError, resp: Response<RespBody>| {
         shared
             .metrics
             .access_refused
             .get_or_create(&FarmReason {
                 farm: farm.to_owned(),
-                reason,
+                reason: error.label(),
             })
             .inc();
         resp
@@ -275,26 +276,24 @@ pub(crate) async fn admit<B>(
     if let Some(ranges) = &access.cfg.source_ranges
         && !ranges.admits(client)
     {
-        return Err(refused(
-            "source-range",
-            error_response(StatusCode::FORBIDDEN, "source-range"),
-        ));
+        let error = ProxyError::SourceRange;
+        return Err(refused(error, error.response()));
     }
     let mut admitted = Admitted::default();
     if let (Some(limiter), Some(cfg)) = (&access.limiter, &access.cfg.rate_limit) {
         match limiter.take(client, Instant::now()) {
             Ok(guard) => admitted.in_flight = Some(guard),
             Err(limited) => {
-                let status =
-                    StatusCode::from_u16(cfg.status_code).unwrap_or(StatusCode::TOO_MANY_REQUESTS);
-                let mut resp = error_response(status, limited.reason());
+                let error = limited.error();
+                let status = StatusCode::from_u16(cfg.status_code).unwrap_or(error.status());
+                let mut resp = error.response_with(status);
                 let retry = match limited {
                     Limited::Rate(wait) => wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
                     Limited::Connections | Limited::Full => 1,
                 };
                 resp.headers_mut()
                     .insert(http::header::RETRY_AFTER, HeaderValue::from(retry.max(1)));
-                return Err(refused(limited.reason(), resp));
+                return Err(refused(error, resp));
             }
         }
     }
@@ -318,10 +317,11 @@ pub(crate) async fn admit<B>(
     if let Some(basic) = &access.basic_auth
         && !basic.admits(req.headers()).await
     {
-        let mut resp = error_response(StatusCode::UNAUTHORIZED, "basic-auth");
+        let error = ProxyError::BasicAuth;
+        let mut resp = error.response();
         resp.headers_mut()
             .insert(http::header::WWW_AUTHENTICATE, basic.challenge.clone());
-        return Err(refused("basic-auth", resp));
+        return Err(refused(error, resp));
     }
     if let Some(external) = &access.external_auth {
         match external.check(req, client, conn.tls).await {

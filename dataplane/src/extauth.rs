@@ -22,8 +22,9 @@ use portcullis_crds::config::{
 };
 use rustls::ClientConfig;
 
+use crate::error::ProxyError;
 use crate::pool::connect_io;
-use crate::proxy::{RespBody, error_response};
+use crate::proxy::RespBody;
 use crate::source::SourceError;
 
 /// The longest a subrequest may take, connect to end of answer; beyond it the client
@@ -77,7 +78,14 @@ pub(crate) enum Verdict {
     /// Go on, with these headers set on the request.
     Allow(Vec<(HeaderName, Option<HeaderValue>)>),
     /// The proxy's answer to the client, and the reason for the metric.
-    Refuse(Response<RespBody>, &'static str),
+    Refuse(Response<RespBody>, ProxyError),
+}
+
+impl Verdict {
+    /// The proxy's own answer for `error`.
+    fn refuse(error: ProxyError) -> Verdict {
+        Verdict::Refuse(error.response(), error)
+    }
 }
 
 impl ExternalAuth {
@@ -125,11 +133,11 @@ impl ExternalAuth {
             Ok(Ok(a)) => a,
             Ok(Err(why)) => {
                 tracing::warn!(url = %self.cfg.url, error = why, "external auth failed");
-                return self.refuse_error("external-auth-error");
+                return Verdict::refuse(ProxyError::ExternalAuthError);
             }
             Err(_) => {
                 tracing::warn!(url = %self.cfg.url, "external auth timed out");
-                return self.refuse_error("external-auth-timeout");
+                return Verdict::refuse(ProxyError::ExternalAuthTimeout);
             }
         };
         let (status, headers) = answer;
@@ -151,36 +159,31 @@ impl ExternalAuth {
                 Some(signin) => {
                     let sep = if signin.contains('?') { '&' } else { '?' };
                     let location = format!("{signin}{sep}rd={}", percent_encode(&original));
-                    let mut resp = error_response(StatusCode::FOUND, "external-auth-signin");
+                    let mut resp = ProxyError::ExternalAuthSignin.response();
                     if let Ok(v) = HeaderValue::from_str(&location) {
                         resp.headers_mut().insert(header::LOCATION, v);
                     }
-                    Verdict::Refuse(resp, "external-auth")
+                    // Counted as a refusal, whatever the client is told to do next.
+                    Verdict::Refuse(resp, ProxyError::ExternalAuth)
                 }
                 None => {
-                    let mut resp = error_response(status, "external-auth");
+                    let mut resp = ProxyError::ExternalAuth.response_with(status);
                     for v in headers.get_all(header::WWW_AUTHENTICATE) {
                         resp.headers_mut()
                             .append(header::WWW_AUTHENTICATE, v.clone());
                     }
-                    Verdict::Refuse(resp, "external-auth")
+                    Verdict::Refuse(resp, ProxyError::ExternalAuth)
                 }
             },
-            StatusCode::FORBIDDEN => {
-                Verdict::Refuse(error_response(status, "external-auth"), "external-auth")
-            }
+            StatusCode::FORBIDDEN => Verdict::Refuse(
+                ProxyError::ExternalAuth.response(),
+                ProxyError::ExternalAuth,
+            ),
             other => {
                 tracing::warn!(url = %self.cfg.url, status = other.as_u16(), "external auth answered neither 2xx, 401 nor 403");
-                self.refuse_error("external-auth-error")
+                Verdict::refuse(ProxyError::ExternalAuthError)
             }
         }
-    }
-
-    fn refuse_error(&self, reason: &'static str) -> Verdict {
-        Verdict::Refuse(
-            error_response(StatusCode::INTERNAL_SERVER_ERROR, reason),
-            reason,
-        )
     }
 
     fn subrequest<B>(
@@ -266,7 +269,7 @@ impl ExternalAuth {
         let identity = EndpointIdentity::new(addr, tls, UpstreamProtocol::Http1);
         let io = connect_io(&identity, self.tls.clone())
             .await
-            .map_err(|e| e.reason())?;
+            .map_err(|e| ProxyError::from(&e).label())?;
         let (sender, conn) = http1::handshake(TokioIo::new(io))
             .await
             .map_err(|_| "handshake failed")?;

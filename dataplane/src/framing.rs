@@ -37,27 +37,12 @@ use std::task::{Context, Poll, Waker};
 use http::{Method, StatusCode, Version};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Why a request was refused (the `x-portcullis-error` value).
-pub(crate) type Refusal = &'static str;
+use crate::error::ProxyError;
 
 /// A request line's target longer than this is refused (414), as ingress-nginx does by
 /// default: its `large_client_header_buffers` (8k) must hold the request line. Less
 /// where the head limit leaves no room for it (`listener::max_target`).
 pub(crate) const MAX_TARGET: usize = 8192;
-
-/// A request target over the limit.
-pub(crate) const URI_TOO_LONG: Refusal = "uri-too-long";
-/// A request line of an HTTP major version other than 1.
-pub(crate) const VERSION_NOT_SUPPORTED: Refusal = "http-version-not-supported";
-
-/// The status a refusal is answered with.
-pub(crate) fn refusal_status(reason: Refusal) -> StatusCode {
-    match reason {
-        URI_TOO_LONG => StatusCode::URI_TOO_LONG,
-        VERSION_NOT_SUPPORTED => StatusCode::HTTP_VERSION_NOT_SUPPORTED,
-        _ => StatusCode::BAD_REQUEST,
-    }
-}
 
 /// Ends the request line and head of a request whose target was cut at the limit, so
 /// that hyper serves it and the service answers 414.
@@ -77,7 +62,7 @@ pub struct FramedHead {
     /// How many header lines the head has.
     pub headers: usize,
     /// Why the checks refuse it, if they do.
-    pub refusal: Option<Refusal>,
+    pub refusal: Option<ProxyError>,
     /// Whether the request may switch protocols (hyper's rule: `CONNECT`, or an
     /// `Upgrade` header on HTTP/1.1).
     pub upgrade: bool,
@@ -137,14 +122,14 @@ impl Framing {
     }
 
     /// Takes the framed head of the next request hyper serves and applies the checks.
-    pub(crate) fn admit(&self, method: &Method, version: Version) -> Result<Admitted, Refusal> {
+    pub(crate) fn admit(&self, method: &Method, version: Version) -> Result<Admitted, ProxyError> {
         // HTTP/2 frames its own messages; this framer only ever sees HTTP/1 heads.
         if version > Version::HTTP_11 {
             return Ok(Admitted::default());
         }
         let head = self.exchange.lock().heads.pop_front();
         let Some(head) = head else {
-            return Err("unframed-request");
+            return Err(ProxyError::UnframedRequest);
         };
         let watch = head.upgrade.then(|| self.clone());
         let admitted = Admitted {
@@ -152,7 +137,7 @@ impl Framing {
             method_connect: head.method == Method::CONNECT,
         };
         if head.method != *method {
-            return Err("unframed-request");
+            return Err(ProxyError::UnframedRequest);
         }
         match head.refusal {
             // Dropping `admitted` answers "no switch".
@@ -374,7 +359,7 @@ impl Framer {
             self.framing.exchange.lock().heads.push_back(FramedHead {
                 method,
                 headers: 0,
-                refusal: Some(URI_TOO_LONG),
+                refusal: Some(ProxyError::UriTooLong),
                 upgrade: false,
             });
             self.tail = CUT_TARGET_END;
@@ -431,7 +416,7 @@ impl Framer {
             return consumed;
         };
         if std::mem::take(&mut self.other_major) {
-            head.refusal = Some(VERSION_NOT_SUPPORTED);
+            head.refusal = Some(ProxyError::HttpVersionNotSupported);
         }
         self.switch = head.upgrade;
         let refused = head.refusal.is_some();
@@ -582,15 +567,15 @@ fn judge(req: &httparse::Request<'_, '_>, max_target: usize) -> Option<(FramedHe
         }
     }
     let refusal = if req.path?.len() > max_target {
-        Some(URI_TOO_LONG)
+        Some(ProxyError::UriTooLong)
     } else if lengths > 1 {
-        Some("duplicate-content-length")
+        Some(ProxyError::DuplicateContentLength)
     } else if lengths > 0 && te {
-        Some("content-length-and-transfer-encoding")
+        Some(ProxyError::ContentLengthAndTransferEncoding)
     } else if te && (!http11 || !chunked) {
-        Some("bad-transfer-encoding")
+        Some(ProxyError::BadTransferEncoding)
     } else if lengths == 1 && length.is_none() {
-        Some("bad-content-length")
+        Some(ProxyError::BadContentLength)
     } else {
         None
     };
@@ -901,11 +886,11 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Gate<T> {
 mod tests {
     use proptest::prelude::*;
 
-    use super::{FramedHead, Framer};
+    use super::{FramedHead, Framer, ProxyError};
 
     /// The verdicts of the framer alone, fed `input` in pieces of `step` bytes; a
     /// request that may switch protocols is answered "no switch".
-    fn verdicts(input: &[u8], step: usize) -> Vec<Option<&'static str>> {
+    fn verdicts(input: &[u8], step: usize) -> Vec<Option<ProxyError>> {
         let mut f = Framer::new(8192, 100, 4096, true);
         let framing = f.framing();
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
@@ -936,14 +921,14 @@ GET /c HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n";
         for step in [1, 3, 7, stream.len()] {
             assert_eq!(
                 verdicts(stream, step),
-                vec![None, None, Some("duplicate-content-length")],
+                vec![None, None, Some(ProxyError::DuplicateContentLength)],
                 "step {step}"
             );
         }
         let smuggle = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n";
         assert_eq!(
             verdicts(smuggle, 5),
-            vec![Some("content-length-and-transfer-encoding")]
+            vec![Some(ProxyError::ContentLengthAndTransferEncoding)]
         );
     }
 
@@ -961,7 +946,7 @@ GET /c HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n";
                 let got = verdicts(&stream, step);
                 assert_eq!(
                     got.last(),
-                    Some(&Some("duplicate-content-length")),
+                    Some(&Some(ProxyError::DuplicateContentLength)),
                     "step {step}"
                 );
             }
@@ -986,7 +971,7 @@ GET /c HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n";
 
     /// What the framer hands hyper of `input` fed in pieces of `step` bytes, with its own
     /// bytes after a cut head, and the verdicts.
-    fn handed(f: &mut Framer, input: &[u8], step: usize) -> (Vec<u8>, Vec<Option<&'static str>>) {
+    fn handed(f: &mut Framer, input: &[u8], step: usize) -> (Vec<u8>, Vec<Option<ProxyError>>) {
         let mut out = Vec::new();
         for piece in input.chunks(step) {
             let mut piece = piece.to_vec();
@@ -1000,18 +985,18 @@ GET /c HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n";
 
     #[test]
     fn version_digits_are_rewritten_as_hyper_must_read_them() {
-        let cases: [(&[u8], &[u8], Option<&str>); 4] = [
+        let cases: [(&[u8], &[u8], Option<ProxyError>); 4] = [
             (b"GET / HTTP/1.2\r\n\r\n", b"GET / HTTP/1.1\r\n\r\n", None),
             (b"GET / HTTP/1.0\r\n\r\n", b"GET / HTTP/1.0\r\n\r\n", None),
             (
                 b"GET / HTTP/2.0\r\n\r\n",
                 b"GET / HTTP/1.1\r\n\r\n",
-                Some(super::VERSION_NOT_SUPPORTED),
+                Some(ProxyError::HttpVersionNotSupported),
             ),
             (
                 b"\r\nGET / HTTP/0.9\r\n\r\n",
                 b"\r\nGET / HTTP/1.1\r\n\r\n",
-                Some(super::VERSION_NOT_SUPPORTED),
+                Some(ProxyError::HttpVersionNotSupported),
             ),
         ];
         for (input, out, verdict) in cases {
@@ -1035,7 +1020,7 @@ GET /c HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n";
             let (out, verdicts) = handed(&mut f, head.as_bytes(), step);
             let cut = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(99));
             assert_eq!(String::from_utf8(out).unwrap(), cut, "step {step}");
-            assert_eq!(verdicts, [Some(super::URI_TOO_LONG)]);
+            assert_eq!(verdicts, [Some(ProxyError::UriTooLong)]);
             assert!(f.is_stopped());
         }
         // No room in hyper's buffer for the cut head: the whole head is refused when it
@@ -1044,7 +1029,7 @@ GET /c HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n";
         let long = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(8185));
         let (out, verdicts) = handed(&mut f, long.as_bytes(), 1000);
         assert_eq!(out, long.as_bytes());
-        assert_eq!(verdicts, [Some(super::URI_TOO_LONG)]);
+        assert_eq!(verdicts, [Some(ProxyError::UriTooLong)]);
     }
 
     proptest! {

@@ -25,6 +25,7 @@ use portcullis_crds::config::{
 use portcullis_crds::keyring::{KeyState, KeyringDoc};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::error::ProxyError;
 use crate::framing::{FramedHead, Framer, Gate};
 use crate::session::{RequestSession, SEALED_NAME_PREFIX, SessionManager};
 
@@ -62,7 +63,7 @@ struct Served {
     /// Header lines as hyper kept them.
     headers: usize,
     /// With the gate: why the checks refused it.
-    refusal: Option<&'static str>,
+    refusal: Option<ProxyError>,
 }
 
 /// The differential target: the same bytes go to the framer (whose heads the checks
@@ -98,7 +99,7 @@ pub fn request_heads(data: &[u8]) {
         if let Some(first) = heads.first()
             && matches!(
                 first.refusal,
-                Some(crate::framing::URI_TOO_LONG | crate::framing::VERSION_NOT_SUPPORTED)
+                Some(ProxyError::UriTooLong | ProxyError::HttpVersionNotSupported)
             )
             && !served.is_empty()
         {
@@ -210,7 +211,7 @@ fn check_gated(heads: &[FramedHead], gated: &[Served]) {
     assert!(gated.len() <= heads.len(), "{gated:?} vs {heads:?}");
 
     for (i, (f, s)) in heads.iter().zip(&gated).enumerate() {
-        assert_ne!(s.refusal, Some("unframed-request"), "request {i}");
+        assert_ne!(s.refusal, Some(ProxyError::UnframedRequest), "request {i}");
         assert_eq!(f.method, s.method, "request {i}");
         assert_eq!(f.refusal, s.refusal, "request {i}");
         if f.refusal.is_some() {
@@ -270,11 +271,8 @@ async fn serve_on(data: &[u8], pattern: &[usize], gated: bool) -> Vec<Served> {
         async move {
             let admitted = match admitted {
                 Ok(a) => a,
-                Err(reason) => {
-                    return Ok::<_, std::convert::Infallible>(crate::proxy::error_response(
-                        crate::framing::refusal_status(reason),
-                        reason,
-                    ));
+                Err(error) => {
+                    return Ok::<_, std::convert::Infallible>(error.response());
                 }
             };
             let mut body = req.into_body();

@@ -3,26 +3,25 @@
 use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use http::{HeaderMap, Method, Request, Version};
 
-/// Why a request was refused (the `x-portcullis-error` value).
-pub(crate) type Refusal = &'static str;
+use crate::error::ProxyError;
 
 /// Checks framing headers, header values and the request target.
-pub(crate) fn check<B>(req: &Request<B>, upgrade: bool) -> Result<(), Refusal> {
+pub(crate) fn check<B>(req: &Request<B>, upgrade: bool) -> Result<(), ProxyError> {
     check_headers(req.headers())?;
     if req.method() == Method::CONNECT && !upgrade {
-        return Err("bad-request-target");
+        return Err(ProxyError::BadRequestTarget);
     }
     let uri = req.uri();
     // RFC 9112 section 3.2: more than one Host, or a Host that is no host, is a 400.
     let mut hosts = req.headers().get_all(HOST).iter();
     let host = hosts.next();
     if hosts.next().is_some() {
-        return Err("duplicate-host");
+        return Err(ProxyError::DuplicateHost);
     }
     if let Some(h) = host
         && !is_host(h.as_bytes())
     {
-        return Err("bad-host");
+        return Err(ProxyError::BadHost);
     }
     if req.version() <= Version::HTTP_11 {
         // The absolute form (`GET http://host/path`) must be accepted (RFC 9112 section
@@ -33,7 +32,7 @@ pub(crate) fn check<B>(req: &Request<B>, upgrade: bool) -> Result<(), Refusal> {
                 .authority()
                 .is_some_and(|a| is_host(a.as_str().as_bytes()));
             if !scheme_ok || !authority_ok {
-                return Err("bad-request-target");
+                return Err(ProxyError::BadRequestTarget);
             }
         }
     } else if req.headers().values().any(|v| {
@@ -46,18 +45,18 @@ pub(crate) fn check<B>(req: &Request<B>, upgrade: bool) -> Result<(), Refusal> {
     }) {
         // RFC 9113 section 8.2.1: an HTTP/2 field value with leading or trailing
         // whitespace is malformed.
-        return Err("bad-header-value");
+        return Err(ProxyError::BadHeaderValue);
     } else if let (Some(a), Some(h)) = (uri.authority(), host)
         && !a.as_str().eq_ignore_ascii_case(h.to_str().unwrap_or(""))
     {
         // RFC 9113 section 8.3.1: `:authority` and `host` must agree.
-        return Err("authority-host-mismatch");
+        return Err(ProxyError::AuthorityHostMismatch);
     }
     match uri.path_and_query().map(|pq| pq.as_str()) {
         // The asterisk form is for OPTIONS only (RFC 9112 section 3.2.4).
         Some("*") if req.method() == Method::OPTIONS => return Ok(()),
         Some(pq) if pq.starts_with('/') => {}
-        _ => return Err("bad-request-target"),
+        _ => return Err(ProxyError::BadRequestTarget),
     }
     check_path(uri.path())
 }
@@ -121,10 +120,10 @@ fn is_host(v: &[u8]) -> bool {
     host_ok && port_ok
 }
 
-fn check_headers(h: &HeaderMap) -> Result<(), Refusal> {
+fn check_headers(h: &HeaderMap) -> Result<(), ProxyError> {
     let cl = h.get_all(CONTENT_LENGTH).iter().count();
     if cl > 1 {
-        return Err("duplicate-content-length");
+        return Err(ProxyError::DuplicateContentLength);
     }
     if cl == 1 {
         let v = h
@@ -132,18 +131,18 @@ fn check_headers(h: &HeaderMap) -> Result<(), Refusal> {
             .map(|v| v.as_bytes())
             .unwrap_or_default();
         if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
-            return Err("bad-content-length");
+            return Err(ProxyError::BadContentLength);
         }
     }
     if cl > 0 && h.contains_key(TRANSFER_ENCODING) {
-        return Err("content-length-and-transfer-encoding");
+        return Err(ProxyError::ContentLengthAndTransferEncoding);
     }
     for v in h.values() {
         if v.as_bytes()
             .iter()
             .any(|b| (*b < 0x20 && *b != b'\t') || *b == 0x7f)
         {
-            return Err("bad-header-value");
+            return Err(ProxyError::BadHeaderValue);
         }
     }
     Ok(())
@@ -151,41 +150,41 @@ fn check_headers(h: &HeaderMap) -> Result<(), Refusal> {
 
 /// Refuses encoded slashes, backslashes and dots, dot segments, empty segments and
 /// broken percent-encoding.
-pub(crate) fn check_path(path: &str) -> Result<(), Refusal> {
+pub(crate) fn check_path(path: &str) -> Result<(), ProxyError> {
     let b = path.as_bytes();
     if b.first() != Some(&b'/') {
-        return Err("bad-path");
+        return Err(ProxyError::BadPath);
     }
     let mut i = 0;
     while i < b.len() {
         match b[i] {
-            b'\\' => return Err("bad-path"),
+            b'\\' => return Err(ProxyError::BadPath),
             b'%' => {
                 let (Some(h), Some(l)) = (b.get(i + 1), b.get(i + 2)) else {
-                    return Err("bad-path");
+                    return Err(ProxyError::BadPath);
                 };
                 if !h.is_ascii_hexdigit() || !l.is_ascii_hexdigit() {
-                    return Err("bad-path");
+                    return Err(ProxyError::BadPath);
                 }
                 let byte = (hex(*h) << 4) | hex(*l);
                 if matches!(byte, b'/' | b'\\' | b'.') || byte < 0x20 || byte == 0x7f {
-                    return Err("bad-path");
+                    return Err(ProxyError::BadPath);
                 }
                 i += 3;
                 continue;
             }
-            c if c < 0x20 || c == 0x7f => return Err("bad-path"),
+            c if c < 0x20 || c == 0x7f => return Err(ProxyError::BadPath),
             _ => {}
         }
         i += 1;
     }
     for seg in path[1..].split('/') {
         if seg == "." || seg == ".." {
-            return Err("bad-path");
+            return Err(ProxyError::BadPath);
         }
     }
     if path.contains("//") {
-        return Err("bad-path");
+        return Err(ProxyError::BadPath);
     }
     Ok(())
 }

@@ -10,6 +10,7 @@ mod balance;
 mod bind;
 mod canary;
 pub mod cluster;
+mod error;
 mod extauth;
 mod filters;
 mod framing;

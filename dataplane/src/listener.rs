@@ -20,7 +20,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
-use crate::framing::{Framer, Gate, MAX_TARGET, URI_TOO_LONG, refusal_status};
+use crate::error::ProxyError;
+use crate::framing::{Framer, Gate, MAX_TARGET};
 use crate::proxy::{self, ConnInfo};
 use crate::runtime::Shared;
 use crate::tls::{ListenerCerts, server_config};
@@ -229,21 +230,13 @@ async fn serve_connection(
         async move {
             let admitted = match admitted {
                 Ok(admitted) => admitted,
-                Err(reason) => {
-                    return Ok(proxy::error_response(refusal_status(reason), reason));
-                }
+                Err(error) => return Ok(error.response()),
             };
             if too_many {
-                return Ok(proxy::error_response(
-                    http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                    "too-many-headers",
-                ));
+                return Ok(ProxyError::TooManyHeaders.response());
             }
             if too_long {
-                return Ok(proxy::error_response(
-                    refusal_status(URI_TOO_LONG),
-                    URI_TOO_LONG,
-                ));
+                return Ok(ProxyError::UriTooLong.response());
             }
             let resp = proxy::handle(shared, info, req).await;
             if let Ok(r) = &resp {

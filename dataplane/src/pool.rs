@@ -31,6 +31,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::error::ProxyError;
 use crate::metrics::{EndpointLabel, Metrics};
 
 /// The body sent upstream: the client's, or empty when a bodiless request is retried.
@@ -80,15 +81,15 @@ pub(crate) enum ConnectError {
     Saturated,
 }
 
-impl ConnectError {
-    pub(crate) fn reason(&self) -> &'static str {
-        match self {
-            ConnectError::Refused => "connect-refused",
-            ConnectError::Io(_) => "connect-failed",
-            ConnectError::Timeout => "connect-timeout",
-            ConnectError::Tls => "upstream-tls-failed",
-            ConnectError::Handshake => "upstream-handshake-failed",
-            ConnectError::Saturated => "pool-saturated",
+impl From<&ConnectError> for ProxyError {
+    fn from(e: &ConnectError) -> ProxyError {
+        match e {
+            ConnectError::Refused => ProxyError::ConnectRefused,
+            ConnectError::Io(_) => ProxyError::ConnectFailed,
+            ConnectError::Timeout => ProxyError::ConnectTimeout,
+            ConnectError::Tls => ProxyError::UpstreamTlsFailed,
+            ConnectError::Handshake => ProxyError::UpstreamHandshakeFailed,
+            ConnectError::Saturated => ProxyError::PoolSaturated,
         }
     }
 }

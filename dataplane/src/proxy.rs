@@ -20,8 +20,9 @@ use hyper_util::rt::TokioIo;
 use portcullis_crds::config::{AffinityMode, UpstreamProtocol};
 
 use crate::balance::FarmRt;
+use crate::error::ProxyError;
 use crate::metrics::{FarmLabel, FarmStatus};
-use crate::pool::{ConnectError, Endpoint, InFlight, ReqBody, Sender};
+use crate::pool::{Endpoint, InFlight, ReqBody, Sender};
 use crate::runtime::Shared;
 use crate::snapshot::Snapshot;
 use crate::trace::{Finisher, Span};
@@ -43,42 +44,6 @@ fn full(text: &'static str) -> RespBody {
     http_body_util::Full::new(Bytes::from_static(text.as_bytes()))
         .map_err(|never| match never {})
         .boxed_unsync()
-}
-
-/// A short plain error response naming its reason, never an address.
-pub(crate) fn error_response(status: StatusCode, reason: &'static str) -> Response<RespBody> {
-    let body: &'static str = match status {
-        StatusCode::BAD_REQUEST => "bad request\n",
-        StatusCode::NOT_FOUND => "no route\n",
-        StatusCode::BAD_GATEWAY => "bad gateway\n",
-        StatusCode::SERVICE_UNAVAILABLE => "service unavailable\n",
-        StatusCode::GATEWAY_TIMEOUT => "gateway timeout\n",
-        StatusCode::PAYLOAD_TOO_LARGE => "request body too large\n",
-        StatusCode::URI_TOO_LONG => "request target too long\n",
-        StatusCode::HTTP_VERSION_NOT_SUPPORTED => "http version not supported\n",
-        _ => "error\n",
-    };
-    let mut r = Response::new(full(body));
-    *r.status_mut() = status;
-    let h = r.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    h.insert("x-portcullis-error", HeaderValue::from_static(reason));
-    if matches!(
-        status,
-        StatusCode::BAD_REQUEST
-            | StatusCode::PAYLOAD_TOO_LARGE
-            | StatusCode::URI_TOO_LONG
-            | StatusCode::HTTP_VERSION_NOT_SUPPORTED
-    ) {
-        // A connection that sent an ambiguous request is not trusted with another; one
-        // whose body was refused unread cannot carry another; nor one of an HTTP
-        // version it does not speak, or whose head was cut at its target (414).
-        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
-    }
-    r
 }
 
 /// A redirect the proxy answers itself, with an empty body.
@@ -299,23 +264,21 @@ pub(crate) async fn handle(
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
+    let error = ProxyError::of(&resp);
     if let Some(mut finisher) = finisher {
         if let Some(span) = finisher.span.as_mut() {
-            let error = resp
-                .headers()
-                .get("x-portcullis-error")
-                .and_then(|v| v.to_str().ok());
-            span.respond(resp.status(), error);
+            span.respond(resp.status(), error.map(ProxyError::label));
         }
         resp = resp.map(|inner| Traced { inner, finisher }.boxed_unsync());
     }
-    if let Some(reason) = resp.headers().get("x-portcullis-error") {
+    if let Some(error) = error {
         tracing::info!(
             target: "access",
             farm = "",
             endpoint = "",
             status = resp.status().as_u16(),
-            error = reason.to_str().unwrap_or(""),
+            error = error.label(),
+            fault = error.fault().as_str(),
             total_ms = start.elapsed().as_secs_f64() * 1000.0,
             method = %method,
             path = uri.path(),
@@ -333,14 +296,14 @@ async fn serve(
     mut span: Option<&mut Span>,
 ) -> Response<RespBody> {
     let upgrade = is_upgrade(&req);
-    if let Err(reason) = hygiene::check(&req, upgrade) {
-        return unrouted(shared, StatusCode::BAD_REQUEST, reason);
+    if let Err(error) = hygiene::check(&req, upgrade) {
+        return unrouted(shared, error);
     }
     let Some(snapshot) = shared.snapshot.load_full() else {
-        return unrouted(shared, StatusCode::SERVICE_UNAVAILABLE, "not-ready");
+        return unrouted(shared, ProxyError::NotReady);
     };
     let Some(host) = request_host(&req) else {
-        return unrouted(shared, StatusCode::BAD_REQUEST, "missing-host");
+        return unrouted(shared, ProxyError::MissingHost);
     };
     if let Some(answer) = max_forwards(&mut req) {
         count_own_answer(shared, answer.status());
@@ -352,11 +315,11 @@ async fn serve(
         p => p,
     };
     let Some(route) = snapshot.routes.find(&host, path) else {
-        return unrouted(shared, StatusCode::NOT_FOUND, "no-route");
+        return unrouted(shared, ProxyError::NoRoute);
     };
     let route_prefix = route.cookie_path();
     let Some(farm) = snapshot.farms.get(route.farm_for(req.headers())).cloned() else {
-        return unrouted(shared, StatusCode::NOT_FOUND, "no-route");
+        return unrouted(shared, ProxyError::NoRoute);
     };
     if let Some(s) = span.as_deref_mut() {
         s.farm = Some(farm.cfg.id.clone());
@@ -370,8 +333,7 @@ async fn serve(
         }
         filters::Admission::TooLarge => {
             // Refused before any server sees it.
-            let status = StatusCode::PAYLOAD_TOO_LARGE;
-            return finish_error(shared, &farm, status, "body-too-large");
+            return finish_error(shared, &farm, ProxyError::BodyTooLarge);
         }
     }
     let body_limit = farm.cfg.filters.max_request_body_size.unwrap_or(u64::MAX);
@@ -602,7 +564,7 @@ async fn forward(
     let uri = req.uri().clone();
     let attempts = 1 + farm.cfg.upstream.retries.min(3);
     let mut tried: Option<usize> = None;
-    let mut last_error = (StatusCode::SERVICE_UNAVAILABLE, "no-healthy-endpoint");
+    let mut last_error = ProxyError::NoHealthyEndpoint;
     // A bodiless idempotent request can be sent again even after it reached a server
     // (a keep-alive connection the server closed as we wrote is the usual case).
     let replay = (matches!(
@@ -664,8 +626,8 @@ async fn forward(
         {
             Ok(s) => s,
             Err(e) => {
-                last_error = connect_status(&e);
-                if !matches!(e, ConnectError::Saturated) {
+                last_error = ProxyError::from(&e);
+                if last_error.counts_against_server() {
                     farm.record(i, true);
                 }
                 continue;
@@ -685,7 +647,7 @@ async fn forward(
             SendResult::NotSent(back) => {
                 // Nothing reached the server: always safe to retry.
                 req = Some(back);
-                last_error = (StatusCode::BAD_GATEWAY, "upstream-closed");
+                last_error = ProxyError::UpstreamClosed;
                 drop(guard);
                 continue;
             }
@@ -693,31 +655,28 @@ async fn forward(
                 // The client's body was malformed, stalled, abandoned or too large: its
                 // fault, not the server's, so passive health is not told (issue 12,
                 // finding 3).
-                let (status, reason) = if progress.too_large() {
-                    (StatusCode::PAYLOAD_TOO_LARGE, "body-too-large")
+                let error = if progress.too_large() {
+                    ProxyError::BodyTooLarge
                 } else if progress.stalled() {
-                    (StatusCode::REQUEST_TIMEOUT, "bad-request-body")
+                    ProxyError::RequestBodyStalled
                 } else {
-                    (StatusCode::BAD_REQUEST, "bad-request-body")
+                    ProxyError::BadRequestBody
                 };
-                return finish_error(shared, &farm, status, reason);
+                return finish_error(shared, &farm, error);
             }
             SendResult::Failed => {
-                farm.record(i, true);
-                last_error = (StatusCode::BAD_GATEWAY, "upstream-reset");
-                if replay.is_some() {
+                last_error = ProxyError::UpstreamReset;
+                farm.record(i, last_error.counts_against_server());
+                // The request may have been acted on: only one safe to send twice goes
+                // to another server.
+                if replay.is_some() || last_error.retryable() {
                     continue;
                 }
-                return finish_error(shared, &farm, StatusCode::BAD_GATEWAY, "upstream-reset");
+                return finish_error(shared, &farm, last_error);
             }
             SendResult::Timeout => {
-                farm.record(i, true);
-                return finish_error(
-                    shared,
-                    &farm,
-                    StatusCode::GATEWAY_TIMEOUT,
-                    "first-byte-timeout",
-                );
+                farm.record(i, ProxyError::FirstByteTimeout.counts_against_server());
+                return finish_error(shared, &farm, ProxyError::FirstByteTimeout);
             }
             SendResult::Ok(mut resp) => {
                 let first_byte = upstream_start.elapsed();
@@ -733,8 +692,8 @@ async fn forward(
                 {
                     // A 101 the client did not ask for, or to another protocol, would
                     // open an unchecked tunnel. One failure, one request answered 502.
-                    farm.record(i, true);
-                    return finish_error(shared, &farm, StatusCode::BAD_GATEWAY, "unexpected-101");
+                    farm.record(i, ProxyError::Unexpected101.counts_against_server());
+                    return finish_error(shared, &farm, ProxyError::Unexpected101);
                 }
                 farm.record(i, status.is_server_error() && farm.cfg.passive.count_5xx);
                 count_request(shared, &farm, status);
@@ -802,23 +761,19 @@ async fn forward(
             }
         }
     }
-    finish_error(shared, &farm, last_error.0, last_error.1)
+    finish_error(shared, &farm, last_error)
 }
 
-fn finish_error(
-    shared: &Shared,
-    farm: &FarmRt,
-    status: StatusCode,
-    reason: &'static str,
-) -> Response<RespBody> {
-    count_request(shared, farm, status);
-    error_response(status, reason)
+/// Answers a request of `farm` with `error`, counted under the farm.
+fn finish_error(shared: &Shared, farm: &FarmRt, error: ProxyError) -> Response<RespBody> {
+    count_request(shared, farm, error.status());
+    error.response()
 }
 
 /// Answers a request that reached no farm, counted under `farm=""`.
-fn unrouted(shared: &Shared, status: StatusCode, reason: &'static str) -> Response<RespBody> {
-    count_own_answer(shared, status);
-    error_response(status, reason)
+fn unrouted(shared: &Shared, error: ProxyError) -> Response<RespBody> {
+    count_own_answer(shared, error.status());
+    error.response()
 }
 
 /// Counts an answer of the proxy's own, before any farm, as `farm=""`.
@@ -859,11 +814,8 @@ fn max_forwards<B>(req: &mut Request<B>) -> Option<Response<RespBody>> {
         HeaderValue::from_static("GET, HEAD, POST, PUT, DELETE, PATCH, OPTIONS"),
     );
     if req.method() == http::Method::TRACE {
-        *r.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
-        r.headers_mut().insert(
-            "x-portcullis-error",
-            HeaderValue::from_static("max-forwards-trace"),
-        );
+        *r.status_mut() = ProxyError::MaxForwardsTrace.status();
+        ProxyError::MaxForwardsTrace.mark(&mut r);
     }
     r.headers_mut()
         .insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
@@ -880,14 +832,6 @@ fn count_request(shared: &Shared, farm: &FarmRt, status: StatusCode) {
             status: status.as_u16(),
         })
         .inc();
-}
-
-fn connect_status(e: &ConnectError) -> (StatusCode, &'static str) {
-    match e {
-        ConnectError::Timeout => (StatusCode::GATEWAY_TIMEOUT, e.reason()),
-        ConnectError::Saturated => (StatusCode::SERVICE_UNAVAILABLE, e.reason()),
-        _ => (StatusCode::BAD_GATEWAY, e.reason()),
-    }
 }
 
 enum SendResult {

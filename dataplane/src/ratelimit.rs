@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use portcullis_crds::config::RateLimitConfig;
 
+use crate::error::ProxyError;
+
 /// Client addresses tracked per farm and member.
 pub(crate) const MAX_CLIENTS: usize = 100_000;
 /// How often idle entries are dropped when the table is not full.
@@ -69,12 +71,12 @@ pub(crate) enum Limited {
 }
 
 impl Limited {
-    /// The metric and log label.
-    pub(crate) fn reason(self) -> &'static str {
+    /// The proxy's error for it.
+    pub(crate) fn error(self) -> ProxyError {
         match self {
-            Limited::Rate(_) => "rate-limit",
-            Limited::Connections => "connection-limit",
-            Limited::Full => "rate-limit-full",
+            Limited::Rate(_) => ProxyError::RateLimit,
+            Limited::Connections => ProxyError::ConnectionLimit,
+            Limited::Full => ProxyError::RateLimitFull,
         }
     }
 }
