@@ -87,33 +87,62 @@ pub async fn reconcile_ingress(
         )))?
         .items;
     let Some((_class, target)) = ingress::target(&ing, &classes, &ictx.migration) else {
-        // Not (or no longer) ours: take back what it had become.
-        delete_stale(&farms_api, &ing, &existing, &BTreeSet::new()).await?;
-        // A class of ours that cannot be used is said on its Ingresses.
-        let broken: Vec<Finding> = classes
-            .iter()
-            .filter(|c| Some(c.name_any()) == ingress::requested_class(&ing))
-            .filter_map(ingress::class_problem)
-            .map(|message| Finding {
-                subject: "spec.ingressClassName".into(),
-                severity: Severity::Ignored,
-                message,
-            })
-            .collect();
-        if !existing.is_empty() || !broken.is_empty() {
-            report(&ictx, &ing, &broken).await;
-            write_status(client, &ing, Vec::new()).await?;
-        }
+        release(&ictx, &ing, &classes, &farms_api, &existing).await?;
         return Ok(Action::await_change());
     };
-    let mut findings: Vec<Finding> = Vec::new();
     let ports = service_ports(client, &ns, &ing).await?;
     let translated = ingress::translate(&ing, &target, &ports);
-    findings.extend(translated.findings);
+    let mut findings = translated.findings;
+    let applied = apply_farms(&farms_api, &ing, translated.farms, &mut findings).await?;
+    let keep: BTreeSet<String> = applied.iter().map(ResourceExt::name_any).collect();
+    delete_stale(&farms_api, &ing, &existing, &keep).await?;
+    findings.extend(rejected_farms(&existing, &keep));
+    report(&ictx, &ing, &findings).await;
+    publish_status(client, &ing, &target).await?;
+    Ok(Action::requeue(REQUEUE))
+}
+
+/// An Ingress that is not (or no longer) ours: takes back what it had become, and says
+/// on it when the class it asks for is ours but cannot be used.
+async fn release(
+    ictx: &IngressContext,
+    ing: &Ingress,
+    classes: &[IngressClass],
+    farms_api: &Api<ServerFarm>,
+    existing: &[ServerFarm],
+) -> Result<(), IngressError> {
+    delete_stale(farms_api, ing, existing, &BTreeSet::new()).await?;
+    let broken: Vec<Finding> = classes
+        .iter()
+        .filter(|c| Some(c.name_any()) == ingress::requested_class(ing))
+        .filter_map(ingress::class_problem)
+        .map(|message| Finding {
+            subject: "spec.ingressClassName".into(),
+            severity: Severity::Ignored,
+            message,
+        })
+        .collect();
+    if !existing.is_empty() || !broken.is_empty() {
+        report(ictx, ing, &broken).await;
+        write_status(&ictx.ctx.client, ing, Vec::new()).await?;
+    }
+    Ok(())
+}
+
+/// Applies the farms an Ingress becomes; returns those written. A farm name that
+/// belongs to someone else, or a farm the API server refuses, becomes a finding and
+/// the others still apply.
+async fn apply_farms(
+    farms_api: &Api<ServerFarm>,
+    ing: &Ingress,
+    farms: Vec<ServerFarm>,
+    findings: &mut Vec<Finding>,
+) -> Result<Vec<ServerFarm>, IngressError> {
+    let ns = ing.namespace().unwrap_or_default();
     let mut applied = Vec::new();
-    for farm in translated.farms {
+    for farm in farms {
         let name = farm.name_any();
-        if let Some(other) = foreign_farm(&farms_api, &ing, &name).await? {
+        if let Some(other) = foreign_farm(farms_api, ing, &name).await? {
             findings.push(Finding {
                 subject: format!("ServerFarm {name}"),
                 severity: Severity::Ignored,
@@ -142,12 +171,7 @@ pub async fn reconcile_ingress(
             Err(e) => return Err(err(format!("apply ServerFarm {ns}/{name}"))(e)),
         }
     }
-    let keep: BTreeSet<String> = applied.iter().map(ResourceExt::name_any).collect();
-    delete_stale(&farms_api, &ing, &existing, &keep).await?;
-    findings.extend(rejected_farms(&existing, &keep));
-    report(&ictx, &ing, &findings).await;
-    publish_status(client, &ing, &target).await?;
-    Ok(Action::requeue(REQUEUE))
+    Ok(applied)
 }
 
 /// Retries a failed Ingress reconcile.

@@ -104,8 +104,64 @@ pub async fn run(config: RunConfig) -> Result<(), RunError> {
 
     let ns = config.watch_namespace.as_deref();
     let farms: Api<ServerFarm> = api(&client, ns);
-    // Farms are kept in a store so Service, EndpointSlice and Secret changes can be
-    // mapped to the arrays whose farms name them.
+    let farm_store = spawn_farm_reflector(&farms);
+    let controller = array_controller(&client, ns, &config.settings, &farm_store);
+    spawn_gauge_pruner(controller.store(), metrics.clone());
+    let ctx = context(&client, &config, metrics);
+    admin.ready.store(true, Ordering::Relaxed);
+    tracing::info!(
+        namespace = ns.unwrap_or("<all>"),
+        watch_secrets = config.settings.watch_secrets,
+        "controller started"
+    );
+    let farm_controller = farm_controller(&client, ns, farms, &farm_store, shutdown.clone()).run(
+        reconcile::reconcile_farm,
+        reconcile::farm_error_policy,
+        ctx.clone(),
+    );
+    let ingress_controller = if config.serve_ingress {
+        let ictx = Arc::new(IngressContext::new(ctx.clone(), config.migration.clone()));
+        let run = ingress_controller(&client, ns, shutdown.clone()).run(
+            reconcile_ingress,
+            ingress_error_policy,
+            ictx,
+        );
+        drive(run, "ingress").boxed()
+    } else {
+        futures::future::ready(()).boxed()
+    };
+    let array_controller = controller.graceful_shutdown_on(shutdown).run(
+        reconcile::reconcile,
+        reconcile::error_policy,
+        ctx,
+    );
+    futures::future::join3(
+        drive(array_controller, "array"),
+        drive(farm_controller, "farm"),
+        ingress_controller,
+    )
+    .await;
+    stop(leadership, lost.load(Ordering::Relaxed)).await
+}
+
+/// Runs a controller to its end; reconcile errors are reported by the error policies
+/// (events, status, metrics), so here they are only traced.
+async fn drive<T, E: std::fmt::Display>(
+    run: impl futures::Stream<Item = Result<T, E>>,
+    controller: &'static str,
+) {
+    run.for_each(|result| {
+        if let Err(e) = result {
+            tracing::debug!(error = %e, controller, "controller event");
+        }
+        futures::future::ready(())
+    })
+    .await;
+}
+
+/// Keeps the farms in a store, so Service, EndpointSlice and Secret changes can be
+/// mapped to the arrays whose farms name them.
+fn spawn_farm_reflector(farms: &Api<ServerFarm>) -> reflector::Store<ServerFarm> {
     let (farm_store, farm_writer) = reflector::store::<ServerFarm>();
     let farm_reflector = reflector::reflector(
         farm_writer,
@@ -114,9 +170,12 @@ pub async fn run(config: RunConfig) -> Result<(), RunError> {
     .touched_objects()
     .for_each(|_| futures::future::ready(()));
     tokio::spawn(farm_reflector);
-    let controller = array_controller(&client, ns, &config.settings, &farm_store);
-    spawn_gauge_pruner(controller.store(), metrics.clone());
+    farm_store
+}
 
+/// What every reconcile shares: the client, settings, member probe, event recorder and
+/// metrics.
+fn context(client: &Client, config: &RunConfig, metrics: Metrics) -> Arc<Context> {
     let recorder = Recorder::new(
         client.clone(),
         Reporter {
@@ -124,56 +183,13 @@ pub async fn run(config: RunConfig) -> Result<(), RunError> {
             instance: Some(config.identity.clone()),
         },
     );
-    let ctx = Arc::new(Context::new(
+    Arc::new(Context::new(
         client.clone(),
         config.settings.clone(),
         Arc::new(HttpMemberStatus::new(Duration::from_secs(2))),
         recorder,
         metrics,
-    ));
-    admin.ready.store(true, Ordering::Relaxed);
-    tracing::info!(
-        namespace = ns.unwrap_or("<all>"),
-        watch_secrets = config.settings.watch_secrets,
-        "controller started"
-    );
-    let farm_controller = farm_controller(&client, ns, farms, &farm_store, shutdown.clone())
-        .run(
-            reconcile::reconcile_farm,
-            reconcile::farm_error_policy,
-            ctx.clone(),
-        )
-        .for_each(|result| {
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "farm controller event");
-            }
-            futures::future::ready(())
-        });
-    let ingress_controller = if config.serve_ingress {
-        let ictx = Arc::new(IngressContext::new(ctx.clone(), config.migration.clone()));
-        ingress_controller(&client, ns, shutdown.clone())
-            .run(reconcile_ingress, ingress_error_policy, ictx)
-            .for_each(|result| {
-                if let Err(e) = result {
-                    tracing::debug!(error = %e, "ingress controller event");
-                }
-                futures::future::ready(())
-            })
-            .boxed()
-    } else {
-        futures::future::ready(()).boxed()
-    };
-    let array_controller = controller
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile::reconcile, reconcile::error_policy, ctx)
-        .for_each(|result| {
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "controller event");
-            }
-            futures::future::ready(())
-        });
-    futures::future::join3(array_controller, farm_controller, ingress_controller).await;
-    stop(leadership, lost.load(Ordering::Relaxed)).await
+    ))
 }
 
 /// How leader election went.

@@ -794,48 +794,60 @@ impl DataplaneConfig {
 
     /// Checks internal references.
     pub fn check(&self) -> Result<(), ConfigError> {
-        let invalid = |m: String| Err(ConfigError::Invalid(m));
         if self.version != CONFIG_VERSION {
             return Err(ConfigError::Version {
                 found: self.version,
             });
         }
+        self.check_listeners()
+            .and_then(|()| self.check_routes())
+            .and_then(|()| self.check_farms())
+            .map_err(ConfigError::Invalid)
+    }
+
+    /// Listener names and ports are unique; HTTPS listeners have a certificate.
+    fn check_listeners(&self) -> Result<(), String> {
         let mut ports = std::collections::BTreeSet::new();
         let mut names = std::collections::BTreeSet::new();
         for l in &self.listeners {
             if !names.insert(&l.name) {
-                return invalid(format!("listener name {} appears twice", l.name));
+                return Err(format!("listener name {} appears twice", l.name));
             }
             if !ports.insert(l.port) {
-                return invalid(format!("listener port {} appears twice", l.port));
+                return Err(format!("listener port {} appears twice", l.port));
             }
             if l.protocol == ListenerProtocol::Https && l.default_certificate.is_none() {
-                return invalid(format!(
+                return Err(format!(
                     "HTTPS listener {} has no default certificate",
                     l.name
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// Each route is claimed once, names known farms and has a path its match can use.
+    fn check_routes(&self) -> Result<(), String> {
         let mut claims = std::collections::BTreeSet::new();
         for r in &self.routes {
             if !claims.insert((&r.host, r.path_match, &r.path_prefix)) {
-                return invalid(format!("route {}{} appears twice", r.host, r.path_prefix));
+                return Err(format!("route {}{} appears twice", r.host, r.path_prefix));
             }
             if !self.farms.contains_key(&r.farm) {
-                return invalid(format!(
+                return Err(format!(
                     "route {}{} names unknown farm {}",
                     r.host, r.path_prefix, r.farm
                 ));
             }
             if let Some(c) = &r.canary {
                 if !self.farms.contains_key(&c.farm) {
-                    return invalid(format!(
+                    return Err(format!(
                         "route {}{} names unknown canary farm {}",
                         r.host, r.path_prefix, c.farm
                     ));
                 }
                 if c.weight > 100 {
-                    return invalid(format!(
+                    return Err(format!(
                         "route {}{} has a canary weight over 100",
                         r.host, r.path_prefix
                     ));
@@ -843,14 +855,14 @@ impl DataplaneConfig {
             }
             match r.path_match {
                 PathMatch::Prefix | PathMatch::Exact if !r.path_prefix.starts_with('/') => {
-                    return invalid(format!(
+                    return Err(format!(
                         "route {}{} has a path without a leading /",
                         r.host, r.path_prefix
                     ));
                 }
                 PathMatch::Regex => {
                     if let Err(e) = path_regex(&r.path_prefix) {
-                        return invalid(format!(
+                        return Err(format!(
                             "route {} has an invalid path regex {:?}: {e}",
                             r.host, r.path_prefix
                         ));
@@ -859,15 +871,20 @@ impl DataplaneConfig {
                 _ => {}
             }
         }
+        Ok(())
+    }
+
+    /// Farms and endpoints sit under their own keys; members name known endpoints.
+    fn check_farms(&self) -> Result<(), String> {
         for (id, farm) in &self.farms {
             if id != &farm.id {
-                return invalid(format!("farm key {id} differs from its id {}", farm.id));
+                return Err(format!("farm key {id} differs from its id {}", farm.id));
             }
             for m in &farm.members {
                 if let MemberTarget::Endpoints { identities } = &m.target {
                     for key in identities {
                         if !self.endpoints.contains_key(key) {
-                            return invalid(format!(
+                            return Err(format!(
                                 "farm {id} member {} names unknown endpoint {key}",
                                 m.server
                             ));
@@ -878,12 +895,12 @@ impl DataplaneConfig {
             if let Some(v) = &farm.verifier
                 && v.expected_statuses.is_empty()
             {
-                return invalid(format!("farm {id} verifier accepts no status"));
+                return Err(format!("farm {id} verifier accepts no status"));
             }
         }
         for (key, ep) in &self.endpoints {
             if key != &ep.identity.key() {
-                return invalid(format!(
+                return Err(format!(
                     "endpoint key {key} differs from its identity {}",
                     ep.identity
                 ));

@@ -13,16 +13,12 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::Path;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Instant;
 
 use base64::Engine;
-use bytes::Bytes;
 use http::header::{self, HeaderName};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
-use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use parking_lot::Mutex;
 use portcullis_crds::config::{
@@ -34,7 +30,7 @@ use crate::error::ProxyError;
 use crate::extauth::{ExternalAuth, Verdict};
 use crate::htpasswd::Htpasswd;
 use crate::metrics::FarmReason;
-use crate::proxy::{BoxError, ConnInfo, RespBody};
+use crate::proxy::{ConnInfo, EndHook, OnEnd, RespBody};
 use crate::ratelimit::{InFlightGuard, Limited, RateLimiter};
 use crate::runtime::Shared;
 use crate::snapshot::Snapshot;
@@ -205,9 +201,9 @@ impl Admitted {
         match self.in_flight {
             // The request stays in flight until its response body ends.
             Some(guard) => resp.map(|inner| {
-                Holding {
+                OnEnd {
                     inner,
-                    guard: Some(guard),
+                    hook: Some(guard),
                 }
                 .boxed_unsync()
             }),
@@ -216,35 +212,11 @@ impl Admitted {
     }
 }
 
-/// A response body that holds its request's place among the client's requests in
-/// flight until it ends (its last frame is read, before it is written) or is dropped.
-struct Holding {
-    inner: RespBody,
-    guard: Option<InFlightGuard>,
-}
-
-impl Body for Holding {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.get_mut();
-        let frame = Pin::new(&mut this.inner).poll_frame(cx);
-        if matches!(frame, Poll::Ready(None)) || this.inner.is_end_stream() {
-            this.guard.take();
-        }
-        frame
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+/// A response body holds its request's place among the client's requests in flight
+/// until it ends (its last frame is read, before it is written) or is dropped.
+impl EndHook for Option<InFlightGuard> {
+    fn ended(&mut self, _complete: bool) {
+        self.take();
     }
 }
 

@@ -257,10 +257,8 @@ impl ProxyError {
         }
     }
 
-    /// Whether passive health counts it against the server tried: only what the server
-    /// did (not a full pool of ours, not a connection it closed while idle before the
-    /// request was written, never a client's fault).
-    pub(crate) fn counts_against_server(self) -> bool {
+    /// The server could not be reached: connecting or a handshake failed.
+    fn unreachable(self) -> bool {
         use ProxyError as E;
         matches!(
             self,
@@ -269,10 +267,19 @@ impl ProxyError {
                 | E::ConnectTimeout
                 | E::UpstreamTlsFailed
                 | E::UpstreamHandshakeFailed
-                | E::UpstreamReset
-                | E::FirstByteTimeout
-                | E::Unexpected101
         )
+    }
+
+    /// Whether passive health counts it against the server tried: only what the server
+    /// did (not a full pool of ours, not a connection it closed while idle before the
+    /// request was written, never a client's fault).
+    pub(crate) fn counts_against_server(self) -> bool {
+        use ProxyError as E;
+        self.unreachable()
+            || matches!(
+                self,
+                E::UpstreamReset | E::FirstByteTimeout | E::Unexpected101
+            )
     }
 
     /// Whether another server may be tried whatever the request: nothing reached a
@@ -280,16 +287,7 @@ impl ProxyError {
     /// safe to send twice may be.)
     pub(crate) fn retryable(self) -> bool {
         use ProxyError as E;
-        matches!(
-            self,
-            E::ConnectRefused
-                | E::ConnectFailed
-                | E::ConnectTimeout
-                | E::UpstreamTlsFailed
-                | E::UpstreamHandshakeFailed
-                | E::PoolSaturated
-                | E::UpstreamClosed
-        )
+        self.unreachable() || matches!(self, E::PoolSaturated | E::UpstreamClosed)
     }
 
     /// Whether the connection is closed after the answer: one that sent an ambiguous

@@ -24,7 +24,7 @@ use rustls::ClientConfig;
 
 use crate::error::ProxyError;
 use crate::pool::connect_io;
-use crate::proxy::RespBody;
+use crate::proxy::{HOP_BY_HOP, RespBody};
 use crate::source::SourceError;
 
 /// The longest a subrequest may take, connect to end of answer; beyond it the client
@@ -36,15 +36,9 @@ const MAX_IDLE: usize = 8;
 /// the connection instead.
 const MAX_BODY: usize = 64 * 1024;
 
-/// Headers of the original request that are not passed to the auth service: hop by hop,
-/// the body's framing, and the ones the proxy writes itself.
-const NOT_PASSED: [HeaderName; 10] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TE,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
+/// Headers of the original request that are not passed to the auth service besides the
+/// hop-by-hop ones: the body's framing, and the ones the proxy writes itself.
+const NOT_PASSED: [HeaderName; 4] = [
     header::CONTENT_LENGTH,
     header::EXPECT,
     header::HOST,
@@ -198,7 +192,7 @@ impl ExternalAuth {
         *sub.uri_mut() = Uri::try_from(self.path.as_str()).unwrap_or_default();
         let h = sub.headers_mut();
         for (name, value) in req.headers() {
-            if !NOT_PASSED.contains(name) {
+            if !NOT_PASSED.contains(name) && !HOP_BY_HOP.contains(name) {
                 h.append(name, value.clone());
             }
         }

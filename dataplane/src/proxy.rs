@@ -63,7 +63,7 @@ const VIA: &str = "1.1 portcullis";
 /// RFC 9110 section 7.6.1. `Trailer` is not among them: it declares the trailer fields
 /// of the message, which pass end to end (and hyper sends HTTP/1 trailers only when it
 /// declares them).
-const HOP_BY_HOP: [HeaderName; 6] = [
+pub(crate) const HOP_BY_HOP: [HeaderName; 6] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -269,7 +269,13 @@ pub(crate) async fn handle(
         if let Some(span) = finisher.span.as_mut() {
             span.respond(resp.status(), error.map(ProxyError::label));
         }
-        resp = resp.map(|inner| Traced { inner, finisher }.boxed_unsync());
+        resp = resp.map(|inner| {
+            OnEnd {
+                inner,
+                hook: finisher,
+            }
+            .boxed_unsync()
+        });
     }
     if let Some(error) = error {
         tracing::info!(
@@ -1142,13 +1148,20 @@ impl Body for Counted {
     }
 }
 
-/// A traced response's body: ends the request's span when the body ends or is dropped.
-struct Traced {
-    inner: RespBody,
-    finisher: Finisher,
+/// What a response body does when it ends: `complete` is false when it broke off.
+pub(crate) trait EndHook {
+    fn ended(&mut self, complete: bool);
 }
 
-impl Body for Traced {
+/// A response body that tells its hook when it ends: its last frame is read (before it
+/// is written), it fails, or it is dropped having been empty from the start (a body
+/// that is never polled).
+pub(crate) struct OnEnd<H: EndHook> {
+    pub(crate) inner: RespBody,
+    pub(crate) hook: H,
+}
+
+impl<H: EndHook + Unpin> Body for OnEnd<H> {
     type Data = Bytes;
     type Error = BoxError;
 
@@ -1159,12 +1172,10 @@ impl Body for Traced {
         let this = self.get_mut();
         let frame = Pin::new(&mut this.inner).poll_frame(cx);
         match &frame {
-            Poll::Ready(None) => this.finisher.complete = true,
-            Poll::Ready(Some(Err(_))) => this.finisher.complete = false,
+            Poll::Ready(Some(Err(_))) => this.hook.ended(false),
+            Poll::Ready(None) => this.hook.ended(true),
+            _ if this.inner.is_end_stream() => this.hook.ended(true),
             _ => {}
-        }
-        if this.inner.is_end_stream() {
-            this.finisher.complete = true;
         }
         frame
     }
@@ -1178,11 +1189,18 @@ impl Body for Traced {
     }
 }
 
-impl Drop for Traced {
+impl<H: EndHook> Drop for OnEnd<H> {
     fn drop(&mut self) {
-        // A body that was empty from the start is never polled.
         if self.inner.is_end_stream() {
-            self.finisher.complete = true;
+            self.hook.ended(true);
         }
+    }
+}
+
+/// A traced response's span ends with its body: complete, or abandoned when the body
+/// broke off or was dropped early.
+impl EndHook for Finisher {
+    fn ended(&mut self, complete: bool) {
+        self.complete = complete;
     }
 }

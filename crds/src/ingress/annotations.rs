@@ -247,6 +247,7 @@ impl<'a> Reader<'a> {
             || self.routing(name, value)
             || self.upstream(name, value)
             || self.access(name, value)
+            || self.auth(name, value)
             || self.cors(name, value)
             || self.canary(name, value)
         {
@@ -314,6 +315,14 @@ impl<'a> Reader<'a> {
                     }
                 }
             }
+            _ => return self.affinity_notes(name),
+        }
+        true
+    }
+
+    /// Affinity settings that Portcullis always has one way: a note says which.
+    fn affinity_notes(&mut self, name: &str) -> bool {
+        match name {
             "session-cookie-path" => {
                 if self.needs(name, "affinity", Some("cookie")) {
                     self.note(
@@ -477,6 +486,7 @@ impl<'a> Reader<'a> {
         true
     }
 
+    /// Source ranges and rate limits.
     fn access(&mut self, name: &str, value: &str) -> bool {
         match name {
             "whitelist-source-range" | "allowlist-source-range" => {
@@ -510,6 +520,14 @@ impl<'a> Reader<'a> {
                         .set(&["access", "rateLimit", "burstMultiplier"], json!(n));
                 }
             }
+            _ => return false,
+        }
+        true
+    }
+
+    /// Basic and external authentication.
+    fn auth(&mut self, name: &str, value: &str) -> bool {
+        match name {
             "auth-type" => {
                 if value != "basic" {
                     self.deny(

@@ -14,7 +14,7 @@ pub mod annotations;
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::networking::v1::{
-    Ingress, IngressBackend, IngressClass, IngressServiceBackend,
+    Ingress, IngressBackend, IngressClass, IngressServiceBackend, IngressSpec,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use kube::ResourceExt;
@@ -182,6 +182,11 @@ struct FarmPaths {
     regex: BTreeSet<String>,
 }
 
+/// Farms being built: (host, backend) → paths; host `*` for rules without one.
+type Groups = BTreeMap<(String, Backend), FarmPaths>;
+/// Which field first routed each (host, path kind, path).
+type Claimed = BTreeMap<(String, String, String), String>;
+
 /// Translates `ing` for `target`. Pure: `services` resolves named ports.
 pub fn translate(ing: &Ingress, target: &ArrayTarget, services: &ServicePorts) -> Translated {
     let mut findings = Vec::new();
@@ -196,15 +201,54 @@ pub fn translate(ing: &Ingress, target: &ArrayTarget, services: &ServicePorts) -
             findings,
         };
     };
-    // (host, backend) -> paths; host "*" for rules without one.
-    let mut groups: BTreeMap<(String, Backend), FarmPaths> = BTreeMap::new();
-    let mut claimed: BTreeMap<(String, String, String), String> = BTreeMap::new();
+    let (mut groups, claimed) = rule_groups(spec, &features, services, &mut findings);
+    default_backend(spec, &claimed, services, &mut groups, &mut findings);
+    let tls = tls_by_host(ing);
+    let mut unserved = BTreeSet::new();
+    let mut farms: Vec<ServerFarm> = groups
+        .into_iter()
+        .map(|((host, backend), paths)| {
+            let secret = tls_secret(&tls, &host);
+            let out = Built {
+                host: &host,
+                backend: &backend,
+                paths: &paths,
+                secret: secret.as_deref(),
+            };
+            build_farm(ing, target, &features, &out, &mut unserved)
+        })
+        .collect();
+    farms.sort_by_key(ResourceExt::name_any);
+    // Protection this build cannot give (a field it lacks) fails closed too.
+    let unprotected = unserved.iter().any(|m| m.starts_with("spec.access"));
+    if !features.deny.is_empty() || unprotected {
+        farms.clear();
+    }
+    findings.extend(unserved.into_iter().map(|m| Finding {
+        subject: "metadata.annotations".into(),
+        severity: Severity::Ignored,
+        message: m,
+    }));
+    findings.sort();
+    Translated { farms, findings }
+}
+
+/// The rules' paths grouped by (host, backend). A (host, path kind, path) routed twice
+/// is served by the first and reported for the others.
+fn rule_groups(
+    spec: &IngressSpec,
+    features: &annotations::Features,
+    services: &ServicePorts,
+    findings: &mut Vec<Finding>,
+) -> (Groups, Claimed) {
+    let mut groups = Groups::new();
+    let mut claimed = Claimed::new();
     for (ri, rule) in spec.rules.iter().flatten().enumerate() {
         let host = rule.host.clone().unwrap_or_else(|| "*".to_owned());
         let Some(http) = &rule.http else { continue };
         for (pi, p) in http.paths.iter().enumerate() {
             let field = format!("spec.rules[{ri}].http.paths[{pi}]");
-            let Some(backend) = backend(&p.backend, services, &field, &mut findings) else {
+            let Some(backend) = backend(&p.backend, services, &field, findings) else {
                 continue;
             };
             let path = p.path.clone().unwrap_or_else(|| "/".to_owned());
@@ -229,79 +273,95 @@ pub fn translate(ing: &Ingress, target: &ArrayTarget, services: &ServicePorts) -
             };
         }
     }
-    // The default backend answers what the Ingress's rules leave: `/` on each of its
-    // hosts that does not route `/` itself (as ingress-nginx does), and every host only
-    // for an Ingress without rules.
-    if let Some(default) = &spec.default_backend
-        && let Some(b) = backend(default, services, "spec.defaultBackend", &mut findings)
-    {
-        let mut hosts: BTreeSet<String> = spec
-            .rules
-            .iter()
-            .flatten()
-            .map(|r| r.host.clone().unwrap_or_else(|| "*".to_owned()))
-            .collect();
-        if hosts.is_empty() {
-            hosts.insert("*".to_owned());
-        }
-        for host in hosts {
-            let root = (host.clone(), "Prefix".to_owned(), "/".to_owned());
-            if claimed.contains_key(&root) {
-                continue;
-            }
-            groups
-                .entry((host, b.clone()))
-                .or_default()
-                .prefix
-                .insert("/".to_owned());
-        }
-    }
-    let tls = tls_by_host(ing);
-    let mut unserved = BTreeSet::new();
-    let mut farms: Vec<ServerFarm> = groups
-        .into_iter()
-        .map(|((host, backend), paths)| {
-            let secret = tls_secret(&tls, &host);
-            let mut spec = json!({
-                "arrayRef": {"name": target.name, "namespace": target.namespace},
-                "publish": {"hosts": [host]},
-                "servers": [{"service": {"name": backend.service, "port": backend.port}}],
-            });
-            set_paths(&mut spec["publish"], &paths);
-            if let Some(secret) = &secret {
-                spec["publish"]["tls"] = json!({"secretName": secret});
-            }
-            features.apply(&mut spec, has_tls(ing, &host) || secret.is_some());
-            let typed: ServerFarmSpec = match serde_json::from_value(spec.clone()) {
-                Ok(t) => t,
-                Err(e) => {
-                    unserved.insert(format!("annotations: {e}"));
-                    serde_json::from_value(strip_features(spec.clone()))
-                        .expect("a farm spec without annotation fields always deserializes")
-                }
-            };
-            let back = serde_json::to_value(&typed).unwrap_or_default();
-            dropped_keys(&spec, &back, "spec", &mut unserved);
-            ServerFarm {
-                metadata: farm_meta(ing, &farm_name(ing, &host, &backend)),
-                spec: typed,
-                status: None,
-            }
-        })
+    (groups, claimed)
+}
+
+/// The default backend answers what the Ingress's rules leave: `/` on each of its
+/// hosts that does not route `/` itself (as ingress-nginx does), and every host only
+/// for an Ingress without rules.
+fn default_backend(
+    spec: &IngressSpec,
+    claimed: &Claimed,
+    services: &ServicePorts,
+    groups: &mut Groups,
+    findings: &mut Vec<Finding>,
+) {
+    let Some(default) = &spec.default_backend else {
+        return;
+    };
+    let Some(b) = backend(default, services, "spec.defaultBackend", findings) else {
+        return;
+    };
+    let mut hosts: BTreeSet<String> = spec
+        .rules
+        .iter()
+        .flatten()
+        .map(|r| r.host.clone().unwrap_or_else(|| "*".to_owned()))
         .collect();
-    farms.sort_by_key(ResourceExt::name_any);
-    // Protection this build cannot give (a field it lacks) fails closed too.
-    let unprotected = unserved.iter().any(|m| m.starts_with("spec.access"));
-    if !features.deny.is_empty() || unprotected {
-        farms.clear();
+    if hosts.is_empty() {
+        hosts.insert("*".to_owned());
     }
-    findings.extend(unserved.into_iter().map(|m| Finding {
-        subject: "metadata.annotations".into(),
-        severity: Severity::Ignored,
-        message: m,
-    }));
-    findings.sort();
-    Translated { farms, findings }
+    for host in hosts {
+        let root = (host.clone(), "Prefix".to_owned(), "/".to_owned());
+        if claimed.contains_key(&root) {
+            continue;
+        }
+        groups
+            .entry((host, b.clone()))
+            .or_default()
+            .prefix
+            .insert("/".to_owned());
+    }
+}
+
+/// One farm to build: its host, backend, paths and TLS Secret.
+struct Built<'a> {
+    host: &'a str,
+    backend: &'a Backend,
+    paths: &'a FarmPaths,
+    secret: Option<&'a str>,
+}
+
+/// The farm for one (host, backend). Annotation fields this build's ServerFarm lacks
+/// are left out and reported in `unserved`.
+fn build_farm(
+    ing: &Ingress,
+    target: &ArrayTarget,
+    features: &annotations::Features,
+    out: &Built<'_>,
+    unserved: &mut BTreeSet<String>,
+) -> ServerFarm {
+    let Built {
+        host,
+        backend,
+        paths,
+        secret,
+    } = *out;
+    let mut spec = json!({
+        "arrayRef": {"name": target.name, "namespace": target.namespace},
+        "publish": {"hosts": [host]},
+        "servers": [{"service": {"name": backend.service, "port": backend.port}}],
+    });
+    set_paths(&mut spec["publish"], paths);
+    if let Some(secret) = secret {
+        spec["publish"]["tls"] = json!({"secretName": secret});
+    }
+    features.apply(&mut spec, has_tls(ing, host) || secret.is_some());
+    let typed: ServerFarmSpec = match serde_json::from_value(spec.clone()) {
+        Ok(t) => t,
+        Err(e) => {
+            unserved.insert(format!("annotations: {e}"));
+            serde_json::from_value(strip_features(spec.clone()))
+                .expect("a farm spec without annotation fields always deserializes")
+        }
+    };
+    let back = serde_json::to_value(&typed).unwrap_or_default();
+    dropped_keys(&spec, &back, "spec", unserved);
+    ServerFarm {
+        metadata: farm_meta(ing, &farm_name(ing, host, backend)),
+        spec: typed,
+        status: None,
+    }
 }
 
 /// Fields of `want` (what the annotations asked for) that did not survive a round
