@@ -343,21 +343,6 @@ async fn options_asterisk_reaches_an_http2_backend_intact() {
     proxy.shutdown().await;
 }
 
-/// Sends `pieces` one write at a time (the proxy reads each separately) and reads the
-/// answer until the peer closes or 3 s pass. Sending stops when the proxy has closed.
-async fn raw_pieces(addr: SocketAddr, pieces: &[&[u8]]) -> String {
-    let mut s = TcpStream::connect(addr).await.unwrap();
-    for piece in pieces {
-        if s.write_all(piece).await.is_err() {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
-    }
-    let mut out = Vec::new();
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(3), s.read_to_end(&mut out)).await;
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// RFC 9112 section 2.3: a request with a higher HTTP/1 minor version is served as the
 /// highest minor version supported, HTTP/1.1, however the version arrives; a request of
 /// another major version on an HTTP/1 connection gets 505 (RFC 9110 section 15.6.6).

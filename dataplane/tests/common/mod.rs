@@ -420,8 +420,21 @@ pub async fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) {
 
 /// Sends raw bytes and reads until the peer closes or 3 s pass.
 pub async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
+    raw_pieces(addr, &[bytes]).await
+}
+
+/// [`raw`] with the bytes in `pieces`, written 30 ms apart so that the proxy reads each
+/// on its own. Writing stops when the proxy has closed.
+pub async fn raw_pieces(addr: SocketAddr, pieces: &[&[u8]]) -> String {
     let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(bytes).await.unwrap();
+    for (i, piece) in pieces.iter().enumerate() {
+        if i > 0 {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+        if s.write_all(piece).await.is_err() {
+            break;
+        }
+    }
     let mut out = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut out)).await;
     String::from_utf8_lossy(&out).into_owned()
