@@ -12,6 +12,7 @@ use k8s_openapi::api::networking::v1::{Ingress, IngressClass, IngressLoadBalance
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::runtime::events::EventType;
+use kube::runtime::reflector::Store;
 use kube::{Resource, ResourceExt};
 use parking_lot::Mutex;
 use portcullis_crds::ingress::{
@@ -30,6 +31,11 @@ pub struct IngressContext {
     /// The findings last reported per Ingress uid, so events are sent when they change
     /// rather than on every pass.
     reported: Mutex<HashMap<String, u64>>,
+    /// The IngressClasses, when a reflector keeps them; otherwise each pass lists them.
+    classes: Option<Store<IngressClass>>,
+    /// The Ingresses the controller sees, so what was reported for deleted ones is
+    /// forgotten.
+    live: Option<Store<Ingress>>,
 }
 
 impl IngressContext {
@@ -39,7 +45,56 @@ impl IngressContext {
             ctx,
             migration,
             reported: Mutex::new(HashMap::new()),
+            classes: None,
+            live: None,
         }
+    }
+
+    /// Reads IngressClasses from `classes` instead of listing them on every pass, and
+    /// forgets the reports of Ingresses no longer in `live`.
+    pub fn with_stores(mut self, classes: Store<IngressClass>, live: Store<Ingress>) -> Self {
+        self.classes = Some(classes);
+        self.live = Some(live);
+        self
+    }
+
+    /// How many Ingresses have a report remembered.
+    pub fn remembered(&self) -> usize {
+        self.reported.lock().len()
+    }
+
+    /// The cluster's IngressClasses.
+    async fn classes(&self) -> Result<Vec<IngressClass>, IngressError> {
+        // A reflector that cannot list (RBAC, API down) never becomes ready: then the
+        // list below says why.
+        if let Some(store) = &self.classes
+            && let Ok(Ok(())) =
+                tokio::time::timeout(Duration::from_secs(5), store.wait_until_ready()).await
+        {
+            return Ok(store.state().iter().map(|c| (**c).clone()).collect());
+        }
+        Ok(Api::<IngressClass>::all(self.ctx.client.clone())
+            .list(&ListParams::default())
+            .await
+            .map_err(err("list IngressClasses"))?
+            .items)
+    }
+
+    /// Remembers `digest` as what was last reported for `uid`; false when it already
+    /// was. Reports of deleted Ingresses are dropped once they outnumber the live ones.
+    fn remember(&self, uid: String, digest: u64) -> bool {
+        let mut reported = self.reported.lock();
+        if reported.insert(uid, digest) == Some(digest) {
+            return false;
+        }
+        if let Some(live) = &self.live {
+            let live = live.state();
+            if reported.len() > 2 * live.len() + 64 {
+                let uids: BTreeSet<String> = live.iter().filter_map(|i| i.uid()).collect();
+                reported.retain(|uid, _| uids.contains(uid));
+            }
+        }
+        true
     }
 }
 
@@ -69,11 +124,7 @@ pub async fn reconcile_ingress(
 ) -> Result<Action, IngressError> {
     let client = &ictx.ctx.client;
     let ns = ing.namespace().unwrap_or_default();
-    let classes = Api::<IngressClass>::all(client.clone())
-        .list(&ListParams::default())
-        .await
-        .map_err(err("list IngressClasses"))?
-        .items;
+    let classes = ictx.classes().await?;
     let farms_api: Api<ServerFarm> = Api::namespaced(client.clone(), &ns);
     let existing = farms_api
         .list(&ListParams::default().labels(&format!(
@@ -300,8 +351,7 @@ async fn report(ictx: &IngressContext, ing: &Ingress, findings: &[Finding]) {
     findings.hash(&mut h);
     ing.metadata.generation.hash(&mut h);
     let digest = h.finish();
-    let uid = ing.uid().unwrap_or_default();
-    if ictx.reported.lock().insert(uid, digest) == Some(digest) {
+    if !ictx.remember(ing.uid().unwrap_or_default(), digest) {
         return;
     }
     let reference = ing.object_ref(&());

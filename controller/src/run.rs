@@ -104,7 +104,9 @@ pub async fn run(config: RunConfig) -> Result<(), RunError> {
 
     let ns = config.watch_namespace.as_deref();
     let farms: Api<ServerFarm> = api(&client, ns);
-    let farm_store = spawn_farm_reflector(&farms);
+    // Farms are kept in a store so Service, EndpointSlice and Secret changes can be
+    // mapped to the arrays whose farms name them.
+    let farm_store = spawn_reflector(farms.clone());
     let controller = array_controller(&client, ns, &config.settings, &farm_store);
     spawn_gauge_pruner(controller.store(), metrics.clone());
     let ctx = context(&client, &config, metrics);
@@ -120,12 +122,13 @@ pub async fn run(config: RunConfig) -> Result<(), RunError> {
         ctx.clone(),
     );
     let ingress_controller = if config.serve_ingress {
-        let ictx = Arc::new(IngressContext::new(ctx.clone(), config.migration.clone()));
-        let run = ingress_controller(&client, ns, shutdown.clone()).run(
-            reconcile_ingress,
-            ingress_error_policy,
-            ictx,
+        let controller = ingress_controller(&client, ns, shutdown.clone());
+        let classes = spawn_reflector(Api::<IngressClass>::all(client.clone()));
+        let ictx = Arc::new(
+            IngressContext::new(ctx.clone(), config.migration.clone())
+                .with_stores(classes, controller.store()),
         );
+        let run = controller.run(reconcile_ingress, ingress_error_policy, ictx);
         drive(run, "ingress").boxed()
     } else {
         futures::future::ready(()).boxed()
@@ -159,18 +162,26 @@ async fn drive<T, E: std::fmt::Display>(
     .await;
 }
 
-/// Keeps the farms in a store, so Service, EndpointSlice and Secret changes can be
-/// mapped to the arrays whose farms name them.
-fn spawn_farm_reflector(farms: &Api<ServerFarm>) -> reflector::Store<ServerFarm> {
-    let (farm_store, farm_writer) = reflector::store::<ServerFarm>();
-    let farm_reflector = reflector::reflector(
-        farm_writer,
-        watcher(farms.clone(), watcher::Config::default()).default_backoff(),
+/// Keeps what `api` lists in a store, watched for as long as the process runs.
+fn spawn_reflector<K>(api: Api<K>) -> reflector::Store<K>
+where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    let (store, writer) = reflector::store::<K>();
+    let reflector = reflector::reflector(
+        writer,
+        watcher(api, watcher::Config::default()).default_backoff(),
     )
     .touched_objects()
     .for_each(|_| futures::future::ready(()));
-    tokio::spawn(farm_reflector);
-    farm_store
+    tokio::spawn(reflector);
+    store
 }
 
 /// What every reconcile shares: the client, settings, member probe, event recorder and

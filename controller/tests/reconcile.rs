@@ -2538,3 +2538,71 @@ async fn basic_auth_htpasswd_travels_in_the_array_secret_never_in_the_config() {
         );
     }
 }
+
+/// A store holding exactly `objects`, as a reflector leaves it after its first list.
+fn store_of<K>(objects: Vec<K>) -> kube::runtime::reflector::Store<K>
+where
+    K: kube::Resource<DynamicType = ()> + Clone + 'static,
+{
+    use kube::runtime::watcher::Event;
+    let (store, mut writer) = kube::runtime::reflector::store::<K>();
+    writer.apply_watcher_event(&Event::Init);
+    for o in objects {
+        writer.apply_watcher_event(&Event::InitApply(o));
+    }
+    writer.apply_watcher_event(&Event::InitDone);
+    store
+}
+
+#[tokio::test]
+async fn with_stores_classes_are_read_from_the_watch_and_reports_of_deleted_ingresses_are_forgotten()
+ {
+    use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
+    let w = world(default_settings());
+    // The class exists only in the store: a list would not find it.
+    put_class(&w);
+    let class: IngressClass = serde_json::from_value(
+        w.fake
+            .get("/apis/networking.k8s.io/v1/ingressclasses/portcullis")
+            .unwrap(),
+    )
+    .unwrap();
+    w.fake
+        .objects
+        .lock()
+        .remove("/apis/networking.k8s.io/v1/ingressclasses/portcullis");
+    put_ingress(&w, "portcullis");
+    w.fake.put(
+        "/api/v1/namespaces/web/services/app",
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "app", "namespace": "web"},
+               "spec": {"ports": [{"name": "http", "port": 8080}]}}),
+    );
+    let shop: Ingress = serde_json::from_value(w.fake.get(WEB_INGRESS).unwrap()).unwrap();
+    let ictx = Arc::new(
+        IngressContext::new(w.ctx.clone(), Migration::default())
+            .with_stores(store_of(vec![class]), store_of(vec![shop.clone()])),
+    );
+    let reqs = reconcile_shop(&w, &ictx).await;
+    assert!(
+        !summary(&reqs).iter().any(|r| r.contains("ingressclasses")),
+        "{:?}",
+        summary(&reqs)
+    );
+    assert!(
+        reqs.iter()
+            .any(|r| r.method == "PATCH" && r.path.starts_with(WEB_FARMS)),
+        "the class from the store selected this array: {:?}",
+        summary(&reqs)
+    );
+    assert_eq!(ictx.remembered(), 1);
+
+    // Ingresses come and go (new uids); only the live one's report is kept for good.
+    for i in 0..100 {
+        let mut gone = shop.clone();
+        gone.metadata.uid = Some(format!("uid-deleted-{i}"));
+        reconcile_ingress(Arc::new(gone), ictx.clone())
+            .await
+            .unwrap();
+        assert!(ictx.remembered() <= 2 + 64 + 1, "{}", ictx.remembered());
+    }
+}
