@@ -101,8 +101,8 @@ async fn the_answer_is_http_1_1_whatever_the_backend_speaks_and_a_204_has_no_len
     let old = raw_backend(b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nold").await;
     let empty = raw_backend(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n").await;
     let farms = [
-        farm_yaml("old", &["old.test"], &["/"], &[addr_server(old)], ""),
-        farm_yaml("empty", &["empty.test"], &["/"], &[addr_server(empty)], ""),
+        site("old", &["old.test"]).server(address_server(old)),
+        site("empty", &["empty.test"]).server(address_server(empty)),
     ];
     let proxy = Proxy::start("versions", &farms).await;
     let resp = raw(
@@ -194,13 +194,7 @@ async fn trailers_pass_when_the_client_takes_them() {
     .await;
     let proxy = Proxy::start(
         "trailers",
-        &[farm_yaml(
-            "t",
-            &["t.test"],
-            &["/"],
-            &[addr_server(backend)],
-            "",
-        )],
+        &[site("t", &["t.test"]).server(address_server(backend))],
     )
     .await;
     let resp = raw(
@@ -320,13 +314,14 @@ async fn options_asterisk_reaches_an_http2_backend_intact() {
     let b = Backend::start("b").await;
     let proxy = Proxy::start(
         "options-star-h2",
-        &[farm_yaml(
-            "b",
-            &["b.test"],
-            &["/"],
-            &[addr_server(b.addr)],
-            "  upstream: {protocol: HTTP2}\n",
-        )],
+        &[site("b", &["b.test"])
+            .server(address_server(b.addr))
+            .with(|spec| {
+                spec.upstream = Some(Upstream {
+                    protocol: UpstreamProtocol::Http2,
+                    ..defaults()
+                })
+            })],
     )
     .await;
     let resp = raw(

@@ -263,6 +263,8 @@ proptest! {
         port in 0u32..70000,
         extra in "[ -~]{0,12}",
     ) {
+        // Raw text on purpose: the durations, ports and trailing bytes are fuzzed, and
+        // most of them are no valid GatewayArray.
         let text = format!(
             "apiVersion: portcullis.io/v1alpha1\nkind: GatewayArray\nmetadata: {{name: a, namespace: n}}\nspec:\n  maxSessionTime: \"{session}\"\n  listeners:\n  - {{name: web, port: {port}, protocol: HTTP}}\n---\n{extra}\n"
         );

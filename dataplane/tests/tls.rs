@@ -11,6 +11,12 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+fn certificate(secret: &str) -> TlsCertificateRef {
+    TlsCertificateRef {
+        secret_name: secret.to_owned(),
+    }
+}
+
 struct Pki {
     a: CertificateDer<'static>,
     b: CertificateDer<'static>,
@@ -44,26 +50,18 @@ async fn sni_picks_each_hosts_certificate_and_h2_works() {
         a: write_cert(&dir, "cert-a", "a.test"),
         b: write_cert(&dir, "cert-b", "b.test"),
     };
-    let https = |port| array_yaml(&[("tls", port, "HTTPS", Some("cert-a"))]);
+    let https = |port| edge_array().https("tls", port, "cert-a");
     let proxy = Proxy::start_in(
         dir,
         https,
         &[
-            farm_yaml(
-                "a",
-                &["a.test"],
-                &["/"],
-                &[addr_server(a.addr)],
-                "  backendHost: a.test\n",
-            )
-            .replace(
-                "publish: {hosts: [\"a.test\"], paths: [\"/\"]}",
-                "publish: {hosts: [\"a.test\"], paths: [\"/\"], tls: {secretName: cert-a}}",
-            ),
-            plain_farm(&b).replace(
-                "publish: {hosts: [\"b.test\"], paths: [\"/\"]}",
-                "publish: {hosts: [\"b.test\"], paths: [\"/\"], tls: {secretName: cert-b}}",
-            ),
+            site("a", &["a.test"])
+                .server(address_server(a.addr))
+                .with(|spec| {
+                    spec.backend_host = Some("a.test".into());
+                    spec.publish.tls = Some(certificate("cert-a"));
+                }),
+            plain_farm(&b).with(|spec| spec.publish.tls = Some(certificate("cert-b"))),
         ],
     )
     .await;
@@ -147,7 +145,7 @@ async fn https_proxy(tag: &str) -> (Backend, Pki, Proxy) {
         a: write_cert(&dir, "cert-a", "a.test"),
         b: write_cert(&dir, "cert-b", "b.test"),
     };
-    let https = |port| array_yaml(&[("tls", port, "HTTPS", Some("cert-a"))]);
+    let https = |port| edge_array().https("tls", port, "cert-a");
     let proxy = Proxy::start_in(dir, https, &[plain_farm(&a)]).await;
     (a, pki, proxy)
 }
