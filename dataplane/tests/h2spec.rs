@@ -42,9 +42,9 @@ async fn h2spec_passes_over_tls_with_alpn_h2() {
     let b = Backend::start("h2spec").await;
     let dir = TempDir::new("h2spec");
     write_cert(&dir, "cert", "127.0.0.1");
-    let https = |port| array_yaml(&[("tls", port, "HTTPS", Some("cert"))]);
+    let https = |port| edge_array().https("tls", port, "cert");
     // h2spec's requests name `127.0.0.1:<port>`.
-    let farm = farm_yaml("h2spec", &["127.0.0.1"], &["/"], &[addr_server(b.addr)], "");
+    let farm = site("h2spec", &["127.0.0.1"]).server(address_server(b.addr));
     let proxy = Proxy::start_in(dir, https, &[farm]).await;
     let port = proxy.addr.port().to_string();
     let out = tokio::task::spawn_blocking(move || {
