@@ -26,12 +26,9 @@ use kube::ResourceExt;
 use portcullis_crds::config::{DataplaneConfig, MemberTarget};
 use portcullis_crds::translate::{FarmOutcome, Resolutions, farm_id, translate};
 use portcullis_crds::v1alpha1::{GatewayArray, ServerFarm};
+use portcullis_testkit::api_server::{self, field_path};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-
-#[path = "support/api_server.rs"]
-mod api_server;
-use api_server::field_path;
 
 const STAGES: [&str; 4] = ["serde", "schema", "cel", "translate"];
 

@@ -6,19 +6,16 @@
 // `criterion_group!` defines an undocumented public function.
 #![allow(missing_docs)]
 
-#[path = "../tests/common/fixtures.rs"]
-mod fixtures;
-
 use std::hint::black_box;
 use std::time::SystemTime;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use fixtures::farm;
 use http::header::{COOKIE, SET_COOKIE};
 use http::{HeaderMap, HeaderValue};
 use portcullis_crds::config::{AffinityMode, CookieProtection, EndpointIdentity, UpstreamProtocol};
 use portcullis_crds::keyring::{KeyState, KeyringDoc};
 use portcullis_dataplane::session::{RequestSession, SessionManager};
+use portcullis_testkit::session::farm;
 use prometheus_client::registry::Registry;
 
 fn bench(c: &mut Criterion) {

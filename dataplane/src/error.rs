@@ -65,6 +65,10 @@ pub(crate) enum ProxyError {
     BadTransferEncoding,
     /// A path that normalizes differently in different servers.
     BadPath,
+    /// A request target longer than the listener serves.
+    UriTooLong,
+    /// An HTTP/1 request line of a major version other than 1.
+    HttpVersionNotSupported,
     /// A request the framer did not see as hyper did.
     UnframedRequest,
     /// More header fields than the listener allows.
@@ -146,6 +150,8 @@ impl ProxyError {
             E::ContentLengthAndTransferEncoding => "content-length-and-transfer-encoding",
             E::BadTransferEncoding => "bad-transfer-encoding",
             E::BadPath => "bad-path",
+            E::UriTooLong => "uri-too-long",
+            E::HttpVersionNotSupported => "http-version-not-supported",
             E::UnframedRequest => "unframed-request",
             E::TooManyHeaders => "too-many-headers",
             // One label for both: a body that stalls is a bad body; the status tells
@@ -197,6 +203,8 @@ impl ProxyError {
             | E::UnframedRequest
             | E::BadRequestBody => StatusCode::BAD_REQUEST,
             E::TooManyHeaders => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            E::UriTooLong => StatusCode::URI_TOO_LONG,
+            E::HttpVersionNotSupported => StatusCode::HTTP_VERSION_NOT_SUPPORTED,
             E::RequestBodyStalled => StatusCode::REQUEST_TIMEOUT,
             E::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             E::MaxForwardsTrace => StatusCode::METHOD_NOT_ALLOWED,
@@ -283,12 +291,16 @@ impl ProxyError {
     }
 
     /// Whether the connection is closed after the answer: one that sent an ambiguous
-    /// request is not trusted with another, and one whose body was refused unread
-    /// cannot carry another.
+    /// request is not trusted with another, one whose body was refused unread cannot
+    /// carry another, and after a 414 or a 505 the framer stopped reading (it found no
+    /// end to the head, or a version it does not speak).
     fn closes_connection(status: StatusCode) -> bool {
         matches!(
             status,
-            StatusCode::BAD_REQUEST | StatusCode::PAYLOAD_TOO_LARGE
+            StatusCode::BAD_REQUEST
+                | StatusCode::PAYLOAD_TOO_LARGE
+                | StatusCode::URI_TOO_LONG
+                | StatusCode::HTTP_VERSION_NOT_SUPPORTED
         )
     }
 
@@ -307,6 +319,8 @@ impl ProxyError {
             StatusCode::SERVICE_UNAVAILABLE => "service unavailable\n",
             StatusCode::GATEWAY_TIMEOUT => "gateway timeout\n",
             StatusCode::PAYLOAD_TOO_LARGE => "request body too large\n",
+            StatusCode::URI_TOO_LONG => "request target too long\n",
+            StatusCode::HTTP_VERSION_NOT_SUPPORTED => "http version not supported\n",
             _ => "error\n",
         };
         let mut r = Response::new(
@@ -351,7 +365,7 @@ impl std::fmt::Display for ProxyError {
 mod tests {
     use super::*;
 
-    const ALL: [ProxyError; 39] = {
+    const ALL: [ProxyError; 41] = {
         use ProxyError as E;
         [
             E::BadRequestTarget,
@@ -365,6 +379,8 @@ mod tests {
             E::ContentLengthAndTransferEncoding,
             E::BadTransferEncoding,
             E::BadPath,
+            E::UriTooLong,
+            E::HttpVersionNotSupported,
             E::UnframedRequest,
             E::TooManyHeaders,
             E::BadRequestBody,
@@ -401,6 +417,11 @@ mod tests {
         for e in ALL {
             let status = e.status();
             match e.fault() {
+                // RFC 9110 section 15.6.6: a version the client chose that the server
+                // does not speak is answered with a 5xx.
+                Fault::Client if e == ProxyError::HttpVersionNotSupported => {
+                    assert_eq!(status, StatusCode::HTTP_VERSION_NOT_SUPPORTED)
+                }
                 Fault::Client => assert!(status.is_client_error(), "{e}: {status}"),
                 Fault::Upstream => assert!(status.is_server_error(), "{e}: {status}"),
                 Fault::Routing | Fault::Policy => {}

@@ -21,6 +21,12 @@
 //! - After a request that may switch protocols (an `Upgrade` header or `CONNECT`), the
 //!   gate holds back further bytes until the answer is known: only a relayed `101` (or a
 //!   2xx to `CONNECT`) turns framing off; any other answer keeps the checks on.
+//! - Two answers hyper cannot give are given here, from the request line as it arrives:
+//!   httparse knows only HTTP/1.0 and 1.1, so the version digits hyper is handed are
+//!   rewritten (a higher HTTP/1 minor version is served as 1.1, RFC 9112 section 2.3;
+//!   another major version is refused 505), and a request target longer than
+//!   [`MAX_TARGET`] is refused 414 (hyper would answer 431 to the whole head) by
+//!   handing hyper the target up to the limit and an end of head of our own.
 
 use std::collections::VecDeque;
 use std::io;
@@ -32,6 +38,15 @@ use http::{Method, StatusCode, Version};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::error::ProxyError;
+
+/// A request line's target longer than this is refused (414), as ingress-nginx does by
+/// default: its `large_client_header_buffers` (8k) must hold the request line. Less
+/// where the head limit leaves no room for it (`listener::max_target`).
+pub(crate) const MAX_TARGET: usize = 8192;
+
+/// Ends the request line and head of a request whose target was cut at the limit, so
+/// that hyper serves it and the service answers 414.
+const CUT_TARGET_END: &[u8] = b" HTTP/1.1\r\n\r\n";
 
 /// The HTTP/2 connection preface; hyper-util serves HTTP/2 when a connection opens with it.
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -186,19 +201,33 @@ pub(crate) struct Framer {
     head: Vec<u8>,
     max_head: usize,
     max_headers: usize,
+    max_target: usize,
+    /// The head being read names an HTTP major version other than 1 (its digits were
+    /// rewritten to 1.1 for hyper).
+    other_major: bool,
+    /// Bytes of our own for hyper after the last framed ones (see [`CUT_TARGET_END`]).
+    tail: &'static [u8],
     /// The current message may switch protocols.
     switch: bool,
     /// ALPN chose HTTP/1.1: the HTTP/2 preface is not a way into HTTP/2.
     h1_only: bool,
+    /// ALPN chose HTTP/2: anything but the preface is not a way into HTTP/1.
+    h2_only: bool,
     framing: Framing,
 }
 
 impl Framer {
     /// A framer for a new connection; `max_head` and `max_headers` are hyper's
-    /// `max_buf_size` and `max_headers`. With `h2_preface`, a connection that opens with
-    /// the HTTP/2 preface is served as HTTP/2 (hyper-util's auto server does the same);
-    /// without (ALPN chose `http/1.1`), everything is framed as HTTP/1.
-    pub(crate) fn new(max_head: usize, max_headers: usize, h2_preface: bool) -> Self {
+    /// `max_buf_size` and `max_headers`, `max_target` the longest request target served.
+    /// With `h2_preface`, a connection that opens with the HTTP/2 preface is served as
+    /// HTTP/2 (hyper-util's auto server does the same); without (ALPN chose `http/1.1`),
+    /// everything is framed as HTTP/1.
+    pub(crate) fn new(
+        max_head: usize,
+        max_headers: usize,
+        max_target: usize,
+        h2_preface: bool,
+    ) -> Self {
         Framer {
             state: if h2_preface {
                 State::Preface
@@ -206,22 +235,34 @@ impl Framer {
                 State::Head
             },
             h1_only: !h2_preface,
+            h2_only: false,
             head: Vec::new(),
             max_head,
             max_headers: max_headers.max(1),
+            max_target,
+            other_major: false,
+            tail: &[],
             switch: false,
             framing: Framing::default(),
         }
     }
 
-    /// A framer that reads nothing (HTTP/2 negotiated with ALPN).
-    pub(crate) fn off() -> Self {
+    /// A framer for a connection that negotiated HTTP/2 with ALPN: it reads the preface
+    /// and nothing after it, and a connection that opens with anything else fails
+    /// (RFC 9113 section 3.4). hyper-util's `serve_connection_with_upgrades` sniffs for
+    /// the preface whatever `http2_only` says, and would serve anything else as
+    /// HTTP/1.1.
+    pub(crate) fn h2_only() -> Self {
         Framer {
-            state: State::Off,
+            state: State::Preface,
             h1_only: false,
+            h2_only: true,
             head: Vec::new(),
             max_head: 0,
             max_headers: 1,
+            max_target: 0,
+            other_major: false,
+            tail: &[],
             switch: false,
             framing: Framing::default(),
         }
@@ -234,15 +275,16 @@ impl Framer {
 
     /// Frames `data`, the next bytes of the stream, and returns how many of them may be
     /// handed to hyper now. Fewer than all when the framer stopped, broke, or waits for
-    /// the answer to a request that may switch protocols.
-    pub(crate) fn feed(&mut self, data: &[u8]) -> usize {
+    /// the answer to a request that may switch protocols. The version digits of a
+    /// request line are rewritten in `data` as hyper must read them.
+    pub(crate) fn feed(&mut self, data: &mut [u8]) -> usize {
         let mut at = 0;
         while at < data.len() {
             match self.state {
                 State::Off => return data.len(),
                 State::Stopped | State::Broken | State::AwaitSwitch => return at,
                 State::Preface => at += self.preface(&data[at..]),
-                State::Head => at += self.read_head(&data[at..]),
+                State::Head => at += self.read_head(&mut data[at..]),
                 State::Length(left) => {
                     let take = left.min((data.len() - at) as u64);
                     at += take as usize;
@@ -291,19 +333,51 @@ impl Framer {
             }
             return take;
         }
+        if self.h2_only {
+            self.head = Vec::new();
+            self.state = State::Broken;
+            return 0;
+        }
         // HTTP/1: the bytes kept so far start the first head.
         self.state = State::Head;
         0
     }
 
-    fn read_head(&mut self, data: &[u8]) -> usize {
+    fn read_head(&mut self, data: &mut [u8]) -> usize {
         let before = self.head.len();
         // A head that arrives whole is parsed where it lies; only a partial one is kept.
-        let parsed = if before == 0 {
-            parse_head(data, self.max_headers)
-        } else {
+        if before > 0 {
             self.head.extend_from_slice(data);
-            parse_head(&self.head, self.max_headers)
+        }
+        let line = request_line(if before == 0 { data } else { &self.head });
+        if let Some(line) = &line
+            && line.target.len() > self.max_target
+            && let Some((cut, method)) =
+                self.cut_target(line, if before == 0 { data } else { &self.head })
+        {
+            // hyper gets the target up to the limit, then an end of head of ours.
+            self.framing.exchange.lock().heads.push_back(FramedHead {
+                method,
+                headers: 0,
+                refusal: Some(ProxyError::UriTooLong),
+                upgrade: false,
+            });
+            self.tail = CUT_TARGET_END;
+            self.stop();
+            return cut - before;
+        }
+        if let Some(line) = &line {
+            let all: &mut [u8] = if before == 0 { data } else { &mut self.head };
+            self.other_major = fix_version(all, line, before, self.other_major);
+            if before > 0 {
+                // hyper is handed `data`: with the digits as rewritten.
+                data.copy_from_slice(&self.head[before..]);
+            }
+        }
+        let parsed = if before == 0 {
+            parse_head(data, self.max_headers, self.max_target)
+        } else {
+            parse_head(&self.head, self.max_headers, self.max_target)
         };
         let (end, judged) = match parsed {
             Parsed::Complete(end, judged) => (end, judged),
@@ -319,7 +393,7 @@ impl Framer {
                 return data.len();
             }
             Parsed::Invalid => {
-                let bytes = if before == 0 { data } else { &self.head[..] };
+                let bytes = if before == 0 { &*data } else { &self.head[..] };
                 if self.h1_only && bytes.starts_with(b"PRI * HTTP/2") {
                     // hyper-util would take the preface for HTTP/2 whatever ALPN said;
                     // it gets none of it and the connection fails instead.
@@ -337,10 +411,13 @@ impl Framer {
             self.framing.exchange.lock().head_since = None;
         }
         let consumed = end.saturating_sub(before);
-        let Some((head, body)) = judged else {
+        let Some((mut head, body)) = judged else {
             self.stop();
             return consumed;
         };
+        if std::mem::take(&mut self.other_major) {
+            head.refusal = Some(ProxyError::HttpVersionNotSupported);
+        }
         self.switch = head.upgrade;
         let refused = head.refusal.is_some();
         self.framing.exchange.lock().heads.push_back(head);
@@ -356,8 +433,34 @@ impl Framer {
         consumed
     }
 
+    /// For a request target over the limit: where the head is cut for hyper (after the
+    /// target's first `max_target` bytes), and its method. `None` where httparse refuses
+    /// the bytes before the cut (hyper answers 400), or where hyper's buffer has no room
+    /// for the cut head (then hyper answers 431 before the head ends, or the service 414
+    /// after: [`judge`] refuses it too). Decided on the bytes up to the cut alone, so
+    /// whatever follows them in the same read does not change the verdict.
+    fn cut_target(&self, line: &RequestLine, head: &[u8]) -> Option<(usize, Method)> {
+        let cut = line.target.start + self.max_target;
+        if cut + CUT_TARGET_END.len() >= self.max_head
+            || matches!(
+                parse_head(&head[..cut], self.max_headers, self.max_target),
+                Parsed::Invalid
+            )
+        {
+            return None;
+        }
+        let method = Method::from_bytes(&head[line.method.clone()]).ok()?;
+        Some((cut, method))
+    }
+
+    /// Takes the bytes of our own that hyper is to read after the framed ones.
+    pub(crate) fn take_tail(&mut self) -> &'static [u8] {
+        std::mem::take(&mut self.tail)
+    }
+
     fn stop(&mut self) {
         self.head = Vec::new();
+        self.other_major = false;
         self.framing.exchange.lock().head_since = None;
         self.state = State::Stopped;
     }
@@ -424,7 +527,7 @@ enum Parsed {
 
 /// Parses a head as hyper's server does: httparse with its default configuration and
 /// room for `max_headers` headers.
-fn parse_head(buf: &[u8], max_headers: usize) -> Parsed {
+fn parse_head(buf: &[u8], max_headers: usize, max_target: usize) -> Parsed {
     let mut inline = [httparse::EMPTY_HEADER; INLINE_HEADERS];
     let mut heap = Vec::new();
     let headers = if max_headers <= INLINE_HEADERS {
@@ -435,7 +538,7 @@ fn parse_head(buf: &[u8], max_headers: usize) -> Parsed {
     };
     let mut req = httparse::Request::new(headers);
     match httparse::ParserConfig::default().parse_request(&mut req, buf) {
-        Ok(httparse::Status::Complete(end)) => Parsed::Complete(end, judge(&req)),
+        Ok(httparse::Status::Complete(end)) => Parsed::Complete(end, judge(&req, max_target)),
         Ok(httparse::Status::Partial) => Parsed::Partial,
         Err(_) => Parsed::Invalid,
     }
@@ -443,7 +546,7 @@ fn parse_head(buf: &[u8], max_headers: usize) -> Parsed {
 
 /// The checks, on what httparse parsed, and the body that follows. `None` for a head
 /// hyper refuses itself (a method it cannot represent).
-fn judge(req: &httparse::Request<'_, '_>) -> Option<(FramedHead, Body)> {
+fn judge(req: &httparse::Request<'_, '_>, max_target: usize) -> Option<(FramedHead, Body)> {
     let method = Method::from_bytes(req.method?.as_bytes()).ok()?;
     let http11 = req.version? == 1;
     let mut lengths = 0usize;
@@ -463,7 +566,9 @@ fn judge(req: &httparse::Request<'_, '_>) -> Option<(FramedHead, Body)> {
             upgrade = http11;
         }
     }
-    let refusal = if lengths > 1 {
+    let refusal = if req.path?.len() > max_target {
+        Some(ProxyError::UriTooLong)
+    } else if lengths > 1 {
         Some(ProxyError::DuplicateContentLength)
     } else if lengths > 0 && te {
         Some(ProxyError::ContentLengthAndTransferEncoding)
@@ -489,6 +594,96 @@ fn judge(req: &httparse::Request<'_, '_>) -> Option<(FramedHead, Body)> {
         upgrade,
     };
     Some((head, body))
+}
+
+/// Where the parts of a request line lie, as httparse finds them (after any empty
+/// lines; one space after the method and after the target).
+struct RequestLine {
+    method: std::ops::Range<usize>,
+    /// The target so far: to its end, or to the end of the bytes while it has none.
+    target: std::ops::Range<usize>,
+    /// Where the version begins, once the target has ended.
+    version: Option<usize>,
+}
+
+/// The request line at the start of `buf`, as far as it has arrived; `None` before its
+/// target begins, or where httparse will not find one.
+fn request_line(buf: &[u8]) -> Option<RequestLine> {
+    let mut at = 0;
+    loop {
+        match &buf[at..] {
+            [b'\r', b'\n', ..] => at += 2,
+            [b'\n', ..] => at += 1,
+            _ => break,
+        }
+    }
+    let delimiter = |b: &u8| matches!(b, b' ' | b'\r' | b'\n');
+    let sp = at + buf[at..].iter().position(delimiter)?;
+    if buf[sp] != b' ' {
+        return None;
+    }
+    let start = sp + 1;
+    let (end, version) = match buf[start..].iter().position(delimiter) {
+        Some(n) if buf[start + n] == b' ' => (start + n, Some(start + n + 1)),
+        Some(_) => return None,
+        None => (buf.len(), None),
+    };
+    Some(RequestLine {
+        method: at..sp,
+        target: start..end,
+        version,
+    })
+}
+
+/// Rewrites the version digits of the request line in `buf` at `from` or later (those
+/// before were seen by an earlier call) as hyper must read them: `HTTP/1.x` with x > 1
+/// becomes `HTTP/1.1` (RFC 9112 section 2.3: served as the highest minor version
+/// supported), and `HTTP/y.x` with y other than 1 becomes `HTTP/1.1` too: the head is
+/// then refused 505. Anything else is left for httparse to refuse. The HTTP/2 preface
+/// (`PRI * HTTP/2.0`) is not a request line to rewrite. Takes and returns whether the
+/// major version was another one.
+fn fix_version(buf: &mut [u8], line: &RequestLine, from: usize, mut other_major: bool) -> bool {
+    let Some(v) = line.version else {
+        return other_major;
+    };
+    if &buf[line.method.clone()] == b"PRI" && &buf[line.target.clone()] == b"*" {
+        return other_major;
+    }
+    let seen = &buf[v..buf.len().min(v + 5)];
+    if !b"HTTP/".starts_with(seen) {
+        return other_major;
+    }
+    let (major, minor) = (v + 5, v + 7);
+    // Only a request line httparse takes up to the version: the rewrite must not
+    // depend on whether bytes it refuses arrived before the version or with it.
+    if buf.len() <= major || !line_prefix_parses(&buf[..major]) {
+        return other_major;
+    }
+    if let Some(d) = buf.get_mut(major)
+        && major >= from
+        && d.is_ascii_digit()
+        && *d != b'1'
+    {
+        *d = b'1';
+        other_major = true;
+    }
+    // After a rewritten major version, its minor is rewritten whatever it is.
+    if let Some(d) = buf.get_mut(minor)
+        && minor >= from
+        && d.is_ascii_digit()
+        && (*d > b'1' || other_major)
+    {
+        *d = b'1';
+    }
+    other_major
+}
+
+/// Whether httparse takes `prefix`, the start of a request line, as far as it goes.
+fn line_prefix_parses(prefix: &[u8]) -> bool {
+    let mut req = httparse::Request::new(&mut []);
+    httparse::ParserConfig::default()
+        .parse_request(&mut req, prefix)
+        .is_ok()
 }
 
 /// hyper's rule: ASCII digits only, no sign, no list, below its largest length.
@@ -557,6 +752,8 @@ pub(crate) struct Gate<T> {
     /// Bytes read from `inner` but held back from hyper, from `held_at` on.
     held: Vec<u8>,
     held_at: usize,
+    /// Bytes of the framer's own still to hand hyper.
+    tail: &'static [u8],
 }
 
 impl<T> Gate<T> {
@@ -566,13 +763,14 @@ impl<T> Gate<T> {
             framer,
             held: Vec::new(),
             held_at: 0,
+            tail: &[],
         }
     }
 
     /// Frames the bytes just put into `buf` after `before`, keeps back what may not
     /// pass yet, and says whether anything passed.
     fn pass(&mut self, buf: &mut ReadBuf<'_>, before: usize, from_held: bool) -> bool {
-        let new = &buf.filled()[before..];
+        let new = &mut buf.filled_mut()[before..];
         let len = new.len();
         let passed = self.framer.feed(new);
         if from_held {
@@ -587,7 +785,20 @@ impl<T> Gate<T> {
             self.held_at = 0;
         }
         buf.set_filled(before + passed);
-        passed > 0
+        let tail = self.framer.take_tail();
+        if !tail.is_empty() {
+            self.tail = tail;
+        }
+        // The end of a cut head goes with its last bytes where it fits.
+        self.put_tail(buf) || passed > 0
+    }
+
+    /// Hands hyper what fits of the framer's own bytes; says whether any did.
+    fn put_tail(&mut self, buf: &mut ReadBuf<'_>) -> bool {
+        let n = buf.remaining().min(self.tail.len());
+        buf.put_slice(&self.tail[..n]);
+        self.tail = &self.tail[n..];
+        n > 0
     }
 }
 
@@ -601,6 +812,10 @@ impl<T: AsyncRead + Unpin> AsyncRead for Gate<T> {
         loop {
             if this.framer.state == State::Off && this.held.is_empty() {
                 return Pin::new(&mut this.inner).poll_read(cx, buf);
+            }
+            if !this.tail.is_empty() {
+                this.put_tail(buf);
+                return Poll::Ready(Ok(()));
             }
             if this.framer.poll_switch(cx).is_pending() {
                 return Poll::Pending;
@@ -676,16 +891,17 @@ mod tests {
     /// The verdicts of the framer alone, fed `input` in pieces of `step` bytes; a
     /// request that may switch protocols is answered "no switch".
     fn verdicts(input: &[u8], step: usize) -> Vec<Option<ProxyError>> {
-        let mut f = Framer::new(8192, 100, true);
+        let mut f = Framer::new(8192, 100, 4096, true);
         let framing = f.framing();
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
         let mut heads: Vec<FramedHead> = Vec::new();
         for piece in input.chunks(step) {
-            let mut rest = piece;
+            let mut piece = piece.to_vec();
+            let mut rest = &mut piece[..];
             while !rest.is_empty() {
                 let n = f.feed(rest);
                 heads.extend(f.take_heads());
-                rest = &rest[n..];
+                rest = &mut rest[n..];
                 if f.is_awaiting_switch() {
                     framing.decide(false);
                     let _ = f.poll_switch(&mut cx);
@@ -745,12 +961,75 @@ GET /c HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n";
 
     #[test]
     fn a_chunk_line_hyper_refuses_stops_the_framer() {
-        let mut f = Framer::new(8192, 100, true);
+        let mut f = Framer::new(8192, 100, 4096, true);
         let head = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
-        assert_eq!(f.feed(head), head.len());
+        assert_eq!(f.feed(&mut head.to_vec()), head.len());
         // hyper wants CRLF after a chunk size; nothing after the bare LF is handed on.
-        assert_eq!(f.feed(b"5\nhello"), 1);
+        assert_eq!(f.feed(&mut b"5\nhello".to_vec()), 1);
         assert!(f.is_stopped());
+    }
+
+    /// What the framer hands hyper of `input` fed in pieces of `step` bytes, with its own
+    /// bytes after a cut head, and the verdicts.
+    fn handed(f: &mut Framer, input: &[u8], step: usize) -> (Vec<u8>, Vec<Option<ProxyError>>) {
+        let mut out = Vec::new();
+        for piece in input.chunks(step) {
+            let mut piece = piece.to_vec();
+            let n = f.feed(&mut piece);
+            out.extend_from_slice(&piece[..n]);
+            out.extend_from_slice(f.take_tail());
+        }
+        let verdicts = f.take_heads().into_iter().map(|h| h.refusal).collect();
+        (out, verdicts)
+    }
+
+    #[test]
+    fn version_digits_are_rewritten_as_hyper_must_read_them() {
+        let cases: [(&[u8], &[u8], Option<ProxyError>); 4] = [
+            (b"GET / HTTP/1.2\r\n\r\n", b"GET / HTTP/1.1\r\n\r\n", None),
+            (b"GET / HTTP/1.0\r\n\r\n", b"GET / HTTP/1.0\r\n\r\n", None),
+            (
+                b"GET / HTTP/2.0\r\n\r\n",
+                b"GET / HTTP/1.1\r\n\r\n",
+                Some(ProxyError::HttpVersionNotSupported),
+            ),
+            (
+                b"\r\nGET / HTTP/0.9\r\n\r\n",
+                b"\r\nGET / HTTP/1.1\r\n\r\n",
+                Some(ProxyError::HttpVersionNotSupported),
+            ),
+        ];
+        for (input, out, verdict) in cases {
+            for step in [1, 2, 7, input.len()] {
+                let mut f = Framer::new(8192, 100, 4096, true);
+                assert_eq!(handed(&mut f, input, step), (out.to_vec(), vec![verdict]));
+            }
+        }
+        // The HTTP/2 preface where ALPN chose HTTP/1.1 is not a request to rewrite.
+        let mut f = Framer::new(8192, 100, 4096, false);
+        let mut preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        assert_eq!(f.feed(&mut preface), 0);
+        assert!(f.is_stopped());
+    }
+
+    #[test]
+    fn a_target_over_the_limit_is_cut_for_hyper_where_its_buffer_has_room() {
+        let head = format!("GET /{} HTTP/1.1\r\nHost: a\r\n\r\n", "a".repeat(200));
+        for step in [1, 5, head.len()] {
+            let mut f = Framer::new(8192, 100, 100, true);
+            let (out, verdicts) = handed(&mut f, head.as_bytes(), step);
+            let cut = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(99));
+            assert_eq!(String::from_utf8(out).unwrap(), cut, "step {step}");
+            assert_eq!(verdicts, [Some(ProxyError::UriTooLong)]);
+            assert!(f.is_stopped());
+        }
+        // No room in hyper's buffer for the cut head: the whole head is refused when it
+        // ends (hyper answers 431 first to a longer one).
+        let mut f = Framer::new(8192, 100, 8180, true);
+        let long = format!("GET /{} HTTP/1.1\r\n\r\n", "a".repeat(8185));
+        let (out, verdicts) = handed(&mut f, long.as_bytes(), 1000);
+        assert_eq!(out, long.as_bytes());
+        assert_eq!(verdicts, [Some(ProxyError::UriTooLong)]);
     }
 
     proptest! {

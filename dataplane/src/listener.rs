@@ -21,7 +21,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 use crate::error::ProxyError;
-use crate::framing::{Framer, Gate};
+use crate::framing::{Framer, Gate, MAX_TARGET};
 use crate::proxy::{self, ConnInfo};
 use crate::runtime::Shared;
 use crate::tls::{ListenerCerts, server_config};
@@ -202,10 +202,16 @@ async fn serve_connection(
             _ => return,
         },
     };
+    let target_limit = max_target(max_buf_size(max_header_bytes));
     let framer = if h2 {
-        Framer::off()
+        Framer::h2_only()
     } else {
-        Framer::new(max_buf_size(max_header_bytes), max_headers, !h1_only)
+        Framer::new(
+            max_buf_size(max_header_bytes),
+            max_headers,
+            target_limit,
+            !h1_only,
+        )
     };
     let framing = framer.framing();
     let head_framing = framing.clone();
@@ -216,6 +222,10 @@ async fn serve_connection(
         let admitted = framing.admit(req.method(), req.version());
         // hyper's HTTP/2 server limits the header list's size, not its length.
         let too_many = req.version() == http::Version::HTTP_2 && req.headers().len() > max_headers;
+        // HTTP/2 has no request line for the framer: its target is held to the same
+        // limit here.
+        let too_long = req.version() == http::Version::HTTP_2
+            && req.uri().path_and_query().map_or(0, |pq| pq.as_str().len()) > target_limit;
         let shared = shared_c.clone();
         async move {
             let admitted = match admitted {
@@ -224,6 +234,9 @@ async fn serve_connection(
             };
             if too_many {
                 return Ok(ProxyError::TooManyHeaders.response());
+            }
+            if too_long {
+                return Ok(ProxyError::UriTooLong.response());
             }
             let resp = proxy::handle(shared, info, req).await;
             if let Ok(r) = &resp {
@@ -302,6 +315,13 @@ async fn sleep_until_or_never(at: Option<tokio::time::Instant>) {
 /// hyper's read buffer limit for request heads.
 pub(crate) fn max_buf_size(max_header_bytes: usize) -> usize {
     max_header_bytes.max(8192)
+}
+
+/// The longest request target served with a head limit of `max_head`: [`MAX_TARGET`],
+/// less where the head limit leaves no room beside it for a method and a version (a
+/// target over it is refused 414 before hyper sees the whole head).
+pub(crate) fn max_target(max_head: usize) -> usize {
+    MAX_TARGET.min(max_head.saturating_sub(1024))
 }
 
 /// The HTTP server of one connection, as every listener configures it.

@@ -5,17 +5,36 @@ mod common;
 
 use common::*;
 
-/// The farm `name` publishing `<name>.test/` to `backend`, with `access` (YAML under
-/// `spec.access`, indented four spaces).
-fn farm_with_access(name: &str, backend: &Backend, access: &str) -> String {
-    let host = format!("{name}.test");
-    farm_yaml(
-        name,
-        &[&host],
-        &["/"],
-        &[addr_server(backend.addr)],
-        &format!("  access:\n{access}"),
-    )
+/// The farm `name` publishing `<name>.test/` to `backend`, with `access`.
+fn farm_with_access(name: &str, backend: &Backend, access: Access) -> FarmBuilder {
+    site(name, &[&format!("{name}.test")])
+        .server(address_server(backend.addr))
+        .with(|spec| spec.access = Some(access))
+}
+
+fn source_ranges(allow: &[&str], deny: &[&str]) -> Access {
+    let strings = |list: &[&str]| list.iter().map(|s| s.to_string()).collect();
+    Access {
+        source_ranges: Some(SourceRanges {
+            allow: strings(allow),
+            deny: strings(deny),
+        }),
+        ..defaults()
+    }
+}
+
+fn rate_limit(limit: RateLimit) -> Access {
+    Access {
+        rate_limit: Some(limit),
+        ..defaults()
+    }
+}
+
+fn external_auth(auth: ExternalAuth) -> Access {
+    Access {
+        external_auth: Some(auth),
+        ..defaults()
+    }
 }
 
 fn requests(metrics: &str, farm: &str, status: u16) -> f64 {
@@ -36,7 +55,7 @@ async fn source_ranges_refuse_with_403_before_any_server() {
     let elsewhere = Backend::start("elsewhere").await;
     let forwarded = Backend::start("forwarded").await;
     let dir = TempDir::new("source-ranges");
-    let array = |port| format!("{}  trustedProxies: [127.0.0.1]\n", web_array(port));
+    let array = |port| web_array(port).with(|spec| spec.trusted_proxies = vec!["127.0.0.1".into()]);
     let proxy = Proxy::start_in(
         dir,
         array,
@@ -44,18 +63,18 @@ async fn source_ranges_refuse_with_403_before_any_server() {
             farm_with_access(
                 "open",
                 &open,
-                "    sourceRanges: {allow: [127.0.0.0/8, '::1'], deny: [10.0.0.0/8]}\n",
+                source_ranges(&["127.0.0.0/8", "::1"], &["10.0.0.0/8"]),
             ),
-            farm_with_access("shut", &shut, "    sourceRanges: {deny: [127.0.0.1]}\n"),
+            farm_with_access("shut", &shut, source_ranges(&[], &["127.0.0.1"])),
             farm_with_access(
                 "elsewhere",
                 &elsewhere,
-                "    sourceRanges: {allow: ['10.0.0.0/8', '2001:db8::/32']}\n",
+                source_ranges(&["10.0.0.0/8", "2001:db8::/32"], &[]),
             ),
             farm_with_access(
                 "forwarded",
                 &forwarded,
-                "    sourceRanges: {allow: [203.0.113.0/24]}\n",
+                source_ranges(&["203.0.113.0/24"], &[]),
             ),
         ],
     )
@@ -99,7 +118,12 @@ async fn rate_limits_answer_the_farms_status_beyond_the_burst() {
             &limited,
             // A burst of 1 × 2 on top of the first request; refilling takes a minute,
             // far longer than the test.
-            "    rateLimit: {requestsPerMinute: 1, burstMultiplier: 2, statusCode: 503}\n",
+            rate_limit(RateLimit {
+                requests_per_minute: Some(1),
+                burst_multiplier: Some(2),
+                status_code: Some(503),
+                ..defaults()
+            }),
         )],
     )
     .await;
@@ -133,7 +157,12 @@ async fn rate_limits_answer_the_farms_status_beyond_the_burst() {
     let mut farms = vec![farm_with_access(
         "limited",
         &limited,
-        "    rateLimit: {requestsPerMinute: 1, burstMultiplier: 2, statusCode: 503}\n",
+        rate_limit(RateLimit {
+            requests_per_minute: Some(1),
+            burst_multiplier: Some(2),
+            status_code: Some(503),
+            ..defaults()
+        }),
     )];
     farms.push(plain_farm(&Backend::start("other").await));
     proxy.reload(&farms).await;
@@ -149,7 +178,10 @@ async fn connections_limit_requests_in_flight_per_client() {
         &[farm_with_access(
             "slow",
             &slow,
-            "    rateLimit: {connections: 1}\n",
+            rate_limit(RateLimit {
+                connections: Some(1),
+                ..defaults()
+            }),
         )],
     )
     .await;
@@ -201,7 +233,13 @@ async fn basic_auth_checks_bcrypt_and_apr1_users_and_forwards_the_header() {
         &[farm_with_access(
             "site",
             &site,
-            "    basicAuth: {secretName: users, realm: Staff only}\n",
+            Access {
+                basic_auth: Some(BasicAuth {
+                    secret_name: "users".into(),
+                    realm: Some("Staff only".into()),
+                }),
+                ..defaults()
+            },
         )],
     )
     .await;
@@ -319,21 +357,29 @@ async fn external_auth_decides_with_a_subrequest() {
             farm_with_access(
                 "guarded",
                 &guarded,
-                &format!(
-                    "    externalAuth: {{url: \"{url}\", responseHeaders: [X-Auth-User]}}\n"
-                ),
+                external_auth(ExternalAuth {
+                    url: url.clone(),
+                    response_headers: vec!["X-Auth-User".into()],
+                    ..Default::default()
+                }),
             ),
             farm_with_access(
                 "signin",
                 &signin,
-                &format!(
-                    "    externalAuth: {{url: \"{url}\", method: POST, signin: \"https://login.example/start\"}}\n"
-                ),
+                external_auth(ExternalAuth {
+                    url: url.clone(),
+                    method: Some("POST".into()),
+                    signin: Some("https://login.example/start".into()),
+                    ..Default::default()
+                }),
             ),
             farm_with_access(
                 "broken",
                 &broken,
-                &format!("    externalAuth: {{url: \"http://127.0.0.1:{closed}/\"}}\n"),
+                external_auth(ExternalAuth {
+                    url: format!("http://127.0.0.1:{closed}/"),
+                    ..Default::default()
+                }),
             ),
         ],
     )
@@ -425,20 +471,27 @@ async fn cors_preflights_are_answered_and_allowed_origins_get_headers() {
     let proxy = Proxy::start(
         "cors",
         &[
-            farm_yaml(
-                "app",
-                &["app.test"],
-                &["/"],
-                &[addr_server(app.addr)],
-                "  cors:\n    allowOrigins: [https://app.example.com, 'https://*.example.org']\n    exposeHeaders: [X-Total]\n",
-            ),
-            farm_yaml(
-                "open",
-                &["open.test"],
-                &["/"],
-                &[addr_server(open.addr)],
-                "  cors: {allowCredentials: false, maxAge: 60}\n",
-            ),
+            site("app", &["app.test"])
+                .server(address_server(app.addr))
+                .with(|spec| {
+                    spec.cors = Some(Cors {
+                        allow_origins: Some(vec![
+                            "https://app.example.com".into(),
+                            "https://*.example.org".into(),
+                        ]),
+                        expose_headers: vec!["X-Total".into()],
+                        ..defaults()
+                    })
+                }),
+            site("open", &["open.test"])
+                .server(address_server(open.addr))
+                .with(|spec| {
+                    spec.cors = Some(Cors {
+                        allow_credentials: Some(false),
+                        max_age: Some(60),
+                        ..defaults()
+                    })
+                }),
         ],
     )
     .await;

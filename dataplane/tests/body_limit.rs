@@ -8,14 +8,13 @@ use common::*;
 
 const LIMIT: usize = 1000;
 
-fn limited(servers: &[String]) -> String {
-    farm_yaml(
-        "up",
-        &["a.test"],
-        &["/"],
-        servers,
-        &format!("  filters:\n    maxRequestBodySize: {LIMIT}\n"),
-    )
+fn limited(servers: impl IntoIterator<Item = Server>) -> FarmBuilder {
+    site("up", &["a.test"]).servers(servers).with(|spec| {
+        spec.filters = Some(Filters {
+            max_request_body_size: Some(LIMIT as u64),
+            ..defaults()
+        })
+    })
 }
 
 fn post_with_length(len: usize) -> Vec<u8> {
@@ -42,7 +41,7 @@ fn post_chunked(chunks: usize) -> Vec<u8> {
 #[tokio::test]
 async fn a_declared_length_over_the_limit_never_reaches_a_server() {
     let up = Backend::start("up").await;
-    let proxy = Proxy::start("body-declared", &[limited(&[addr_server(up.addr)])]).await;
+    let proxy = Proxy::start("body-declared", &[limited([address_server(up.addr)])]).await;
     let answer = raw(proxy.addr, &post_with_length(LIMIT + 1)).await;
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     assert!(
@@ -71,7 +70,10 @@ async fn a_streamed_body_past_the_limit_is_cut_and_no_server_is_blamed() {
     let two = Backend::start("two").await;
     let proxy = Proxy::start(
         "body-streamed",
-        &[limited(&[addr_server(one.addr), addr_server(two.addr)])],
+        &[limited([
+            address_server(one.addr),
+            address_server(two.addr),
+        ])],
     )
     .await;
     let answer = raw(proxy.addr, &post_chunked(1)).await;

@@ -5,12 +5,11 @@ mod common;
 
 use common::*;
 
-/// Farm `name` publishing `host/` to `backend`, with `canary` (a YAML flow mapping).
-fn farm(name: &str, host: &str, backend: &Backend, canary: Option<&str>) -> String {
-    let extra = canary
-        .map(|c| format!("  canary: {c}\n"))
-        .unwrap_or_default();
-    farm_yaml(name, &[host], &["/"], &[addr_server(backend.addr)], &extra)
+/// Farm `name` publishing `host/` to `backend`, with `canary`.
+fn farm(name: &str, host: &str, backend: &Backend, canary: Option<Canary>) -> FarmBuilder {
+    site(name, &[host])
+        .server(address_server(backend.addr))
+        .with(|spec| spec.canary = canary)
 }
 
 #[tokio::test]
@@ -25,14 +24,23 @@ async fn a_weighted_canary_takes_its_share_and_headers_and_cookies_override() {
                 "beta",
                 "a.test",
                 &canary,
-                Some("{weight: 30, header: X-Canary, cookie: canary}"),
+                Some(Canary {
+                    weight: 30,
+                    header: Some("X-Canary".into()),
+                    cookie: Some("canary".into()),
+                    ..defaults()
+                }),
             ),
             farm("b-main", "b.test", &primary, None),
             farm(
                 "b-beta",
                 "b.test",
                 &canary,
-                Some("{header: X-Env, headerValue: blue}"),
+                Some(Canary {
+                    header: Some("X-Env".into()),
+                    header_value: Some("blue".into()),
+                    ..defaults()
+                }),
             ),
         ],
     )
@@ -111,7 +119,15 @@ async fn a_canary_without_a_primary_is_refused_and_the_rest_is_served() {
         "canary-orphan",
         &[
             farm("main", "a.test", &primary, None),
-            farm("orphan", "z.test", &canary, Some("{weight: 100}")),
+            farm(
+                "orphan",
+                "z.test",
+                &canary,
+                Some(Canary {
+                    weight: 100,
+                    ..defaults()
+                }),
+            ),
         ],
     )
     .await;

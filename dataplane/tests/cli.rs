@@ -4,6 +4,8 @@
 use std::path::Path;
 use std::process::Command;
 
+use portcullis_testkit::ArrayBuilder;
+
 fn run(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_portcullis-dataplane"));
     // An admin port nobody else uses: a run that wrongly starts fails on its own, not
@@ -166,9 +168,10 @@ fn the_access_log_can_be_switched_off() {
         let (port, admin) = (free(), free());
         std::fs::write(
             dir.join("array.yaml"),
-            format!(
-                "apiVersion: portcullis.io/v1alpha1\nkind: GatewayArray\nmetadata: {{name: a, namespace: n}}\nspec:\n  listeners: [{{name: web, port: {port}, protocol: HTTP}}]\n"
-            ),
+            ArrayBuilder::new("a")
+                .namespace("n")
+                .http("web", port)
+                .yaml(),
         )
         .unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_portcullis-dataplane"))

@@ -61,23 +61,26 @@ async fn both_still_serve(proxy: &Proxy, b1: &Backend, b2: &Backend) {
     );
 }
 
-async fn two_backend_farm(tag: &str, extra: &str) -> (Proxy, Backend, Backend) {
+/// An `upstream` block: the defaults changed by `edit`.
+fn upstream(edit: impl FnOnce(&mut Upstream)) -> Option<Upstream> {
+    let mut upstream = defaults();
+    edit(&mut upstream);
+    Some(upstream)
+}
+
+async fn two_backend_farm(tag: &str, upstream: Option<Upstream>) -> (Proxy, Backend, Backend) {
     let b1 = Backend::start("b1").await;
     let b2 = Backend::start("b2").await;
-    let farm = farm_yaml(
-        "c",
-        &["c.test"],
-        &["/"],
-        &[addr_server(b1.addr), addr_server(b2.addr)],
-        extra,
-    );
+    let farm = site("c", &["c.test"])
+        .servers([address_server(b1.addr), address_server(b2.addr)])
+        .with(|spec| spec.upstream = upstream);
     let proxy = Proxy::start(tag, &[farm]).await;
     (proxy, b1, b2)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_chunked_bodies_get_400_and_eject_no_server() {
-    let (proxy, b1, b2) = two_backend_farm("badchunks", "").await;
+    let (proxy, b1, b2) = two_backend_farm("badchunks", None).await;
     let head = "POST / HTTP/1.1\r\nHost: c.test\r\nTransfer-Encoding: chunked\r\n\r\n";
     for _ in 0..10 {
         let code = raw_exchange(
@@ -95,7 +98,7 @@ async fn malformed_chunked_bodies_get_400_and_eject_no_server() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn abandoned_uploads_eject_no_server() {
-    let (proxy, b1, b2) = two_backend_farm("abandoned", "").await;
+    let (proxy, b1, b2) = two_backend_farm("abandoned", None).await;
     for _ in 0..10 {
         let mut s = TcpStream::connect(proxy.addr).await.unwrap();
         s.write_all(b"POST / HTTP/1.1\r\nHost: c.test\r\nContent-Length: 1000\r\n\r\n0123456789")
@@ -113,8 +116,8 @@ async fn abandoned_uploads_eject_no_server() {
 /// measures the server, so it starts once the body is sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_upload_is_not_a_slow_server() {
-    let (proxy, b1, b2) =
-        two_backend_farm("slowupload", "  upstream: {firstByteTimeout: 1s}\n").await;
+    let timeout = upstream(|u| u.first_byte_timeout = Some(duration("1s")));
+    let (proxy, b1, b2) = two_backend_farm("slowupload", timeout).await;
     let head = "POST / HTTP/1.1\r\nHost: c.test\r\nContent-Length: 6\r\nConnection: close\r\n\r\n";
     let pieces: [&[u8]; 6] = [b"a", b"b", b"c", b"d", b"e", b"f"];
     let slow = (0..5).map(|_| raw_exchange(proxy.addr, head, &pieces, Duration::from_millis(400)));
@@ -132,7 +135,8 @@ async fn a_slow_upload_is_not_a_slow_server() {
 /// not the server's fault either.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_upload_gets_408_and_ejects_no_server() {
-    let (proxy, b1, b2) = two_backend_farm("stalled", "  upstream: {idleTimeout: 1s}\n").await;
+    let timeout = upstream(|u| u.idle_timeout = Some(duration("1s")));
+    let (proxy, b1, b2) = two_backend_farm("stalled", timeout).await;
     let head = "POST / HTTP/1.1\r\nHost: c.test\r\nContent-Length: 6\r\n\r\nab";
     let stalled = (0..6).map(|_| raw_exchange(proxy.addr, head, &[], Duration::ZERO));
     for code in futures::future::join_all(stalled).await {

@@ -49,7 +49,11 @@ async fn get_on(s: &mut TcpStream, host: &str) -> String {
 #[tokio::test]
 async fn keep_alive_connections_live_for_the_client_idle_timeout() {
     let b = Backend::start("b").await;
-    let limits = "headerReadTimeout: 1s, clientIdleTimeout: 4s";
+    let limits = ClientLimits {
+        header_read_timeout: Some(duration("1s")),
+        client_idle_timeout: Some(duration("4s")),
+        ..defaults()
+    };
     let proxy = Proxy::with_limits("idle", limits, &[plain_farm(&b)]).await;
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
     assert!(get_on(&mut s, "b.test").await.starts_with("HTTP/1.1 200"));
@@ -70,7 +74,11 @@ async fn keep_alive_connections_live_for_the_client_idle_timeout() {
 #[tokio::test]
 async fn a_later_head_is_timed_from_its_first_byte() {
     let b = Backend::start("b").await;
-    let limits = "headerReadTimeout: 1s, clientIdleTimeout: 30s";
+    let limits = ClientLimits {
+        header_read_timeout: Some(duration("1s")),
+        client_idle_timeout: Some(duration("30s")),
+        ..defaults()
+    };
     let proxy = Proxy::with_limits("slowsecond", limits, &[plain_farm(&b)]).await;
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
     assert!(get_on(&mut s, "b.test").await.starts_with("HTTP/1.1 200"));
@@ -99,7 +107,11 @@ async fn a_later_head_is_timed_from_its_first_byte() {
 #[tokio::test]
 async fn an_http2_connection_that_never_finishes_closing_is_cut() {
     let b = Backend::start("b").await;
-    let limits = "headerReadTimeout: 1s, clientIdleTimeout: 1s";
+    let limits = ClientLimits {
+        header_read_timeout: Some(duration("1s")),
+        client_idle_timeout: Some(duration("1s")),
+        ..defaults()
+    };
     let proxy = Proxy::with_limits("h2idle", limits, &[plain_farm(&b)]).await;
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
     s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
@@ -145,7 +157,15 @@ async fn an_http2_connection_that_never_finishes_closing_is_cut() {
 #[tokio::test]
 async fn http2_requests_with_too_many_headers_get_431() {
     let b = Backend::start("b").await;
-    let proxy = Proxy::with_limits("h2headers", "maxHeaders: 20", &[plain_farm(&b)]).await;
+    let proxy = Proxy::with_limits(
+        "h2headers",
+        ClientLimits {
+            max_headers: Some(20),
+            ..defaults()
+        },
+        &[plain_farm(&b)],
+    )
+    .await;
     let tcp = TcpStream::connect(proxy.addr).await.unwrap();
     let (mut send, conn) =
         hyper::client::conn::http2::handshake::<_, _, http_body_util::Empty<bytes::Bytes>>(
@@ -179,7 +199,11 @@ async fn connect_from(source: &str, to: SocketAddr) -> TcpStream {
 #[tokio::test]
 async fn one_client_address_cannot_take_every_connection() {
     let b = Backend::start("b").await;
-    let limits = "headerReadTimeout: 5s, maxConnectionsPerClient: 3";
+    let limits = ClientLimits {
+        header_read_timeout: Some(duration("5s")),
+        max_connections_per_client: Some(3),
+        ..defaults()
+    };
     let proxy = Proxy::with_limits("perclient", limits, &[plain_farm(&b)]).await;
     let mut held = Vec::new();
     for _ in 0..3 {
@@ -230,7 +254,11 @@ async fn one_client_address_cannot_take_every_connection() {
 #[tokio::test]
 async fn at_the_cap_idle_connections_make_room_for_new_clients() {
     let b = Backend::start("b").await;
-    let limits = "headerReadTimeout: 5s, maxConnections: 3";
+    let limits = ClientLimits {
+        header_read_timeout: Some(duration("5s")),
+        max_connections: Some(3),
+        ..defaults()
+    };
     let proxy = Proxy::with_limits("reclaim", limits, &[plain_farm(&b)]).await;
     let mut idle = Vec::new();
     for _ in 0..3 {

@@ -18,7 +18,7 @@ use parking_lot::Mutex;
 use portcullis_crds::config::{CONFIG_KEY, DataplaneConfig};
 use portcullis_crds::keyring::{KEYRING_SECRET_KEY, KeyState, KeyringDoc};
 use portcullis_crds::translate::{Resolutions, translate};
-use portcullis_crds::v1alpha1::{GatewayArray, ServerFarm};
+use portcullis_crds::v1alpha1::ServerFarm;
 use portcullis_dataplane::cluster::{ClusterOptions, start};
 
 const CM_PATH: &str = "/api/v1/namespaces/ns1/configmaps/edge-config";
@@ -58,12 +58,9 @@ fn k1_keyring() -> KeyringDoc {
     }
 }
 
-fn config(farms: &[String]) -> DataplaneConfig {
-    let array: GatewayArray = serde_yaml::from_str(&web_array(8080)).unwrap();
-    let farms: Vec<ServerFarm> = farms
-        .iter()
-        .map(|f| serde_yaml::from_str(f).unwrap())
-        .collect();
+fn config(farms: &[FarmBuilder]) -> DataplaneConfig {
+    let array = web_array(8080).build();
+    let farms: Vec<ServerFarm> = farms.iter().cloned().map(FarmBuilder::build).collect();
     let mut config = translate(&array, &farms, &Resolutions::default())
         .unwrap()
         .config;

@@ -7,13 +7,10 @@ use std::time::Duration;
 use common::*;
 use portcullis_crds::config::DataplaneConfig;
 use portcullis_crds::translate::{Resolutions, translate};
-use portcullis_crds::v1alpha1::{GatewayArray, ServerFarm};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-fn render(array: &str, farm: &str) -> DataplaneConfig {
-    let array: GatewayArray = serde_yaml::from_str(array).unwrap();
-    let farm: ServerFarm = serde_yaml::from_str(farm).unwrap();
-    let mut config = translate(&array, &[farm], &Resolutions::default())
+fn render(array: ArrayBuilder, farm: FarmBuilder) -> DataplaneConfig {
+    let mut config = translate(&array.build(), &[farm.build()], &Resolutions::default())
         .unwrap()
         .config;
     // A rendered config may ask for an ephemeral port (manifests cannot).
@@ -25,8 +22,12 @@ fn render(array: &str, farm: &str) -> DataplaneConfig {
 async fn serves_a_rendered_config_and_reports_status_and_metrics() {
     let b = Backend::start("b").await;
     let dir = TempDir::new("config");
-    let array = web_array_with_limits(8080, "headerReadTimeout: 1s, clientIdleTimeout: 1s");
-    let config = render(&array, &plain_farm(&b));
+    let array = web_array(8080).limits(ClientLimits {
+        header_read_timeout: Some(duration("1s")),
+        client_idle_timeout: Some(duration("1s")),
+        ..defaults()
+    });
+    let config = render(array, plain_farm(&b));
     dir.write("config.json", &config.to_json());
     let mut opts = options(dir.path());
     opts.manifests = None;

@@ -101,8 +101,8 @@ async fn the_answer_is_http_1_1_whatever_the_backend_speaks_and_a_204_has_no_len
     let old = raw_backend(b"HTTP/1.0 200 OK\r\nContent-Length: 3\r\n\r\nold").await;
     let empty = raw_backend(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n").await;
     let farms = [
-        farm_yaml("old", &["old.test"], &["/"], &[addr_server(old)], ""),
-        farm_yaml("empty", &["empty.test"], &["/"], &[addr_server(empty)], ""),
+        site("old", &["old.test"]).server(address_server(old)),
+        site("empty", &["empty.test"]).server(address_server(empty)),
     ];
     let proxy = Proxy::start("versions", &farms).await;
     let resp = raw(
@@ -194,13 +194,7 @@ async fn trailers_pass_when_the_client_takes_them() {
     .await;
     let proxy = Proxy::start(
         "trailers",
-        &[farm_yaml(
-            "t",
-            &["t.test"],
-            &["/"],
-            &[addr_server(backend)],
-            "",
-        )],
+        &[site("t", &["t.test"]).server(address_server(backend))],
     )
     .await;
     let resp = raw(
@@ -320,13 +314,14 @@ async fn options_asterisk_reaches_an_http2_backend_intact() {
     let b = Backend::start("b").await;
     let proxy = Proxy::start(
         "options-star-h2",
-        &[farm_yaml(
-            "b",
-            &["b.test"],
-            &["/"],
-            &[addr_server(b.addr)],
-            "  upstream: {protocol: HTTP2}\n",
-        )],
+        &[site("b", &["b.test"])
+            .server(address_server(b.addr))
+            .with(|spec| {
+                spec.upstream = Some(Upstream {
+                    protocol: UpstreamProtocol::Http2,
+                    ..defaults()
+                })
+            })],
     )
     .await;
     let resp = raw(
@@ -340,5 +335,113 @@ async fn options_asterisk_reaches_an_http2_backend_intact() {
         (seen[0].method.as_str(), seen[0].path.as_str()),
         ("OPTIONS", "*")
     );
+    proxy.shutdown().await;
+}
+
+/// RFC 9112 section 2.3: a request with a higher HTTP/1 minor version is served as the
+/// highest minor version supported, HTTP/1.1, however the version arrives; a request of
+/// another major version on an HTTP/1 connection gets 505 (RFC 9110 section 15.6.6).
+#[tokio::test]
+async fn a_higher_http1_minor_is_served_as_1_1_and_another_major_gets_505() {
+    let b = Backend::start("b").await;
+    let proxy = Proxy::start("versions-1x", &[plain_farm(&b)]).await;
+    let resp = raw(
+        proxy.addr,
+        b"GET /one-two HTTP/1.2\r\nHost: b.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    // The minor digit in a read of its own.
+    let resp = raw_pieces(
+        proxy.addr,
+        &[
+            b"GET /one-nine HTTP/1.",
+            b"9\r\nHost: b.test\r\nConnection: close\r\n\r\n",
+        ],
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    let paths: Vec<String> = b.seen().into_iter().map(|s| s.path).collect();
+    assert_eq!(paths, ["/one-two", "/one-nine"]);
+
+    for version in ["HTTP/2.0", "HTTP/3.0", "HTTP/0.9"] {
+        let req = format!("GET /x {version}\r\nHost: b.test\r\n\r\n");
+        let resp = raw(proxy.addr, req.as_bytes()).await;
+        assert_eq!(status_of(&resp), "505", "{version}: {resp}");
+        assert!(
+            resp.to_ascii_lowercase()
+                .contains("\r\nconnection: close\r\n"),
+            "{resp}"
+        );
+    }
+    let resp = raw_pieces(
+        proxy.addr,
+        &[b"GET /x HTTP/", b"2", b".0\r\nHost: b.test\r\n\r\n"],
+    )
+    .await;
+    assert_eq!(status_of(&resp), "505", "{resp}");
+    // Not an HTTP-version at all (RFC 9112: one digit each side): still a 400.
+    let resp = raw(proxy.addr, b"GET /x HTTP/1.10\r\nHost: b.test\r\n\r\n").await;
+    assert_eq!(status_of(&resp), "400", "{resp}");
+    assert_eq!(b.seen().len(), 2, "nothing refused reached the backend");
+    proxy.shutdown().await;
+}
+
+/// RFC 9110 section 15.5.15: a request target longer than the proxy serves (8 KiB, as
+/// ingress-nginx's default `large_client_header_buffers`) gets 414, whether or not the
+/// whole head would fit the head limit; an oversized header section still gets 431.
+#[tokio::test]
+async fn an_over_long_target_gets_414_and_an_over_long_head_431() {
+    let b = Backend::start("b").await;
+    let proxy = Proxy::start("uri-too-long", &[plain_farm(&b)]).await;
+    let at_limit = format!("/{}", "a".repeat(8191));
+    let req = format!("GET {at_limit} HTTP/1.1\r\nHost: b.test\r\nConnection: close\r\n\r\n");
+    let resp = raw(proxy.addr, req.as_bytes()).await;
+    assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
+    for len in [8193, 40_000, 100_000] {
+        let target = format!("/{}", "a".repeat(len - 1));
+        let req = format!("GET {target} HTTP/1.1\r\nHost: b.test\r\n\r\n");
+        let resp = raw(proxy.addr, req.as_bytes()).await;
+        assert_eq!(
+            status_of(&resp),
+            "414",
+            "{len}: {}",
+            &resp[..resp.len().min(200)]
+        );
+        assert!(
+            resp.to_ascii_lowercase()
+                .contains("\r\nconnection: close\r\n"),
+            "{resp}"
+        );
+        // The target trickling in.
+        let mut pieces: Vec<&[u8]> = vec![b"GET "];
+        pieces.extend(target.as_bytes().chunks(3000));
+        pieces.push(b" HTTP/1.1\r\nHost: b.test\r\n\r\n");
+        let resp = raw_pieces(proxy.addr, &pieces).await;
+        assert_eq!(
+            status_of(&resp),
+            "414",
+            "{len}: {}",
+            &resp[..resp.len().min(200)]
+        );
+    }
+    let big = format!(
+        "GET / HTTP/1.1\r\nHost: b.test\r\nx-big: {}\r\n\r\n",
+        "a".repeat(40_000)
+    );
+    let resp = raw(proxy.addr, big.as_bytes()).await;
+    assert_eq!(status_of(&resp), "431", "{resp}");
+    assert_eq!(b.seen().len(), 1);
+    // HTTP/2 has the same limit.
+    let mut send = h2(proxy.addr).await;
+    for (len, status) in [(8192, 200), (8193, 414)] {
+        let req = http::Request::get(format!("http://b.test/{}", "a".repeat(len - 1)))
+            .body(Empty::new())
+            .unwrap();
+        let resp = send.send_request(req).await.unwrap();
+        assert_eq!(resp.status(), status, "HTTP/2, {len}");
+        let _ = resp.into_body().collect().await;
+    }
+    assert_eq!(b.seen().len(), 2);
     proxy.shutdown().await;
 }

@@ -14,13 +14,7 @@ async fn a_member_bound_to_the_unspecified_ipv6_address_serves_ipv4_clients_as_i
     let dir = TempDir::new("dual-stack");
     let port = dir.write_manifests(
         web_array,
-        &[farm_yaml(
-            "web",
-            &["dual.example.com"],
-            &["/"],
-            &[addr_server(backend.addr)],
-            "",
-        )],
+        &[site("web", &["dual.example.com"]).server(address_server(backend.addr))],
     );
     let mut opts = options(dir.path());
     opts.bind = "::".parse().unwrap();

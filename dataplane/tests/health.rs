@@ -8,19 +8,29 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
+/// Probes `GET /healthz` with `Host: probe.internal` every 100 ms; two results in a row
+/// change a server's state.
+fn probe_healthz() -> ConnectivityVerifier {
+    ConnectivityVerifier {
+        path: "/healthz".into(),
+        host: Some("probe.internal".into()),
+        interval: Some(duration("100ms")),
+        timeout: Some(duration("100ms")),
+        healthy_threshold: 2,
+        unhealthy_threshold: 2,
+        ..defaults()
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verifier_takes_a_failing_endpoint_out_and_brings_it_back() {
     let good = Backend::start("good").await;
     let bad = Backend::start("bad").await;
     let proxy = Proxy::start(
         "verifier",
-        &[farm_yaml(
-            "v",
-            &["v.test"],
-            &["/"],
-            &[addr_server(good.addr), addr_server(bad.addr)],
-            "  connectivityVerifier: {path: /healthz, host: probe.internal, interval: 100ms, timeout: 100ms, healthyThreshold: 2, unhealthyThreshold: 2}\n",
-        )],
+        &[site("v", &["v.test"])
+            .servers([address_server(good.addr), address_server(bad.addr)])
+            .with(|spec| spec.connectivity_verifier = Some(probe_healthz()))],
     )
     .await;
     let addr = proxy.addr;
@@ -51,13 +61,12 @@ async fn verifier_takes_a_failing_endpoint_out_and_brings_it_back() {
     }
     // A reload that keeps both identities keeps the verdict: no traffic to `bad`.
     proxy
-        .reload(&[farm_yaml(
-            "v",
-            &["v.test"],
-            &["/"],
-            &[addr_server(good.addr), addr_server(bad.addr)],
-            "  backendHost: reloaded.internal\n  connectivityVerifier: {path: /healthz, host: probe.internal, interval: 100ms, timeout: 100ms, healthyThreshold: 2, unhealthyThreshold: 2}\n",
-        )])
+        .reload(&[site("v", &["v.test"])
+            .servers([address_server(good.addr), address_server(bad.addr)])
+            .with(|spec| {
+                spec.backend_host = Some("reloaded.internal".into());
+                spec.connectivity_verifier = Some(probe_healthz());
+            })])
         .await;
     let before = bad.seen().iter().filter(|s| s.path != "/healthz").count();
     let mut c = Client::connect(addr).await;
@@ -85,8 +94,8 @@ async fn verifier_takes_a_failing_endpoint_out_and_brings_it_back() {
 async fn killing_a_backend_loses_only_in_flight_requests() {
     let one = Backend::start("one").await;
     let two = Backend::start("two").await;
-    let servers = [addr_server(one.addr), addr_server(two.addr)];
-    let farm = farm_yaml("f", &["f.test"], &["/"], &servers, "");
+    let servers = [address_server(one.addr), address_server(two.addr)];
+    let farm = site("f", &["f.test"]).servers(servers);
     let proxy = Proxy::start("failover", &[farm]).await;
     let addr = proxy.addr;
     let killed = Arc::new(AtomicBool::new(false));
@@ -153,10 +162,10 @@ async fn in_service_gauge_follows_passive_ejection_and_forgets_removed_endpoints
     let good = Backend::start("good").await;
     let bad = Backend::start("bad").await;
     bad.failing.store(true, std::sync::atomic::Ordering::SeqCst);
-    let farm = |servers: &[String]| farm_yaml("f", &["f.test"], &["/"], servers, "");
+    let farm = |servers: &[Server]| site("f", &["f.test"]).servers(servers.iter().cloned());
     let proxy = Proxy::start(
         "inservice",
-        &[farm(&[addr_server(good.addr), addr_server(bad.addr)])],
+        &[farm(&[address_server(good.addr), address_server(bad.addr)])],
     )
     .await;
     let mut c = Client::connect(proxy.addr).await;
@@ -176,7 +185,7 @@ async fn in_service_gauge_follows_passive_ejection_and_forgets_removed_endpoints
         Some("0"),
         "passive ejection not shown:\n{m}"
     );
-    proxy.reload(&[farm(&[addr_server(good.addr)])]).await;
+    proxy.reload(&[farm(&[address_server(good.addr)])]).await;
     let m = metrics(proxy.admin_addr()).await;
     assert_eq!(series(&m, &good).as_deref(), Some("1"), "{m}");
     assert_eq!(

@@ -57,7 +57,12 @@ async fn ambiguous_requests_are_refused_and_never_forwarded() {
 #[tokio::test]
 async fn slow_headers_get_408_and_big_headers_431() {
     let b = Backend::start("b").await;
-    let limits = "headerReadTimeout: 1s, maxHeaders: 20, maxHeaderBytes: 8192";
+    let limits = ClientLimits {
+        header_read_timeout: Some(duration("1s")),
+        max_headers: Some(20),
+        max_header_bytes: Some(8192),
+        ..defaults()
+    };
     let proxy = Proxy::with_limits("slow", limits, &[plain_farm(&b)]).await;
     let addr = proxy.addr;
 
@@ -99,7 +104,11 @@ async fn slow_headers_get_408_and_big_headers_431() {
 #[tokio::test]
 async fn connections_over_the_cap_are_closed_at_once() {
     let b = Backend::start("b").await;
-    let limits = "headerReadTimeout: 5s, maxConnections: 2";
+    let limits = ClientLimits {
+        header_read_timeout: Some(duration("5s")),
+        max_connections: Some(2),
+        ..defaults()
+    };
     let proxy = Proxy::with_limits("cap", limits, &[plain_farm(&b)]).await;
     let addr = proxy.addr;
     let mut first = Client::connect(addr).await;

@@ -4,13 +4,11 @@ mod common;
 
 use common::*;
 
-/// A farm of `backend` on host `a.test`; `publish` is the rest of its `publish` mapping.
-fn farm(backend: &Backend, publish: &str) -> String {
-    let name = &backend.name;
-    format!(
-        "apiVersion: portcullis.io/v1alpha1\nkind: ServerFarm\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  arrayRef: {{name: edge}}\n  publish: {{hosts: [a.test], {publish}}}\n  servers:\n  - {}\n",
-        addr_server(backend.addr)
-    )
+/// A farm of `backend` on host `a.test`, before its paths.
+fn farm(backend: &Backend) -> FarmBuilder {
+    FarmBuilder::new(&backend.name)
+        .hosts(["a.test"])
+        .server(address_server(backend.addr))
 }
 
 #[tokio::test]
@@ -22,10 +20,10 @@ async fn exact_paths_win_then_prefixes_and_regexes_by_length() {
     let proxy = Proxy::start(
         "path-kinds",
         &[
-            farm(&root, "paths: [/]"),
-            farm(&api, "paths: [/api]"),
-            farm(&exact, "exactPaths: [/api/v1]"),
-            farm(&versioned, "regexPaths: ['/api/v[0-9]+']"),
+            farm(&root).paths(["/"]),
+            farm(&api).paths(["/api"]),
+            farm(&exact).exact_paths(["/api/v1"]),
+            farm(&versioned).regex_paths(["/api/v[0-9]+"]),
         ],
     )
     .await;
@@ -51,7 +49,7 @@ async fn exact_paths_win_then_prefixes_and_regexes_by_length() {
 #[tokio::test]
 async fn a_farm_with_only_exact_paths_answers_nothing_else() {
     let exact = Backend::start("exact").await;
-    let proxy = Proxy::start("exact-only", &[farm(&exact, "exactPaths: [/health]")]).await;
+    let proxy = Proxy::start("exact-only", &[farm(&exact).exact_paths(["/health"])]).await;
     assert_eq!(get(proxy.addr, "a.test", "/health").await.0, 200);
     let (status, headers, _) = get(proxy.addr, "a.test", "/").await;
     assert_eq!(status, 404, "no default / when exactPaths is given");

@@ -7,28 +7,28 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
+use portcullis_testkit::host_server;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn farms_naming_one_backend_share_one_pool() {
     let b = Backend::start("b").await;
-    let limits = "  upstream: {keepAlive: {maxConnections: 8, maxIdle: 8}}\n";
+    let limits = Upstream {
+        keep_alive: Some(KeepAlive {
+            max_connections: Some(8),
+            max_idle: Some(8),
+            idle_timeout: None,
+        }),
+        ..defaults()
+    };
     let proxy = Proxy::start(
         "pool",
         &[
-            farm_yaml(
-                "by-address",
-                &["one.test"],
-                &["/"],
-                &[addr_server(b.addr)],
-                limits,
-            ),
-            farm_yaml(
-                "by-name",
-                &["two.test"],
-                &["/"],
-                &[host_server("localhost", b.addr.port())],
-                limits,
-            ),
+            site("by-address", &["one.test"])
+                .server(address_server(b.addr))
+                .with(|spec| spec.upstream = Some(limits.clone())),
+            site("by-name", &["two.test"])
+                .server(host_server("localhost", b.addr.port()))
+                .with(|spec| spec.upstream = Some(limits.clone())),
         ],
     )
     .await;
@@ -117,27 +117,10 @@ async fn steady_load_on_a_shared_identity_does_not_churn() {
     let proxy = Proxy::start(
         "churn",
         &[
-            farm_yaml(
-                "by-address",
-                &["one.test"],
-                &["/"],
-                &[addr_server(b.addr)],
-                "",
-            ),
-            farm_yaml(
-                "by-name",
-                &["two.test"],
-                &["/"],
-                &[host_server("localhost", b.addr.port())],
-                "",
-            ),
-            farm_yaml(
-                "by-literal-name",
-                &["three.test"],
-                &["/"],
-                &[host_server("127.0.0.1", b.addr.port())],
-                "",
-            ),
+            site("by-address", &["one.test"]).server(address_server(b.addr)),
+            site("by-name", &["two.test"]).server(host_server("localhost", b.addr.port())),
+            site("by-literal-name", &["three.test"])
+                .server(host_server("127.0.0.1", b.addr.port())),
         ],
     )
     .await;
@@ -169,13 +152,7 @@ async fn steady_load_over_two_backends_does_not_churn() {
     let b2 = Backend::start("b2").await;
     let proxy = Proxy::start(
         "churn2",
-        &[farm_yaml(
-            "two",
-            &["two.test"],
-            &["/"],
-            &[addr_server(b1.addr), addr_server(b2.addr)],
-            "",
-        )],
+        &[site("two", &["two.test"]).servers([address_server(b1.addr), address_server(b2.addr)])],
     )
     .await;
     let ok = steady_load(proxy.addr, &["two.test"], 96, 100).await;

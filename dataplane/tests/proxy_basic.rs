@@ -12,27 +12,14 @@ async fn routes_by_exact_host_wildcard_and_longest_prefix() {
     let proxy = Proxy::start(
         "routing",
         &[
-            farm_yaml(
-                "a",
-                &["a.example.com"],
-                &["/"],
-                &[addr_server(a.addr)],
-                "  backendHost: internal.a\n",
-            ),
-            farm_yaml(
-                "api",
-                &["a.example.com"],
-                &["/api"],
-                &[addr_server(api.addr)],
-                "",
-            ),
-            farm_yaml(
-                "wild",
-                &["*.example.com"],
-                &["/"],
-                &[addr_server(wild.addr)],
-                "",
-            ),
+            site("a", &["a.example.com"])
+                .server(address_server(a.addr))
+                .with(|spec| spec.backend_host = Some("internal.a".into())),
+            FarmBuilder::new("api")
+                .hosts(["a.example.com"])
+                .paths(["/api"])
+                .server(address_server(api.addr)),
+            site("wild", &["*.example.com"]).server(address_server(wild.addr)),
         ],
     )
     .await;
@@ -106,7 +93,7 @@ async fn hop_by_hop_removed_and_forwarding_headers_written_by_the_edge() {
 async fn forwarding_headers_from_a_trusted_proxy_are_kept() {
     let a = Backend::start("a").await;
     let array =
-        |port| web_array(port).replace("spec:\n", "spec:\n  trustedProxies: [127.0.0.0/8]\n");
+        |port| web_array(port).with(|spec| spec.trusted_proxies = vec!["127.0.0.0/8".into()]);
     let proxy = Proxy::start_in(TempDir::new("trusted"), array, &[plain_farm(&a)]).await;
     let resp = raw(proxy.addr, FORWARDED_BY_CLIENT).await;
     assert!(resp.starts_with("HTTP/1.1 200"), "{resp}");
@@ -128,15 +115,33 @@ async fn errors_are_distinguished_and_name_no_address() {
     let proxy = Proxy::start(
         "errors",
         &[
-            farm_yaml("refused", &["refused.test"], &["/"], &[addr_server(dead)], "  upstream: {retries: {attempts: 0}}\n"),
-            farm_yaml("slow", &["slow.test"], &["/"], &[addr_server(slow.addr)], "  upstream: {firstByteTimeout: 200ms}\n"),
-            farm_yaml(
-                "empty",
-                &["empty.test"],
-                &["/"],
-                &[addr_server(slow.addr)],
-                "  connectivityVerifier: {path: /status/500, interval: 100ms, timeout: 100ms, unhealthyThreshold: 1}\n",
-            ),
+            site("refused", &["refused.test"])
+                .server(address_server(dead))
+                .with(|spec| {
+                    spec.upstream = Some(Upstream {
+                        retries: Some(Retries { attempts: 0 }),
+                        ..defaults()
+                    })
+                }),
+            site("slow", &["slow.test"])
+                .server(address_server(slow.addr))
+                .with(|spec| {
+                    spec.upstream = Some(Upstream {
+                        first_byte_timeout: Some(duration("200ms")),
+                        ..defaults()
+                    })
+                }),
+            site("empty", &["empty.test"])
+                .server(address_server(slow.addr))
+                .with(|spec| {
+                    spec.connectivity_verifier = Some(ConnectivityVerifier {
+                        path: "/status/500".into(),
+                        interval: Some(duration("100ms")),
+                        timeout: Some(duration("100ms")),
+                        unhealthy_threshold: 1,
+                        ..defaults()
+                    })
+                }),
         ],
     )
     .await;

@@ -9,14 +9,10 @@ use common::*;
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-fn with_filters(backend: &Backend, host: &str, filters: &str) -> String {
-    farm_yaml(
-        &backend.name,
-        &[host],
-        &["/"],
-        &[addr_server(backend.addr)],
-        &format!("  filters:\n{filters}"),
-    )
+fn with_filters(backend: &Backend, host: &str, filters: Filters) -> FarmBuilder {
+    site(&backend.name, &[host])
+        .server(address_server(backend.addr))
+        .with(|spec| spec.filters = Some(filters))
 }
 
 #[tokio::test]
@@ -29,9 +25,22 @@ async fn a_request_redirect_answers_every_request_without_a_server() {
             with_filters(
                 &moved,
                 "moved.test",
-                "    requestRedirect: {url: 'https://new.example/landing?from=old', statusCode: 301}\n",
+                Filters {
+                    request_redirect: Some(RequestRedirect {
+                        url: "https://new.example/landing?from=old".into(),
+                        status_code: 301,
+                    }),
+                    ..defaults()
+                },
             ),
-            with_filters(&root, "root.test", "    appRoot: /app1\n"),
+            with_filters(
+                &root,
+                "root.test",
+                Filters {
+                    app_root: Some("/app1".into()),
+                    ..defaults()
+                },
+            ),
         ],
     )
     .await;
@@ -76,15 +85,21 @@ async fn plain_http_is_sent_to_the_https_listener_and_https_passes() {
     std::fs::write(base.join("tls.key"), ck.signing_key.serialize_pem()).unwrap();
     let https_port = free_port();
     let array = move |port| {
-        array_yaml(&[
-            ("web", port, "HTTP", None),
-            ("tls", https_port, "HTTPS", Some("cert-a")),
-        ])
+        edge_array()
+            .http("web", port)
+            .https("tls", https_port, "cert-a")
     };
     let proxy = Proxy::start_in(
         dir,
         array,
-        &[with_filters(&web, "a.test", "    httpsRedirect: {}\n")],
+        &[with_filters(
+            &web,
+            "a.test",
+            Filters {
+                https_redirect: Some(defaults()),
+                ..defaults()
+            },
+        )],
     )
     .await;
     let (status, headers, _) = get(proxy.addr, "A.Test:8080", "/p/q?x=1&y=2").await;

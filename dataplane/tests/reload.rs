@@ -10,14 +10,10 @@ use common::*;
 
 /// Farm `b` publishing `b.test/` on `backend`; version `n` sends `Host: v<n>.internal`,
 /// so the backend tells which version served a request.
-fn version(backend: &Backend, n: usize) -> String {
-    farm_yaml(
-        "b",
-        &["b.test"],
-        &["/"],
-        &[addr_server(backend.addr)],
-        &format!("  backendHost: v{n}.internal\n"),
-    )
+fn version(backend: &Backend, n: usize) -> FarmBuilder {
+    site("b", &["b.test"])
+        .server(address_server(backend.addr))
+        .with(|spec| spec.backend_host = Some(format!("v{n}.internal")))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -49,7 +45,8 @@ async fn twenty_reloads_under_load_lose_nothing_and_keep_pools() {
         proxy.reload(&[farm(n)]).await;
     }
     let last = proxy.config_hash();
-    // An invalid change is refused and the last good config keeps serving.
+    // An invalid change is refused and the last good config keeps serving. Raw text on
+    // purpose: no typed ServerFarm can have a list for a spec.
     proxy
         .dir
         .write("farm.yaml", "kind: ServerFarm\nspec: [not, a, farm]\n");
@@ -103,29 +100,29 @@ async fn status(admin: std::net::SocketAddr) -> serde_json::Value {
 async fn a_refused_farm_edit_keeps_its_last_good_version_serving() {
     let a = Backend::start("a").await;
     let b = Backend::start("b").await;
-    let farm_a = |server: String| farm_yaml("a", &["a.test"], &["/"], &[server], "");
+    let farm_a = |server: Server| site("a", &["a.test"]).server(server);
     let farm_b = |vhost: &str| {
-        farm_yaml(
-            "b",
-            &["b.test"],
-            &["/"],
-            &[addr_server(b.addr)],
-            &format!("  backendHost: {vhost}\n"),
-        )
+        site("b", &["b.test"])
+            .server(address_server(b.addr))
+            .with(|spec| spec.backend_host = Some(vhost.to_owned()))
     };
     let proxy = Proxy::start(
         "keep",
-        &[farm_a(addr_server(a.addr)), farm_b("v1.internal")],
+        &[farm_a(address_server(a.addr)), farm_b("v1.internal")],
     )
     .await;
     assert_eq!(get(proxy.addr, "a.test", "/").await.0, 200);
 
+    // Raw text on purpose: the refused edit is a server with both host and address,
+    // written as a person would write it.
     let both = format!(
-        "{{host: localhost, address: \"{}\", port: {}}}",
+        "apiVersion: portcullis.io/v1alpha1\nkind: ServerFarm\nmetadata: {{name: a, namespace: default}}\nspec:\n  arrayRef: {{name: edge}}\n  publish: {{hosts: [\"a.test\"], paths: [\"/\"]}}\n  servers:\n  - {{host: localhost, address: \"{}\", port: {}}}\n",
         a.addr.ip(),
         a.addr.port()
     );
-    proxy.reload(&[farm_a(both), farm_b("v2.internal")]).await;
+    proxy
+        .reload_text(&format!("{both}---\n{}", farm_b("v2.internal").yaml()))
+        .await;
     // The good farm's edit applied...
     get(proxy.addr, "b.test", "/").await;
     assert_eq!(b.seen().last().unwrap().headers["host"], "v2.internal");
@@ -157,7 +154,7 @@ async fn a_refused_farm_edit_keeps_its_last_good_version_serving() {
 
     // Fixing the farm clears the failure.
     proxy
-        .reload(&[farm_a(addr_server(b.addr)), farm_b("v2.internal")])
+        .reload(&[farm_a(address_server(b.addr)), farm_b("v2.internal")])
         .await;
     let s = status(proxy.admin_addr()).await;
     assert_eq!(s["lastReload"]["outcome"], "success", "{s}");
@@ -192,7 +189,8 @@ async fn a_farm_file_caught_half_written_never_takes_the_site_down() {
     };
     let path = proxy.dir.path().join("farm.yaml");
     for n in 1..=10 {
-        let text = farm(n);
+        // The text is cut in two on purpose: the first part is no whole manifest.
+        let text = farm(n).yaml();
         let cut = text.len() * n / 11;
         // `>` truncates first, then the writer fills the file in pieces.
         let mut f = std::fs::File::create(&path).unwrap();

@@ -9,13 +9,20 @@ async fn headers_are_removed_set_and_added_after_the_proxys_own() {
     let web = Backend::start("web").await;
     let proxy = Proxy::start(
         "request-headers",
-        &[farm_yaml(
-            "web",
-            &["a.test"],
-            &["/"],
-            &[addr_server(web.addr)],
-            "  filters:\n    requestHeaders:\n      set: {X-Tenant: blue, X-Forwarded-Proto: https}\n      add: {X-Trace: edge}\n      remove: [X-Debug]\n",
-        )],
+        &[site("web", &["a.test"])
+            .server(address_server(web.addr))
+            .with(|spec| {
+                spec.filters = Some(Filters {
+                    request_headers: Some(RequestHeaders {
+                        set: [("X-Tenant", "blue"), ("X-Forwarded-Proto", "https")]
+                            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                            .into(),
+                        add: [("X-Trace".to_owned(), "edge".to_owned())].into(),
+                        remove: vec!["X-Debug".into()],
+                    }),
+                    ..defaults()
+                })
+            })],
     )
     .await;
     let mut c = Client::connect(proxy.addr).await;

@@ -5,14 +5,25 @@ mod common;
 
 use common::*;
 
-/// A farm of `backend` on host `a.test`; `publish` is the rest of its `publish` mapping
-/// and `rewrite` its `filters.rewrite` mapping.
-fn farm(backend: &Backend, publish: &str, rewrite: &str) -> String {
-    let name = &backend.name;
-    format!(
-        "apiVersion: portcullis.io/v1alpha1\nkind: ServerFarm\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  arrayRef: {{name: edge}}\n  publish: {{hosts: [a.test], {publish}}}\n  servers:\n  - {}\n  filters:\n    rewrite: {rewrite}\n",
-        addr_server(backend.addr)
-    )
+/// A farm of `backend` on host `a.test` whose requests are rewritten by `rewrite`,
+/// before its paths.
+fn farm(backend: &Backend, rewrite: Rewrite) -> FarmBuilder {
+    FarmBuilder::new(&backend.name)
+        .hosts(["a.test"])
+        .server(address_server(backend.addr))
+        .with(|spec| {
+            spec.filters = Some(Filters {
+                rewrite: Some(rewrite),
+                ..defaults()
+            })
+        })
+}
+
+fn replace_prefix(with: &str) -> Rewrite {
+    Rewrite {
+        replace_prefix_match: Some(with.into()),
+        ..defaults()
+    }
 }
 
 #[tokio::test]
@@ -22,9 +33,12 @@ async fn a_regex_route_rewrites_with_its_capture_groups() {
         "rewrite-regex",
         &[farm(
             &api,
-            "regexPaths: ['/api(/|$)(.*)']",
-            "{pathTemplate: '/$2'}",
-        )],
+            Rewrite {
+                path_template: Some("/$2".into()),
+                ..defaults()
+            },
+        )
+        .regex_paths(["/api(/|$)(.*)"])],
     )
     .await;
     for path in ["/api/users?x=1", "/API/v1/items/7", "/api", "/api/"] {
@@ -42,8 +56,8 @@ async fn a_prefix_is_replaced_and_the_rest_kept() {
     let proxy = Proxy::start(
         "rewrite-prefix",
         &[
-            farm(&v2, "paths: [/api]", "{replacePrefixMatch: /v2}"),
-            farm(&root, "paths: [/]", "{replacePrefixMatch: /app}"),
+            farm(&v2, replace_prefix("/v2")).paths(["/api"]),
+            farm(&root, replace_prefix("/app")).paths(["/"]),
         ],
     )
     .await;

@@ -20,13 +20,15 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::fixtures::keyring;
 use common::{Client, TempDir};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use parking_lot::Mutex;
 use portcullis_crds::keyring::KeyState;
+use portcullis_crds::v1alpha1::{Affinity, AffinityMode, CookieProtection, LoadBalancing};
+use portcullis_testkit::session::keyring;
+use portcullis_testkit::{ArrayBuilder, FarmBuilder, address_server, defaults, duration};
 use tokio::net::TcpListener;
 
 const HOST: &str = "shop.test";
@@ -136,21 +138,27 @@ impl Drop for Backend {
 /// cookie affinity and cookie protection.
 fn write_manifests(dir: &Path, port: u16, backends: &[&Backend]) {
     std::fs::create_dir_all(dir).unwrap();
-    let array = format!(
-        "apiVersion: portcullis.io/v1alpha1\nkind: GatewayArray\nmetadata: {{name: edge, namespace: default}}\nspec:\n  drainTimeout: 2s\n  maxSessionTime: 1h\n  listeners:\n  - name: http\n    port: {port}\n    protocol: HTTP\n"
-    );
-    let mut farm = format!(
-        "apiVersion: portcullis.io/v1alpha1\nkind: ServerFarm\nmetadata: {{name: shop, namespace: default}}\nspec:\n  arrayRef: {{name: edge}}\n  publish: {{hosts: [\"{HOST}\"], paths: [\"/\"]}}\n  loadBalancing: RoundRobin\n  affinity: {{mode: Cookie, cookieName: {AFFINITY}, maxSessionTime: 1h, idleTimeout: 30m}}\n  cookieProtection: Encrypt\n  servers:\n"
-    );
-    for b in backends {
-        farm.push_str(&format!(
-            "  - {{address: \"{}\", port: {}}}\n",
-            b.addr.ip(),
-            b.addr.port()
-        ));
-    }
-    std::fs::write(dir.join("array.yaml"), array).unwrap();
-    std::fs::write(dir.join("farm.yaml"), farm).unwrap();
+    let array = ArrayBuilder::new("edge").http("http", port).with(|spec| {
+        spec.drain_timeout = Some(duration("2s"));
+        spec.max_session_time = Some(duration("1h"));
+    });
+    let farm = FarmBuilder::new("shop")
+        .hosts([HOST])
+        .paths(["/"])
+        .servers(backends.iter().map(|b| address_server(b.addr)))
+        .with(|spec| {
+            spec.load_balancing = LoadBalancing::RoundRobin;
+            spec.affinity = Some(Affinity {
+                mode: AffinityMode::Cookie,
+                cookie_name: Some(AFFINITY.into()),
+                max_session_time: Some(duration("1h")),
+                idle_timeout: Some(duration("30m")),
+                ..defaults()
+            });
+            spec.cookie_protection = CookieProtection::Encrypt;
+        });
+    std::fs::write(dir.join("array.yaml"), array.yaml()).unwrap();
+    std::fs::write(dir.join("farm.yaml"), farm.yaml()).unwrap();
 }
 
 /// A port free on 127.0.0.1 a moment ago (manifests cannot say port 0), and on the other

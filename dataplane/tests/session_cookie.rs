@@ -9,7 +9,6 @@ use std::time::{Duration, SystemTime};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use common::TempDir;
-use common::fixtures::{IDLE, MAX_SESSION, farm, keyring};
 use http::HeaderMap;
 use http::header::{COOKIE, SET_COOKIE};
 use portcullis_crds::config::{
@@ -19,6 +18,7 @@ use portcullis_crds::keyring::KeyState;
 use portcullis_dataplane::session::{
     KeyringLoadError, RejectReason, RequestSession, SEALED_NAME_PREFIX, SessionManager,
 };
+use portcullis_testkit::session::{IDLE, MAX_SESSION, farm, keyring};
 use prometheus_client::registry::Registry;
 
 fn web() -> FarmConfig {

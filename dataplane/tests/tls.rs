@@ -11,18 +11,15 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+fn certificate(secret: &str) -> TlsCertificateRef {
+    TlsCertificateRef {
+        secret_name: secret.to_owned(),
+    }
+}
+
 struct Pki {
     a: CertificateDer<'static>,
     b: CertificateDer<'static>,
-}
-
-fn write_cert(dir: &TempDir, secret: &str, host: &str) -> CertificateDer<'static> {
-    let ck = rcgen::generate_simple_self_signed(vec![host.to_owned()]).unwrap();
-    let base = dir.path().join("certs").join(secret);
-    std::fs::create_dir_all(&base).unwrap();
-    std::fs::write(base.join("tls.crt"), ck.cert.pem()).unwrap();
-    std::fs::write(base.join("tls.key"), ck.signing_key.serialize_pem()).unwrap();
-    ck.cert.der().clone()
 }
 
 fn client(
@@ -53,26 +50,18 @@ async fn sni_picks_each_hosts_certificate_and_h2_works() {
         a: write_cert(&dir, "cert-a", "a.test"),
         b: write_cert(&dir, "cert-b", "b.test"),
     };
-    let https = |port| array_yaml(&[("tls", port, "HTTPS", Some("cert-a"))]);
+    let https = |port| edge_array().https("tls", port, "cert-a");
     let proxy = Proxy::start_in(
         dir,
         https,
         &[
-            farm_yaml(
-                "a",
-                &["a.test"],
-                &["/"],
-                &[addr_server(a.addr)],
-                "  backendHost: a.test\n",
-            )
-            .replace(
-                "publish: {hosts: [\"a.test\"], paths: [\"/\"]}",
-                "publish: {hosts: [\"a.test\"], paths: [\"/\"], tls: {secretName: cert-a}}",
-            ),
-            plain_farm(&b).replace(
-                "publish: {hosts: [\"b.test\"], paths: [\"/\"]}",
-                "publish: {hosts: [\"b.test\"], paths: [\"/\"], tls: {secretName: cert-b}}",
-            ),
+            site("a", &["a.test"])
+                .server(address_server(a.addr))
+                .with(|spec| {
+                    spec.backend_host = Some("a.test".into());
+                    spec.publish.tls = Some(certificate("cert-a"));
+                }),
+            plain_farm(&b).with(|spec| spec.publish.tls = Some(certificate("cert-b"))),
         ],
     )
     .await;
@@ -148,25 +137,41 @@ async fn sni_picks_each_hosts_certificate_and_h2_works() {
     proxy.shutdown().await;
 }
 
+/// A proxy with one HTTPS listener (`a.test`'s certificate) in front of the backend `a`.
+async fn https_proxy(tag: &str) -> (Backend, Pki, Proxy) {
+    let a = Backend::start("a").await;
+    let dir = TempDir::new(tag);
+    let pki = Pki {
+        a: write_cert(&dir, "cert-a", "a.test"),
+        b: write_cert(&dir, "cert-b", "b.test"),
+    };
+    let https = |port| edge_array().https("tls", port, "cert-a");
+    let proxy = Proxy::start_in(dir, https, &[plain_farm(&a)]).await;
+    (a, pki, proxy)
+}
+
+/// A TLS 1.3 connection to `proxy` for `a.test` that negotiated `alpn`.
+async fn connect_alpn(
+    proxy: &Proxy,
+    pki: &Pki,
+    alpn: &[u8],
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let tls = client(pki, &[alpn], &[&rustls::version::TLS13])
+        .connect(ServerName::try_from("a.test").unwrap(), tcp)
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(alpn));
+    tls
+}
+
 /// Issue 12, section 4: a client that negotiated `http/1.1` by ALPN and then sends the
 /// HTTP/2 preface is not served HTTP/2 (RFC 9113 section 3.3: the protocol is the one
 /// ALPN chose). It gets an HTTP/1.1 error and no backend sees anything.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_h2_preface_after_alpn_http11_is_not_served_as_h2() {
-    let a = Backend::start("a").await;
-    let dir = TempDir::new("tls-alpn");
-    let pki = Pki {
-        a: write_cert(&dir, "cert-a", "a.test"),
-        b: write_cert(&dir, "cert-b", "b.test"),
-    };
-    let https = |port| array_yaml(&[("tls", port, "HTTPS", Some("cert-a"))]);
-    let proxy = Proxy::start_in(dir, https, &[plain_farm(&a)]).await;
-    let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
-    let mut tls = client(&pki, &[b"http/1.1"], &[&rustls::version::TLS13])
-        .connect(ServerName::try_from("a.test").unwrap(), tcp)
-        .await
-        .unwrap();
-    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    let (a, pki, proxy) = https_proxy("tls-alpn").await;
+    let mut tls = connect_alpn(&proxy, &pki, b"http/1.1").await;
     // The preface, then an empty SETTINGS frame, as an h2 client would send them.
     tls.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
         .await
@@ -179,6 +184,33 @@ async fn an_h2_preface_after_alpn_http11_is_not_served_as_h2() {
         out.starts_with(b"HTTP/1.1 4") || out.starts_with(b"HTTP/1.1 5") || out.is_empty(),
         "answered as HTTP/2: {out:?}"
     );
+    assert!(a.seen().is_empty());
+    proxy.shutdown().await;
+}
+
+/// RFC 9113 section 3.4: a client that negotiated `h2` by ALPN must open with the
+/// connection preface; anything else is a connection error, and the connection is
+/// closed. It is not served as HTTP/1.1 (h2spec, section 3.5 case 2).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anything_but_the_preface_after_alpn_h2_closes_the_connection() {
+    let (a, pki, proxy) = https_proxy("tls-alpn-h2").await;
+    for opening in [
+        &b"INVALID CONNECTION PREFACE\r\n\r\n"[..],
+        b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n",
+    ] {
+        let mut tls = connect_alpn(&proxy, &pki, b"h2").await;
+        tls.write_all(opening).await.unwrap();
+        let mut out = Vec::new();
+        let closed =
+            tokio::time::timeout(std::time::Duration::from_secs(3), tls.read_to_end(&mut out))
+                .await;
+        assert!(closed.is_ok(), "the connection stayed open");
+        assert!(
+            out.is_empty(),
+            "answered: {:?}",
+            String::from_utf8_lossy(&out)
+        );
+    }
     assert!(a.seen().is_empty());
     proxy.shutdown().await;
 }

@@ -141,7 +141,7 @@ async fn traced_proxy(
     tag: &str,
     endpoint: &str,
     ratio: f64,
-    farms: &[String],
+    farms: &[FarmBuilder],
 ) -> (portcullis_dataplane::Handle, SocketAddr, TempDir) {
     let dir = TempDir::new(tag);
     let port = dir.write_manifests(web_array, farms);
@@ -346,13 +346,7 @@ async fn proxy_errors_are_error_spans() {
         "trace-errors",
         &format!("http://{collector_addr}/v1/traces"),
         1.0,
-        &[farm_yaml(
-            "dead",
-            &["dead.test"],
-            &["/"],
-            &[addr_server(dead)],
-            "",
-        )],
+        &[site("dead", &["dead.test"]).server(address_server(dead))],
     )
     .await;
     let (failed_status, _, _) = get(addr, "dead.test", "/x").await;

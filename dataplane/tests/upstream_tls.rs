@@ -74,6 +74,15 @@ async fn tls_backend(
     (addr, accepted, seen)
 }
 
+/// TLS to the servers, verified against the CA in `certs/upstream-ca`, with `sni`.
+fn upstream_tls(sni: Option<&str>) -> UpstreamTls {
+    UpstreamTls {
+        sni: sni.map(str::to_owned),
+        ca_secret_name: Some("upstream-ca".into()),
+        insecure_skip_verify: false,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_tls_with_ca_and_h2_shares_one_connection() {
     let cert = rcgen::generate_simple_self_signed(vec!["api.internal".to_owned()]).unwrap();
@@ -86,27 +95,33 @@ async fn upstream_tls_with_ca_and_h2_shares_one_connection() {
         dir,
         web_array,
         &[
-            farm_yaml(
-                "h2",
-                &["h2.test"],
-                &["/"],
-                &[addr_server(baddr)],
-                "  upstream: {protocol: HTTP2, tls: {sni: api.internal, caSecretName: upstream-ca}}\n",
-            ),
-            farm_yaml(
-                "h1",
-                &["h1.test"],
-                &["/"],
-                &[addr_server(baddr)],
-                "  backendHost: api.internal\n  upstream: {tls: {caSecretName: upstream-ca}}\n",
-            ),
-            farm_yaml(
-                "wrong",
-                &["wrong.test"],
-                &["/"],
-                &[addr_server(baddr)],
-                "  upstream: {retries: {attempts: 0}, tls: {sni: other.internal, caSecretName: upstream-ca}}\n",
-            ),
+            site("h2", &["h2.test"])
+                .server(address_server(baddr))
+                .with(|spec| {
+                    spec.upstream = Some(Upstream {
+                        protocol: UpstreamProtocol::Http2,
+                        tls: Some(upstream_tls(Some("api.internal"))),
+                        ..defaults()
+                    })
+                }),
+            site("h1", &["h1.test"])
+                .server(address_server(baddr))
+                .with(|spec| {
+                    spec.backend_host = Some("api.internal".into());
+                    spec.upstream = Some(Upstream {
+                        tls: Some(upstream_tls(None)),
+                        ..defaults()
+                    })
+                }),
+            site("wrong", &["wrong.test"])
+                .server(address_server(baddr))
+                .with(|spec| {
+                    spec.upstream = Some(Upstream {
+                        retries: Some(Retries { attempts: 0 }),
+                        tls: Some(upstream_tls(Some("other.internal"))),
+                        ..defaults()
+                    })
+                }),
         ],
     )
     .await;

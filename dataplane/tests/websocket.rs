@@ -11,13 +11,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 async fn upgraded_connection_echoes_through_five_reloads() {
     let b = Backend::start("b").await;
     let farm = |n: usize| {
-        farm_yaml(
-            "b",
-            &["ws.test"],
-            &["/"],
-            &[addr_server(b.addr)],
-            &format!("  backendHost: v{n}.internal\n"),
-        )
+        site("b", &["ws.test"])
+            .server(address_server(b.addr))
+            .with(|spec| spec.backend_host = Some(format!("v{n}.internal")))
     };
     let proxy = Proxy::start("ws", &[farm(0)]).await;
     let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
@@ -50,14 +46,10 @@ async fn upgraded_connection_echoes_through_five_reloads() {
 
 const WS_HEAD: &[u8] = b"GET /ws HTTP/1.1\r\nHost: ws.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n";
 
-fn ws_farm(backend: &Backend, extra: &str) -> String {
-    farm_yaml(
-        "b",
-        &["ws.test"],
-        &["/"],
-        &[addr_server(backend.addr)],
-        extra,
-    )
+fn ws_farm(backend: &Backend, edit: impl FnOnce(&mut ServerFarmSpec)) -> FarmBuilder {
+    site("b", &["ws.test"])
+        .server(address_server(backend.addr))
+        .with(edit)
 }
 
 /// Issue 12, finding 3: `Upgrade: h2c` opened a raw tunnel in which requests the proxy
@@ -65,7 +57,7 @@ fn ws_farm(backend: &Backend, extra: &str) -> String {
 #[tokio::test]
 async fn an_h2c_upgrade_is_served_as_a_plain_request() {
     let b = Backend::start("b").await;
-    let proxy = Proxy::start("h2c", &[ws_farm(&b, "")]).await;
+    let proxy = Proxy::start("h2c", &[ws_farm(&b, |_| {})]).await;
     let resp = raw(
         proxy.addr,
         b"GET / HTTP/1.1\r\nHost: ws.test\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAoAAAAAIAAAAA\r\n\r\nPOST /smuggled HTTP/1.1\r\nHost: ws.test\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
@@ -93,14 +85,18 @@ async fn an_h2c_upgrade_is_served_as_a_plain_request() {
 #[tokio::test]
 async fn a_101_the_client_did_not_ask_for_is_refused() {
     let b = Backend::start("b").await;
-    let proxy = Proxy::start("no-upgrades", &[ws_farm(&b, "  allowedUpgrades: []\n")]).await;
+    let proxy = Proxy::start(
+        "no-upgrades",
+        &[ws_farm(&b, |spec| spec.allowed_upgrades = Some(vec![]))],
+    )
+    .await;
     let resp = raw(proxy.addr, WS_HEAD).await;
     assert!(resp.starts_with("HTTP/1.1 502"), "{resp}");
     assert!(resp.contains("unexpected-101"), "{resp}");
     assert!(!b.seen()[0].headers.contains_key("upgrade"));
     // And with the default (WebSocket allowed), a plain GET answered with 101.
     let b2 = Backend::start("b2").await;
-    let proxy2 = Proxy::start("plain-101", &[ws_farm(&b2, "")]).await;
+    let proxy2 = Proxy::start("plain-101", &[ws_farm(&b2, |_| {})]).await;
     let resp = raw(proxy2.addr, b"GET /ws HTTP/1.1\r\nHost: ws.test\r\n\r\n").await;
     assert!(resp.starts_with("HTTP/1.1 502"), "{resp}");
     // Each refused 101 is one request, answered 502: never also counted as a 101.
@@ -126,7 +122,16 @@ async fn a_101_the_client_did_not_ask_for_is_refused() {
 #[tokio::test]
 async fn an_idle_tunnel_is_closed() {
     let b = Backend::start("b").await;
-    let proxy = Proxy::start("ws-idle", &[ws_farm(&b, "  upstream: {idleTimeout: 1s}\n")]).await;
+    let proxy = Proxy::start(
+        "ws-idle",
+        &[ws_farm(&b, |spec| {
+            spec.upstream = Some(Upstream {
+                idle_timeout: Some(duration("1s")),
+                ..defaults()
+            })
+        })],
+    )
+    .await;
     let mut s = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
     s.write_all(WS_HEAD).await.unwrap();
     let mut head = Vec::new();

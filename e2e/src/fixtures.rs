@@ -10,7 +10,11 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::PostParams;
 use kube::{Api, ResourceExt};
-use portcullis_crds::v1alpha1::{GatewayArray, GatewayArraySpec, ServerFarm, ServerFarmSpec};
+use portcullis_crds::v1alpha1::{
+    Affinity, AffinityMode, GatewayArray, GatewayArraySpec, Server, ServerFarm, ServerFarmSpec,
+    ServiceOptions, ServiceType,
+};
+use portcullis_testkit::{ArrayBuilder, FarmBuilder, defaults, duration, service_server};
 use serde_json::{Value, json};
 
 use crate::kubectl::PortForward;
@@ -78,41 +82,61 @@ pub async fn create_demo_backend(ctx: &Ctx, name: &str, replicas: i32) -> anyhow
 }
 
 /// A GatewayArray with one HTTP listener on [`LISTENER_PORT`], a ClusterIP Service and
-/// `replicas` members. `extra` is merged into the spec (JSON merge).
-pub fn array(name: &str, replicas: i32, extra: Value) -> anyhow::Result<GatewayArray> {
-    let mut spec = json!({
-        "replicas": replicas,
-        "listeners": [{"name": "http", "port": LISTENER_PORT, "protocol": "HTTP"}],
-        "service": {"type": "ClusterIP"},
-        "drainTimeout": "5s",
-    });
-    merge(&mut spec, extra);
-    let spec: GatewayArraySpec = serde_json::from_value(spec).context("array spec")?;
-    Ok(GatewayArray::new(name, spec))
+/// `replicas` members, in the namespace of the client that creates it; `edit` changes
+/// the rest of the spec.
+pub fn array(name: &str, replicas: i32, edit: impl FnOnce(&mut GatewayArraySpec)) -> GatewayArray {
+    ArrayBuilder::new(name)
+        .any_namespace()
+        .http("http", LISTENER_PORT)
+        .with(|spec| {
+            spec.replicas = replicas;
+            spec.service = Some(ServiceOptions {
+                type_: ServiceType::ClusterIp,
+                ..Default::default()
+            });
+            spec.drain_timeout = Some(duration("5s"));
+        })
+        .with(edit)
+        .build()
 }
 
 /// A ServerFarm on `array` publishing `host` at `/`, whose servers are the Service
-/// `backend` port 80. `extra` is merged into the spec (JSON merge).
+/// `backend` port 80, in the namespace of the client that creates it; `edit` changes the
+/// rest of the spec.
 pub fn farm(
     name: &str,
     array: &str,
     host: &str,
     backend: &str,
-    extra: Value,
-) -> anyhow::Result<ServerFarm> {
-    let mut spec = json!({
-        "arrayRef": {"name": array},
-        "publish": {"hosts": [host], "paths": ["/"]},
-        "servers": [{"service": {"name": backend, "port": 80}}],
-    });
-    merge(&mut spec, extra);
-    let spec: ServerFarmSpec = serde_json::from_value(spec).context("farm spec")?;
-    Ok(ServerFarm::new(name, spec))
+    edit: impl FnOnce(&mut ServerFarmSpec),
+) -> ServerFarm {
+    FarmBuilder::new(name)
+        .any_namespace()
+        .array(array)
+        .hosts([host])
+        .paths(["/"])
+        .server(service_server(backend, 80))
+        .with(edit)
+        .build()
+}
+
+/// A server at the cloud metadata address, which the controller refuses in-cluster (the
+/// chart leaves allowPrivateTargets off) though the CRD schema accepts it.
+pub fn metadata_address() -> Server {
+    Server {
+        address: Some("169.254.169.254".to_owned()),
+        port: Some(80),
+        ..defaults()
+    }
 }
 
 /// Cookie affinity, as the session flows use it.
-pub fn cookie_affinity() -> Value {
-    json!({"affinity": {"mode": "Cookie", "cookieName": AFFINITY_COOKIE}})
+pub fn cookie_affinity(spec: &mut ServerFarmSpec) {
+    spec.affinity = Some(Affinity {
+        mode: AffinityMode::Cookie,
+        cookie_name: Some(AFFINITY_COOKIE.to_owned()),
+        ..defaults()
+    });
 }
 
 /// The session flows' set-up: the demo backend `demo` with `backends` pods, the array
@@ -121,8 +145,8 @@ pub fn cookie_affinity() -> Value {
 /// latest config, with the array as it is then.
 pub async fn sticky_shop(ctx: &Ctx, members: i32, backends: i32) -> anyhow::Result<GatewayArray> {
     create_demo_backend(ctx, "demo", backends).await?;
-    let array = array("edge", members, json!({}))?;
-    let farm = farm("shop", "edge", "shop.e2e.test", "demo", cookie_affinity())?;
+    let array = array("edge", members, |_| {});
+    let farm = farm("shop", "edge", "shop.e2e.test", "demo", cookie_affinity);
     apply(ctx, &array, &[farm]).await?;
     wait_farm_condition(ctx, "shop", "Ready", "True").await?;
     wait_array_ready(ctx, "edge", members).await
@@ -130,17 +154,6 @@ pub async fn sticky_shop(ctx: &Ctx, members: i32, backends: i32) -> anyhow::Resu
 
 /// The affinity cookie name the session flows configure.
 pub const AFFINITY_COOKIE: &str = "portcullis-e2e-session";
-
-fn merge(base: &mut Value, extra: Value) {
-    match (base, extra) {
-        (Value::Object(base), Value::Object(extra)) => {
-            for (k, v) in extra {
-                merge(base.entry(k).or_insert(Value::Null), v);
-            }
-        }
-        (base, extra) => *base = extra,
-    }
-}
 
 /// Creates the array and farms.
 pub async fn apply(ctx: &Ctx, array: &GatewayArray, farms: &[ServerFarm]) -> anyhow::Result<()> {
@@ -289,6 +302,8 @@ pub async fn cookies_rejected(ctx: &Ctx, array: &str) -> anyhow::Result<f64> {
 
 #[cfg(test)]
 mod tests {
+    use portcullis_crds::v1alpha1::SessionKeys;
+
     use super::*;
 
     #[test]
@@ -309,16 +324,16 @@ mod tests {
 
     #[test]
     fn builders_produce_valid_api_objects() {
-        let a = array(
-            "edge",
-            2,
-            json!({"sessionKeys": {"rotationInterval": "1h"}}),
-        )
-        .unwrap();
+        let a = array("edge", 2, |spec| {
+            spec.session_keys = Some(SessionKeys {
+                rotation_interval: Some(duration("1h")),
+                ..Default::default()
+            })
+        });
         assert_eq!(a.spec.replicas, 2);
         assert_eq!(a.spec.listeners[0].port, LISTENER_PORT);
         assert!(a.spec.session_keys.is_some());
-        let f = farm("farm-a", "edge", "a.e2e.test", "demo-a", cookie_affinity()).unwrap();
+        let f = farm("farm-a", "edge", "a.e2e.test", "demo-a", cookie_affinity);
         assert_eq!(f.spec.array_ref.name, "edge");
         assert_eq!(f.spec.servers[0].service.as_ref().unwrap().name, "demo-a");
         assert_eq!(

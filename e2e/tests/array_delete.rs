@@ -5,15 +5,14 @@ use anyhow::ensure;
 use kube::api::DeleteParams;
 use portcullis_crds::v1alpha1::GatewayArray;
 use portcullis_e2e::{Ctx, fixtures, owned, wait, with_temp_ns};
-use serde_json::json;
 
 #[tokio::test]
 #[ignore = "needs a cluster: run e2e/cluster/e2e.sh or e2e/kind.sh"]
 async fn deleting_the_array_removes_what_it_owned() {
     with_temp_ns("array-delete", |ctx: Ctx| async move {
         fixtures::create_demo_backend(&ctx, "demo", 1).await?;
-        let array = fixtures::array("edge", 2, json!({}))?;
-        let farm = fixtures::farm("site", "edge", "site.e2e.test", "demo", json!({}))?;
+        let array = fixtures::array("edge", 2, |_| {});
+        let farm = fixtures::farm("site", "edge", "site.e2e.test", "demo", |_| {});
         fixtures::apply(&ctx, &array, &[farm]).await?;
         fixtures::wait_array_ready(&ctx, "edge", 2).await?;
         let uid = owned::array_uid(&ctx, "edge").await?;

@@ -32,8 +32,8 @@ async fn farm_edit_applies_without_restarting_members() {
     with_temp_ns("farm-edit", |ctx: Ctx| async move {
         fixtures::create_demo_backend(&ctx, "demo-a", 2).await?;
         fixtures::create_demo_backend(&ctx, "demo-b", 2).await?;
-        let array = fixtures::array("edge", 2, json!({}))?;
-        let farm = fixtures::farm("site", "edge", "site.e2e.test", "demo-a", json!({}))?;
+        let array = fixtures::array("edge", 2, |_| {});
+        let farm = fixtures::farm("site", "edge", "site.e2e.test", "demo-a", |_| {});
         fixtures::apply(&ctx, &array, &[farm]).await?;
         fixtures::wait_farm_condition(&ctx, "site", "Ready", "True").await?;
         let before = fixtures::wait_array_ready(&ctx, "edge", 2).await?;

@@ -18,7 +18,6 @@ use kube::api::{Api, DeleteParams, ListParams, PostParams};
 use portcullis_crds::v1alpha1::{GatewayArray, ServerFarm};
 use portcullis_e2e::http::CookieJar;
 use portcullis_e2e::{Ctx, E2E_LABEL, fixtures, http, wait, with_temp_ns};
-use serde_json::json;
 
 const HOST: &str = "shop.e2e.test";
 
@@ -173,10 +172,7 @@ async fn flow(ctx: &Ctx, apps_ns: &str, class: &str) -> anyhow::Result<()> {
     };
     fixtures::create_demo_backend(&apps, "demo", 2).await?;
     ctx.api::<GatewayArray>()
-        .create(
-            &PostParams::default(),
-            &fixtures::array("edge", 1, json!({}))?,
-        )
+        .create(&PostParams::default(), &fixtures::array("edge", 1, |_| {}))
         .await?;
     kubectl_apply(ctx, &ctx.ns, &class_yaml(class, &ctx.ns)).await?;
     kubectl_apply(ctx, apps_ns, &ingress_yaml(class)).await?;

@@ -3,15 +3,14 @@
 
 use anyhow::ensure;
 use portcullis_e2e::{Ctx, fixtures, http, with_temp_ns};
-use serde_json::json;
 
 #[tokio::test]
 #[ignore = "needs a cluster: run e2e/cluster/e2e.sh or e2e/kind.sh"]
 async fn invalid_farm_is_reported_and_isolated() {
     with_temp_ns("invalid-farm", |ctx: Ctx| async move {
         fixtures::create_demo_backend(&ctx, "demo", 2).await?;
-        let array = fixtures::array("edge", 2, json!({}))?;
-        let good = fixtures::farm("good", "edge", "good.e2e.test", "demo", json!({}))?;
+        let array = fixtures::array("edge", 2, |_| {});
+        let good = fixtures::farm("good", "edge", "good.e2e.test", "demo", |_| {});
         fixtures::apply(&ctx, &array, &[good]).await?;
         fixtures::wait_farm_condition(&ctx, "good", "Ready", "True").await?;
         fixtures::wait_array_ready(&ctx, "edge", 2).await?;
@@ -20,13 +19,9 @@ async fn invalid_farm_is_reported_and_isolated() {
 
         // Passes the CRD schema, but targets the cloud metadata address, which the
         // controller refuses in-cluster (the chart leaves allowPrivateTargets off).
-        let bad = fixtures::farm(
-            "bad",
-            "edge",
-            "bad.e2e.test",
-            "unused",
-            json!({"servers": [{"address": "169.254.169.254", "port": 80}]}),
-        )?;
+        let bad = fixtures::farm("bad", "edge", "bad.e2e.test", "unused", |spec| {
+            spec.servers = vec![fixtures::metadata_address()]
+        });
         ctx.api().create(&Default::default(), &bad).await?;
         let accepted = fixtures::wait_farm_condition(&ctx, "bad", "Accepted", "False").await?;
         ensure!(
@@ -55,7 +50,7 @@ async fn invalid_farm_is_reported_and_isolated() {
         );
 
         // A farm naming an array that does not exist says so.
-        let lost = fixtures::farm("lost", "edeg", "lost.e2e.test", "demo", json!({}))?;
+        let lost = fixtures::farm("lost", "edeg", "lost.e2e.test", "demo", |_| {});
         ctx.api().create(&Default::default(), &lost).await?;
         let accepted = fixtures::wait_farm_condition(&ctx, "lost", "Accepted", "False").await?;
         ensure!(

@@ -19,10 +19,8 @@ use portcullis_crds::translate::{
 };
 use portcullis_crds::v1alpha1::{GatewayArray, ServerFarm};
 use portcullis_e2e::fixtures;
+use portcullis_testkit::api_server;
 use serde_json::{Value, json};
-
-#[path = "../../crds/tests/support/api_server.rs"]
-mod api_server;
 
 fn repo_path(relative: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -163,46 +161,44 @@ fn the_objects_the_flows_create_pass_the_crd() {
     let objects = [
         (
             "routing/farm-edit array",
-            serde_json::to_value(fixtures::array("edge", 2, json!({})).unwrap()).unwrap(),
+            serde_json::to_value(fixtures::array("edge", 2, |_| {})).unwrap(),
         ),
         (
             "session array",
-            serde_json::to_value(fixtures::array("edge", 3, json!({})).unwrap()).unwrap(),
+            serde_json::to_value(fixtures::array("edge", 3, |_| {})).unwrap(),
         ),
         (
             "plain farm",
-            serde_json::to_value(
-                fixtures::farm("farm-a", "edge", "a.e2e.test", "demo-a", json!({})).unwrap(),
-            )
+            serde_json::to_value(fixtures::farm(
+                "farm-a",
+                "edge",
+                "a.e2e.test",
+                "demo-a",
+                |_| {},
+            ))
             .unwrap(),
         ),
         (
             "cookie-affinity farm",
-            serde_json::to_value(
-                fixtures::farm(
-                    "shop",
-                    "edge",
-                    "shop.e2e.test",
-                    "demo",
-                    fixtures::cookie_affinity(),
-                )
-                .unwrap(),
-            )
+            serde_json::to_value(fixtures::farm(
+                "shop",
+                "edge",
+                "shop.e2e.test",
+                "demo",
+                fixtures::cookie_affinity,
+            ))
             .unwrap(),
         ),
         // invalid_farm.rs: the controller refuses it, so the API server must accept it.
         (
             "metadata-address farm",
-            serde_json::to_value(
-                fixtures::farm(
-                    "bad",
-                    "edge",
-                    "bad.e2e.test",
-                    "unused",
-                    json!({"servers": [{"address": "169.254.169.254", "port": 80}]}),
-                )
-                .unwrap(),
-            )
+            serde_json::to_value(fixtures::farm(
+                "bad",
+                "edge",
+                "bad.e2e.test",
+                "unused",
+                |spec| spec.servers = vec![fixtures::metadata_address()],
+            ))
             .unwrap(),
         ),
     ];
@@ -213,9 +209,8 @@ fn the_objects_the_flows_create_pass_the_crd() {
 
 #[test]
 fn the_array_without_listeners_of_the_install_flow_is_refused_by_cel() {
-    let mut array =
-        serde_json::to_value(fixtures::array("no-listeners", 1, json!({})).unwrap()).unwrap();
-    array["spec"]["listeners"] = json!([]);
+    let array = fixtures::array("no-listeners", 1, |spec| spec.listeners.clear());
+    let array = serde_json::to_value(array).unwrap();
     let errors = api_server_errors(&array);
     assert!(
         errors.iter().any(|e| e.contains("at least one listener")),

@@ -552,13 +552,12 @@ async fn members_metrics_are_reachable_by_the_pod_monitor_selector() {
     use kube::ResourceExt;
     use kube::api::ListParams;
     use portcullis_e2e::{Ctx, fixtures, http, owned, with_temp_ns};
-    use serde_json::json;
 
     with_temp_ns("monitoring", |ctx: Ctx| async move {
         let (selector, port_name, path) = pod_monitor()?;
         fixtures::create_demo_backend(&ctx, "demo", 1).await?;
-        let array = fixtures::array("edge", 2, json!({}))?;
-        let farm = fixtures::farm("site", "edge", "site.e2e.test", "demo", json!({}))?;
+        let array = fixtures::array("edge", 2, |_| {});
+        let farm = fixtures::farm("site", "edge", "site.e2e.test", "demo", |_| {});
         fixtures::apply(&ctx, &array, &[farm]).await?;
         let ready = fixtures::wait_array_ready(&ctx, "edge", 2).await?;
         let hash = ready.status.and_then(|s| s.config_hash).unwrap_or_default();

@@ -3,7 +3,6 @@
 
 use anyhow::ensure;
 use portcullis_e2e::{Ctx, fixtures, http, with_temp_ns};
-use serde_json::json;
 
 #[tokio::test]
 #[ignore = "needs a cluster: run e2e/cluster/e2e.sh or e2e/kind.sh"]
@@ -11,10 +10,10 @@ async fn traffic_reaches_the_right_farm() {
     with_temp_ns("routing", |ctx: Ctx| async move {
         fixtures::create_demo_backend(&ctx, "demo-a", 2).await?;
         fixtures::create_demo_backend(&ctx, "demo-b", 2).await?;
-        let array = fixtures::array("edge", 2, json!({}))?;
+        let array = fixtures::array("edge", 2, |_| {});
         let farms = [
-            fixtures::farm("farm-a", "edge", "a.e2e.test", "demo-a", json!({}))?,
-            fixtures::farm("farm-b", "edge", "b.e2e.test", "demo-b", json!({}))?,
+            fixtures::farm("farm-a", "edge", "a.e2e.test", "demo-a", |_| {}),
+            fixtures::farm("farm-b", "edge", "b.e2e.test", "demo-b", |_| {}),
         ];
         fixtures::apply(&ctx, &array, &farms).await?;
         for farm in ["farm-a", "farm-b"] {

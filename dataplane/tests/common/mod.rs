@@ -2,7 +2,10 @@
 //! real binary, raw and hyper clients.
 #![allow(dead_code, missing_docs)]
 
-pub mod fixtures;
+pub use portcullis_crds::v1alpha1::*;
+pub use portcullis_testkit::{
+    ArrayBuilder, FarmBuilder, address_server, defaults, duration, manifests,
+};
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -198,77 +201,34 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// A GatewayArray `edge` with `listeners` (name, port, protocol, TLS secret).
-pub fn array_yaml(listeners: &[(&str, u16, &str, Option<&str>)]) -> String {
-    let mut s = String::from(
-        "apiVersion: portcullis.io/v1alpha1\nkind: GatewayArray\nmetadata: {name: edge, namespace: default}\nspec:\n  drainTimeout: 10s\n  limits: {headerReadTimeout: 1s}\n  listeners:\n",
-    );
-    for (name, port, proto, secret) in listeners {
-        s.push_str(&format!(
-            "  - name: {name}\n    port: {port}\n    protocol: {proto}\n"
-        ));
-        if let Some(secret) = secret {
-            s.push_str(&format!("    tls: {{secretName: {secret}}}\n"));
-        }
-    }
-    s
+/// The GatewayArray `edge` the tests run on, before its listeners: a 10 s drain and a
+/// 1 s header-read timeout (so slow-client tests finish quickly).
+pub fn edge_array() -> ArrayBuilder {
+    ArrayBuilder::new("edge")
+        .with(|spec| spec.drain_timeout = Some(duration("10s")))
+        .limits(ClientLimits {
+            header_read_timeout: Some(duration("1s")),
+            ..defaults()
+        })
 }
 
-/// A ServerFarm manifest; `extra` is more YAML under `spec` (indented two spaces).
-pub fn farm_yaml(
-    name: &str,
-    hosts: &[&str],
-    paths: &[&str],
-    servers: &[String],
-    extra: &str,
-) -> String {
-    let hosts = hosts
-        .iter()
-        .map(|h| format!("\"{h}\""))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let paths = paths
-        .iter()
-        .map(|h| format!("\"{h}\""))
-        .collect::<Vec<_>>()
-        .join(", ");
-    let mut s = format!(
-        "apiVersion: portcullis.io/v1alpha1\nkind: ServerFarm\nmetadata: {{name: {name}, namespace: default}}\nspec:\n  arrayRef: {{name: edge}}\n  publish: {{hosts: [{hosts}], paths: [{paths}]}}\n  servers:\n"
-    );
-    for srv in servers {
-        s.push_str(&format!("  - {srv}\n"));
-    }
-    s.push_str(extra);
-    s
+/// [`edge_array`] with one HTTP listener `web` on `port`.
+pub fn web_array(port: u16) -> ArrayBuilder {
+    edge_array().http("web", port)
 }
 
-/// A GatewayArray with one HTTP listener `web` on `port`.
-pub fn web_array(port: u16) -> String {
-    array_yaml(&[("web", port, "HTTP", None)])
-}
-
-/// [`web_array`] with `limits` (a YAML flow mapping's content) in place of the default
-/// `headerReadTimeout: 1s`.
-pub fn web_array_with_limits(port: u16, limits: &str) -> String {
-    web_array(port).replace(
-        "limits: {headerReadTimeout: 1s}",
-        &format!("limits: {{{limits}}}"),
-    )
+/// The ServerFarm `name` publishing `hosts` at `/` (add paths with `.paths`, which then
+/// come after `/`; use [`FarmBuilder::new`] for a farm without `/`).
+pub fn site(name: &str, hosts: &[&str]) -> FarmBuilder {
+    FarmBuilder::new(name)
+        .hosts(hosts.iter().copied())
+        .paths(["/"])
 }
 
 /// The ServerFarm named after `backend` that publishes `<name>.test/` to it alone.
-pub fn plain_farm(backend: &Backend) -> String {
+pub fn plain_farm(backend: &Backend) -> FarmBuilder {
     let name = &backend.name;
-    let host = format!("{name}.test");
-    farm_yaml(name, &[&host], &["/"], &[addr_server(backend.addr)], "")
-}
-
-pub fn addr_server(addr: SocketAddr) -> String {
-    format!("{{address: \"{}\", port: {}}}", addr.ip(), addr.port())
-}
-
-pub fn host_server(host: &str, port: u16) -> String {
-    format!("{{host: \"{host}\", port: {port}}}")
+    site(name, &[&format!("{name}.test")]).server(address_server(backend.addr))
 }
 
 /// A temp directory removed on drop.
@@ -299,14 +259,33 @@ impl TempDir {
         path
     }
 
-    /// Writes `array.yaml`, rendered by `array` for a free port, and `farm.yaml` holding
+    /// Writes `array.yaml`, built by `array` for a free port, and `farm.yaml` holding
     /// `farms`; returns the port.
-    pub fn write_manifests(&self, array: impl FnOnce(u16) -> String, farms: &[String]) -> u16 {
+    pub fn write_manifests(
+        &self,
+        array: impl FnOnce(u16) -> ArrayBuilder,
+        farms: &[FarmBuilder],
+    ) -> u16 {
         let port = free_port();
-        self.write("array.yaml", &array(port));
-        self.write("farm.yaml", &farms.join("---\n"));
+        self.write("array.yaml", &array(port).yaml());
+        self.write("farm.yaml", &manifests(farms));
         port
     }
+}
+
+/// Writes a self-signed certificate for `host` as the TLS Secret `secret` under `dir`'s
+/// `certs/` (where local mode looks); returns it.
+pub fn write_cert(
+    dir: &TempDir,
+    secret: &str,
+    host: &str,
+) -> rustls::pki_types::CertificateDer<'static> {
+    let ck = rcgen::generate_simple_self_signed(vec![host.to_owned()]).unwrap();
+    let base = dir.path().join("certs").join(secret);
+    std::fs::create_dir_all(&base).unwrap();
+    std::fs::write(base.join("tls.crt"), ck.cert.pem()).unwrap();
+    std::fs::write(base.join("tls.key"), ck.signing_key.serialize_pem()).unwrap();
+    ck.cert.der().clone()
 }
 
 impl Drop for TempDir {
@@ -347,22 +326,22 @@ pub struct Proxy {
 
 impl Proxy {
     /// One HTTP listener ([`web_array`]) and `farms`.
-    pub async fn start(tag: &str, farms: &[String]) -> Proxy {
+    pub async fn start(tag: &str, farms: &[FarmBuilder]) -> Proxy {
         Proxy::start_in(TempDir::new(tag), web_array, farms).await
     }
 
-    /// One HTTP listener with `limits` ([`web_array_with_limits`]) and `farms`.
-    pub async fn with_limits(tag: &str, limits: &str, farms: &[String]) -> Proxy {
-        let array = |port| web_array_with_limits(port, limits);
+    /// One HTTP listener with `limits` in place of [`web_array`]'s, and `farms`.
+    pub async fn with_limits(tag: &str, limits: ClientLimits, farms: &[FarmBuilder]) -> Proxy {
+        let array = |port| web_array(port).limits(limits);
         Proxy::start_in(TempDir::new(tag), array, farms).await
     }
 
     /// `dir` (which may hold certificates already) with the GatewayArray `array`
-    /// renders for a free port, and `farms`; waits until the dataplane is ready.
+    /// builds for a free port, and `farms`; waits until the dataplane is ready.
     pub async fn start_in(
         dir: TempDir,
-        array: impl FnOnce(u16) -> String,
-        farms: &[String],
+        array: impl FnOnce(u16) -> ArrayBuilder,
+        farms: &[FarmBuilder],
     ) -> Proxy {
         let port = dir.write_manifests(array, farms);
         let handle = start(dir.path()).await;
@@ -380,9 +359,15 @@ impl Proxy {
 
     /// Replaces `farm.yaml` with `farms` and waits until the dataplane serves a config
     /// with another hash (5 s at most).
-    pub async fn reload(&self, farms: &[String]) {
+    pub async fn reload(&self, farms: &[FarmBuilder]) {
+        self.reload_text(&manifests(farms)).await;
+    }
+
+    /// [`Proxy::reload`] with `farm.yaml` written as `text` (for farms that no builder
+    /// should make).
+    pub async fn reload_text(&self, text: &str) {
         let before = self.config_hash();
-        self.dir.write("farm.yaml", &farms.join("---\n"));
+        self.dir.write("farm.yaml", text);
         wait_until(Duration::from_secs(5), || self.config_hash() != before).await;
     }
 
@@ -405,8 +390,21 @@ pub async fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) {
 
 /// Sends raw bytes and reads until the peer closes or 3 s pass.
 pub async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
+    raw_pieces(addr, &[bytes]).await
+}
+
+/// [`raw`] with the bytes in `pieces`, written 30 ms apart so that the proxy reads each
+/// on its own. Writing stops when the proxy has closed.
+pub async fn raw_pieces(addr: SocketAddr, pieces: &[&[u8]]) -> String {
     let mut s = TcpStream::connect(addr).await.unwrap();
-    s.write_all(bytes).await.unwrap();
+    for (i, piece) in pieces.iter().enumerate() {
+        if i > 0 {
+            tokio::time::sleep(Duration::from_millis(30)).await;
+        }
+        if s.write_all(piece).await.is_err() {
+            break;
+        }
+    }
     let mut out = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(3), s.read_to_end(&mut out)).await;
     String::from_utf8_lossy(&out).into_owned()

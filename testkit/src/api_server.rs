@@ -1,8 +1,6 @@
 //! What the API server would say about a Portcullis object, offline: the CRD's
 //! openAPIV3Schema (with the API server's strictness) and its CEL rules. Shared by the
-//! crds example tests and the e2e manifest tests (`#[path]`-included by both).
-
-#![allow(dead_code)] // each including test uses its own subset
+//! crds example tests and the e2e manifest tests.
 
 use serde_json::{Value, json};
 

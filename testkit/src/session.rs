@@ -1,6 +1,4 @@
-//! Session fixtures shared by the session tests and the cookie bench, which includes
-//! this file by path (a bench cannot use the test harness in `common`).
-#![allow(dead_code)]
+//! Session fixtures shared by the dataplane's session tests and its cookie bench.
 
 use std::time::Duration;
 
