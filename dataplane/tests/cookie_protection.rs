@@ -50,13 +50,9 @@ fn pair(set_cookie: &http::HeaderValue) -> (String, String) {
 #[tokio::test]
 async fn a_protected_farm_gets_only_the_cookies_its_servers_set() {
     let backend = cookie_backend().await;
-    let farm = farm_yaml(
-        "shop",
-        &["shop.test"],
-        &["/"],
-        &[addr_server(backend)],
-        "  cookieProtection: Encrypt\n",
-    );
+    let farm = site("shop", &["shop.test"])
+        .server(address_server(backend))
+        .with(|spec| spec.cookie_protection = CookieProtection::Encrypt);
     let proxy = Proxy::start("cookie-protection", &[farm]).await;
     let mut client = Client::connect(proxy.addr).await;
     let mut send = async |cookie: &str| {

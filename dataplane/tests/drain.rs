@@ -207,24 +207,14 @@ async fn sigterm_during_a_large_reload_exits_without_waiting_for_it() {
     wait_ready(admin).await;
     let status = || async { get(admin, "admin", "/status").await.2 };
     let before = status().await;
-    let server = format!(
-        "{{address: \"{}\", port: {}, weight: 1000}}",
-        b.addr.ip(),
-        b.addr.port()
-    );
-    let farms: Vec<String> = (0..400)
-        .map(|i| {
-            let host = format!("f{i}.test");
-            farm_yaml(
-                &format!("f{i}"),
-                &[&host],
-                &["/"],
-                std::slice::from_ref(&server),
-                "",
-            )
-        })
+    let server = Server {
+        weight: 1000,
+        ..address_server(b.addr)
+    };
+    let farms: Vec<FarmBuilder> = (0..400)
+        .map(|i| site(&format!("f{i}"), &[&format!("f{i}.test")]).server(server.clone()))
         .collect();
-    dir.write("farm.yaml", &farms.join("---\n"));
+    dir.write("farm.yaml", &manifests(&farms));
     // The member polls every 500 ms and lets a change settle for 100 ms.
     tokio::time::sleep(Duration::from_millis(1000)).await;
     assert_eq!(

@@ -260,22 +260,16 @@ async fn a_large_reload_does_not_stall_serving() {
     // Many farms, each a hash ring of 16 000 points (weight 1000).
     let mut farms = vec![plain_farm(&b)];
     for i in 0..FARMS {
-        farms.push(farm_yaml(
-            &format!("f{i}"),
-            &[&format!("f{i}.test")],
-            &["/"],
-            &[format!(
-                "{{address: \"{}\", port: {}, weight: 1000}}",
-                b.addr.ip(),
-                b.addr.port()
-            )],
-            "",
-        ));
+        let name = format!("f{i}");
+        farms.push(site(&name, &[&format!("{name}.test")]).server(Server {
+            weight: 1000,
+            ..address_server(b.addr)
+        }));
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
     let started = std::time::Instant::now();
     let before = proxy.config_hash();
-    proxy.dir.write("farm.yaml", &farms.join("---\n"));
+    proxy.dir.write("farm.yaml", &manifests(&farms));
     wait_until(Duration::from_secs(60), || proxy.config_hash() != before).await;
     let reload = started.elapsed();
     tokio::time::sleep(Duration::from_millis(200)).await;

@@ -125,13 +125,14 @@ async fn status_line(client: &mut TcpStream) -> String {
 #[tokio::test]
 async fn a_request_on_a_pooled_connection_the_server_closed_is_sent_again_on_a_fresh_one() {
     let backend = ClosingBackend::start();
-    let farm = farm_yaml(
-        "b",
-        &["b.test"],
-        &["/"],
-        &[addr_server(backend.addr)],
-        "  upstream: {retries: {attempts: 0}}\n",
-    );
+    let farm = site("b", &["b.test"])
+        .server(address_server(backend.addr))
+        .with(|spec| {
+            spec.upstream = Some(Upstream {
+                retries: Some(Retries { attempts: 0 }),
+                ..defaults()
+            })
+        });
     let proxy = Proxy::start("stale-connection", &[farm]).await;
     let mut client = TcpStream::connect(proxy.addr).await.unwrap();
     client.write_all(REQUEST).await.unwrap();
