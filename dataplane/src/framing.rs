@@ -607,7 +607,7 @@ struct RequestLine {
 }
 
 /// The request line at the start of `buf`, as far as it has arrived; `None` before its
-/// target begins, or where httparse will not find one.
+/// target begins, or where the method does not end in a space.
 fn request_line(buf: &[u8]) -> Option<RequestLine> {
     let mut at = 0;
     loop {
@@ -625,7 +625,10 @@ fn request_line(buf: &[u8]) -> Option<RequestLine> {
     let start = sp + 1;
     let (end, version) = match buf[start..].iter().position(delimiter) {
         Some(n) if buf[start + n] == b' ' => (start + n, Some(start + n + 1)),
-        Some(_) => return None,
+        // A target that ends the line has no version (httparse refuses it), but its
+        // length is judged all the same: a split that hands over the target before its
+        // end must get the verdict the whole line gets.
+        Some(n) => (start + n, None),
         None => (buf.len(), None),
     };
     Some(RequestLine {
