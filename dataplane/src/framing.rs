@@ -671,9 +671,10 @@ fn fix_version(buf: &mut [u8], line: &RequestLine, from: usize, mut other_major:
         other_major = true;
     }
     // After a rewritten major version, its minor is rewritten whatever it is; only
-    // behind the dot, since a head with anything else there is refused as it arrives
-    // (and its later bytes are not rewritten, whatever the split).
-    if buf.get(v + 6) == Some(&b'.')
+    // behind a major digit and the dot, since a head with anything else there is
+    // refused as it arrives (and its later bytes are not rewritten, whatever the split).
+    if buf.get(major).is_some_and(u8::is_ascii_digit)
+        && buf.get(v + 6) == Some(&b'.')
         && let Some(d) = buf.get_mut(minor)
         && minor >= from
         && d.is_ascii_digit()
