@@ -441,6 +441,14 @@ impl Framer {
     /// whatever follows them in the same read does not change the verdict.
     fn cut_target(&self, line: &RequestLine, head: &[u8]) -> Option<(usize, Method)> {
         let cut = line.target.start + self.max_target;
+        // Never inside a UTF-8 sequence: hyper refuses a target that ends in half a
+        // character (400), so the service would not see the 414. Such a head is not cut
+        // at all: hyper gets it whole, and the service refuses it 414 (or hyper answers
+        // 431 to an oversized head). The byte at the cut is there (the target is longer
+        // than the limit), so the split cannot change this.
+        if head[cut] & 0xC0 == 0x80 {
+            return None;
+        }
         if cut + CUT_TARGET_END.len() >= self.max_head
             || matches!(
                 parse_head(&head[..cut], self.max_headers, self.max_target),
