@@ -349,7 +349,7 @@ async fn proxy_errors_are_error_spans() {
         &[site("dead", &["dead.test"]).server(address_server(dead))],
     )
     .await;
-    let (failed_status, _, _) = get(addr, "dead.test", "/x").await;
+    let (failed_status, failed_headers, _) = get(addr, "dead.test", "/x").await;
     assert!(
         failed_status == 502 || failed_status == 503,
         "{failed_status}"
@@ -372,12 +372,18 @@ async fn proxy_errors_are_error_spans() {
         attr(&failed, "http.response.status_code").unwrap(),
         failed_status.to_string().as_str()
     );
-    assert!(attr(&failed, "error.type").is_some(), "{failed}");
+    // The span names the error the proxy answered with, as the client saw it.
+    assert_eq!(
+        attr(&failed, "error.type").and_then(Value::as_str),
+        failed_headers["x-portcullis-error"].to_str().ok(),
+        "{failed}"
+    );
     assert_eq!(attr(&failed, "portcullis.farm").unwrap(), "default/dead");
     // A 404 is the client's business: recorded, not an error.
     let unrouted = by_path("/y");
     assert_eq!(attr(&unrouted, "http.response.status_code").unwrap(), "404");
     assert!(attr(&unrouted, "portcullis.farm").is_none());
+    assert_eq!(attr(&unrouted, "error.type").unwrap(), "no-route");
     assert!(unrouted["status"].get("code").is_none(), "{unrouted}");
     handle.shutdown().await;
 }
