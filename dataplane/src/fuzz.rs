@@ -436,9 +436,22 @@ pub fn cookie_header(data: &[u8]) {
         Some(at) => (&data[..at], &data[at + 1..]),
         None => (&data[..0], data),
     };
-    let m = manager();
-    let shop = protected_farm("shop/web");
-    let admin = protected_farm("shop/admin");
+    // Built once: a keyring parse and key derivation per input would make the setup, not
+    // the header handling, what the target spends its time on.
+    thread_local! {
+        static FIXTURE: (Arc<SessionManager>, FarmConfig, FarmConfig) =
+            (manager(), protected_farm("shop/web"), protected_farm("shop/admin"));
+    }
+    FIXTURE.with(|(m, shop, admin)| rewrite_cookies(m, shop, admin, set, jar));
+}
+
+fn rewrite_cookies(
+    m: &SessionManager,
+    shop: &FarmConfig,
+    admin: &FarmConfig,
+    set: &[u8],
+    jar: &[u8],
+) {
     let endpoint = EndpointIdentity::new(
         "10.0.0.1:80".parse().expect("an address"),
         None,
@@ -461,7 +474,7 @@ pub fn cookie_header(data: &[u8]) {
         })
         .collect();
     let session = RequestSession::default();
-    m.on_response(&shop, &session, &endpoint, true, "/", &mut resp, now);
+    m.on_response(shop, &session, &endpoint, true, "/", &mut resp, now);
     let mut cookie = Vec::new();
     for v in resp.get_all(SET_COOKIE) {
         let b = v.as_bytes();
@@ -480,7 +493,7 @@ pub fn cookie_header(data: &[u8]) {
     let Ok(value) = HeaderValue::from_bytes(&cookie) else {
         return;
     };
-    for farm in [&shop, &admin] {
+    for farm in [shop, admin] {
         let mut req = HeaderMap::new();
         req.insert(COOKIE, value.clone());
         m.on_request(farm, &mut req, now);

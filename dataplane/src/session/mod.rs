@@ -124,25 +124,35 @@ impl RejectReason {
 /// opens again only for its own purpose, farm and sealed name.
 pub(crate) fn fuzz_seal_open(data: &[u8]) {
     use portcullis_crds::keyring::{KeyState, KeyringDoc};
+    // The ring is built once: its derivation is setup, not what the target exercises.
+    thread_local! {
+        static RING: keyring::Ring = keyring::Ring::from_keys(
+            &KeyringDoc {
+                keys: vec![
+                    KeyringDoc::entry("k0", &[7; 32], "2026-01-01T00:00:00Z", KeyState::Accept),
+                    KeyringDoc::entry("k1", &[9; 32], "2026-01-02T00:00:00Z", KeyState::Active),
+                ],
+            }
+            .validate()
+            .expect("the fixed keyring is valid"),
+        );
+    }
+    RING.with(|ring| seal_open_with(ring, data));
+}
+
+fn seal_open_with(ring: &keyring::Ring, data: &[u8]) {
     use seal::{NonceMode, Purpose};
-    let doc = KeyringDoc {
-        keys: vec![
-            KeyringDoc::entry("k0", &[7; 32], "2026-01-01T00:00:00Z", KeyState::Accept),
-            KeyringDoc::entry("k1", &[9; 32], "2026-01-02T00:00:00Z", KeyState::Active),
-        ],
-    };
-    let ring = keyring::Ring::from_keys(&doc.validate().expect("the fixed keyring is valid"));
     // Arbitrary bytes never open, under either purpose.
     for purpose in [Purpose::Affinity, Purpose::CookieName] {
-        assert!(seal::open(&ring, purpose, "aff", data).is_err());
-        assert!(seal::open(&ring, purpose, "", data).is_err());
+        assert!(seal::open(ring, purpose, "aff", data).is_err());
+        assert!(seal::open(ring, purpose, "", data).is_err());
     }
-    assert!(protection::open_name(&ring, "ns/a", data).is_err());
-    let sid = protection::seal_name(&ring, "ns/a", b"sid").expect("a short name seals");
-    let csrf = protection::seal_name(&ring, "ns/a", b"csrf").expect("a short name seals");
-    assert!(protection::open_value(&ring, sid.as_bytes(), data).is_err());
+    assert!(protection::open_name(ring, "ns/a", data).is_err());
+    let sid = protection::seal_name(ring, "ns/a", b"sid").expect("a short name seals");
+    let csrf = protection::seal_name(ring, "ns/a", b"csrf").expect("a short name seals");
+    assert!(protection::open_value(ring, sid.as_bytes(), data).is_err());
     // A sealed text changed by `data` (xor) opens only if unchanged.
-    let sealed = seal::seal(&ring, Purpose::Affinity, "aff", b"claim", NonceMode::Random)
+    let sealed = seal::seal(ring, Purpose::Affinity, "aff", b"claim", NonceMode::Random)
         .expect("a short plaintext seals");
     let mut changed = sealed.clone().into_bytes();
     for (i, b) in data.iter().enumerate() {
@@ -150,41 +160,41 @@ pub(crate) fn fuzz_seal_open(data: &[u8]) {
         changed[at] ^= b;
     }
     if changed != sealed.as_bytes() {
-        assert!(seal::open(&ring, Purpose::Affinity, "aff", &changed).is_err());
+        assert!(seal::open(ring, Purpose::Affinity, "aff", &changed).is_err());
     }
     // `data` as a plaintext: what seals opens to it, for its own purpose and name only.
-    match seal::seal(&ring, Purpose::Affinity, "aff", data, NonceMode::Random) {
+    match seal::seal(ring, Purpose::Affinity, "aff", data, NonceMode::Random) {
         Ok(text) => {
-            let opened = seal::open(&ring, Purpose::Affinity, "aff", text.as_bytes())
+            let opened = seal::open(ring, Purpose::Affinity, "aff", text.as_bytes())
                 .expect("what seals opens");
             assert_eq!(opened.plaintext, data);
-            assert!(seal::open(&ring, Purpose::Affinity, "other", text.as_bytes()).is_err());
-            assert!(seal::open(&ring, Purpose::CookieName, "aff", text.as_bytes()).is_err());
+            assert!(seal::open(ring, Purpose::Affinity, "other", text.as_bytes()).is_err());
+            assert!(seal::open(ring, Purpose::CookieName, "aff", text.as_bytes()).is_err());
         }
         Err(reason) => assert_eq!(reason, RejectReason::TooLong),
     }
     // `data` as a cookie value: opens under the sealed name it was set with, and only
     // as a value.
-    match protection::seal_value(&ring, &sid, data) {
+    match protection::seal_value(ring, &sid, data) {
         Ok(value) => {
-            let opened = protection::open_value(&ring, sid.as_bytes(), value.as_bytes())
+            let opened = protection::open_value(ring, sid.as_bytes(), value.as_bytes())
                 .expect("a sealed value opens");
             assert_eq!(opened, data);
-            assert!(protection::open_value(&ring, csrf.as_bytes(), value.as_bytes()).is_err());
-            assert!(seal::open(&ring, Purpose::CookieName, "", value.as_bytes()).is_err());
-            assert!(seal::open(&ring, Purpose::Affinity, &sid, value.as_bytes()).is_err());
+            assert!(protection::open_value(ring, csrf.as_bytes(), value.as_bytes()).is_err());
+            assert!(seal::open(ring, Purpose::CookieName, "", value.as_bytes()).is_err());
+            assert!(seal::open(ring, Purpose::Affinity, &sid, value.as_bytes()).is_err());
         }
         Err(reason) => assert_eq!(reason, RejectReason::TooLong),
     }
     // `data` as a cookie name.
     if protection::is_token(data) {
-        match protection::seal_name(&ring, "ns/a", data) {
+        match protection::seal_name(ring, "ns/a", data) {
             Ok(name) => {
-                let opened = protection::open_name(&ring, "ns/a", name.as_bytes())
+                let opened = protection::open_name(ring, "ns/a", name.as_bytes())
                     .expect("a sealed name opens");
                 assert_eq!(opened.name.as_bytes(), data);
                 assert!(matches!(
-                    protection::open_name(&ring, "ns/b", name.as_bytes()),
+                    protection::open_name(ring, "ns/b", name.as_bytes()),
                     Err(RejectReason::OtherFarm)
                 ));
             }
