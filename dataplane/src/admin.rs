@@ -81,6 +81,7 @@ fn answer(shared: &Shared, path: &str) -> Response<Full<Bytes>> {
                 "keyIds": shared.key_ids(),
                 "ready": shared.is_ready(),
                 "connections": shared.connections.load(Ordering::Relaxed),
+                "connectionsWaiting": shared.metrics.connections_waiting.get(),
                 "lastReload": shared.last_reload.lock().clone(),
             });
             text(StatusCode::OK, "application/json", body.to_string())

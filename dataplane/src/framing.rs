@@ -66,6 +66,9 @@ pub struct FramedHead {
     /// Whether the request may switch protocols (hyper's rule: `CONNECT`, or an
     /// `Upgrade` header on HTTP/1.1).
     pub upgrade: bool,
+    /// Where the head begins in the bytes handed to hyper (any empty lines before the
+    /// request line included).
+    pub start: u64,
 }
 
 /// What the framer and the service share on one connection.
@@ -209,6 +212,9 @@ pub(crate) struct Framer {
     tail: &'static [u8],
     /// The current message may switch protocols.
     switch: bool,
+    /// Bytes handed to hyper so far, and where in them the head being read begins.
+    fed: u64,
+    head_start: u64,
     /// ALPN chose HTTP/1.1: the HTTP/2 preface is not a way into HTTP/2.
     h1_only: bool,
     /// ALPN chose HTTP/2: anything but the preface is not a way into HTTP/1.
@@ -243,6 +249,8 @@ impl Framer {
             other_major: false,
             tail: &[],
             switch: false,
+            fed: 0,
+            head_start: 0,
             framing: Framing::default(),
         }
     }
@@ -264,6 +272,8 @@ impl Framer {
             other_major: false,
             tail: &[],
             switch: false,
+            fed: 0,
+            head_start: 0,
             framing: Framing::default(),
         }
     }
@@ -278,13 +288,24 @@ impl Framer {
     /// the answer to a request that may switch protocols. The version digits of a
     /// request line are rewritten in `data` as hyper must read them.
     pub(crate) fn feed(&mut self, data: &mut [u8]) -> usize {
+        let passed = self.frame(data);
+        self.fed += passed as u64;
+        passed
+    }
+
+    fn frame(&mut self, data: &mut [u8]) -> usize {
         let mut at = 0;
         while at < data.len() {
             match self.state {
                 State::Off => return data.len(),
                 State::Stopped | State::Broken | State::AwaitSwitch => return at,
                 State::Preface => at += self.preface(&data[at..]),
-                State::Head => at += self.read_head(&mut data[at..]),
+                State::Head => {
+                    if self.head.is_empty() {
+                        self.head_start = self.fed + at as u64;
+                    }
+                    at += self.read_head(&mut data[at..]);
+                }
                 State::Length(left) => {
                     let take = left.min((data.len() - at) as u64);
                     at += take as usize;
@@ -361,6 +382,7 @@ impl Framer {
                 headers: 0,
                 refusal: Some(ProxyError::UriTooLong),
                 upgrade: false,
+                start: self.head_start,
             });
             self.tail = CUT_TARGET_END;
             self.stop();
@@ -406,8 +428,9 @@ impl Framer {
                 return data.len();
             }
         };
-        self.head.clear();
         if before > 0 {
+            // An idle connection keeps no head buffer.
+            self.head = Vec::new();
             self.framing.exchange.lock().head_since = None;
         }
         let consumed = end.saturating_sub(before);
@@ -419,6 +442,7 @@ impl Framer {
             head.refusal = Some(ProxyError::HttpVersionNotSupported);
         }
         self.switch = head.upgrade;
+        head.start = self.head_start;
         let refused = head.refusal.is_some();
         self.framing.exchange.lock().heads.push_back(head);
         if refused {
@@ -509,6 +533,11 @@ impl Framer {
         self.state == State::AwaitSwitch
     }
 
+    /// The connection opened with the HTTP/2 preface, or with a start of it.
+    pub(crate) fn may_be_h2(&self) -> bool {
+        matches!(self.state, State::Preface | State::Off)
+    }
+
     /// Reads nothing more: HTTP/2, or a switched protocol.
     pub(crate) fn is_off(&self) -> bool {
         self.state == State::Off
@@ -517,6 +546,38 @@ impl Framer {
     /// Frames nothing more: a refused or unparsable head, or a body it cannot follow.
     pub(crate) fn is_stopped(&self) -> bool {
         matches!(self.state, State::Stopped | State::Broken)
+    }
+
+    /// Whether a new HTTP/1 server may take the connection over once its server has
+    /// consumed the first `consumed` bytes handed to it: only where a request head
+    /// begins (the next one framed, or the one being read, or the end of everything
+    /// framed), never inside a body hyper left unread, and never once framing stopped,
+    /// switched or waits for a switch.
+    pub(crate) fn resumable_at(&mut self, consumed: u64) -> bool {
+        if self.state == State::AwaitSwitch {
+            // The answer is known by now (the server wrote it): take it as the next
+            // read would.
+            match self.framing.exchange.lock().switched.take() {
+                Some(false) => self.state = State::Head,
+                Some(true) => self.state = State::Off,
+                None => {}
+            }
+        }
+        if !matches!(
+            self.state,
+            State::Head | State::Length(_) | State::Chunked(_)
+        ) {
+            return false;
+        }
+        if let Some(next) = self.framing.exchange.lock().heads.front() {
+            return next.start == consumed;
+        }
+        match self.state {
+            State::Head if !self.head.is_empty() => self.head_start == consumed,
+            State::Head => self.fed == consumed,
+            // The body of a request already taken, not all consumed.
+            _ => false,
+        }
     }
 }
 
@@ -600,6 +661,7 @@ fn judge(req: &httparse::Request<'_, '_>, max_target: usize) -> Option<(FramedHe
         headers: req.headers.len(),
         refusal,
         upgrade,
+        start: 0,
     };
     Some((head, body))
 }
@@ -772,6 +834,14 @@ pub(crate) struct Gate<T> {
 }
 
 impl<T> Gate<T> {
+    pub(crate) fn framer(&self) -> &Framer {
+        &self.framer
+    }
+
+    pub(crate) fn framer_mut(&mut self) -> &mut Framer {
+        &mut self.framer
+    }
+
     pub(crate) fn new(inner: T, framer: Framer) -> Self {
         Gate {
             inner,

@@ -97,6 +97,7 @@ pub(crate) struct Metrics {
     pub(crate) verifier_healthy: Family<FarmEndpointLabel, Gauge>,
     pub(crate) reloads: Family<OutcomeLabel, Counter>,
     pub(crate) connections_refused: Family<ReasonLabel, Counter>,
+    pub(crate) connections_waiting: Gauge,
     pub(crate) farm_endpoints: Family<FarmLabel, Gauge>,
     pub(crate) farm_endpoints_usable: Family<FarmLabel, Gauge>,
     pub(crate) farm_endpoints_ejected: Family<FarmLabel, Gauge>,
@@ -125,6 +126,7 @@ impl Metrics {
             verifier_healthy: Family::default(),
             reloads: Family::default(),
             connections_refused: Family::default(),
+            connections_waiting: Gauge::default(),
             farm_endpoints: Family::default(),
             farm_endpoints_usable: Family::default(),
             farm_endpoints_ejected: Family::default(),
@@ -168,6 +170,11 @@ impl Metrics {
             "client_connections_refused",
             "Client connections closed on accept, by reason (max-connections, per-client)",
             m.connections_refused.clone(),
+        );
+        registry.register(
+            "client_connections_waiting",
+            "HTTP/1 client connections waiting for a request, held without an HTTP server or its buffers",
+            m.connections_waiting.clone(),
         );
         registry.register(
             "config_reloads",
