@@ -473,6 +473,12 @@ impl Framer {
         if head[cut] & 0xC0 == 0x80 {
             return None;
         }
+        // Nor where the target's first `max_target` bytes are not a URI hyper takes
+        // although the whole target may be (`@@…@host:port` cut before its host): the
+        // cut head would get hyper's 400 instead of the service's 414.
+        if http::Uri::try_from(&head[line.target.start..cut]).is_err() {
+            return None;
+        }
         if cut + CUT_TARGET_END.len() >= self.max_head
             || matches!(
                 parse_head(&head[..cut], self.max_headers, self.max_target),
