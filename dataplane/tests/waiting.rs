@@ -1,6 +1,7 @@
 //! Between requests an HTTP/1 keep-alive connection waits without an HTTP server (and
 //! its 16 KiB of buffers): the server stops once every request it took is answered and
-//! the next one starts at the next request's first byte. These tests hold the hand-over
+//! the connection has been quiet for half a second, and the next one starts at the next
+//! request's first byte. These tests hold the hand-over
 //! to what one server per connection did: nothing is lost or re-framed across it, a body
 //! left unread ends the connection, and a connection that asked to close closes.
 
@@ -51,7 +52,12 @@ async fn answers(s: &mut TcpStream, n: usize) -> Vec<u16> {
 #[tokio::test]
 async fn an_idle_keep_alive_connection_waits_without_a_server_and_is_served_again() {
     let b = Backend::start("b").await;
-    let proxy = Proxy::start("waiting", &[plain_farm(&b)]).await;
+    // A header timeout longer than the pause in the head below.
+    let limits = ClientLimits {
+        header_read_timeout: Some(duration("5s")),
+        ..defaults()
+    };
+    let proxy = Proxy::with_limits("waiting", limits, &[plain_farm(&b)]).await;
     let admin = proxy.admin_addr();
     let mut s = TcpStream::connect(proxy.addr).await.unwrap();
     s.write_all(GET).await.unwrap();
@@ -76,8 +82,17 @@ async fn an_idle_keep_alive_connection_waits_without_a_server_and_is_served_agai
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     assert_eq!(answers(&mut s, 1).await, [200]);
+    // A head begun while the server still holds the connection and finished after it
+    // stopped: the new server starts from what the old one had read.
+    s.write_all(b"GET /held HTTP/1.1\r\nHo").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    s.write_all(b"st: b.test\r\n\r\n").await.unwrap();
+    assert_eq!(answers(&mut s, 1).await, [200]);
     let paths: Vec<String> = b.seen().into_iter().map(|r| r.path).collect();
-    assert_eq!(paths, ["/one", "/two", "/one", "/one", "/one", "/last"]);
+    assert_eq!(
+        paths,
+        ["/one", "/two", "/one", "/one", "/one", "/last", "/held"]
+    );
     assert_eq!(
         b.accepted(),
         1,
