@@ -1154,3 +1154,76 @@ GET /c HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nContent-Length: 0\r\n\r\n";
         }
     }
 }
+
+#[cfg(test)]
+mod resume_tests {
+    use http::{Method, Version};
+
+    use super::Framer;
+
+    /// `stream` fed whole, in pieces of `step`, to a framer.
+    fn fed(stream: &[u8], step: usize) -> Framer {
+        let mut f = Framer::new(8192, 100, 4096, true);
+        for piece in stream.chunks(step) {
+            let mut piece = piece.to_vec();
+            assert_eq!(f.feed(&mut piece), piece.len());
+        }
+        f
+    }
+
+    /// A new server may take a connection over only where a request head begins: the
+    /// next head not yet taken, the one being read, or the end of what was framed; never
+    /// inside a body, whatever the reads were.
+    #[test]
+    fn a_connection_resumes_only_where_a_head_begins() {
+        let post = b"POST /1 HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhello";
+        let get = b"GET /2 HTTP/1.1\r\nHost: a\r\n\r\n";
+        let partial = b"\r\nGET /3 HTTP/1.1\r\nHo";
+        let stream = [&post[..], get, partial].concat();
+        let (p, g) = (post.len() as u64, get.len() as u64);
+        for step in [1, 3, stream.len()] {
+            let mut f = fed(&stream, step);
+            let framing = f.framing();
+            // Nothing taken yet: only the first head's start.
+            assert!(f.resumable_at(0));
+            assert!(!f.resumable_at(p));
+            drop(framing.admit(&Method::POST, Version::HTTP_11).unwrap());
+            assert!(f.resumable_at(p), "step {step}");
+            assert!(!f.resumable_at(p - 2), "inside the body, step {step}");
+            drop(framing.admit(&Method::GET, Version::HTTP_11).unwrap());
+            // The partial head (empty lines first) begins right after the GET.
+            assert!(f.resumable_at(p + g), "step {step}");
+            assert!(!f.resumable_at(stream.len() as u64), "step {step}");
+        }
+        // A body not all read when its request was taken: nowhere.
+        let mut f = fed(&post[..post.len() - 2], 7);
+        drop(f.framing().admit(&Method::POST, Version::HTTP_11).unwrap());
+        for at in 0..=post.len() as u64 {
+            assert!(!f.resumable_at(at), "at {at}");
+        }
+        // Everything framed and taken, at a boundary: its end.
+        let mut f = fed(get, 4);
+        drop(f.framing().admit(&Method::GET, Version::HTTP_11).unwrap());
+        assert!(f.resumable_at(g));
+        assert!(!f.resumable_at(g - 1));
+    }
+
+    /// After a request that may switch protocols, the answer decides: no switch resumes
+    /// where the next head begins, a switch never does.
+    #[test]
+    fn a_connection_resumes_after_an_upgrade_only_when_none_happened() {
+        let up = b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: upgrade\r\nUpgrade: x\r\n\r\n";
+        let len = up.len() as u64;
+        for switched in [false, true] {
+            let mut f = fed(up, up.len());
+            let framing = f.framing();
+            let admitted = framing.admit(&Method::GET, Version::HTTP_11).unwrap();
+            admitted.answered(if switched {
+                http::StatusCode::SWITCHING_PROTOCOLS
+            } else {
+                http::StatusCode::OK
+            });
+            assert_eq!(f.resumable_at(len), !switched, "switched: {switched}");
+        }
+    }
+}
