@@ -368,7 +368,8 @@ fn service(
         // limit here.
         let too_long = req.version() == http::Version::HTTP_2
             && req.uri().path_and_query().map_or(0, |pq| pq.as_str().len()) > cx.target_limit;
-        let keep = req.version() == http::Version::HTTP_11 && !says_close(req.headers());
+        let keep = req.version() == http::Version::HTTP_11
+            && !proxy::connection_has(req.headers(), "close");
         let cx = cx.clone();
         async move {
             let resp = match admitted {
@@ -385,21 +386,13 @@ fn service(
             };
             let reusable = keep
                 && resp.as_ref().is_ok_and(|r| {
-                    r.status() != http::StatusCode::SWITCHING_PROTOCOLS && !says_close(r.headers())
+                    r.status() != http::StatusCode::SWITCHING_PROTOCOLS
+                        && !proxy::connection_has(r.headers(), "close")
                 });
             cx.exchanges.reusable.store(reusable, Ordering::Relaxed);
             cx.exchanges.answers.fetch_add(1, Ordering::Relaxed);
             resp
         }
-    })
-}
-
-/// A `Connection` header with the `close` option.
-fn says_close(headers: &http::HeaderMap) -> bool {
-    headers.get_all(http::header::CONNECTION).iter().any(|v| {
-        v.as_bytes()
-            .split(|&b| b == b',')
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
     })
 }
 

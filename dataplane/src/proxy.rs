@@ -106,13 +106,18 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
 fn is_upgrade(req: &Request<Incoming>) -> bool {
     req.version() == Version::HTTP_11
         && req.headers().contains_key(header::UPGRADE)
-        && req
-            .headers()
-            .get_all(header::CONNECTION)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+        && connection_has(req.headers(), "upgrade")
+}
+
+/// Whether a `Connection` header names `option` (as hyper reads it: values that are not
+/// visible ASCII name nothing).
+pub(crate) fn connection_has(headers: &HeaderMap, option: &str) -> bool {
+    headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(option))
 }
 
 /// Whether the client's `Upgrade` value names a protocol the farm allows (its first
