@@ -26,14 +26,13 @@ use portcullis_crds::config::{
 };
 use sha2::{Digest, Sha256};
 
+use crate::bind::ConnInfo;
+use crate::body::{EndHook, OnEnd, RespBody};
 use crate::error::ProxyError;
 use crate::extauth::{ExternalAuth, Verdict};
 use crate::htpasswd::Htpasswd;
-use crate::metrics::FarmReason;
-use crate::proxy::{ConnInfo, EndHook, OnEnd, RespBody};
+use crate::metrics::{FarmReason, Metrics};
 use crate::ratelimit::{InFlightGuard, Limited, RateLimiter};
-use crate::runtime::Shared;
-use crate::snapshot::Snapshot;
 use crate::source::SourceError;
 
 /// The access state of every farm that checks something, by farm id.
@@ -223,18 +222,18 @@ impl EndHook for Option<InFlightGuard> {
 /// The access phase of farm `farm` for `req`: `Ok` lets it through, `Err` is the
 /// proxy's answer (counted here by reason, not yet in `requests_total`).
 pub(crate) async fn admit<B>(
-    shared: &Shared,
-    snapshot: &Snapshot,
+    metrics: &Metrics,
+    access: Option<&FarmAccess>,
+    trusted: &[portcullis_crds::config::IpRange],
     farm: &str,
     conn: ConnInfo,
     req: &mut Request<B>,
 ) -> Result<Admitted, Response<RespBody>> {
-    let Some(access) = snapshot.access.get(farm) else {
+    let Some(access) = access else {
         return Ok(Admitted::default());
     };
     let refused = |error: ProxyError, resp: Response<RespBody>| {
-        shared
-            .metrics
+        metrics
             .access_refused
             .get_or_create(&FarmReason {
                 farm: farm.to_owned(),
@@ -243,7 +242,6 @@ pub(crate) async fn admit<B>(
             .inc();
         resp
     };
-    let trusted = &snapshot.config.limits.trusted_proxies;
     let client = client_ip(conn.client.ip(), req.headers(), trusted);
     if let Some(ranges) = &access.cfg.source_ranges
         && !ranges.admits(client)

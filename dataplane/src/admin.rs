@@ -2,7 +2,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 use http::{Response, StatusCode};
@@ -10,22 +9,29 @@ use http_body_util::Full;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use crate::balance::FarmRt;
-use crate::metrics::{FarmEndpointCounts, Serving};
-use crate::runtime::Shared;
+/// What the admin server shows of the member, which it knows only through this view
+/// (the runtime implements it).
+pub(crate) trait View: Send + Sync + 'static {
+    /// Serving: not draining, listening, and a config loaded.
+    fn ready(&self) -> bool;
+    /// The OpenMetrics text of every metric.
+    fn metrics(&self) -> String;
+    /// The `/status` document.
+    fn status(&self) -> serde_json::Value;
+}
 
 /// Serves the admin endpoints until shutdown completes.
-pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
+pub(crate) async fn serve(view: Arc<dyn View>, listener: TcpListener) {
     loop {
         let Ok((tcp, _)) = listener.accept().await else {
             continue;
         };
-        let shared = shared.clone();
+        let view = view.clone();
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(
                 move |req: http::Request<hyper::body::Incoming>| {
-                    let shared = shared.clone();
-                    async move { Ok::<_, std::convert::Infallible>(answer(&shared, req.uri().path())) }
+                    let view = view.clone();
+                    async move { Ok::<_, std::convert::Infallible>(answer(&*view, req.uri().path())) }
                 },
             );
             let _ = hyper::server::conn::http1::Builder::new()
@@ -35,7 +41,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener) {
     }
 }
 
-fn answer(shared: &Shared, path: &str) -> Response<Full<Bytes>> {
+fn answer(view: &dyn View, path: &str) -> Response<Full<Bytes>> {
     let text = |status: StatusCode, ct: &'static str, body: String| {
         let mut r = Response::new(Full::new(Bytes::from(body)));
         *r.status_mut() = status;
@@ -48,7 +54,7 @@ fn answer(shared: &Shared, path: &str) -> Response<Full<Bytes>> {
     match path {
         "/healthz" => text(StatusCode::OK, "text/plain", "ok\n".into()),
         "/readyz" => {
-            if shared.is_ready() {
+            if view.ready() {
                 text(StatusCode::OK, "text/plain", "ready\n".into())
             } else {
                 text(
@@ -58,95 +64,17 @@ fn answer(shared: &Shared, path: &str) -> Response<Full<Bytes>> {
                 )
             }
         }
-        "/metrics" => {
-            let _scrape = shared.metrics.scrape.lock();
-            shared.metrics.set_serving(&serving(shared));
-            let mut out = String::new();
-            let _ = prometheus_client::encoding::text::encode(&mut out, &shared.registry);
-            text(
-                StatusCode::OK,
-                "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                out,
-            )
-        }
-        "/status" => {
-            let hash = shared
-                .snapshot
-                .load()
-                .as_ref()
-                .map(|s| s.hash.clone())
-                .unwrap_or_default();
-            let body = serde_json::json!({
-                "configHash": hash,
-                "keyIds": shared.key_ids(),
-                "ready": shared.is_ready(),
-                "connections": shared.connections.load(Ordering::Relaxed),
-                "connectionsWaiting": shared.metrics.connections_waiting.get(),
-                "lastReload": shared.last_reload.lock().clone(),
-            });
-            text(StatusCode::OK, "application/json", body.to_string())
-        }
+        "/metrics" => text(
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            view.metrics(),
+        ),
+        "/status" => text(
+            StatusCode::OK,
+            "application/json",
+            view.status().to_string(),
+        ),
         _ => text(StatusCode::NOT_FOUND, "text/plain", "not found\n".into()),
-    }
-}
-
-/// What the member serves now: the gauges a scrape sets rather than the request path,
-/// which stays free of the bookkeeping.
-fn serving(shared: &Shared) -> Serving {
-    let snapshot = shared.snapshot.load();
-    let active = shared.session.active_key_id();
-    Serving {
-        config_hash: snapshot.as_ref().map(|s| s.hash.clone()),
-        keys: shared
-            .key_ids()
-            .into_iter()
-            .map(|id| {
-                let is_active = active.as_deref() == Some(id.as_str());
-                (id, is_active)
-            })
-            .collect(),
-        farms: snapshot
-            .as_ref()
-            .map(|s| {
-                s.farms
-                    .iter()
-                    .map(|(id, farm)| (id.clone(), endpoint_counts(farm)))
-                    .collect()
-            })
-            .unwrap_or_default(),
-        in_service: snapshot
-            .as_ref()
-            .map(|s| {
-                s.farms
-                    .iter()
-                    .flat_map(|(id, farm)| {
-                        farm.endpoints
-                            .iter()
-                            .enumerate()
-                            .map(move |(i, e)| (id.clone(), e.endpoint.key.clone(), farm.usable(i)))
-                    })
-                    .collect()
-            })
-            .unwrap_or_default(),
-    }
-}
-
-fn endpoint_counts(farm: &FarmRt) -> FarmEndpointCounts {
-    let total = farm.endpoints.len();
-    let ejected = farm
-        .endpoints
-        .iter()
-        .filter(|e| match *e.endpoint.ejected_at.lock() {
-            None => false,
-            // With a verifier only the verifier lets it back (as `FarmRt::usable`).
-            Some(_) if e.probe.is_some() => true,
-            Some(at) => at.elapsed() < farm.cfg.passive.base_ejection_time.get(),
-        })
-        .count();
-    FarmEndpointCounts {
-        total,
-        usable: (0..total).filter(|i| farm.usable(*i)).count(),
-        ejected,
     }
 }
 

@@ -1,12 +1,20 @@
 //! Listening sockets. The unspecified IPv6 address (`::`) means "every address of both
 //! families": members bind it so that probes and traffic reach them whichever family the
-//! pod's IP is (single-stack IPv4, single-stack IPv6, dual-stack).
+//! pod's IP is (single-stack IPv4, single-stack IPv6, dual-stack). [`ConnInfo`] is what
+//! the layers above learn about an accepted connection.
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::TcpListener;
+
+/// What the listener knows about a client connection.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ConnInfo {
+    pub(crate) client: SocketAddr,
+    pub(crate) tls: bool,
+}
 
 /// `EAFNOSUPPORT` on Linux: the kernel was started without IPv6.
 const NO_IPV6: i32 = 97;

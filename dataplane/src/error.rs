@@ -11,7 +11,7 @@ use http::header::{self, HeaderValue};
 use http::{Response, StatusCode};
 use http_body_util::BodyExt;
 
-use crate::proxy::RespBody;
+use crate::body::RespBody;
 
 /// Whose fault an error was.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

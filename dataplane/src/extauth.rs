@@ -22,9 +22,9 @@ use portcullis_crds::config::{
 };
 use rustls::ClientConfig;
 
+use crate::body::{HOP_BY_HOP, RespBody};
 use crate::error::ProxyError;
 use crate::pool::connect_io;
-use crate::proxy::{HOP_BY_HOP, RespBody};
 use crate::source::SourceError;
 
 /// The longest a subrequest may take, connect to end of answer; beyond it the client

@@ -283,7 +283,7 @@ async fn serve_on(data: &[u8], pattern: &[usize], gated: bool) -> Vec<Served> {
                 }
             }
             admitted.answered(http::StatusCode::OK);
-            let body: crate::proxy::RespBody = http_body_util::Full::new(Bytes::from_static(b"ok"))
+            let body: crate::body::RespBody = http_body_util::Full::new(Bytes::from_static(b"ok"))
                 .map_err(|never| match never {})
                 .boxed_unsync();
             Ok(http::Response::new(body))

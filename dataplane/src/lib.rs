@@ -8,6 +8,7 @@ mod access;
 mod admin;
 mod balance;
 mod bind;
+mod body;
 mod canary;
 pub mod cluster;
 mod error;

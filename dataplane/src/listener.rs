@@ -1,11 +1,12 @@
 //! Client-facing listeners: accept, TLS, HTTP/1.1 and HTTP/2, limits, drain.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -15,6 +16,7 @@ use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use parking_lot::Mutex;
 use portcullis_crds::config::{
     DEFAULT_CLIENT_IDLE_TIMEOUT, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_CONNECTIONS_PER_CLIENT, DEFAULT_MAX_HEADER_BYTES, DEFAULT_MAX_HEADERS,
@@ -24,11 +26,29 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+use crate::bind::ConnInfo;
+use crate::body::RespBody;
 use crate::error::ProxyError;
 use crate::framing::{Framer, Framing, Gate, MAX_TARGET};
-use crate::proxy::{self, ConnInfo, RespBody};
-use crate::runtime::Shared;
+use crate::proxy;
 use crate::tls::{ListenerCerts, server_config};
+
+/// What every listener and client connection shares: the proxy's context, and the
+/// member's connection counts and limits. The runtime builds it.
+pub(crate) struct State {
+    pub(crate) proxy: Arc<proxy::Context>,
+    /// Open client connections.
+    pub(crate) connections: AtomicUsize,
+    /// Cancelled when the member stops: listeners stop accepting, idle connections close.
+    pub(crate) shutdown: CancellationToken,
+    /// Open client connections by client address.
+    pub(crate) per_client: Mutex<HashMap<IpAddr, u32>>,
+    /// Asks idle keep-alive connections to close: the connection cap was reached.
+    pub(crate) reclaim: tokio::sync::Notify,
+    /// Milliseconds since `started` of the last "connection refused" log line.
+    pub(crate) last_refusal_log: AtomicU64,
+    pub(crate) started: std::time::Instant,
+}
 
 /// A bound listener.
 pub(crate) struct Bound {
@@ -40,7 +60,7 @@ pub(crate) struct Bound {
 
 /// Binds a listener and starts accepting.
 pub(crate) async fn bind(
-    shared: Arc<Shared>,
+    shared: Arc<State>,
     cfg: &ListenerConfig,
     ip: IpAddr,
 ) -> io::Result<Bound> {
@@ -60,7 +80,7 @@ pub(crate) async fn bind(
 }
 
 async fn accept_loop(
-    shared: Arc<Shared>,
+    shared: Arc<State>,
     listener: TcpListener,
     tls: Option<tokio_rustls::TlsAcceptor>,
     stop: CancellationToken,
@@ -80,7 +100,7 @@ async fn accept_loop(
         // On `[::]`, IPv4 clients arrive IPv4-mapped (`::ffff:a.b.c.d`): every later use
         // (X-Forwarded-For, source-address affinity, source ranges, logs) wants `a.b.c.d`.
         let client = SocketAddr::new(client.ip().to_canonical(), client.port());
-        let (max, per_client) = shared.snapshot.load().as_ref().map_or(
+        let (max, per_client) = shared.proxy.snapshot.load().as_ref().map_or(
             (
                 DEFAULT_MAX_CONNECTIONS as usize,
                 DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
@@ -113,7 +133,7 @@ async fn accept_loop(
         let shared2 = shared.clone();
         let tls = tls.clone();
         shared.connections.fetch_add(1, Ordering::Relaxed);
-        shared.tracker.spawn(async move {
+        shared.proxy.tracker.spawn(async move {
             serve_connection(shared2.clone(), tcp, client, tls).await;
             shared2.connections.fetch_sub(1, Ordering::Relaxed);
             let mut counts = shared2.per_client.lock();
@@ -128,9 +148,10 @@ async fn accept_loop(
 }
 
 /// Closes a connection refused on accept: counted, and logged at most once a second.
-fn refuse(shared: &Shared, tcp: TcpStream, client: SocketAddr, reason: &'static str) {
+fn refuse(shared: &State, tcp: TcpStream, client: SocketAddr, reason: &'static str) {
     drop(tcp);
     shared
+        .proxy
         .metrics
         .connections_refused
         .get_or_create(&crate::metrics::ReasonLabel { reason })
@@ -156,8 +177,8 @@ struct ConnLimits {
 }
 
 impl ConnLimits {
-    fn of(shared: &Shared) -> Self {
-        match shared.snapshot.load().as_ref() {
+    fn of(shared: &State) -> Self {
+        match shared.proxy.snapshot.load().as_ref() {
             Some(s) => {
                 let l = &s.config.limits;
                 ConnLimits {
@@ -240,7 +261,7 @@ impl Exchanges {
 }
 
 async fn serve_connection(
-    shared: Arc<Shared>,
+    shared: Arc<State>,
     tcp: TcpStream,
     client: SocketAddr,
     tls: Option<tokio_rustls::TlsAcceptor>,
@@ -332,7 +353,7 @@ async fn open(
 
 /// What a connection's service needs.
 struct ServiceContext {
-    shared: Arc<Shared>,
+    shared: Arc<State>,
     info: ConnInfo,
     framing: Framing,
     exchanges: Arc<Exchanges>,
@@ -377,7 +398,7 @@ fn service(
                 Ok(_) if too_many => Ok(ProxyError::TooManyHeaders.response()),
                 Ok(_) if too_long => Ok(ProxyError::UriTooLong.response()),
                 Ok(admitted) => {
-                    let resp = proxy::handle(cx.shared.clone(), cx.info, req).await;
+                    let resp = proxy::handle(cx.shared.proxy.clone(), cx.info, req).await;
                     if let Ok(r) = &resp {
                         admitted.answered(r.status());
                     }
@@ -399,7 +420,7 @@ fn service(
 /// Runs the servers of one connection and closes it when it idles too long, when
 /// the dataplane drains, or when the connection cap needs room.
 struct Driver {
-    shared: Arc<Shared>,
+    shared: Arc<State>,
     limits: ConnLimits,
     exchanges: Arc<Exchanges>,
 }
@@ -413,7 +434,7 @@ impl Driver {
     /// `io` for the server); false when the connection is to close instead.
     async fn wait_for_request(&self, io: &mut HeadTimeout) -> bool {
         let idle_timeout = self.limits.idle_timeout;
-        let waiting = &self.shared.metrics.connections_waiting;
+        let waiting = &self.shared.proxy.metrics.connections_waiting;
         waiting.inc();
         let _counted = Defer(|| {
             waiting.dec();

@@ -36,7 +36,7 @@ use crate::metrics::{EndpointLabel, Metrics};
 
 /// The body sent upstream: the client's, or empty when a bodiless request is retried.
 pub(crate) type ReqBody =
-    http_body_util::Either<crate::proxy::Counted, http_body_util::Empty<Bytes>>;
+    http_body_util::Either<crate::body::Counted, http_body_util::Empty<Bytes>>;
 
 /// Any byte stream a connection runs on.
 pub(crate) trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}

@@ -4,46 +4,47 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::task::{Context, Poll};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime};
 
+use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
-use http_body_util::combinators::UnsyncBoxBody;
 use hyper::body::Incoming;
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use portcullis_crds::config::{AffinityMode, UpstreamProtocol};
+use tokio_util::task::TaskTracker;
 
 use crate::balance::FarmRt;
+use crate::bind::ConnInfo;
+use crate::body::{BodyProgress, BoxError, Counted, EndHook, HOP_BY_HOP, OnEnd, RespBody, full};
 use crate::error::ProxyError;
+use crate::metrics::Metrics;
 use crate::metrics::{FarmLabel, FarmStatus};
 use crate::pool::{Endpoint, InFlight, ReqBody, Reuse, Sender};
-use crate::runtime::Shared;
+use crate::session::SessionManager;
 use crate::snapshot::Snapshot;
-use crate::trace::{Finisher, Span};
+use crate::trace::{Finisher, Span, Tracer};
 use crate::{filters, hygiene};
 
-/// Errors inside a proxied body.
-pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
-/// The body of every response the dataplane sends.
-pub(crate) type RespBody = UnsyncBoxBody<Bytes, BoxError>;
-
-/// What the listener knows about a client connection.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct ConnInfo {
-    pub(crate) client: SocketAddr,
-    pub(crate) tls: bool,
-}
-
-fn full(text: &'static str) -> RespBody {
-    http_body_util::Full::new(Bytes::from_static(text.as_bytes()))
-        .map_err(|never| match never {})
-        .boxed_unsync()
+/// What the proxy needs from the member that runs it, shared by every request. The
+/// runtime builds it; the proxy knows nothing above it.
+pub(crate) struct Context {
+    /// The config being served; empty until the first load.
+    pub(crate) snapshot: ArcSwapOption<Snapshot>,
+    pub(crate) metrics: Arc<Metrics>,
+    /// Set when the member drains: answers then ask clients to close.
+    pub(crate) draining: AtomicBool,
+    /// Tasks that must finish before the member stops (an upgraded tunnel).
+    pub(crate) tracker: TaskTracker,
+    pub(crate) session: Arc<SessionManager>,
+    /// Opens request spans and exports them, when tracing is configured.
+    pub(crate) tracer: Option<Arc<Tracer>>,
 }
 
 /// A redirect the proxy answers itself, with an empty body.
@@ -59,18 +60,6 @@ fn redirect_response(r: filters::Redirect) -> Response<RespBody> {
 /// What the dataplane adds to `Via` (the protocol version it received is 1.1 or 2; the
 /// name is a pseudonym, never a host name).
 const VIA: &str = "1.1 portcullis";
-
-/// RFC 9110 section 7.6.1. `Trailer` is not among them: it declares the trailer fields
-/// of the message, which pass end to end (and hyper sends HTTP/1 trailers only when it
-/// declares them).
-pub(crate) const HOP_BY_HOP: [HeaderName; 6] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::TE,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
 
 /// Whether a `TE` field says its sender takes trailers (RFC 9110 section 10.1.4).
 fn takes_trailers(headers: &HeaderMap) -> bool {
@@ -244,7 +233,7 @@ fn request_host(req: &Request<Incoming>) -> Option<String> {
 
 /// Serves one request.
 pub(crate) async fn handle(
-    shared: Arc<Shared>,
+    shared: Arc<Context>,
     conn: ConnInfo,
     req: Request<Incoming>,
 ) -> Result<Response<RespBody>, Infallible> {
@@ -300,7 +289,7 @@ pub(crate) async fn handle(
 }
 
 async fn serve(
-    shared: &Arc<Shared>,
+    shared: &Arc<Context>,
     conn: ConnInfo,
     mut req: Request<Incoming>,
     start: Instant,
@@ -354,7 +343,15 @@ async fn serve(
         .rewrite
         .as_ref()
         .and_then(|rw| filters::rewrite(rw, route, req.uri()));
-    let admitted = match crate::access::admit(shared, &snapshot, &farm.cfg.id, conn, &mut req).await
+    let admitted = match crate::access::admit(
+        &shared.metrics,
+        snapshot.access.get(&farm.cfg.id).map(|a| &**a),
+        &snapshot.config.limits.trusted_proxies,
+        &farm.cfg.id,
+        conn,
+        &mut req,
+    )
+    .await
     {
         Ok(a) => a,
         Err(refusal) => {
@@ -389,7 +386,7 @@ struct Routed<'a> {
 
 /// Rewrites an admitted request for the upstream, picks a server and forwards it.
 async fn forward(
-    shared: &Arc<Shared>,
+    shared: &Arc<Context>,
     conn: ConnInfo,
     mut req: Request<Incoming>,
     start: Instant,
@@ -801,19 +798,19 @@ async fn forward(
 }
 
 /// Answers a request of `farm` with `error`, counted under the farm.
-fn finish_error(shared: &Shared, farm: &FarmRt, error: ProxyError) -> Response<RespBody> {
+fn finish_error(shared: &Context, farm: &FarmRt, error: ProxyError) -> Response<RespBody> {
     count_request(shared, farm, error.status());
     error.response()
 }
 
 /// Answers a request that reached no farm, counted under `farm=""`.
-fn unrouted(shared: &Shared, error: ProxyError) -> Response<RespBody> {
+fn unrouted(shared: &Context, error: ProxyError) -> Response<RespBody> {
     count_own_answer(shared, error.status());
     error.response()
 }
 
 /// Counts an answer of the proxy's own, before any farm, as `farm=""`.
-fn count_own_answer(shared: &Shared, status: StatusCode) {
+fn count_own_answer(shared: &Context, status: StatusCode) {
     shared
         .metrics
         .requests
@@ -859,7 +856,7 @@ fn max_forwards<B>(req: &mut Request<B>) -> Option<Response<RespBody>> {
 }
 
 /// Counts a response of `farm` in `portcullis_requests_total{farm,status}`.
-fn count_request(shared: &Shared, farm: &FarmRt, status: StatusCode) {
+fn count_request(shared: &Context, farm: &FarmRt, status: StatusCode) {
     shared
         .metrics
         .requests
@@ -914,66 +911,6 @@ async fn exchange(
             },
         },
         _ = deadline => SendResult::Timeout,
-    }
-}
-
-/// How far the client's request body got: sent whole, or failed on the client's side.
-#[derive(Clone)]
-pub(crate) struct BodyProgress(Arc<ProgressState>);
-
-struct ProgressState {
-    sent: tokio::sync::watch::Sender<bool>,
-    failed: std::sync::atomic::AtomicBool,
-    stalled: std::sync::atomic::AtomicBool,
-    too_large: std::sync::atomic::AtomicBool,
-}
-
-impl BodyProgress {
-    fn new(sent: bool) -> Self {
-        BodyProgress(Arc::new(ProgressState {
-            sent: tokio::sync::watch::Sender::new(sent),
-            failed: std::sync::atomic::AtomicBool::new(false),
-            stalled: std::sync::atomic::AtomicBool::new(false),
-            too_large: std::sync::atomic::AtomicBool::new(false),
-        }))
-    }
-
-    /// The body grew past the farm's limit.
-    fn fail_too_large(&self) {
-        self.0.too_large.store(true, Ordering::Relaxed);
-        self.fail(false);
-    }
-
-    fn too_large(&self) -> bool {
-        self.0.too_large.load(Ordering::Relaxed)
-    }
-
-    fn finish(&self) {
-        self.0.sent.send_replace(true);
-    }
-
-    fn fail(&self, stalled: bool) {
-        self.0.failed.store(true, Ordering::Relaxed);
-        self.0.stalled.store(stalled, Ordering::Relaxed);
-        self.finish();
-    }
-
-    fn is_sent(&self) -> bool {
-        *self.0.sent.borrow()
-    }
-
-    fn client_failed(&self) -> bool {
-        self.0.failed.load(Ordering::Relaxed)
-    }
-
-    fn stalled(&self) -> bool {
-        self.0.stalled.load(Ordering::Relaxed)
-    }
-
-    /// Resolves once the body is sent whole (or failed).
-    async fn sent(&self) {
-        let mut rx = self.0.sent.subscribe();
-        let _ = rx.wait_for(|sent| *sent).await;
     }
 }
 
@@ -1050,7 +987,7 @@ impl Body for Tracked {
 
     fn poll_frame(
         self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
+        cx: &mut std::task::Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let mut this = self.project();
         match this.inner.as_mut().poll_frame(cx) {
@@ -1093,137 +1030,6 @@ impl Body for Tracked {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// The client's request body: counts the bytes that pass for the access log, tells
-    /// [`BodyProgress`] when it is sent or failed, and cuts a body that stalls longer than
-    /// the farm's idle timeout.
-    pub(crate) struct Counted {
-        #[pin]
-        inner: Incoming,
-        count: Arc<std::sync::atomic::AtomicU64>,
-        progress: BodyProgress,
-        idle: Option<Pin<Box<tokio::time::Sleep>>>,
-        idle_timeout: Duration,
-        // The farm's body limit in bytes (`u64::MAX` for none).
-        limit: u64,
-    }
-}
-
-/// The client's request body grew past the farm's limit.
-#[derive(Debug, thiserror::Error)]
-#[error("failed to forward the request body: larger than the farm's limit")]
-struct BodyTooLarge;
-
-/// The client's request body stalled longer than the idle timeout.
-#[derive(Debug, thiserror::Error)]
-#[error("failed to read the request body: idle timeout")]
-struct BodyStalled;
-
-impl Body for Counted {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let mut this = self.project();
-        match this.inner.as_mut().poll_frame(cx) {
-            Poll::Ready(Some(Ok(f))) => {
-                if let Some(d) = f.data_ref() {
-                    let before = this.count.fetch_add(d.len() as u64, Ordering::Relaxed);
-                    if before.saturating_add(d.len() as u64) > *this.limit {
-                        this.progress.fail_too_large();
-                        return Poll::Ready(Some(Err(Box::new(BodyTooLarge))));
-                    }
-                }
-                if let Some(idle) = this.idle.as_mut() {
-                    idle.as_mut()
-                        .reset(tokio::time::Instant::now() + *this.idle_timeout);
-                }
-                if this.inner.is_end_stream() {
-                    this.progress.finish();
-                }
-                Poll::Ready(Some(Ok(f)))
-            }
-            Poll::Ready(Some(Err(e))) => {
-                this.progress.fail(false);
-                Poll::Ready(Some(Err(Box::new(e))))
-            }
-            Poll::Ready(None) => {
-                this.progress.finish();
-                Poll::Ready(None)
-            }
-            Poll::Pending => {
-                if let Some(idle) = this.idle.as_mut()
-                    && idle.as_mut().poll(cx).is_ready()
-                {
-                    this.progress.fail(true);
-                    return Poll::Ready(Some(Err(Box::new(BodyStalled))));
-                }
-                Poll::Pending
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-/// What a response body does when it ends: `complete` is false when it broke off.
-pub(crate) trait EndHook {
-    fn ended(&mut self, complete: bool);
-}
-
-/// A response body that tells its hook when it ends: its last frame is read (before it
-/// is written), it fails, or it is dropped having been empty from the start (a body
-/// that is never polled).
-pub(crate) struct OnEnd<H: EndHook> {
-    pub(crate) inner: RespBody,
-    pub(crate) hook: H,
-}
-
-impl<H: EndHook + Unpin> Body for OnEnd<H> {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = self.get_mut();
-        let frame = Pin::new(&mut this.inner).poll_frame(cx);
-        match &frame {
-            Poll::Ready(Some(Err(_))) => this.hook.ended(false),
-            Poll::Ready(None) => this.hook.ended(true),
-            _ if this.inner.is_end_stream() => this.hook.ended(true),
-            _ => {}
-        }
-        frame
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-impl<H: EndHook> Drop for OnEnd<H> {
-    fn drop(&mut self) {
-        if self.inner.is_end_stream() {
-            self.hook.ended(true);
-        }
     }
 }
 

@@ -15,10 +15,13 @@ use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::balance::FarmRt;
 use crate::health::Verifiers;
 use crate::listener::{self, Bound};
+use crate::metrics::{FarmEndpointCounts, Serving};
 use crate::metrics::{Metrics, OutcomeLabel};
 use crate::pool::Endpoints;
+use crate::proxy;
 use crate::session::SessionManager;
 use crate::snapshot::{self, DnsResults, Snapshot};
 use crate::source::{Loaded, Source, SourceError, fingerprint};
@@ -66,31 +69,18 @@ pub enum RunError {
     },
 }
 
-/// State shared by listeners, requests and the admin server.
+/// The member: what the listeners share (and, inside that, what the proxy shares), and
+/// what only the runtime and the admin view use. The runtime is the one place that
+/// composes the layers.
 pub(crate) struct Shared {
-    pub(crate) snapshot: ArcSwapOption<Snapshot>,
-    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) serve: Arc<listener::State>,
     pub(crate) registry: Registry,
     pub(crate) endpoints: Endpoints,
     pub(crate) verifiers: Verifiers,
-    pub(crate) draining: AtomicBool,
     pub(crate) listening: AtomicBool,
-    pub(crate) connections: AtomicUsize,
-    pub(crate) shutdown: CancellationToken,
-    pub(crate) tracker: TaskTracker,
     pub(crate) listeners: Mutex<BTreeMap<u16, Bound>>,
-    pub(crate) session: Arc<SessionManager>,
     /// What the last config load did, for `/status`.
     pub(crate) last_reload: Mutex<ReloadReport>,
-    /// Open client connections by client address.
-    pub(crate) per_client: Mutex<HashMap<IpAddr, u32>>,
-    /// Asks idle keep-alive connections to close: the connection cap was reached.
-    pub(crate) reclaim: tokio::sync::Notify,
-    /// Milliseconds since `started` of the last "connection refused" log line.
-    pub(crate) last_refusal_log: std::sync::atomic::AtomicU64,
-    pub(crate) started: std::time::Instant,
-    /// Opens request spans and exports them, when tracing is configured.
-    pub(crate) tracer: Option<Arc<crate::trace::Tracer>>,
 }
 
 /// The outcome of the last config load, as `/status` shows it.
@@ -106,14 +96,110 @@ pub(crate) struct ReloadReport {
 }
 
 impl Shared {
-    pub(crate) fn is_ready(&self) -> bool {
-        !self.draining.load(Ordering::Relaxed)
-            && self.listening.load(Ordering::Relaxed)
-            && self.snapshot.load().is_some()
+    /// What every request shares.
+    pub(crate) fn proxy(&self) -> &proxy::Context {
+        &self.serve.proxy
     }
 
-    pub(crate) fn key_ids(&self) -> Vec<String> {
-        self.session.key_ids()
+    pub(crate) fn is_ready(&self) -> bool {
+        !self.proxy().draining.load(Ordering::Relaxed)
+            && self.listening.load(Ordering::Relaxed)
+            && self.proxy().snapshot.load().is_some()
+    }
+}
+
+impl crate::admin::View for Shared {
+    fn ready(&self) -> bool {
+        self.is_ready()
+    }
+
+    fn metrics(&self) -> String {
+        let metrics = &self.proxy().metrics;
+        let _scrape = metrics.scrape.lock();
+        metrics.set_serving(&serving(self));
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let proxy = self.proxy();
+        let hash = proxy
+            .snapshot
+            .load()
+            .as_ref()
+            .map(|s| s.hash.clone())
+            .unwrap_or_default();
+        serde_json::json!({
+            "configHash": hash,
+            "keyIds": proxy.session.key_ids(),
+            "ready": self.is_ready(),
+            "connections": self.serve.connections.load(Ordering::Relaxed),
+            "connectionsWaiting": proxy.metrics.connections_waiting.get(),
+            "lastReload": self.last_reload.lock().clone(),
+        })
+    }
+}
+
+/// What the member serves now: the gauges a scrape sets rather than the request path,
+/// which stays free of the bookkeeping.
+fn serving(shared: &Shared) -> Serving {
+    let proxy = shared.proxy();
+    let snapshot = proxy.snapshot.load();
+    let active = proxy.session.active_key_id();
+    Serving {
+        config_hash: snapshot.as_ref().map(|s| s.hash.clone()),
+        keys: proxy
+            .session
+            .key_ids()
+            .into_iter()
+            .map(|id| {
+                let is_active = active.as_deref() == Some(id.as_str());
+                (id, is_active)
+            })
+            .collect(),
+        farms: snapshot
+            .as_ref()
+            .map(|s| {
+                s.farms
+                    .iter()
+                    .map(|(id, farm)| (id.clone(), endpoint_counts(farm)))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        in_service: snapshot
+            .as_ref()
+            .map(|s| {
+                s.farms
+                    .iter()
+                    .flat_map(|(id, farm)| {
+                        farm.endpoints
+                            .iter()
+                            .enumerate()
+                            .map(move |(i, e)| (id.clone(), e.endpoint.key.clone(), farm.usable(i)))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+    }
+}
+
+fn endpoint_counts(farm: &FarmRt) -> FarmEndpointCounts {
+    let total = farm.endpoints.len();
+    let ejected = farm
+        .endpoints
+        .iter()
+        .filter(|e| match *e.endpoint.ejected_at.lock() {
+            None => false,
+            // With a verifier only the verifier lets it back (as `FarmRt::usable`).
+            Some(_) if e.probe.is_some() => true,
+            Some(at) => at.elapsed() < farm.cfg.passive.base_ejection_time.get(),
+        })
+        .count();
+    FarmEndpointCounts {
+        total,
+        usable: (0..total).filter(|i| farm.usable(*i)).count(),
+        ejected,
     }
 }
 
@@ -150,7 +236,12 @@ impl Handle {
 
     /// The hash of the config being served.
     pub fn config_hash(&self) -> Option<String> {
-        self.shared.snapshot.load().as_ref().map(|s| s.hash.clone())
+        self.shared
+            .proxy()
+            .snapshot
+            .load()
+            .as_ref()
+            .map(|s| s.hash.clone())
     }
 
     /// Drains: stops accepting, marks not ready, lets in-flight requests finish within
@@ -158,14 +249,15 @@ impl Handle {
     pub async fn shutdown(self) {
         let timeout = self
             .shared
+            .proxy()
             .snapshot
             .load()
             .as_ref()
             .map_or(Duration::from_secs(30), |s| s.config.drain_timeout.get());
-        self.shared.draining.store(true, Ordering::Relaxed);
-        self.shared.shutdown.cancel();
-        self.shared.tracker.close();
-        if tokio::time::timeout(timeout, self.shared.tracker.wait())
+        self.shared.proxy().draining.store(true, Ordering::Relaxed);
+        self.shared.serve.shutdown.cancel();
+        self.shared.proxy().tracker.close();
+        if tokio::time::timeout(timeout, self.shared.proxy().tracker.wait())
             .await
             .is_err()
         {
@@ -206,25 +298,30 @@ pub async fn start(opts: Options) -> Result<Handle, RunError> {
         .tracing
         .clone()
         .map(|t| Arc::new(crate::trace::Tracer::start(t, metrics.clone())));
-    let shared = Arc::new(Shared {
+    let proxy = Arc::new(proxy::Context {
         tracer,
         snapshot: ArcSwapOption::empty(),
-        endpoints: Endpoints::new(metrics.clone()),
-        verifiers: Verifiers::new(metrics.clone()),
-        metrics,
-        registry,
+        metrics: metrics.clone(),
         session,
         draining: AtomicBool::new(false),
-        listening: AtomicBool::new(false),
-        connections: AtomicUsize::new(0),
-        shutdown: CancellationToken::new(),
         tracker: TaskTracker::new(),
+    });
+    let shared = Arc::new(Shared {
+        serve: Arc::new(listener::State {
+            proxy,
+            connections: AtomicUsize::new(0),
+            shutdown: CancellationToken::new(),
+            per_client: Mutex::new(HashMap::new()),
+            reclaim: tokio::sync::Notify::new(),
+            last_refusal_log: std::sync::atomic::AtomicU64::new(0),
+            started: std::time::Instant::now(),
+        }),
+        endpoints: Endpoints::new(metrics.clone()),
+        verifiers: Verifiers::new(metrics),
+        registry,
+        listening: AtomicBool::new(false),
         listeners: Mutex::new(BTreeMap::new()),
         last_reload: Mutex::new(ReloadReport::default()),
-        per_client: Mutex::new(HashMap::new()),
-        reclaim: tokio::sync::Notify::new(),
-        last_refusal_log: std::sync::atomic::AtomicU64::new(0),
-        started: std::time::Instant::now(),
     });
     let admin_listener =
         crate::admin::bind(opts.admin)
@@ -254,6 +351,7 @@ pub async fn start(opts: Options) -> Result<Handle, RunError> {
     // Same polling as the manifests; a bad keyring is refused and the last good stays.
     let keyring_watch = opts.keyring.as_ref().map(|path| {
         shared
+            .proxy()
             .session
             .watch_keyring_file(path.clone(), opts.poll_interval)
     });
@@ -400,6 +498,7 @@ impl Control {
             "failure"
         };
         self.shared
+            .proxy()
             .metrics
             .reloads
             .get_or_create(&OutcomeLabel {
@@ -428,7 +527,7 @@ impl Control {
                 if have.contains(&l.port) && same {
                     continue;
                 }
-                match listener::bind(self.shared.clone(), l, self.bind).await {
+                match listener::bind(self.shared.serve.clone(), l, self.bind).await {
                     Ok(b) => new_bound.push((l.port, b)),
                     Err(e) => {
                         for (_, b) in new_bound {
@@ -455,7 +554,7 @@ impl Control {
                 let access = crate::access::build(
                     &cfg,
                     &dir,
-                    shared.snapshot.load().as_deref().map(|s| &s.access),
+                    shared.proxy().snapshot.load().as_deref().map(|s| &s.access),
                 )?;
                 let mut snap =
                     snapshot::build(cfg, &dns, &clients, &shared.endpoints, &shared.verifiers);
@@ -486,7 +585,7 @@ impl Control {
             }
         }
         tracing::info!(hash = %snap.hash, farms = snap.farms.len(), "config loaded");
-        self.shared.snapshot.store(Some(Arc::new(snap)));
+        self.shared.proxy().snapshot.store(Some(Arc::new(snap)));
         self.shared.listening.store(true, Ordering::Relaxed);
         self.config = Some(cfg);
         Ok(())
