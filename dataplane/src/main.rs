@@ -134,6 +134,15 @@ struct Args {
         env = "PORTCULLIS_TRACE_SERVICE_NAME"
     )]
     trace_service_name: String,
+    /// Threads that serve connections. Defaults to the CPUs the process may use (its
+    /// cgroup's CPU quota included).
+    #[arg(
+        long,
+        value_name = "N",
+        env = "PORTCULLIS_WORKER_THREADS",
+        value_parser = clap::value_parser!(u16).range(1..=1024)
+    )]
+    worker_threads: Option<u16>,
 }
 
 fn parse_ratio(s: &str) -> Result<f64, String> {
@@ -234,7 +243,12 @@ fn main() -> ExitCode {
                 instance: std::env::var("POD_NAME").ok(),
             }),
     };
-    let rt = match tokio::runtime::Runtime::new() {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if let Some(n) = args.worker_threads {
+        builder.worker_threads(usize::from(n));
+    }
+    let rt = match builder.build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("failed to start the runtime: {e}");

@@ -136,6 +136,9 @@ impl crate::admin::View for Shared {
             "ready": self.is_ready(),
             "connections": self.serve.connections.load(Ordering::Relaxed),
             "connectionsWaiting": proxy.metrics.connections_waiting.get(),
+            "workerThreads": tokio::runtime::Handle::try_current()
+                .map(|h| h.metrics().num_workers())
+                .ok(),
             "lastReload": self.last_reload.lock().clone(),
         })
     }

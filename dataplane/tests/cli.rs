@@ -225,3 +225,77 @@ fn the_access_log_can_be_switched_off() {
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
+
+/// Issue 14: `--worker-threads` (and its variable) sets the threads that serve
+/// connections, as `/status` reports them; 0 or a word exits 64 naming the flag.
+#[test]
+#[allow(
+    clippy::disallowed_methods,
+    reason = "a plain test thread waiting for a child process; no runtime to block"
+)]
+fn worker_threads_are_set_by_the_flag() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::{Duration, Instant};
+
+    for bad in ["0", "many"] {
+        let (code, err) = run(&["--config", "/nonexistent", "--worker-threads", bad], &[]);
+        assert_eq!(code, Some(64), "{err}");
+        assert!(err.contains("--worker-threads"), "{err}");
+    }
+
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let dir = std::env::temp_dir().join(format!("portcullis-workers-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("array.yaml"),
+        ArrayBuilder::new("a")
+            .namespace("n")
+            .http("web", free())
+            .yaml(),
+    )
+    .unwrap();
+    for (args, env, want) in [
+        (vec!["--worker-threads", "3"], None, 3),
+        (vec![], Some("1"), 1),
+    ] {
+        let admin = free();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_portcullis-dataplane"));
+        cmd.args(["--manifests", s(&dir), "--bind", "127.0.0.1"])
+            .args(["--admin", &format!("127.0.0.1:{admin}")])
+            .args(&args)
+            .env_remove("PORTCULLIS_WORKER_THREADS")
+            .stderr(std::process::Stdio::null());
+        if let Some(n) = env {
+            cmd.env("PORTCULLIS_WORKER_THREADS", n);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let status = loop {
+            let attempt = TcpStream::connect(("127.0.0.1", admin)).and_then(|mut c| {
+                c.write_all(b"GET /status HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")?;
+                let mut out = String::new();
+                c.read_to_string(&mut out)?;
+                Ok(out)
+            });
+            match attempt {
+                Ok(out) if out.starts_with("HTTP/1.1 200") => break out,
+                _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+                other => panic!("the admin server never answered: {other:?}"),
+            }
+        };
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(
+            status.contains(&format!("\"workerThreads\":{want}")),
+            "{args:?} {env:?}: {status}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
