@@ -59,6 +59,9 @@ class Settings:
         self.proxy_cpu = os.environ.get("BENCH_PROXY_CPU", "0")
         self.load_cpu = os.environ.get("BENCH_LOAD_CPU", "1")
         self.load_threads = env_int("BENCH_LOAD_THREADS", 1)
+        # The scaling run: two workers per proxy over both CPUs, load on the same CPUs.
+        self.scale_cpus = os.environ.get("BENCH_SCALE_CPUS", f"{self.proxy_cpu},{self.load_cpu}")
+        self.scale_workers = env_int("BENCH_SCALE_WORKERS", 2)
         self.port_base = env_int("BENCH_PORT_BASE", 18000)
         self.out = os.path.abspath(os.environ.get("BENCH_OUT", os.path.join(BENCH_DIR, "out")))
         self.proxies = [
@@ -142,6 +145,25 @@ def cpu_seconds(pid):
         fields = stat[stat.rindex(")") + 2 :].split()
         total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
     return total / CLK_TCK
+
+
+def thread_cpu_seconds(pid):
+    """utime + stime per thread of pid and its descendants: {(pid, tid): seconds}."""
+    out = {}
+    for p in descendants(pid):
+        try:
+            tids = os.listdir(f"/proc/{p}/task")
+        except OSError:
+            continue
+        for t in tids:
+            try:
+                with open(f"/proc/{p}/task/{t}/stat") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(")") + 2 :].split()
+            out[(p, int(t))] = (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return out
 
 
 def rss_kib(pid):
@@ -277,22 +299,25 @@ def start_origin():
     return proc
 
 
-def start_nginx():
+def start_nginx(workers=1, cpus=None):
     for d in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
         os.makedirs(os.path.join(S.out, "nginx-tmp", d), exist_ok=True)
     _, ver = nginx_version()
     values = base_values("nginx")
+    values["WORKERS"] = workers
     if ver >= (1, 25, 1):
         values["NGINX_H2_LISTEN"], values["NGINX_H2_DIRECTIVE"] = "", "http2 on;"
     else:
         values["NGINX_H2_LISTEN"], values["NGINX_H2_DIRECTIVE"] = "http2", ""
     conf = render("proxy.nginx.conf", os.path.join(S.out, "nginx.conf"), values)
-    return Proc("nginx", pinned(S.proxy_cpu, ["nginx", "-p", S.out, "-c", conf])), None
+    return Proc("nginx", pinned(cpus or S.proxy_cpu, ["nginx", "-p", S.out, "-c", conf])), None
 
 
-def start_haproxy():
-    conf = render("haproxy.cfg", os.path.join(S.out, "haproxy.cfg"), base_values("haproxy"))
-    return Proc("haproxy", pinned(S.proxy_cpu, ["haproxy", "-db", "-f", conf])), None
+def start_haproxy(workers=1, cpus=None):
+    values = base_values("haproxy")
+    values["WORKERS"] = workers
+    conf = render("haproxy.cfg", os.path.join(S.out, "haproxy.cfg"), values)
+    return Proc("haproxy", pinned(cpus or S.proxy_cpu, ["haproxy", "-db", "-f", conf])), None
 
 
 def portcullis_help():
@@ -304,7 +329,7 @@ def portcullis_help():
         return ""
 
 
-def start_portcullis(extra_args=()):
+def start_portcullis(extra_args=(), workers=None, cpus=None):
     if not S.portcullis_bin or not os.access(S.portcullis_bin, os.X_OK):
         raise RuntimeError(f"no Portcullis binary at {S.portcullis_bin!r} (set PORTCULLIS_BIN)")
     manifests = os.path.join(S.out, "portcullis-manifests")
@@ -329,18 +354,19 @@ def start_portcullis(extra_args=()):
     env = {"RUST_LOG": S.portcullis_log}
     if "--log-format" in help_text:
         argv += ["--log-format", "text"]
+    threads = workers or S.portcullis_threads
     threads_flag = next(
         (f for f in ("--worker-threads", "--threads", "--workers") if f in help_text), None
     )
     if threads_flag:
-        argv += [threads_flag, str(S.portcullis_threads)]
-        how = f"{threads_flag} {S.portcullis_threads}"
+        argv += [threads_flag, str(threads)]
+        how = f"{threads_flag} {threads}"
     else:
-        env["TOKIO_WORKER_THREADS"] = str(S.portcullis_threads)
-        how = (f"TOKIO_WORKER_THREADS={S.portcullis_threads} "
+        env["TOKIO_WORKER_THREADS"] = str(threads)
+        how = (f"TOKIO_WORKER_THREADS={threads} "
                "(the binary has no worker-thread flag)")
     argv += list(extra_args)
-    proc = Proc("portcullis", pinned(S.proxy_cpu, argv), env=env)
+    proc = Proc("portcullis", pinned(cpus or S.proxy_cpu, argv), env=env)
     return proc, how
 
 
@@ -359,8 +385,8 @@ STARTERS = {"nginx": start_nginx, "haproxy": start_haproxy, "portcullis": start_
             "portcullis-traced": start_portcullis_traced}
 
 
-def start_proxy(proxy, starter=None):
-    proc, note = STARTERS[starter or proxy]()
+def start_proxy(proxy, starter=None, **kw):
+    proc, note = STARTERS[starter or proxy](**kw)
     http_port, https_port = S.ports(proxy)
     ok = wait_port(http_port) and wait_port(https_port)
     if ok and proxy == "portcullis":
@@ -457,12 +483,14 @@ def measured(proc, name, fn):
     return result
 
 
-def wrk(proxy, name, url, headers=(), seconds=None, conns=None):
-    argv = ["wrk", f"-t{S.load_threads}", f"-c{conns or S.conns}", f"-d{seconds or S.seconds}s", "--latency"]
+def wrk(proxy, name, url, headers=(), seconds=None, conns=None, threads=None, cpus=None):
+    argv = ["wrk", f"-t{threads or S.load_threads}", f"-c{conns or S.conns}",
+            f"-d{seconds or S.seconds}s", "--latency"]
     for h in headers:
         argv += ["-H", h]
     argv.append(url)
-    return parse_wrk(run_tool(f"{proxy}.{name}", pinned(S.load_cpu, argv), S.seconds * 4 + 60))
+    return parse_wrk(run_tool(
+        f"{proxy}.{name}", pinned(cpus or S.load_cpu, argv), S.seconds * 4 + 60))
 
 
 def h2load(proxy, name, argv, timeout):
@@ -530,6 +558,42 @@ def churn(proxy, port):
         res["origin_connections_opened"] / res["requests"] * 1e4 if res.get("requests") else None)
     log(f"churn: {json.dumps(res)}")
     return res
+
+
+def scaling(proxy, one_worker):
+    """The h1 run with the proxy's workers on both CPUs: S.scale_workers workers (nginx
+    worker processes, HAProxy threads, Portcullis runtime threads) pinned to
+    S.scale_cpus, and wrk with as many threads (S.conns connections each) on the same
+    CPUs; the origin stays where it is. On a machine whose load generator must share the
+    proxy's cores, throughput cannot show scaling; CPU per request can: the estimate is
+    workers x (one worker's CPU per request) / (CPU per request with the workers), i.e.
+    what the workers would serve on cores of their own if each kept the one-worker rate.
+    It falls below the worker count by whatever the workers spend on each other (locks,
+    shared counters, cross-core wake-ups). The busiest threads' CPU shows whether the
+    workers really shared the load."""
+    if not (isinstance(one_worker, dict) and one_worker.get("cpu_s_per_100k")):
+        raise RuntimeError("no one-worker h1 run to compare with")
+    http_port, _ = S.ports(proxy)
+    url = f"http://localhost:{http_port}/"
+    proc, _ = start_proxy(proxy, workers=S.scale_workers, cpus=S.scale_cpus)
+    try:
+        run = dict(threads=S.scale_workers, cpus=S.scale_cpus, conns=S.conns * S.scale_workers)
+        wrk(proxy, "scaling-warmup", url, seconds=2, **run)
+        before = thread_cpu_seconds(proc.pid)
+        result = measured(proc, "scaling", lambda: wrk(proxy, "scaling", url, **run))
+        after = thread_cpu_seconds(proc.pid)
+    finally:
+        proc.stop()
+    busiest = sorted((after[k] - before.get(k, 0.0) for k in after), reverse=True)
+    result["busiest_threads_cpu_s"] = [round(b, 2) for b in busiest[: S.scale_workers + 1]]
+    top = busiest[: S.scale_workers]
+    result["worker_balance"] = (min(top) / max(top)) if top and max(top) > 0 else None
+    result["workers"] = S.scale_workers
+    result["scaling"] = (
+        S.scale_workers * one_worker["cpu_s_per_100k"] / result["cpu_s_per_100k"])
+    log(f"{proxy} scaling estimate: {result['scaling']:.2f}x, busiest threads "
+        f"{result['busiest_threads_cpu_s']}")
+    return result
 
 
 def idle_memory(proc, port):
@@ -613,11 +677,11 @@ def bench_proxy(proxy):
     http_url = f"http://localhost:{http_port}/"
     https_url = f"https://localhost:{https_port}/"
 
-    def step(key, fn):
+    def step(key, fn, own_proxy=False):
         """One scenario; a failure is recorded and the next scenario still runs."""
         if key != "warmup" and not S.wants(key):
             return
-        if not proc.alive():
+        if not own_proxy and not proc.alive():
             results[key] = {"error": f"{proxy} is no longer running"}
             return
         try:
@@ -654,6 +718,7 @@ def bench_proxy(proxy):
         results["rss_end_kib"] = rss_kib(proc.pid)
     finally:
         proc.stop()
+    step("scaling", lambda: scaling(proxy, results.get("h1")), own_proxy=True)
     if proxy == "portcullis" and S.wants("traced"):
         results["traced"] = traced(http_url)
     return results
@@ -784,6 +849,12 @@ ROWS = [
      ("affinity", "rps"), "higher", 0),
     ("Proxy CPU per 100k requests with cookie affinity, s",
      ("affinity", "cpu_s_per_100k"), "lower", 2),
+    ("HTTP/1.1 keep-alive, {scale_w} workers on CPUs {scale_cpus} with the load, req/s",
+     ("scaling", "rps"), "higher", 0),
+    ("Proxy CPU per 100k HTTP/1.1 requests, {scale_w} workers, s",
+     ("scaling", "cpu_s_per_100k"), "lower", 2),
+    ("**{scale_w}-worker scaling estimate** ({scale_w} x one worker's CPU/request / "
+     "{scale_w} workers' CPU/request)", ("scaling", "scaling"), "higher", 2),
     ("**Origin connections opened, churn run** (3 farms naming one origin, {churn_c} "
      "keep-alive clients, {seconds} s)", ("churn", "origin_connections_opened"), "lower", 0),
     ("Origin connections opened per 10k requests, churn run",
@@ -796,6 +867,7 @@ def table(results):
         "conns": S.conns, "rate_k": f"{S.rate / 1000:g}", "rate_conns": S.rate_conns,
         "idle_k": f"{S.idle_conns / 1000:g}", "h2c": S.h2_conns, "h2s": S.h2_streams,
         "churn_c": S.churn_conns, "seconds": S.seconds,
+        "scale_w": S.scale_workers, "scale_cpus": S.scale_cpus,
     }
     names = {"nginx": "nginx", "haproxy": "HAProxy", "portcullis": "Portcullis"}
     cols = [p for p in ("nginx", "haproxy", "portcullis") if p in results]
@@ -852,8 +924,15 @@ def notes(results):
                 out.append(f"- {p} {key}: {bad} failed/non-2xx requests or socket errors.")
             if run.get("note"):
                 out.append(f"- {p} {key}: {run['note']}.")
+        sc = r.get("scaling") or {}
+        if sc.get("busiest_threads_cpu_s"):
+            out.append(
+                f"- {p} scaling run: CPU seconds of the busiest threads/processes "
+                f"{sc['busiest_threads_cpu_s']} (the workers' balance "
+                f"{sc['worker_balance']:.2f}), proxy busy {sc.get('proxy_core_busy_pct', 0):.0f}% "
+                f"of one core.")
         for key in ("warmup", "idle_memory", "h1", "latency", "https", "handshakes", "h2",
-                    "affinity"):
+                    "affinity", "scaling"):
             run = r.get(key)
             if isinstance(run, dict) and run.get("error"):
                 out.append(f"- {p} {key}: FAILED: {run['error']}")
