@@ -133,18 +133,20 @@ def descendants(pid):
     return found
 
 
+def stat_cpu_seconds(path):
+    """utime + stime from a /proc stat file, in seconds; None when it is gone."""
+    try:
+        with open(path) as f:
+            stat = f.read()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14, 15)
+
+
 def cpu_seconds(pid):
     """utime + stime of pid and its descendants, in seconds (all threads)."""
-    total = 0
-    for p in descendants(pid):
-        try:
-            with open(f"/proc/{p}/stat") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rindex(")") + 2 :].split()
-        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
-    return total / CLK_TCK
+    return sum(stat_cpu_seconds(f"/proc/{p}/stat") or 0.0 for p in descendants(pid))
 
 
 def thread_cpu_seconds(pid):
@@ -156,13 +158,9 @@ def thread_cpu_seconds(pid):
         except OSError:
             continue
         for t in tids:
-            try:
-                with open(f"/proc/{p}/task/{t}/stat") as f:
-                    stat = f.read()
-            except OSError:
-                continue
-            fields = stat[stat.rindex(")") + 2 :].split()
-            out[(p, int(t))] = (int(fields[11]) + int(fields[12])) / CLK_TCK
+            seconds = stat_cpu_seconds(f"/proc/{p}/task/{t}/stat")
+            if seconds is not None:
+                out[(p, int(t))] = seconds
     return out
 
 

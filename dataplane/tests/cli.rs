@@ -37,6 +37,40 @@ fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
 
+/// A port nobody listens on now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Sends `request` to `port` until an answer `done` accepts comes back (the binary is
+/// starting), for at most 10 s.
+#[allow(
+    clippy::disallowed_methods,
+    reason = "a plain test thread waiting for a child process; no runtime to block"
+)]
+fn answer_when_up(port: u16, request: &[u8], done: impl Fn(&str) -> bool) -> String {
+    use std::io::{Read, Write};
+    use std::time::{Duration, Instant};
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let attempt = std::net::TcpStream::connect(("127.0.0.1", port)).and_then(|mut c| {
+            c.write_all(request)?;
+            let mut out = String::new();
+            c.read_to_string(&mut out)?;
+            Ok(out)
+        });
+        match attempt {
+            Ok(out) if done(&out) => return out,
+            _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+            other => panic!("port {port} never answered: {other:?}"),
+        }
+    }
+}
+
 #[test]
 fn missing_paths_exit_64_naming_the_flag() {
     let dir = std::env::temp_dir().join(format!("portcullis-cli-{}", std::process::id()));
@@ -143,29 +177,16 @@ fn bad_tracing_flags_exit_64() {
 /// Issue 12, section 5: the access log has a switch. The binary serves a listener with
 /// no farm; one request (a 404) is logged with the switch on and not with it off.
 #[test]
-#[allow(
-    clippy::disallowed_methods,
-    reason = "a plain test thread waiting for a child process; no runtime to block"
-)]
 fn the_access_log_can_be_switched_off() {
-    use std::io::{Read, Write};
-    use std::net::TcpStream;
-    use std::time::{Duration, Instant};
+    use std::io::Read;
 
-    let free = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    };
     for (switch, logged) in [("on", true), ("off", false)] {
         let dir = std::env::temp_dir().join(format!(
             "portcullis-accesslog-{}-{switch}",
             std::process::id()
         ));
         std::fs::create_dir_all(&dir).unwrap();
-        let (port, admin) = (free(), free());
+        let (port, admin) = (free_port(), free_port());
         std::fs::write(
             dir.join("array.yaml"),
             ArrayBuilder::new("a")
@@ -182,20 +203,11 @@ fn the_access_log_can_be_switched_off() {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let answer = loop {
-            let attempt = TcpStream::connect(("127.0.0.1", port)).and_then(|mut c| {
-                c.write_all(b"GET /x HTTP/1.1\r\nHost: nobody.test\r\nConnection: close\r\n\r\n")?;
-                let mut out = String::new();
-                c.read_to_string(&mut out)?;
-                Ok(out)
-            });
-            match attempt {
-                Ok(out) if !out.is_empty() => break out,
-                _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
-                other => panic!("the listener never answered: {other:?}"),
-            }
-        };
+        let answer = answer_when_up(
+            port,
+            b"GET /x HTTP/1.1\r\nHost: nobody.test\r\nConnection: close\r\n\r\n",
+            |out| !out.is_empty(),
+        );
         assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
         let pid = child.id().to_string();
         assert!(
@@ -229,35 +241,20 @@ fn the_access_log_can_be_switched_off() {
 /// Issue 14: `--worker-threads` (and its variable) sets the threads that serve
 /// connections, as `/status` reports them; 0 or a word exits 64 naming the flag.
 #[test]
-#[allow(
-    clippy::disallowed_methods,
-    reason = "a plain test thread waiting for a child process; no runtime to block"
-)]
 fn worker_threads_are_set_by_the_flag() {
-    use std::io::{Read, Write};
-    use std::net::TcpStream;
-    use std::time::{Duration, Instant};
-
     for bad in ["0", "many"] {
         let (code, err) = run(&["--config", "/nonexistent", "--worker-threads", bad], &[]);
         assert_eq!(code, Some(64), "{err}");
         assert!(err.contains("--worker-threads"), "{err}");
     }
 
-    let free = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
-    };
     let dir = std::env::temp_dir().join(format!("portcullis-workers-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(
         dir.join("array.yaml"),
         ArrayBuilder::new("a")
             .namespace("n")
-            .http("web", free())
+            .http("web", free_port())
             .yaml(),
     )
     .unwrap();
@@ -265,7 +262,7 @@ fn worker_threads_are_set_by_the_flag() {
         (vec!["--worker-threads", "3"], None, 3),
         (vec![], Some("1"), 1),
     ] {
-        let admin = free();
+        let admin = free_port();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_portcullis-dataplane"));
         cmd.args(["--manifests", s(&dir), "--bind", "127.0.0.1"])
             .args(["--admin", &format!("127.0.0.1:{admin}")])
@@ -276,20 +273,11 @@ fn worker_threads_are_set_by_the_flag() {
             cmd.env("PORTCULLIS_WORKER_THREADS", n);
         }
         let mut child = cmd.spawn().unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let status = loop {
-            let attempt = TcpStream::connect(("127.0.0.1", admin)).and_then(|mut c| {
-                c.write_all(b"GET /status HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")?;
-                let mut out = String::new();
-                c.read_to_string(&mut out)?;
-                Ok(out)
-            });
-            match attempt {
-                Ok(out) if out.starts_with("HTTP/1.1 200") => break out,
-                _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
-                other => panic!("the admin server never answered: {other:?}"),
-            }
-        };
+        let status = answer_when_up(
+            admin,
+            b"GET /status HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+            |out| out.starts_with("HTTP/1.1 200"),
+        );
         let _ = child.kill();
         let _ = child.wait();
         assert!(
